@@ -1,0 +1,1 @@
+"""Inventory database: SQLModel models, engine and migrations."""

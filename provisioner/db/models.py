@@ -1,0 +1,133 @@
+"""SQLModel tables. JSON is stored as text so SQLite and PostgreSQL behave the same."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Node(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=253)
+    address: str = Field(max_length=253)
+    port: int = 22
+    user: str = Field(default="root", max_length=32)
+    key_path: str | None = Field(default=None, max_length=4096)
+    labels_json: str = "{}"
+    sku: str | None = Field(default=None, index=True, max_length=64)
+    state: str = Field(default="registered", index=True, max_length=32)
+    hostkey_mismatch: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+    last_scan_at: datetime | None = None
+    last_snapshot_id: int | None = None
+
+
+class Run(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(index=True, max_length=16)  # scan | provision | burnin
+    actor: str = Field(max_length=128)
+    args_json: str = "{}"
+    status: str = Field(default="running", max_length=16)
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    summary_json: str = "{}"
+
+
+class HardwareSnapshot(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    node_id: int = Field(foreign_key="node.id", index=True)
+    run_id: int | None = Field(default=None, foreign_key="run.id")
+    taken_at: datetime = Field(default_factory=utcnow)
+    hostname: str | None = None
+    os_name: str | None = None
+    kernel: str | None = None
+    system_vendor: str | None = None
+    system_product: str | None = None
+    system_serial: str | None = None
+    cpu_model: str | None = None
+    cpu_sockets: int | None = None
+    cpu_cores: int | None = None
+    memory_bytes: int | None = None
+    gpu_count: int = 0
+    pci_gpu_count: int = 0
+    driver_version: str | None = None
+    cuda_version: str | None = None
+    nouveau_loaded: bool = False
+    secure_boot: str | None = None
+    facts_json: str = "{}"
+
+
+class Gpu(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    snapshot_id: int = Field(foreign_key="hardwaresnapshot.id", index=True)
+    node_id: int = Field(foreign_key="node.id", index=True)
+    index: int
+    uuid: str | None = Field(default=None, index=True)
+    serial: str | None = None
+    model: str | None = None
+    pci_bus_id: str = ""
+    vbios: str | None = None
+    memory_mib: int | None = None
+    pcie_gen_current: int | None = None
+    pcie_gen_max: int | None = None
+    pcie_width_current: int | None = None
+    pcie_width_max: int | None = None
+    ecc_mode: str | None = None
+    mig_mode: str | None = None
+    retired_pages_sbe: int | None = None
+    retired_pages_dbe: int | None = None
+    retired_pages_pending: bool | None = None
+    remapped_rows_correctable: int | None = None
+    remapped_rows_uncorrectable: int | None = None
+    remapped_rows_pending: bool | None = None
+    remapped_rows_failure: bool | None = None
+    ecc_uncorrectable_volatile: int | None = None
+    ecc_uncorrectable_aggregate: int | None = None
+    temperature_c: int | None = None
+    power_limit_w: float | None = None
+    driver_version: str | None = None
+    thermal_slowdown: bool | None = None
+
+
+class Nic(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    snapshot_id: int = Field(foreign_key="hardwaresnapshot.id", index=True)
+    name: str
+    kind: str = "ethernet"  # ethernet | infiniband
+    mac: str | None = None
+    speed_mbps: int | None = None
+    state: str | None = None
+    ib_device: str | None = None
+    ib_port: int | None = None
+    ib_rate_gbps: float | None = None
+    ib_link_layer: str | None = None
+
+
+class Disk(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    snapshot_id: int = Field(foreign_key="hardwaresnapshot.id", index=True)
+    name: str
+    model: str | None = None
+    serial: str | None = None
+    size_bytes: int | None = None
+    rotational: bool | None = None
+
+
+class Event(SQLModel, table=True):
+    """Append-only history: state transitions, drift, faults, host-key problems."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    node_id: int = Field(foreign_key="node.id", index=True)
+    run_id: int | None = Field(default=None, foreign_key="run.id")
+    at: datetime = Field(default_factory=utcnow)
+    actor: str = Field(max_length=128)
+    kind: str = Field(max_length=32)  # state | drift | fault | hostkey | note
+    from_state: str | None = None
+    to_state: str | None = None
+    severity: str = "info"  # info | warning | critical
+    reason: str = ""

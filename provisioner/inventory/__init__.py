@@ -1,0 +1,1 @@
+"""Node registry, import parsers and the lifecycle state machine."""

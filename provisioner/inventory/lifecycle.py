@@ -1,0 +1,95 @@
+"""Node lifecycle states, the legal transitions, and the append-only event log."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from sqlmodel import Session
+
+from provisioner.db.models import Event, Node
+from provisioner.errors import TransitionError
+
+
+class State(StrEnum):
+    REGISTERED = "registered"
+    DISCOVERED = "discovered"
+    PROVISIONING = "provisioning"
+    PROVISIONED = "provisioned"
+    BURNING_IN = "burning-in"
+    CERTIFIED = "certified"
+    IN_SERVICE = "in-service"
+    FAILED = "failed"
+    QUARANTINED = "quarantined"
+    DRAINED = "drained"
+    RETIRED = "retired"
+
+
+S = State
+ALLOWED: dict[State, frozenset[State]] = {
+    S.REGISTERED: frozenset({S.DISCOVERED, S.FAILED, S.QUARANTINED, S.RETIRED}),
+    S.DISCOVERED: frozenset({S.PROVISIONING, S.QUARANTINED, S.DRAINED, S.FAILED, S.RETIRED}),
+    S.PROVISIONING: frozenset({S.PROVISIONED, S.FAILED, S.QUARANTINED}),
+    S.PROVISIONED: frozenset(
+        {S.BURNING_IN, S.PROVISIONING, S.QUARANTINED, S.DRAINED, S.FAILED, S.RETIRED}
+    ),
+    S.BURNING_IN: frozenset({S.CERTIFIED, S.QUARANTINED, S.FAILED}),
+    S.CERTIFIED: frozenset(
+        {S.IN_SERVICE, S.BURNING_IN, S.PROVISIONING, S.QUARANTINED, S.DRAINED, S.RETIRED}
+    ),
+    S.IN_SERVICE: frozenset({S.DRAINED, S.QUARANTINED, S.RETIRED}),
+    S.FAILED: frozenset({S.DISCOVERED, S.PROVISIONING, S.BURNING_IN, S.QUARANTINED, S.RETIRED}),
+    S.QUARANTINED: frozenset({S.DISCOVERED, S.RETIRED}),
+    S.DRAINED: frozenset({S.DISCOVERED, S.IN_SERVICE, S.QUARANTINED, S.RETIRED}),
+    S.RETIRED: frozenset(),
+}
+
+
+def transition(
+    session: Session,
+    node: Node,
+    to: State,
+    *,
+    actor: str,
+    reason: str,
+    run_id: int | None = None,
+) -> Event:
+    """Move ``node`` to state ``to`` and append the event that says why.
+
+    Raises:
+        TransitionError: ``to`` is not reachable from the node's state; the message
+            lists the states that are.
+    """
+    current = State(node.state)
+    if to not in ALLOWED[current]:
+        allowed = ", ".join(sorted(ALLOWED[current])) or "none (final state)"
+        raise TransitionError(
+            f"node {node.name} cannot go from {current} to {to}; allowed: {allowed}"
+        )
+    node.state = to.value
+    session.add(node)
+    return record_event(
+        session, node, "state", reason, actor=actor, run_id=run_id,
+        from_state=current.value, to_state=to.value,
+    )
+
+
+def record_event(
+    session: Session,
+    node: Node,
+    kind: str,
+    reason: str,
+    *,
+    actor: str,
+    run_id: int | None = None,
+    severity: str = "info",
+    from_state: str | None = None,
+    to_state: str | None = None,
+) -> Event:
+    """Append one event row for ``node``; events are never updated."""
+    assert node.id is not None
+    ev = Event(
+        node_id=node.id, run_id=run_id, actor=actor, kind=kind, reason=reason,
+        severity=severity, from_state=from_state, to_state=to_state,
+    )
+    session.add(ev)
+    return ev

@@ -1,0 +1,101 @@
+"""Validation of every value that may later reach SSH or a shell.
+
+Hostnames, addresses and users end up in paramiko calls, Ansible inventories and
+generated files; a value is accepted only if it has the exact shape of what it claims
+to be, so nothing like ``-oProxyCommand=...`` or ``a;rm -rf /`` ever gets through.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from provisioner.errors import InputError
+
+_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_./-]{0,62})$")
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9_.:/-]{0,63}$")
+_SKU = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def _shown(value: str) -> str:
+    """A value as it may safely appear in a one-line error message."""
+    text = value if len(value) <= 40 else value[:37] + "..."
+    return repr(text)
+
+
+def check_hostname(name: str, what: str = "hostname") -> str:
+    """Return ``name`` if it is an RFC 1123 hostname.
+
+    Raises:
+        InputError: it is empty, too long, or holds anything but letters, digits,
+            dots and inner hyphens.
+    """
+    if not name:
+        raise InputError(f"{what} is empty")
+    if len(name) > 253:
+        raise InputError(f"{what} {_shown(name)} is {len(name)} characters long (at most 253)")
+    labels = name.rstrip(".").split(".")
+    if not all(_LABEL.match(label) for label in labels):
+        raise InputError(
+            f"{what} {_shown(name)} is not a valid hostname "
+            "(letters, digits, '-' inside labels and '.' between them only)"
+        )
+    return name
+
+
+def check_address(address: str) -> str:
+    """Return ``address`` if it is an IPv4/IPv6 address or a valid hostname.
+
+    Raises:
+        InputError: anything else.
+    """
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return check_hostname(address, "address")
+
+
+def check_port(port: int | str) -> int:
+    try:
+        value = int(port)
+    except (TypeError, ValueError):
+        raise InputError(f"port {_shown(str(port))} is not a number") from None
+    if not 1 <= value <= 65535:
+        raise InputError(f"port {value} is out of range 1-65535")
+    return value
+
+
+def check_user(user: str) -> str:
+    if not _USER.match(user):
+        raise InputError(f"user {_shown(user)} is not a valid login name")
+    return user
+
+
+def check_key_path(path: str) -> str:
+    if not path or any(ord(c) < 32 for c in path) or len(path) > 4096:
+        raise InputError(f"key path {_shown(path)} is not a usable file path")
+    return path
+
+
+def check_sku(sku: str) -> str:
+    if not _SKU.match(sku):
+        raise InputError(f"SKU {_shown(sku)} must be lower-case letters, digits, '.', '_', '-'")
+    return sku
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    """Parse ``key=value`` (Kubernetes-style key and value).
+
+    Raises:
+        InputError: no ``=``, or the key or value has characters labels may not hold.
+    """
+    if "=" not in text:
+        raise InputError(f"label {_shown(text)} must be key=value")
+    key, value = text.split("=", 1)
+    if not _LABEL_KEY.match(key):
+        raise InputError(f"label key {_shown(key)} is not valid")
+    if not _LABEL_VALUE.match(value):
+        raise InputError(f"label value {_shown(value)} is not valid")
+    return key, value

@@ -1,0 +1,70 @@
+"""Faults a lab node can be given, and what each does to the simulated hardware."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from provisioner.errors import LabError
+
+FAULTS = {
+    "gpu-missing": "the last GPU falls off the PCI bus",
+    "pcie-downgrade": "GPU 0 trains its PCIe link at x8",
+    "xid": "the kernel log gets XID 79 (GPU fallen off the bus) for GPU 0",
+    "ecc-uncorrectable": "GPU 1 reports uncorrectable DRAM ECC errors",
+    "row-remap-failure": "GPU 2 reports a row-remapping failure",
+    "thermal-throttle": "GPU 3 runs hot with hardware thermal slowdown active",
+    "unreachable": "sshd is down",
+    "hostkey-changed": "the node gets a new SSH host key",
+    "garbage-output": "nvidia-smi prints 50 MB of non-UTF-8 junk",
+}
+GPU_FAULTS = {"gpu-missing", "pcie-downgrade", "xid", "ecc-uncorrectable",
+              "row-remap-failure", "thermal-throttle", "garbage-output"}
+
+
+def parse_fault(text: str) -> tuple[str, str]:
+    """Parse ``NODE:KIND``.
+
+    Raises:
+        LabError: malformed, or an unknown kind (the message lists the known ones).
+    """
+    node, sep, kind = text.rpartition(":")
+    if not sep or not node:
+        raise LabError(f"fault {text[:60]!r} must be NODE:KIND")
+    check_kind(kind)
+    return node, kind
+
+
+def check_kind(kind: str) -> None:
+    if kind not in FAULTS:
+        raise LabError(f"unknown fault {kind[:40]!r}; known: {', '.join(FAULTS)}")
+
+
+def apply_fault(spec: dict[str, Any], kind: str) -> None:
+    """Change the node spec so that it shows fault ``kind``."""
+    check_kind(kind)
+    gpus = spec["gpus"]
+    if kind in GPU_FAULTS and not gpus:
+        raise LabError(f"{spec['name']} has no GPUs, so it cannot have fault {kind}")
+
+    def gpu(i: int) -> dict[str, Any]:
+        return gpus[min(i, len(gpus) - 1)]
+
+    if kind == "gpu-missing":
+        gpus.pop()
+    elif kind == "pcie-downgrade":
+        gpu(0)["pcie_width_current"] = 8
+    elif kind == "xid":
+        bus = gpu(0)["bus_id"].lower()[:-2]
+        spec["kmsg"].append(f"NVRM: Xid (PCI:{bus}): 79, pid=2817, name=python3, "
+                            "GPU has fallen off the bus.")
+    elif kind == "ecc-uncorrectable":
+        gpu(1)["ecc_dram_uncorrectable"] = 2
+    elif kind == "row-remap-failure":
+        g = gpu(2)
+        g.update(remapped_rows=True, remap_failure=True, remap_unc=1)
+    elif kind == "thermal-throttle":
+        gpu(3).update(thermal_slowdown=True, temperature_c=93)
+    elif kind == "unreachable":
+        spec["sshd"] = False
+    if kind not in spec["faults"]:
+        spec["faults"].append(kind)

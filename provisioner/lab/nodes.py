@@ -1,0 +1,325 @@
+"""``gpuctl lab up/down/status/fault``: start, inspect and stop simulated GPU nodes.
+
+Each node is a directory under the lab dir (overlay upper/work, simulated /sys, its
+spec) plus one process tree: ``unshare`` -> node_init (PID 1 of the node) -> sshd.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from provisioner.errors import LabError, NotFoundError
+from provisioner.lab.faults import apply_fault
+from provisioner.lab.keys import write_ed25519
+from provisioner.lab.profiles import PROFILES, gpus_for
+from provisioner.lab.render import node_files, render_sysfs
+from provisioner.paths import Paths
+
+NODE_INIT = Path(__file__).with_name("node_init.py")
+SSHD_CONFIG = """# gpuctl lab node sshd
+ListenAddress {address}:{port}
+HostKey /etc/gpuctl-lab/ssh_host_ed25519_key
+PidFile /run/gpuctl-lab-sshd.pid
+UsePAM no
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+AuthorizedKeysFile /etc/gpuctl-lab/authorized_keys
+StrictModes no
+MaxStartups 200:30:400
+MaxSessions 64
+UseDNS no
+"""
+
+
+@dataclass
+class LabNode:
+    name: str
+    address: str
+    port: int
+    profile: str
+    gpus: int
+    faults: list[str]
+    running: bool
+    sshd: bool
+    pid: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def require_lab_support() -> None:
+    """Raises LabError unless this is Linux, as root, with unshare and sshd."""
+    if platform.system() != "Linux":
+        raise LabError("the lab needs Linux namespaces; on this system use the Vagrantfile "
+                       "(vagrant up) for a VM lab")
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (mount namespaces, overlayfs); run as root, or use "
+                       "the Vagrantfile for a VM lab")
+    for tool, path in (("unshare", shutil.which("unshare")), ("nsenter", shutil.which("nsenter")),
+                       ("sshd", "/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)):
+        if not path:
+            raise LabError(f"{tool} not found: install util-linux and openssh-server")
+
+
+class Lab:
+    """The lab under ``paths.lab_dir``."""
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self.dir = paths.lab_dir
+        self.client_key = self.dir / "id_ed25519"
+
+    # -- node specs -------------------------------------------------------------
+    def node_dir(self, name: str) -> Path:
+        return self.dir / "nodes" / name
+
+    def names(self) -> list[str]:
+        base = self.dir / "nodes"
+        return sorted(p.name for p in base.iterdir() if (p / "node.json").exists()) \
+            if base.exists() else []
+
+    def spec(self, name: str) -> dict[str, Any]:
+        path = self.node_dir(name) / "node.json"
+        if not path.exists():
+            raise NotFoundError(f"no lab node named {name!r} (see `gpuctl lab status`)")
+        spec: dict[str, Any] = json.loads(path.read_text())
+        return spec
+
+    def _save_spec(self, spec: dict[str, Any]) -> None:
+        path = self.node_dir(spec["name"]) / "node.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(spec, indent=1))
+        os.replace(tmp, path)
+
+    def holder_pid(self, name: str) -> int | None:
+        """PID (host numbering) of the node's init, if it is running."""
+        pid_file = self.node_dir(name) / "holder.pid"
+        try:
+            pid = int(pid_file.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return pid if str(self.node_dir(name)).encode() in cmdline else None
+
+    # -- lifecycle --------------------------------------------------------------
+    def up(self, count: int, *, profile: str = "h100-sxm-8", smi_xml: Path | None = None,
+           faults: list[tuple[str, str]] | None = None, first_address: str = "127.0.0.10",
+           port: int = 22, prefix: str = "gpu-node", driver: bool = True) -> list[LabNode]:
+        """Create and start ``count`` nodes.
+
+        Raises:
+            LabError: unsupported host, a lab already up, bad profile/address/fault.
+        """
+        require_lab_support()
+        if self.names():
+            raise LabError(f"a lab is already up in {self.dir} ({len(self.names())} nodes); "
+                           "run `gpuctl lab down` first")
+        if profile not in PROFILES:
+            raise LabError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+        if not 1 <= count <= 200:
+            raise LabError("--nodes must be between 1 and 200")
+        try:
+            first = ipaddress.IPv4Address(first_address)
+        except ValueError:
+            raise LabError(f"--first-address {first_address!r} is not an IPv4 address") from None
+        if not first.is_loopback or not (first + count - 1).is_loopback:
+            raise LabError("lab addresses must stay inside 127.0.0.0/8")
+        names = [f"{prefix}-{i + 1:02d}" for i in range(count)]
+        fault_map: dict[str, list[str]] = {}
+        for node, kind in faults or []:
+            if node not in names:
+                raise LabError(f"fault for {node!r}, which is not one of {names[0]}..{names[-1]}")
+            fault_map.setdefault(node, []).append(kind)
+        replay_gpus = _gpus_from_capture(smi_xml) if smi_xml else None
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        client_pub = write_ed25519(self.client_key, "gpuctl-lab")
+        started: list[LabNode] = []
+        try:
+            for i, name in enumerate(names):
+                spec = {
+                    "name": name, "hostname": name, "index": i + 1,
+                    "address": str(first + i), "port": port, "profile": profile,
+                    "smi_xml": str(smi_xml.resolve()) if smi_xml else None, "driver": driver,
+                    "sshd": True, "faults": [], "kmsg": [],
+                    "system_serial": f"S{abs(hash(name)) % 10**9:09d}",
+                    "gpus": [dict(g) for g in replay_gpus] if replay_gpus is not None
+                    else gpus_for(PROFILES[profile], name),
+                }
+                if replay_gpus is not None and replay_gpus:
+                    spec["driver_version"], spec["cuda_version"] = _versions(smi_xml)
+                for kind in fault_map.get(name, []):
+                    apply_fault(spec, kind)
+                self._create(spec, client_pub)
+                self._start(name)
+                started.append(self.node(name))
+        except BaseException:
+            self.down()
+            raise
+        return started
+
+    def _create(self, spec: dict[str, Any], client_pub: str) -> None:
+        ndir = self.node_dir(spec["name"])
+        for sub in ("upper", "work", "merged"):
+            (ndir / sub).mkdir(parents=True, exist_ok=True)
+        etc = ndir / "upper/etc/gpuctl-lab"
+        write_ed25519(etc / "ssh_host_ed25519_key", f"root@{spec['name']}")
+        (etc / "authorized_keys").write_text(client_pub)
+        (etc / "sshd_config").write_text(SSHD_CONFIG.format(**spec))
+        (ndir / "upper/etc/hostname").write_text(spec["hostname"] + "\n")
+        self._save_spec(spec)
+        self._render(spec, running=False)
+
+    def _render(self, spec: dict[str, Any], *, running: bool) -> None:
+        ndir = self.node_dir(spec["name"])
+        render_sysfs(ndir / "sys", spec)
+        for path, (data, mode) in node_files(spec).items():
+            if running:
+                self.put_file(spec["name"], path, data, mode)
+            else:
+                target = ndir / "upper" / path.lstrip("/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+                os.chmod(target, mode)
+
+    def _start(self, name: str) -> None:
+        ndir = self.node_dir(name)
+        for marker in ("ready", "failed"):
+            (ndir / marker).unlink(missing_ok=True)
+        with open(ndir / "init.log", "ab") as log:
+            proc = subprocess.Popen(
+                ["unshare", "--mount", "--uts", "--pid", "--fork", "--propagation", "private",
+                 sys.executable, str(NODE_INIT), str(ndir)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if (ndir / "failed").exists() or proc.poll() is not None:
+                detail = (ndir / "failed").read_text().strip() if (ndir / "failed").exists() \
+                    else (ndir / "init.log").read_text()[-300:].strip()
+                raise LabError(f"lab node {name} did not start: {detail}")
+            if (ndir / "ready").exists():
+                break
+            time.sleep(0.02)
+        else:
+            raise LabError(f"lab node {name} did not start within 20 s")
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        (ndir / "holder.pid").write_text(children[0])
+
+    def _stop(self, name: str) -> None:
+        pid = self.holder_pid(name)
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.02)
+
+    def down(self, names: list[str] | None = None) -> list[str]:
+        """Stop nodes (all by default) and delete their directories."""
+        gone = []
+        for name in names if names is not None else self.names():
+            self._stop(name)
+            shutil.rmtree(self.node_dir(name), ignore_errors=True)
+            gone.append(name)
+        if not self.names():
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return gone
+
+    def restart(self, name: str) -> None:
+        """The lab's "reboot": stop the node's processes and start them again."""
+        self._stop(name)
+        self._start(name)
+
+    # -- inside a node ----------------------------------------------------------
+    def node_exec(self, name: str, argv: list[str], stdin: bytes = b"",
+                  timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+        """Run ``argv`` inside the node (its namespaces and root)."""
+        pid = self.holder_pid(name)
+        if pid is None:
+            raise LabError(f"lab node {name} is not running")
+        root = str(self.node_dir(name) / "merged")
+        return subprocess.run(["nsenter", "-t", str(pid), "-m", "-u", "-p", "--", "chroot",
+                               root, *argv], input=stdin, capture_output=True, timeout=timeout,
+                              check=False)
+
+    def put_file(self, name: str, path: str, data: bytes, mode: int = 0o644) -> None:
+        script = 'mkdir -p "$(dirname "$1")" && cat > "$1.tmp" && chmod "$2" "$1.tmp" ' \
+                 '&& mv "$1.tmp" "$1"'
+        res = self.node_exec(name, ["sh", "-c", script, "sh", path, oct(mode)[2:]], stdin=data)
+        if res.returncode != 0:
+            raise LabError(f"cannot write {path} on {name}: {res.stderr.decode()[:200]}")
+
+    def fault(self, name: str, kind: str) -> None:
+        """Inject fault ``kind`` into a running node."""
+        spec = self.spec(name)
+        apply_fault(spec, kind)
+        self._save_spec(spec)
+        if kind == "unreachable":
+            self.node_exec(name, ["sh", "-c", "kill $(cat /run/gpuctl-lab-sshd.pid)"])
+            return
+        if kind == "hostkey-changed":
+            key = self.node_dir(name) / "newkey"
+            write_ed25519(key, f"root@{name}")
+            self.put_file(name, "/etc/gpuctl-lab/ssh_host_ed25519_key", key.read_bytes(), 0o600)
+            key.unlink()
+            key.with_name("newkey.pub").unlink()
+            self.node_exec(name, ["sh", "-c", "kill $(cat /run/gpuctl-lab-sshd.pid); sleep 0.2;"
+                                  " /usr/sbin/sshd -f /etc/gpuctl-lab/sshd_config"])
+            return
+        self._render(spec, running=True)
+
+    def node(self, name: str) -> LabNode:
+        spec = self.spec(name)
+        pid = self.holder_pid(name)
+        return LabNode(name=name, address=spec["address"], port=spec["port"],
+                       profile=spec["profile"], gpus=len(spec["gpus"]), faults=spec["faults"],
+                       running=pid is not None, sshd=spec["sshd"], pid=pid)
+
+    def status(self) -> list[LabNode]:
+        return [self.node(n) for n in self.names()]
+
+
+def _gpus_from_capture(path: Path) -> list[dict[str, Any]]:
+    """GPU dicts for a node that replays a real ``nvidia-smi -q -x`` capture."""
+    from provisioner.probe.smi_xml import SmiParseError, parse_smi_xml  # noqa: PLC0415
+
+    try:
+        report = parse_smi_xml(path.read_bytes())
+    except OSError as exc:
+        raise LabError(f"cannot read --smi-xml {path}: {exc.strerror}") from None
+    except SmiParseError as exc:
+        raise LabError(f"--smi-xml {path}: {exc}") from None
+    out = []
+    for g in report.gpus:
+        out.append({
+            "index": g.index, "model": g.model or "NVIDIA GPU", "architecture": "",
+            "bus_id": g.pci_bus_id[-12:], "device_id": "0x2330", "uuid": g.uuid or "",
+            "serial": g.serial or "", "memory_mib": g.memory_mib or 0, "vbios": g.vbios or "",
+            "pcie_gen_max": g.pcie_gen_max or 4, "pcie_gen_current": g.pcie_gen_current or 4,
+            "pcie_width_max": g.pcie_width_max or 16,
+            "pcie_width_current": g.pcie_width_current or 16,
+            "power_limit_w": g.power_limit_w or 0.0, "temperature_c": g.temperature_c or 30,
+            "mig": g.mig_mode == "Enabled", "ecc_dram_uncorrectable": 0,
+            "remapped_rows": g.remapped_rows_failure is not None, "remap_unc": 0,
+            "remap_failure": False, "thermal_slowdown": False,
+        })
+    return out
+
+
+def _versions(path: Path | None) -> tuple[str | None, str | None]:
+    from provisioner.probe.smi_xml import parse_smi_xml  # noqa: PLC0415
+
+    assert path is not None
+    report = parse_smi_xml(path.read_bytes())
+    return report.driver_version, report.cuda_version

@@ -1,0 +1,103 @@
+"""Write a lab node's simulated hardware: its /sys tree, GPU state, kernel log, tools."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from provisioner.lab.profiles import PROFILES
+
+STANDIN_SMI = Path(__file__).with_name("standin_smi.py")
+DMESG = """#!/bin/sh
+# gpuctl lab stand-in dmesg: the node's own kernel log, not the host's.
+cat /etc/gpuctl-lab/kmsg 2>/dev/null
+"""
+GEN_SPEED = {1: "2.5 GT/s PCIe", 2: "5.0 GT/s PCIe", 3: "8.0 GT/s PCIe", 4: "16.0 GT/s PCIe",
+             5: "32.0 GT/s PCIe", 6: "64.0 GT/s PCIe"}
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def render_sysfs(sys_dir: Path, spec: dict[str, Any]) -> None:
+    """(Re)build the node's simulated /sys from its spec (bind-mounted into the node)."""
+    if sys_dir.exists():
+        shutil.rmtree(sys_dir)
+    profile = PROFILES[spec["profile"]]
+    dmi = sys_dir / "class/dmi/id"
+    for key, value in {"sys_vendor": profile.system_vendor,
+                       "product_name": profile.system_product,
+                       "product_serial": spec["system_serial"], "board_vendor":
+                       profile.system_vendor, "bios_version": "2.1.0",
+                       "chassis_serial": spec["system_serial"]}.items():
+        _write(dmi / key, value + "\n")
+    for i, gpu in enumerate(spec["gpus"]):
+        dev = sys_dir / "bus/pci/devices" / gpu["bus_id"].lower()
+        for key, value in {
+            "vendor": "0x10de", "device": gpu["device_id"], "class": "0x030200",
+            "current_link_speed": GEN_SPEED[gpu["pcie_gen_current"]],
+            "max_link_speed": GEN_SPEED[gpu["pcie_gen_max"]],
+            "current_link_width": str(gpu["pcie_width_current"]),
+            "max_link_width": str(gpu["pcie_width_max"]), "numa_node": str(i * 2 // 8),
+        }.items():
+            _write(dev / key, value + "\n")
+    nets = [("eno1", "1", 100000, "up"), ("eno2", "1", 100000, "down")]
+    nets += [(f"ibp{i}s0", "32", profile.ib_rate_gbps * 1000, "up")
+             for i in range(profile.ib_ports)]
+    for i, (name, dtype, speed, state) in enumerate(nets):
+        base = sys_dir / "class/net" / name
+        _write(base / "type", dtype + "\n")
+        _write(base / "speed", f"{speed}\n")
+        _write(base / "operstate", state + "\n")
+        _write(base / "address", f"0c:42:a1:{i:02x}:{spec['index']:02x}:01\n")
+    for i in range(profile.ib_ports):
+        port = sys_dir / f"class/infiniband/mlx5_{i}/ports/1"
+        down = f"ib-port-down:{i}" in spec["faults"]
+        _write(port / "state", "1: DOWN\n" if down else "4: ACTIVE\n")
+        _write(port / "phys_state", "3: Disabled\n" if down else "5: LinkUp\n")
+        _write(port / "rate", f"{profile.ib_rate_gbps} Gb/sec (4X NDR)\n")
+        _write(port / "link_layer", "InfiniBand\n")
+    (sys_dir / "block").mkdir(parents=True, exist_ok=True)
+    nvme = sys_dir / "block/nvme0n1"
+    _write(nvme / "size", "7501476528\n")
+    _write(nvme / "device/model", "SAMSUNG MZQL23T8HCLS-00A07\n")
+    _write(nvme / "device/serial", f"S64H{spec['index']:06d}\n")
+    _write(nvme / "queue/rotational", "0\n")
+    (sys_dir / "module").mkdir(parents=True, exist_ok=True)
+    if spec["driver"] and spec["gpus"]:
+        _write(sys_dir / "module/nvidia/version", profile.driver_version + "\n")
+    (sys_dir / "firmware/efi/efivars").mkdir(parents=True, exist_ok=True)
+    (sys_dir / "firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-e9ffa4da5dbe") \
+        .write_bytes(b"\x06\x00\x00\x00\x00")
+
+
+def node_files(spec: dict[str, Any]) -> dict[str, tuple[bytes, int]]:
+    """Files the node must have under its root: path -> (content, mode)."""
+    profile = PROFILES[spec["profile"]]
+    state = {
+        "driver_version": spec.get("driver_version") or profile.driver_version,
+        "cuda_version": spec.get("cuda_version") or profile.cuda_version,
+        "gpus": spec["gpus"], "nvswitch": profile.nvswitch, "ib_ports": profile.ib_ports,
+        "faults": spec["faults"], "garbage": "garbage-output" in spec["faults"],
+        "replay_xml": "/etc/gpuctl-lab/replay.xml" if spec.get("smi_xml") else None,
+    }
+    files: dict[str, tuple[bytes, int]] = {
+        "/etc/gpuctl-lab/gpus.json": (json.dumps(state, indent=1).encode(), 0o644),
+        "/etc/gpuctl-lab/kmsg": ("".join(
+            f"[{1000 + i * 7}.123456] {line}\n" for i, line in enumerate(spec["kmsg"])
+        ).encode(), 0o644),
+        "/usr/bin/dmesg": (DMESG.encode(), 0o755),
+    }
+    if spec.get("smi_xml"):
+        files["/etc/gpuctl-lab/replay.xml"] = (Path(spec["smi_xml"]).read_bytes(), 0o644)
+    if spec["driver"] and spec["gpus"]:
+        files["/usr/bin/nvidia-smi"] = (STANDIN_SMI.read_bytes(), 0o755)
+    return files

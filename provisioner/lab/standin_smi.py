@@ -1,0 +1,286 @@
+#!/usr/bin/python3
+"""Stand-in nvidia-smi for gpuctl lab nodes (installed on the node; stdlib only).
+
+Implements the parts gpuctl and admins use: ``-q -x`` (the v12 XML schema),
+``--query-gpu=... --format=csv[,noheader][,nounits]``, ``-L`` and ``topo -m``. The
+GPUs come from /etc/gpuctl-lab/gpus.json, written by ``gpuctl lab``; with a replayed
+capture the real XML is printed, patched only where a fault was injected.
+"""
+
+import json
+import os
+import sys
+import xml.etree.ElementTree as ET
+
+STATE = "/etc/gpuctl-lab/gpus.json"
+
+
+def load():
+    with open(STATE) as fh:
+        return json.load(fh)
+
+
+def esc(value):
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def gpu_xml(g, st):
+    active = lambda flag: "Active" if flag else "Not Active"  # noqa: E731
+    bus = g["bus_id"].upper()
+    full_bus = "0000" + bus if len(bus) == 12 else bus
+    mig = "Enabled" if g["mig"] else "Disabled"
+    migdevs = "".join(
+        "<mig_device><index>%d</index><gpu_instance_id>%d</gpu_instance_id>"
+        "<compute_instance_id>0</compute_instance_id><fb_memory_usage><total>%d MiB</total>"
+        "</fb_memory_usage></mig_device>" % (i, 7 + i, g["memory_mib"] // 8)
+        for i in range(7)) if g["mig"] else ""
+    if g["remapped_rows"]:
+        remap = ("<remapped_rows><remapped_row_corr>0</remapped_row_corr>"
+                 "<remapped_row_unc>%d</remapped_row_unc><remapped_row_pending>No"
+                 "</remapped_row_pending><remapped_row_failure>%s</remapped_row_failure>"
+                 "</remapped_rows>" % (g["remap_unc"], "Yes" if g["remap_failure"] else "No"))
+    else:
+        remap = "<remapped_rows>N/A</remapped_rows>"
+    unc = g["ecc_dram_uncorrectable"]
+    return f"""    <gpu id="{full_bus}">
+        <product_name>{esc(g['model'])}</product_name>
+        <product_brand>NVIDIA</product_brand>
+        <product_architecture>{esc(g['architecture'])}</product_architecture>
+        <persistence_mode>Enabled</persistence_mode>
+        <mig_mode><current_mig>{mig}</current_mig><pending_mig>{mig}</pending_mig></mig_mode>
+        <mig_devices>{migdevs or 'None'}</mig_devices>
+        <serial>{g['serial']}</serial>
+        <uuid>{g['uuid']}</uuid>
+        <minor_number>{g['index']}</minor_number>
+        <vbios_version>{g['vbios']}</vbios_version>
+        <pci>
+            <pci_bus>{bus[5:7]}</pci_bus>
+            <pci_device>00</pci_device>
+            <pci_domain>0000</pci_domain>
+            <pci_device_id>{g['device_id'][2:].upper()}10DE</pci_device_id>
+            <pci_bus_id>{full_bus}</pci_bus_id>
+            <pci_gpu_link_info>
+                <pcie_gen>
+                    <max_link_gen>{g['pcie_gen_max']}</max_link_gen>
+                    <current_link_gen>{g['pcie_gen_current']}</current_link_gen>
+                </pcie_gen>
+                <link_widths>
+                    <max_link_width>{g['pcie_width_max']}x</max_link_width>
+                    <current_link_width>{g['pcie_width_current']}x</current_link_width>
+                </link_widths>
+            </pci_gpu_link_info>
+            <replay_counter>0</replay_counter>
+        </pci>
+        <performance_state>P0</performance_state>
+        <clocks_event_reasons>
+            <clocks_event_reason_gpu_idle>Active</clocks_event_reason_gpu_idle>
+            <clocks_event_reason_sw_power_cap>Not Active</clocks_event_reason_sw_power_cap>
+            <clocks_event_reason_hw_slowdown>{active(g['thermal_slowdown'])}</clocks_event_reason_hw_slowdown>
+            <clocks_event_reason_hw_thermal_slowdown>{active(g['thermal_slowdown'])}</clocks_event_reason_hw_thermal_slowdown>
+            <clocks_event_reason_sw_thermal_slowdown>Not Active</clocks_event_reason_sw_thermal_slowdown>
+        </clocks_event_reasons>
+        <fb_memory_usage>
+            <total>{g['memory_mib']} MiB</total>
+            <reserved>0 MiB</reserved>
+            <used>0 MiB</used>
+            <free>{g['memory_mib']} MiB</free>
+        </fb_memory_usage>
+        <compute_mode>Default</compute_mode>
+        <ecc_mode><current_ecc>Enabled</current_ecc><pending_ecc>Enabled</pending_ecc></ecc_mode>
+        <ecc_errors>
+            <volatile>
+                <sram_correctable>0</sram_correctable>
+                <sram_uncorrectable>0</sram_uncorrectable>
+                <dram_correctable>0</dram_correctable>
+                <dram_uncorrectable>{unc}</dram_uncorrectable>
+            </volatile>
+            <aggregate>
+                <sram_correctable>0</sram_correctable>
+                <sram_uncorrectable>0</sram_uncorrectable>
+                <dram_correctable>0</dram_correctable>
+                <dram_uncorrectable>{unc}</dram_uncorrectable>
+            </aggregate>
+        </ecc_errors>
+        <retired_pages>
+            <multiple_single_bit_retirement><retired_count>N/A</retired_count></multiple_single_bit_retirement>
+            <double_bit_retirement><retired_count>N/A</retired_count></double_bit_retirement>
+            <pending_blacklist>N/A</pending_blacklist>
+            <pending_retirement>N/A</pending_retirement>
+        </retired_pages>
+        {remap}
+        <temperature>
+            <gpu_temp>{g['temperature_c']} C</gpu_temp>
+            <gpu_temp_max_threshold>92 C</gpu_temp_max_threshold>
+            <gpu_temp_slow_threshold>89 C</gpu_temp_slow_threshold>
+        </temperature>
+        <gpu_power_readings>
+            <power_state>P0</power_state>
+            <power_draw>{g['power_limit_w'] * 0.1:.2f} W</power_draw>
+            <current_power_limit>{g['power_limit_w']:.2f} W</current_power_limit>
+            <default_power_limit>{g['power_limit_w']:.2f} W</default_power_limit>
+            <max_power_limit>{g['power_limit_w']:.2f} W</max_power_limit>
+        </gpu_power_readings>
+        <processes />
+    </gpu>
+"""
+
+
+def patched_replay(st):
+    tree = ET.parse(st["replay_xml"])
+    root = tree.getroot()
+    keep = {g["bus_id"].lower()[-12:]: g for g in st["gpus"]}
+    for el in list(root.findall("gpu")):
+        bus = (el.findtext("pci/pci_bus_id") or el.get("id") or "").lower()[-12:]
+        g = keep.get(bus)
+        if g is None:
+            root.remove(el)
+            continue
+        width = el.find("pci/pci_gpu_link_info/link_widths/current_link_width")
+        if width is not None:
+            width.text = "%dx" % g["pcie_width_current"]
+        for path in ("ecc_errors/volatile/dram_uncorrectable",
+                     "ecc_errors/aggregate/dram_uncorrectable"):
+            node = el.find(path)
+            if node is not None and g["ecc_dram_uncorrectable"]:
+                node.text = str(g["ecc_dram_uncorrectable"])
+        for reasons in ("clocks_event_reasons", "clocks_throttle_reasons"):
+            for node in el.findall(reasons + "/*"):
+                if node.tag.endswith("hw_thermal_slowdown") and g["thermal_slowdown"]:
+                    node.text = "Active"
+    root.find("attached_gpus").text = str(len(root.findall("gpu")))  # type: ignore[union-attr]
+    return ET.tostring(root, encoding="unicode")
+
+
+def query_xml(st):
+    if st.get("garbage"):
+        # Fault garbage-output: 50 MB of junk that is not UTF-8, let alone XML.
+        chunk = bytes(range(256)) * 4096
+        for _ in range(50 * 1024 * 1024 // len(chunk)):
+            sys.stdout.buffer.write(chunk)
+        return
+    if st.get("replay_xml"):
+        if st.get("faults"):
+            sys.stdout.write(patched_replay(st))
+        else:
+            with open(st["replay_xml"], "rb") as fh:
+                sys.stdout.buffer.write(fh.read())
+        return
+    sys.stdout.write('<?xml version="1.0" ?>\n<!DOCTYPE nvidia_smi_log SYSTEM '
+                     '"nvsmi_device_v12.dtd">\n<nvidia_smi_log>\n')
+    sys.stdout.write("    <driver_version>%s</driver_version>\n" % st["driver_version"])
+    sys.stdout.write("    <cuda_version>%s</cuda_version>\n" % st["cuda_version"])
+    sys.stdout.write("    <attached_gpus>%d</attached_gpus>\n" % len(st["gpus"]))
+    for g in st["gpus"]:
+        sys.stdout.write(gpu_xml(g, st))
+    sys.stdout.write("</nvidia_smi_log>\n")
+
+
+FIELDS = {
+    "index": ("index", lambda g, st: g["index"]),
+    "name": ("name", lambda g, st: g["model"]),
+    "uuid": ("uuid", lambda g, st: g["uuid"]),
+    "serial": ("serial", lambda g, st: g["serial"]),
+    "pci.bus_id": ("pci.bus_id", lambda g, st: "0000" + g["bus_id"].upper()),
+    "memory.total": ("memory.total [MiB]", lambda g, st: "%d MiB" % g["memory_mib"]),
+    "driver_version": ("driver_version", lambda g, st: st["driver_version"]),
+    "vbios_version": ("vbios_version", lambda g, st: g["vbios"]),
+    "temperature.gpu": ("temperature.gpu", lambda g, st: g["temperature_c"]),
+    "power.limit": ("power.limit [W]", lambda g, st: "%.2f W" % g["power_limit_w"]),
+    "pcie.link.gen.current": ("pcie.link.gen.current", lambda g, st: g["pcie_gen_current"]),
+    "pcie.link.gen.max": ("pcie.link.gen.max", lambda g, st: g["pcie_gen_max"]),
+    "pcie.link.width.current": ("pcie.link.width.current",
+                                lambda g, st: g["pcie_width_current"]),
+    "pcie.link.width.max": ("pcie.link.width.max", lambda g, st: g["pcie_width_max"]),
+    "ecc.mode.current": ("ecc.mode.current", lambda g, st: "Enabled"),
+    "mig.mode.current": ("mig.mode.current",
+                         lambda g, st: "Enabled" if g["mig"] else "Disabled"),
+    "clocks_throttle_reasons.hw_thermal_slowdown": (
+        "clocks_throttle_reasons.hw_thermal_slowdown",
+        lambda g, st: "Active" if g["thermal_slowdown"] else "Not Active"),
+}
+
+
+def query_gpu(fields, fmt, st):
+    if not fmt.startswith("csv"):
+        sys.stderr.write("Only CSV format is supported.\n")
+        return 2
+    opts = fmt.split(",")[1:]
+    names = [f.strip() for f in fields.split(",") if f.strip()]
+    bad = [n for n in names if n not in FIELDS]
+    if bad:
+        sys.stderr.write('Field "%s" is not a valid field to query.\n' % bad[0])
+        return 2
+    if "noheader" not in opts:
+        print(", ".join(FIELDS[n][0] for n in names))
+    for g in st["gpus"]:
+        values = []
+        for n in names:
+            value = str(FIELDS[n][1](g, st))
+            if "nounits" in opts:
+                value = value.split(" ")[0] if value.endswith((" MiB", " W")) else value
+            values.append(value)
+        print(", ".join(values))
+    return 0
+
+
+def topo(st):
+    n = len(st["gpus"])
+    link = "NV18" if st.get("nvswitch") else "SYS"
+    nics = ["NIC%d" % i for i in range(st.get("ib_ports", 0))]
+    cols = ["GPU%d" % i for i in range(n)] + nics
+    print("\t" + "\t".join(cols) + "\tCPU Affinity\tNUMA Affinity\tGPU NUMA ID")
+    for i in range(n):
+        row = ["X" if i == j else link for j in range(n)]
+        row += ["PIX" if k == i else "SYS" for k in range(len(nics))]
+        half = 0 if i < max(1, n // 2) else 1
+        print("GPU%d\t%s\t%s\t%d\t\tN/A" % (i, "\t".join(row),
+              "0-55,112-167" if half == 0 else "56-111,168-223", half))
+    for k, nic in enumerate(nics):
+        row = ["PIX" if k == i else "SYS" for i in range(n)]
+        row += ["X" if k == j else "SYS" for j in range(len(nics))]
+        print("%s\t%s" % (nic, "\t".join(row)))
+    print("\nLegend:\n\n  X    = Self\n  SYS  = Connection traversing PCIe as well as the SMP "
+          "interconnect between NUMA nodes\n  PIX  = Connection traversing at most a single "
+          "PCIe bridge\n  NV#  = Connection traversing a bonded set of # NVLinks")
+    if nics:
+        print("\nNIC Legend:\n")
+        for k, nic in enumerate(nics):
+            print("  %s: mlx5_%d" % (nic, k))
+    return 0
+
+
+def main(argv):
+    try:
+        st = load()
+    except OSError:
+        sys.stdout.write("NVIDIA-SMI has failed because it couldn't communicate with the "
+                         "NVIDIA driver. Make sure that the latest NVIDIA driver is installed "
+                         "and running.\n\n")
+        return 9
+    args = list(argv)
+    if args[:2] == ["-q", "-x"] or args[:1] in (["-qx"], ["--xml-format"]):
+        query_xml(st)
+        return 0
+    if args[:1] == ["topo"] and "-m" in args:
+        return topo(st)
+    if args[:1] == ["-L"]:
+        for g in st["gpus"]:
+            print("GPU %d: %s (UUID: %s)" % (g["index"], g["model"], g["uuid"]))
+        return 0
+    query = next((a.split("=", 1)[1] for a in args if a.startswith("--query-gpu=")), None)
+    fmt = next((a.split("=", 1)[1] for a in args if a.startswith("--format=")), None)
+    if query is not None and fmt is not None:
+        return query_gpu(query, fmt, st)
+    if not args:
+        print("gpuctl lab stand-in nvidia-smi: driver %s, CUDA %s, %d GPUs"
+              % (st["driver_version"], st["cuda_version"], len(st["gpus"])))
+        return 0
+    sys.stderr.write("stand-in nvidia-smi: unsupported arguments: %s\n" % " ".join(args))
+    return 2
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except BrokenPipeError:
+        os._exit(0)

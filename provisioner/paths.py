@@ -1,0 +1,50 @@
+"""One object for every location gpuctl reads or writes, overridable by GPUCTL_HOME."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where gpuctl keeps its state.
+
+    ``home`` defaults to ``$XDG_DATA_HOME/gpuctl`` (``~/.local/share/gpuctl``) and
+    is overridden by ``GPUCTL_HOME``; the database URL by ``GPUCTL_DB``.
+    """
+
+    home: Path
+
+    @classmethod
+    def from_env(cls) -> Paths:
+        env_home = os.environ.get("GPUCTL_HOME")
+        if env_home:
+            return cls(Path(env_home))
+        xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return cls(Path(xdg) / "gpuctl")
+
+    @property
+    def db_file(self) -> Path:
+        return self.home / "gpuctl.db"
+
+    @property
+    def db_url(self) -> str:
+        return os.environ.get("GPUCTL_DB") or f"sqlite:///{self.db_file}"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.home / "known_hosts"
+
+    @property
+    def lab_dir(self) -> Path:
+        return self.home / "lab"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    def ensure(self) -> None:
+        """Create the data directory (mode 0700: it holds keys and host keys)."""
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)

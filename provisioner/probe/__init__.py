@@ -1,0 +1,1 @@
+"""The self-contained node probe and the parsers for what it sends back."""

@@ -1,0 +1,197 @@
+"""Parse ``nvidia-smi -q -x`` output (schemas v10-v13) into per-GPU facts.
+
+The XML comes from a node and is untrusted: it is parsed with defusedxml (no entity
+expansion, no external references), size-capped by the caller, and any field a GPU
+does not report (``N/A``, missing element) becomes ``None``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from xml.etree.ElementTree import Element, ParseError
+
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring
+
+from provisioner.errors import GpuctlError
+
+MAX_GPUS = 64
+_NUMBER = re.compile(r"^-?[0-9]+(?:\.[0-9]+)?")
+
+
+class SmiParseError(GpuctlError):
+    """The nvidia-smi output is not the XML it should be."""
+
+
+@dataclass
+class SmiGpu:
+    index: int
+    model: str | None
+    uuid: str | None
+    serial: str | None
+    pci_bus_id: str
+    vbios: str | None
+    memory_mib: int | None
+    pcie_gen_current: int | None
+    pcie_gen_max: int | None
+    pcie_width_current: int | None
+    pcie_width_max: int | None
+    ecc_mode: str | None
+    mig_mode: str | None
+    retired_pages_sbe: int | None
+    retired_pages_dbe: int | None
+    retired_pages_pending: bool | None
+    remapped_rows_correctable: int | None
+    remapped_rows_uncorrectable: int | None
+    remapped_rows_pending: bool | None
+    remapped_rows_failure: bool | None
+    ecc_uncorrectable_volatile: int | None
+    ecc_uncorrectable_aggregate: int | None
+    temperature_c: int | None
+    power_limit_w: float | None
+    thermal_slowdown: bool | None
+    mig_devices: int = 0
+
+
+@dataclass
+class SmiReport:
+    driver_version: str | None
+    cuda_version: str | None
+    gpus: list[SmiGpu] = field(default_factory=list)
+
+
+def _text(el: Element | None, path: str) -> str | None:
+    if el is None:
+        return None
+    node = el.find(path)
+    if node is None or node.text is None:
+        return None
+    value = node.text.strip()
+    return None if value in ("", "N/A", "[N/A]", "Unknown Error", "[Unknown Error]") else value
+
+
+def _number(el: Element | None, path: str) -> float | None:
+    value = _text(el, path)
+    if value is None:
+        return None
+    match = _NUMBER.match(value)
+    return float(match.group(0)) if match else None
+
+
+def _int(el: Element | None, path: str) -> int | None:
+    value = _number(el, path)
+    return int(value) if value is not None else None
+
+
+def _yes(el: Element | None, path: str) -> bool | None:
+    value = _text(el, path)
+    if value is None:
+        return None
+    return value.lower() in ("yes", "active", "enabled", "true")
+
+
+def _first(el: Element, *paths: str) -> Element | None:
+    for path in paths:
+        found = el.find(path)
+        if found is not None:
+            return found
+    return None
+
+
+def _sum(values: list[int | None]) -> int | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def _ecc_uncorrectable(gpu: Element, scope: str) -> int | None:
+    block = gpu.find(f"ecc_errors/{scope}")
+    if block is None:
+        return None
+    # v12+: dram_/sram_uncorrectable; older: double_bit/total.
+    return _sum([_int(block, "dram_uncorrectable"), _int(block, "sram_uncorrectable"),
+                 _int(block, "double_bit/total")])
+
+
+def _gpu(index: int, gpu: Element) -> SmiGpu:
+    link = gpu.find("pci/pci_gpu_link_info")
+    remap = gpu.find("remapped_rows")
+    reasons = _first(gpu, "clocks_event_reasons", "clocks_throttle_reasons")
+    thermal = None
+    if reasons is not None:
+        flags = [_yes(r, ".") for r in reasons if "thermal" in r.tag]
+        thermal = any(f for f in flags if f) if flags else None
+    power = _first(gpu, "gpu_power_readings", "power_readings")
+    return SmiGpu(
+        index=index,
+        model=_text(gpu, "product_name"),
+        uuid=_text(gpu, "uuid"),
+        serial=_text(gpu, "serial"),
+        pci_bus_id=(_text(gpu, "pci/pci_bus_id") or gpu.get("id") or "").lower(),
+        vbios=_text(gpu, "vbios_version"),
+        memory_mib=_int(gpu, "fb_memory_usage/total"),
+        pcie_gen_current=_int(link, "pcie_gen/current_link_gen"),
+        pcie_gen_max=_int(link, "pcie_gen/max_link_gen"),
+        pcie_width_current=_int(link, "link_widths/current_link_width"),
+        pcie_width_max=_int(link, "link_widths/max_link_width"),
+        ecc_mode=_text(gpu, "ecc_mode/current_ecc"),
+        mig_mode=_text(gpu, "mig_mode/current_mig"),
+        retired_pages_sbe=_int(gpu, "retired_pages/multiple_single_bit_retirement/retired_count"),
+        retired_pages_dbe=_int(gpu, "retired_pages/double_bit_retirement/retired_count"),
+        retired_pages_pending=_yes(gpu, "retired_pages/pending_retirement"),
+        remapped_rows_correctable=_int(remap, "remapped_row_corr"),
+        remapped_rows_uncorrectable=_int(remap, "remapped_row_unc"),
+        remapped_rows_pending=_yes(remap, "remapped_row_pending"),
+        remapped_rows_failure=_yes(remap, "remapped_row_failure"),
+        ecc_uncorrectable_volatile=_ecc_uncorrectable(gpu, "volatile"),
+        ecc_uncorrectable_aggregate=_ecc_uncorrectable(gpu, "aggregate"),
+        temperature_c=_int(gpu, "temperature/gpu_temp"),
+        power_limit_w=_number(power, "current_power_limit") if power is not None
+        and power.find("current_power_limit") is not None else _number(power, "power_limit"),
+        thermal_slowdown=thermal,
+        mig_devices=len(gpu.findall("mig_devices/mig_device")),
+    )
+
+
+def parse_smi_xml(xml: str | bytes) -> SmiReport:
+    """Parse one ``nvidia-smi -q -x`` document.
+
+    Raises:
+        SmiParseError: not well-formed XML, forbidden XML constructs, the wrong root
+            element, or more than MAX_GPUS GPUs.
+    """
+    try:
+        root = fromstring(xml)
+    except DefusedXmlException as exc:
+        raise SmiParseError(f"nvidia-smi -q -x output uses forbidden XML ({exc})") from None
+    except (ParseError, ValueError) as exc:
+        raise SmiParseError(f"nvidia-smi -q -x output is not valid XML ({exc})") from None
+    if root.tag != "nvidia_smi_log":
+        raise SmiParseError(f"nvidia-smi -q -x output has root <{root.tag[:40]}>, "
+                            "expected <nvidia_smi_log>")
+    gpus = root.findall("gpu")
+    if len(gpus) > MAX_GPUS:
+        raise SmiParseError(f"nvidia-smi -q -x reports {len(gpus)} GPUs (at most {MAX_GPUS})")
+    return SmiReport(
+        driver_version=_text(root, "driver_version"),
+        cuda_version=_text(root, "cuda_version"),
+        gpus=[_gpu(i, g) for i, g in enumerate(gpus)],
+    )
+
+
+_XID = re.compile(r"NVRM: Xid \((?:PCI:)?([0-9a-fA-F:.]+)\): (\d+),?\s*(.*)")
+
+
+def parse_xid_lines(lines: list[Any]) -> list[dict[str, Any]]:
+    """Turn kernel log lines like ``NVRM: Xid (PCI:0000:18:00): 79, pid=...`` into
+    ``{"pci": ..., "xid": 79, "message": ...}``; other lines are skipped."""
+    out = []
+    for line in lines[:1000]:
+        if not isinstance(line, str):
+            continue
+        match = _XID.search(line)
+        if match:
+            out.append({"pci": match.group(1).lower(), "xid": int(match.group(2)),
+                        "message": match.group(3)[:200]})
+    return out

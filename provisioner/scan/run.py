@@ -1,0 +1,214 @@
+"""``scan_nodes``: probe many nodes in parallel; one bad node never stops the others."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlmodel import col, select
+
+from provisioner.db.engine import session_scope
+from provisioner.db.models import HardwareSnapshot, Node, Run, utcnow
+from provisioner.errors import GpuctlError, InputError
+from provisioner.inventory.lifecycle import State, record_event
+from provisioner.inventory.registry import current_actor, get_node
+from provisioner.paths import Paths
+from provisioner.probe.facts import HardwareFacts, parse_probe_output, probe_command, \
+    probe_script
+from provisioner.scan.findings import Finding, drift_findings, health_findings, new_only
+from provisioner.scan.store import apply_findings, store_snapshot
+from provisioner.skus import infer_sku
+from provisioner.ssh.exec import AuthFailed, Target, run_on_node
+from provisioner.ssh.hostkeys import HostKeyChanged, HostKeyError, KnownHosts
+
+OUTCOMES = ("ok", "drift", "fault", "unreachable", "refused", "error")
+MAX_PROBE_OUTPUT = 16 * 1024 * 1024
+
+
+@dataclass
+class NodeScanResult:
+    name: str
+    outcome: str
+    message: str = ""
+    findings: list[Finding] = field(default_factory=list)
+    gpus: int | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class ScanSummary:
+    run_id: int
+    status: str
+    results: list[NodeScanResult]
+
+    def counts(self) -> dict[str, int]:
+        return {o: sum(r.outcome == o for r in self.results) for o in OUTCOMES}
+
+    @property
+    def failed(self) -> list[NodeScanResult]:
+        return [r for r in self.results if r.outcome in ("unreachable", "refused", "error")]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "status": self.status, "counts": self.counts(),
+                "results": [asdict(r) for r in self.results]}
+
+
+@dataclass
+class _Probe:
+    target: Target
+    facts: HardwareFacts | None = None
+    error: GpuctlError | None = None
+    seconds: float = 0.0
+
+
+def _probe_node(target: Target, known_hosts: KnownHosts, accept_new: bool,
+                connect_timeout: float, command_timeout: float) -> _Probe:
+    start = time.monotonic()
+    try:
+        result = run_on_node(target, probe_command(), known_hosts=known_hosts,
+                             stdin_data=probe_script(), accept_new=accept_new,
+                             connect_timeout=connect_timeout, command_timeout=command_timeout,
+                             max_output=MAX_PROBE_OUTPUT)
+        if result.exit_code != 0 and not result.stdout:
+            err = result.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+            raise GpuctlError(f"{target.name}: probe exited {result.exit_code}: "
+                              f"{err[0][:160]}")
+        facts = parse_probe_output(result.stdout)
+        return _Probe(target, facts=facts, seconds=time.monotonic() - start)
+    except GpuctlError as exc:
+        return _Probe(target, error=exc, seconds=time.monotonic() - start)
+
+
+def _classify(exc: GpuctlError) -> str:
+    if isinstance(exc, HostKeyError | AuthFailed):
+        return "refused"
+    from provisioner.ssh.exec import Unreachable  # noqa: PLC0415
+
+    return "unreachable" if isinstance(exc, Unreachable) else "error"
+
+
+def _record(db_url: str, probe: _Probe, run_id: int, actor: str) -> NodeScanResult:
+    name = probe.target.name
+    with session_scope(db_url) as session:
+        node = get_node(session, name)
+        if probe.error is not None:
+            outcome = _classify(probe.error)
+            message = str(probe.error).removeprefix(f"{name}: ")
+            if isinstance(probe.error, HostKeyChanged):
+                node.hostkey_mismatch = True
+                session.add(node)
+                record_event(session, node, "hostkey", message, actor=actor, run_id=run_id,
+                             severity="critical")
+            else:
+                record_event(session, node, "scan", f"{outcome}: {message}", actor=actor,
+                             run_id=run_id, severity="warning")
+            return NodeScanResult(name, outcome, message, seconds=probe.seconds)
+        facts = probe.facts
+        assert facts is not None
+        prev_snap = session.get(HardwareSnapshot, node.last_snapshot_id) \
+            if node.last_snapshot_id else None
+        prev = json.loads(prev_snap.facts_json) if prev_snap else None
+        if node.sku is None:
+            node.sku = infer_sku([g.model for g in facts.gpus]) if facts.smi_status == "ok" \
+                or not facts.pci_gpus else None
+        findings = health_findings(facts, node.sku)
+        if prev:
+            findings = new_only(prev, findings, facts) + drift_findings(prev, facts)
+        store_snapshot(session, node, facts, run_id)
+        apply_findings(session, node, findings, actor=actor, run_id=run_id)
+        notable = [f for f in findings if f.severity != "info"]
+        outcome = "drift" if any(f.drift for f in notable) else ("fault" if notable else "ok")
+        message = "; ".join(f.message for f in notable[:2])
+        return NodeScanResult(name, outcome, message, findings, len(facts.gpus), probe.seconds)
+
+
+def select_targets(db_url: str, names: list[str], all_nodes: bool) -> list[Target]:
+    """The nodes to act on: ``names`` (all must exist) or every node not retired."""
+    if not names and not all_nodes:
+        raise InputError("name the nodes to scan, or pass --all")
+    with session_scope(db_url) as session:
+        if all_nodes:
+            nodes = list(session.exec(select(Node).where(Node.state != State.RETIRED)
+                                      .order_by(col(Node.name))))
+        else:
+            nodes = [get_node(session, n) for n in dict.fromkeys(names)]
+        return [Target(n.name, n.address, n.port, n.user, n.key_path) for n in nodes]
+
+
+def scan_nodes(
+    paths: Paths,
+    names: list[str],
+    *,
+    all_nodes: bool = False,
+    parallel: int = 32,
+    accept_new: bool = False,
+    connect_timeout: float = 10.0,
+    command_timeout: float = 120.0,
+    on_result: Callable[[NodeScanResult], None] | None = None,
+) -> ScanSummary:
+    """Probe the nodes, store a snapshot for each one reached, and flag faults/drift.
+
+    Results are written node by node as they arrive, so an interrupted scan keeps
+    everything it had received.
+
+    Raises:
+        InputError / NotFoundError: bad selection; nothing is scanned.
+        GpuctlError: the scan was interrupted (what was received is stored).
+    """
+    if not 1 <= parallel <= 1024:
+        raise InputError(f"--parallel {parallel} must be between 1 and 1024")
+    db_url = paths.db_url
+    targets = select_targets(db_url, names, all_nodes)
+    actor = current_actor()
+    with session_scope(db_url) as session:
+        mismatched = {n.name for n in session.exec(
+            select(Node).where(col(Node.hostkey_mismatch).is_(True)))}
+        run = Run(kind="scan", actor=actor, args_json=json.dumps(
+            {"nodes": names, "all": all_nodes, "parallel": parallel, "accept_new": accept_new}))
+        session.add(run)
+        session.flush()
+        assert run.id is not None
+        run_id = run.id
+    known_hosts = KnownHosts(paths.known_hosts)
+    results: list[NodeScanResult] = []
+
+    def deliver(result: NodeScanResult) -> None:
+        results.append(result)
+        if on_result:
+            on_result(result)
+
+    status = "done"
+    pool = ThreadPoolExecutor(max_workers=min(parallel, max(1, len(targets))))
+    try:
+        futures: list[Future[_Probe]] = []
+        for target in targets:
+            if target.name in mismatched:
+                deliver(NodeScanResult(target.name, "refused", "host key changed earlier; "
+                        f"verify it, then `gpuctl nodes forget-hostkey {target.name}`"))
+                continue
+            futures.append(pool.submit(_probe_node, target, known_hosts, accept_new,
+                                       connect_timeout, command_timeout))
+        for fut in as_completed(futures):
+            deliver(_record(db_url, fut.result(), run_id, actor))
+    except KeyboardInterrupt:
+        status = "interrupted"
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise GpuctlError(f"scan interrupted: {len(results)} of {len(targets)} nodes stored "
+                          f"(run {run_id})") from None
+    finally:
+        pool.shutdown(wait=status != "interrupted")
+        summary = ScanSummary(run_id, status, sorted(results, key=lambda r: r.name))
+        with session_scope(db_url) as session:
+            run = session.get(Run, run_id)
+            assert run is not None
+            run.status = status if status == "interrupted" else (
+                "partial" if summary.failed else "ok")
+            run.finished_at = utcnow()
+            run.summary_json = json.dumps(summary.counts())
+            session.add(run)
+    summary.status = run.status
+    return summary

@@ -1,0 +1,169 @@
+"""The one way gpuctl runs a command on a node: one connection, one exec.
+
+paramiko's Transport is used directly so that nothing but the node's own known_hosts
+entry, the node's key file and our timeouts are in play: no agent, no ~/.ssh/config,
+no system known_hosts, no ProxyCommand.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from provisioner.errors import GpuctlError
+from provisioner.ssh.hostkeys import KnownHosts
+
+
+class SshError(GpuctlError):
+    """The node could not be reached or the command could not be run."""
+
+
+class Unreachable(SshError):
+    pass
+
+
+class AuthFailed(SshError):
+    pass
+
+
+class OutputTooLarge(SshError):
+    pass
+
+
+class CommandTimeout(SshError):
+    pass
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how to reach one node."""
+
+    name: str
+    address: str
+    port: int = 22
+    user: str = "root"
+    key_path: str | None = None
+
+
+@dataclass
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    hostkey_added: bool = False
+
+
+_keys_lock = threading.Lock()
+_key_cache: dict[str, paramiko.PKey] = {}
+
+
+def load_key(path: str) -> paramiko.PKey:
+    """Load (once per process) a private key file.
+
+    Raises:
+        AuthFailed: the file is missing, unreadable or not a supported key.
+    """
+    with _keys_lock:
+        if path in _key_cache:
+            return _key_cache[path]
+        try:
+            key = paramiko.PKey.from_path(Path(path).expanduser())
+        except FileNotFoundError:
+            raise AuthFailed(f"SSH key {path} does not exist") from None
+        except (OSError, paramiko.SSHException, ValueError) as exc:
+            raise AuthFailed(f"cannot load SSH key {path}: {exc}") from None
+        _key_cache[path] = key
+        return key
+
+
+def _read_capped(chan: paramiko.Channel, max_output: int, deadline: float,
+                 name: str) -> tuple[bytes, bytes]:
+    out, err = bytearray(), bytearray()
+    chan.settimeout(0.05)
+    while True:
+        if time.monotonic() > deadline:
+            raise CommandTimeout(f"{name}: command did not finish in time")
+        while chan.recv_stderr_ready():
+            err += chan.recv_stderr(65536)[: max(0, 65536 - len(err))]
+        try:
+            data = chan.recv(65536)
+        except TimeoutError:
+            continue
+        if not data:
+            break
+        out += data
+        if len(out) > max_output:
+            raise OutputTooLarge(f"{name}: output exceeded {max_output // (1024 * 1024)} MiB; "
+                                 "discarded")
+    while chan.recv_stderr_ready():
+        err += chan.recv_stderr(65536)[: max(0, 65536 - len(err))]
+    return bytes(out), bytes(err)
+
+
+def run_on_node(
+    target: Target,
+    command: str,
+    *,
+    known_hosts: KnownHosts,
+    stdin_data: bytes = b"",
+    accept_new: bool = False,
+    connect_timeout: float = 10.0,
+    command_timeout: float = 120.0,
+    max_output: int = 16 * 1024 * 1024,
+) -> ExecResult:
+    """Connect, verify the host key, authenticate with the node's key, run ``command``.
+
+    Raises:
+        Unreachable: TCP connect or SSH handshake failed or timed out.
+        HostKeyUnknown / HostKeyChanged: the host key policy refused the node.
+        AuthFailed: the key was refused or could not be loaded.
+        CommandTimeout / OutputTooLarge: the command overran its limits.
+    """
+    name = target.name
+    if not target.key_path:
+        raise AuthFailed(f"{name}: no SSH key set (gpuctl nodes add ... --key FILE)")
+    pkey = load_key(target.key_path)
+    try:
+        sock = socket.create_connection((target.address, target.port), timeout=connect_timeout)
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise Unreachable(f"{name}: cannot connect to {target.address}:{target.port}: "
+                          f"{reason}") from None
+    transport = paramiko.Transport(sock)
+    try:
+        transport.banner_timeout = connect_timeout
+        transport.handshake_timeout = connect_timeout
+        try:
+            transport.start_client(timeout=connect_timeout)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise Unreachable(f"{name}: SSH handshake with {target.address}:{target.port} "
+                              f"failed: {exc or type(exc).__name__}") from None
+        added = known_hosts.check(target.address, target.port, transport.get_remote_server_key(),
+                                  accept_new=accept_new, node=name)
+        try:
+            transport.auth_publickey(target.user, pkey)
+        except paramiko.AuthenticationException:
+            raise AuthFailed(f"{name}: {target.user}@{target.address} refused key "
+                             f"{target.key_path}") from None
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise Unreachable(f"{name}: SSH authentication broke off: {exc}") from None
+        deadline = time.monotonic() + command_timeout
+        try:
+            chan = transport.open_session(timeout=connect_timeout)
+            chan.exec_command(command)
+            if stdin_data:
+                chan.sendall(stdin_data)
+            chan.shutdown_write()
+            stdout, stderr = _read_capped(chan, max_output, deadline, name)
+            code = chan.recv_exit_status()
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise Unreachable(f"{name}: SSH session broke off: {exc or type(exc).__name__}") \
+                from None
+        return ExecResult(code, stdout, stderr, hostkey_added=added)
+    finally:
+        transport.close()
