@@ -16,14 +16,16 @@ class Paths:
     """
 
     home: Path
+    db: str | None = None
 
     @classmethod
-    def from_env(cls) -> Paths:
+    def from_env(cls, db: str | None = None) -> Paths:
+        """Paths from the environment; ``db`` (the --db option) beats ``GPUCTL_DB``."""
         env_home = os.environ.get("GPUCTL_HOME")
         if env_home:
-            return cls(Path(env_home))
+            return cls(Path(env_home), db)
         xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-        return cls(Path(xdg) / "gpuctl")
+        return cls(Path(xdg) / "gpuctl", db)
 
     @property
     def db_file(self) -> Path:
@@ -31,7 +33,9 @@ class Paths:
 
     @property
     def db_url(self) -> str:
-        return os.environ.get("GPUCTL_DB") or f"sqlite:///{self.db_file}"
+        url = self.db or os.environ.get("GPUCTL_DB") or f"sqlite:///{self.db_file}"
+        # A bare file path is an SQLite database.
+        return url if "://" in url else f"sqlite:///{Path(url).resolve()}"
 
     @property
     def known_hosts(self) -> Path:

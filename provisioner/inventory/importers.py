@@ -19,7 +19,7 @@ import yaml
 
 from provisioner.errors import InputError
 from provisioner.inventory.registry import NodeSpec
-from provisioner.inventory.validate import parse_label
+from provisioner.inventory.validate import check_port, parse_label
 
 MAX_INVENTORY_BYTES = 10 * 1024 * 1024
 _RANGE = re.compile(r"\[([0-9]+|[a-z]):([0-9]+|[a-z])\]")
@@ -94,8 +94,7 @@ def _spec_from_vars(name: str, hvars: dict[str, str], groups: list[str]) -> Node
     return NodeSpec(
         name=name,
         address=hvars.get("ansible_host"),
-        port=int(hvars["ansible_port"]) if hvars.get("ansible_port", "").isdigit()
-        else (hvars["ansible_port"] if "ansible_port" in hvars else 22),  # type: ignore[arg-type]
+        port=check_port(hvars.get("ansible_port", 22)),
         user=hvars.get("ansible_user", "root"),
         key_path=hvars.get("ansible_ssh_private_key_file"),
         labels=labels,

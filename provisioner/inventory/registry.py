@@ -194,7 +194,7 @@ def show_node(db_url: str, name: str, *, events: int = 50) -> NodeDetail:
             snap_dict = snap.model_dump(exclude={"facts_json"})
             snap_dict["taken_at"] = _iso(snap.taken_at)
             gpus = [g.model_dump(exclude={"id", "snapshot_id", "node_id"}) for g in session.exec(
-                select(Gpu).where(Gpu.snapshot_id == snap.id).order_by(Gpu.index))]
+                select(Gpu).where(Gpu.snapshot_id == snap.id).order_by(col(Gpu.index)))]
             nics = [n.model_dump(exclude={"id", "snapshot_id"}) for n in session.exec(
                 select(Nic).where(Nic.snapshot_id == snap.id).order_by(Nic.name))]
             disks = [d.model_dump(exclude={"id", "snapshot_id"}) for d in session.exec(
@@ -227,7 +227,7 @@ def remove_nodes(db_url: str, names: list[str]) -> list[str]:
             for model in (Gpu, Nic, Disk):
                 for snap in snaps:
                     for row in session.exec(select(model).where(
-                            model.snapshot_id == snap.id)):  # type: ignore[attr-defined]
+                            model.snapshot_id == snap.id)):
                         session.delete(row)
             session.flush()
             for ev in session.exec(select(Event).where(Event.node_id == node.id)):
@@ -261,3 +261,18 @@ def label_nodes(
             record_event(session, node, "note", "labels " + " ".join(changes), actor=actor)
             out.append(_view(node, None))
     return out
+
+
+def forget_hostkey(paths: Any, name: str) -> bool:
+    """Drop the node's known host key and clear its host-key-changed mark, so that the
+    next ``scan --accept-new`` records the key it then sees. True if a key was on file."""
+    from provisioner.ssh.hostkeys import KnownHosts  # noqa: PLC0415
+
+    with session_scope(paths.db_url) as session:
+        node = get_node(session, name)
+        had = KnownHosts(paths.known_hosts).forget(node.address, node.port)
+        node.hostkey_mismatch = False
+        session.add(node)
+        record_event(session, node, "hostkey", "host key forgotten by an admin",
+                     actor=current_actor())
+    return had

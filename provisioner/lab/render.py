@@ -29,8 +29,10 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 
 def render_sysfs(sys_dir: Path, spec: dict[str, Any]) -> None:
     """(Re)build the node's simulated /sys from its spec (bind-mounted into the node)."""
-    if sys_dir.exists():
-        shutil.rmtree(sys_dir)
+    # The directory itself is bind-mounted into the running node: empty it, keep it.
+    sys_dir.mkdir(parents=True, exist_ok=True)
+    for child in sys_dir.iterdir():
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     profile = PROFILES[spec["profile"]]
     dmi = sys_dir / "class/dmi/id"
     for key, value in {"sys_vendor": profile.system_vendor,

@@ -75,9 +75,12 @@ def gpu_xml(g, st):
         <clocks_event_reasons>
             <clocks_event_reason_gpu_idle>Active</clocks_event_reason_gpu_idle>
             <clocks_event_reason_sw_power_cap>Not Active</clocks_event_reason_sw_power_cap>
-            <clocks_event_reason_hw_slowdown>{active(g['thermal_slowdown'])}</clocks_event_reason_hw_slowdown>
-            <clocks_event_reason_hw_thermal_slowdown>{active(g['thermal_slowdown'])}</clocks_event_reason_hw_thermal_slowdown>
-            <clocks_event_reason_sw_thermal_slowdown>Not Active</clocks_event_reason_sw_thermal_slowdown>
+            <clocks_event_reason_hw_slowdown>{active(g['thermal_slowdown'])}\
+</clocks_event_reason_hw_slowdown>
+            <clocks_event_reason_hw_thermal_slowdown>{active(g['thermal_slowdown'])}\
+</clocks_event_reason_hw_thermal_slowdown>
+            <clocks_event_reason_sw_thermal_slowdown>Not Active\
+</clocks_event_reason_sw_thermal_slowdown>
         </clocks_event_reasons>
         <fb_memory_usage>
             <total>{g['memory_mib']} MiB</total>
@@ -126,7 +129,7 @@ def gpu_xml(g, st):
 
 
 def patched_replay(st):
-    tree = ET.parse(st["replay_xml"])
+    tree = ET.parse(st["replay_xml"])  # noqa: S314  (the lab's own copy of a capture)
     root = tree.getroot()
     keep = {g["bus_id"].lower()[-12:]: g for g in st["gpus"]}
     for el in list(root.findall("gpu")):
@@ -147,7 +150,7 @@ def patched_replay(st):
             for node in el.findall(reasons + "/*"):
                 if node.tag.endswith("hw_thermal_slowdown") and g["thermal_slowdown"]:
                     node.text = "Active"
-    root.find("attached_gpus").text = str(len(root.findall("gpu")))  # type: ignore[union-attr]
+    root.find("attached_gpus").text = str(len(root.findall("gpu")))
     return ET.tostring(root, encoding="unicode")
 
 

@@ -21,7 +21,7 @@ TOOL_TIMEOUT = 60
 SECURE_BOOT = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-e9ffa4da5dbe"
 GT_TO_GEN = {"2.5": 1, "5.0": 2, "5": 2, "8.0": 3, "8": 3, "16.0": 4, "16": 4, "32.0": 5,
              "32": 5, "64.0": 6, "64": 6}
-errors = []
+errors = []  # type: list[str]
 
 
 def read(path, cap=65536):
@@ -51,7 +51,7 @@ def run_tool(argv):
     assert proc.stdout is not None
     truncated = False
     while time.monotonic() < deadline:
-        chunk = proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(65536)
+        chunk = os.read(proc.stdout.fileno(), 65536)
         if not chunk:
             break
         chunks.append(chunk)

@@ -134,13 +134,13 @@ def drift_findings(prev: dict[str, Any], facts: HardwareFacts) -> list[Finding]:
             f"{now['memory_bytes'] // 2**30} GiB")
     old_ib = {(p["device"], p["port"]): p for p in prev.get("ib_ports", [])}
     for port in now["ib_ports"]:
-        old = old_ib.get((port["device"], port["port"]))
-        if old and old["state"] == "ACTIVE" and port["state"] != "ACTIVE":
+        was = old_ib.get((port["device"], port["port"]))
+        if was and was["state"] == "ACTIVE" and port["state"] != "ACTIVE":
             add("ib-port-down", "critical", f"InfiniBand {port['device']}/{port['port']} "
-                f"{old['state']} -> {port['state']}")
-        elif old and (port["rate_gbps"] or 0) < (old["rate_gbps"] or 0):
+                f"{was['state']} -> {port['state']}")
+        elif was and (port["rate_gbps"] or 0) < (was["rate_gbps"] or 0):
             add("ib-rate-lower", "warning", f"InfiniBand {port['device']}/{port['port']} rate "
-                f"{old['rate_gbps']} -> {port['rate_gbps']} Gb/s")
+                f"{was['rate_gbps']} -> {port['rate_gbps']} Gb/s")
     return out
 
 

@@ -17,8 +17,7 @@ from provisioner.errors import GpuctlError, InputError
 from provisioner.inventory.lifecycle import State, record_event
 from provisioner.inventory.registry import current_actor, get_node
 from provisioner.paths import Paths
-from provisioner.probe.facts import HardwareFacts, parse_probe_output, probe_command, \
-    probe_script
+from provisioner.probe.facts import HardwareFacts, parse_probe_output, probe_command, probe_script
 from provisioner.scan.findings import Finding, drift_findings, health_findings, new_only
 from provisioner.scan.store import apply_findings, store_snapshot
 from provisioner.skus import infer_sku
@@ -118,8 +117,10 @@ def _record(db_url: str, probe: _Probe, run_id: int, actor: str) -> NodeScanResu
         findings = health_findings(facts, node.sku)
         if prev:
             findings = new_only(prev, findings, facts) + drift_findings(prev, facts)
-        store_snapshot(session, node, facts, run_id)
-        apply_findings(session, node, findings, actor=actor, run_id=run_id)
+        store_snapshot(session, node, facts, run_id, findings)
+        seen = {(f["kind"], f["message"]) for f in (prev or {}).get("findings", [])}
+        fresh = [f for f in findings if (f.kind, f.message) not in seen]
+        apply_findings(session, node, fresh, actor=actor, run_id=run_id)
         notable = [f for f in findings if f.severity != "info"]
         outcome = "drift" if any(f.drift for f in notable) else ("fault" if notable else "ok")
         message = "; ".join(f.message for f in notable[:2])
@@ -203,8 +204,9 @@ def scan_nodes(
         pool.shutdown(wait=status != "interrupted")
         summary = ScanSummary(run_id, status, sorted(results, key=lambda r: r.name))
         with session_scope(db_url) as session:
-            run = session.get(Run, run_id)
-            assert run is not None
+            stored = session.get(Run, run_id)
+            assert stored is not None
+            run = stored
             run.status = status if status == "interrupted" else (
                 "partial" if summary.failed else "ok")
             run.finished_at = utcnow()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 from sqlmodel import Session
 
@@ -12,8 +13,10 @@ from provisioner.probe.facts import HardwareFacts
 from provisioner.scan.findings import Finding
 
 
-def store_snapshot(session: Session, node: Node, facts: HardwareFacts, run_id: int) -> int:
-    """Insert the snapshot and its normalized rows; returns the snapshot id."""
+def store_snapshot(session: Session, node: Node, facts: HardwareFacts, run_id: int,
+                   findings: list[Finding]) -> int:
+    """Insert the snapshot (with the findings it showed) and its normalized rows;
+    returns the snapshot id."""
     assert node.id is not None
     snap = HardwareSnapshot(
         node_id=node.id, run_id=run_id, hostname=facts.hostname, os_name=facts.os_name,
@@ -24,7 +27,8 @@ def store_snapshot(session: Session, node: Node, facts: HardwareFacts, run_id: i
         memory_bytes=facts.memory_bytes, gpu_count=len(facts.gpus),
         pci_gpu_count=len(facts.pci_gpus), driver_version=facts.driver_version,
         cuda_version=facts.cuda_version, nouveau_loaded=facts.nouveau_loaded,
-        secure_boot=facts.secure_boot, facts_json=json.dumps(facts.to_dict()),
+        secure_boot=facts.secure_boot, facts_json=json.dumps(
+            {**facts.to_dict(), "findings": [asdict(f) for f in findings]}),
     )
     session.add(snap)
     session.flush()

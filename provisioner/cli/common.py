@@ -1,0 +1,34 @@
+"""What every command shares: the context object and shared option decorators."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from provisioner.paths import Paths
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Ctx:
+    paths: Paths
+    console: Console
+    err: Console
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def json_option(func: F) -> F:
+    """``--json``: print the result as JSON instead of a table."""
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print machine-readable JSON.")(func)
+
+
+def nodes_argument(func: F) -> F:
+    return click.argument("nodes", nargs=-1)(func)

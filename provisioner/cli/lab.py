@@ -1,0 +1,90 @@
+"""``gpuctl lab ...``: simulated GPU nodes on this machine (Linux, root)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from provisioner.cli.common import Ctx, json_option, pass_ctx
+from provisioner.lab.faults import FAULTS, parse_fault
+from provisioner.lab.nodes import Lab
+from provisioner.lab.profiles import PROFILES
+from provisioner.lab.registration import register_lab_nodes, unregister_lab_nodes
+from provisioner.ui.render import lab_table, print_json
+
+
+@click.group()
+def lab() -> None:
+    """Simulated GPU nodes: real sshd per node in its own namespaces (needs root)."""
+
+
+@lab.command("up")
+@click.option("--nodes", "count", default=4, show_default=True)
+@click.option("--profile", default="h100-sxm-8", show_default=True,
+              type=click.Choice(sorted(PROFILES)))
+@click.option("--smi-xml", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Replay a real `nvidia-smi -q -x` capture instead of a profile.")
+@click.option("--fault", "faults", multiple=True, metavar="NODE:KIND",
+              help=f"Repeatable. Kinds: {', '.join(FAULTS)}.")
+@click.option("--first-address", default="127.0.0.10", show_default=True)
+@click.option("--port", default=22, show_default=True)
+@click.option("--no-register", is_flag=True, help="Do not add the nodes to the inventory.")
+@json_option
+@pass_ctx
+def up(ctx: Ctx, count: int, profile: str, smi_xml: Path | None, faults: tuple[str, ...],
+       first_address: str, port: int, no_register: bool, as_json: bool) -> None:
+    """Start N lab nodes and register them in the inventory.
+
+    Example: gpuctl lab up --nodes 4 --fault gpu-node-03:pcie-downgrade
+    """
+    parsed = [parse_fault(f) for f in faults]
+    the_lab = Lab(ctx.paths)
+    started = the_lab.up(count, profile=profile, smi_xml=smi_xml, faults=parsed,
+                         first_address=first_address, port=port)
+    if not no_register:
+        register_lab_nodes(ctx.paths, started, str(the_lab.client_key))
+    if as_json:
+        print_json(ctx.console, [n.to_dict() for n in started])
+        return
+    ctx.console.print(lab_table(started))
+    ctx.console.print(f"client key {the_lab.client_key}" + (
+        "" if no_register else "; nodes registered: next `gpuctl scan --all --accept-new`"))
+
+
+@lab.command("status")
+@json_option
+@pass_ctx
+def status(ctx: Ctx, as_json: bool) -> None:
+    """Show the lab's nodes and whether they run."""
+    nodes = Lab(ctx.paths).status()
+    if as_json:
+        print_json(ctx.console, [n.to_dict() for n in nodes])
+    else:
+        ctx.console.print(lab_table(nodes))
+
+
+@lab.command("fault")
+@click.argument("node")
+@click.argument("kind", type=click.Choice(sorted(FAULTS)))
+@pass_ctx
+def fault(ctx: Ctx, node: str, kind: str) -> None:
+    """Inject a fault into a running lab node.
+
+    Example: gpuctl lab fault gpu-node-02 gpu-missing
+    """
+    Lab(ctx.paths).fault(node, kind)
+    ctx.console.print(f"{node}: {kind} ({FAULTS[kind]})")
+
+
+@lab.command("down")
+@click.option("--keep-nodes", is_flag=True, help="Leave the nodes in the inventory.")
+@pass_ctx
+def down(ctx: Ctx, keep_nodes: bool) -> None:
+    """Stop every lab node and remove its files, mounts and processes."""
+    the_lab = Lab(ctx.paths)
+    nodes = the_lab.status()
+    if not keep_nodes:
+        unregister_lab_nodes(ctx.paths, nodes)
+    gone = the_lab.down()
+    ctx.console.print(f"lab down: {len(gone)} nodes stopped")

@@ -1,0 +1,29 @@
+"""Put lab nodes into the inventory (and take them out), as an admin would by hand."""
+
+from __future__ import annotations
+
+from provisioner.errors import NotFoundError
+from provisioner.inventory.registry import NodeSpec, add_nodes, remove_nodes
+from provisioner.lab.nodes import LabNode
+from provisioner.lab.profiles import PROFILES
+from provisioner.paths import Paths
+from provisioner.ssh.hostkeys import KnownHosts
+
+
+def register_lab_nodes(paths: Paths, nodes: list[LabNode], key_path: str) -> list[str]:
+    """Register (or update) every lab node with the lab's client key."""
+    specs = [NodeSpec(name=n.name, address=n.address, port=n.port, user="root",
+                      key_path=key_path, sku=PROFILES[n.profile].sku,
+                      labels={"lab": "true", "profile": n.profile}) for n in nodes]
+    return add_nodes(paths.db_url, specs, replace=True)
+
+
+def unregister_lab_nodes(paths: Paths, nodes: list[LabNode]) -> None:
+    """Forget the nodes' host keys and remove them from the inventory if present."""
+    known = KnownHosts(paths.known_hosts)
+    for node in nodes:
+        known.forget(node.address, node.port)
+        try:
+            remove_nodes(paths.db_url, [node.name])
+        except NotFoundError:
+            continue

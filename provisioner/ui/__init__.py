@@ -1,0 +1,1 @@
+"""Rendering of core results: rich tables for people, JSON for programs."""

@@ -1,0 +1,137 @@
+"""Turn core result objects into rich tables; ``--json`` prints the same objects."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from provisioner.inventory.registry import NodeDetail, NodeView
+from provisioner.lab.nodes import LabNode
+from provisioner.scan.run import NodeScanResult, ScanSummary
+
+STATE_STYLE = {"quarantined": "bold red", "failed": "red", "certified": "green",
+               "in-service": "bold green", "discovered": "cyan", "registered": "dim",
+               "retired": "dim", "drained": "yellow"}
+OUTCOME_STYLE = {"ok": "green", "drift": "yellow", "fault": "bold red", "unreachable": "red",
+                 "refused": "magenta", "error": "red"}
+SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "dim"}
+
+
+def print_json(console: Console, data: Any) -> None:
+    console.print_json(json.dumps(data, default=str))
+
+
+def nodes_table(views: list[NodeView]) -> Table:
+    table = Table(title=f"{len(views)} nodes", title_justify="left")
+    for col in ("NODE", "ADDRESS", "STATE", "SKU", "GPUS", "LABELS", "LAST SCAN"):
+        table.add_column(col, overflow="fold")
+    for v in views:
+        state = f"[{STATE_STYLE.get(v.state, '')}]{v.state}[/]" + (
+            " [magenta](host key!)[/]" if v.hostkey_mismatch else "")
+        table.add_row(v.name, f"{v.address}:{v.port}", state, v.sku or "-",
+                      "-" if v.gpus is None else str(v.gpus),
+                      ",".join(f"{k}={val}" for k, val in sorted(v.labels.items())) or "-",
+                      v.last_scan or "never")
+    return table
+
+
+def node_detail(console: Console, d: NodeDetail) -> None:
+    v, s = d.node, d.snapshot
+    console.print(f"[bold]{escape(v.name)}[/]  {v.user}@{v.address}:{v.port}  state "
+                  f"[{STATE_STYLE.get(v.state, '')}]{v.state}[/]  SKU {v.sku or '-'}")
+    if s:
+        def t(key: str, default: str = "?") -> str:
+            return escape(str(s.get(key) or default))
+
+        mem = f"{s['memory_bytes'] / 2**30:.0f} GiB" if s.get("memory_bytes") else "?"
+        nouveau = "loaded" if s["nouveau_loaded"] else "not loaded"
+        console.print(f"  system  {t('system_vendor')} {t('system_product')} "
+                      f"serial {t('system_serial')}")
+        console.print(f"  os      {t('os_name')}  kernel {t('kernel')}  "
+                      f"secure boot {t('secure_boot')}  nouveau {nouveau}")
+        console.print(f"  cpu     {t('cpu_model')} ({s['cpu_sockets']} sockets, "
+                      f"{s['cpu_cores']} cores)  memory {mem}")
+        console.print(f"  driver  {t('driver_version', 'none')}  CUDA {t('cuda_version', '-')}"
+                      f"  GPUs {s['gpu_count']} (PCI {s['pci_gpu_count']})  "
+                      f"scanned {s['taken_at']}")
+    else:
+        console.print("  never scanned")
+    if d.gpus:
+        table = Table(title="GPUs", title_justify="left")
+        for col in ("#", "MODEL", "BUS", "SERIAL", "MEM MiB", "PCIe", "ECC/MIG", "UNC ECC",
+                    "REMAP", "TEMP", "VBIOS"):
+            table.add_column(col)
+        for g in d.gpus:
+            width = f"gen{g['pcie_gen_current']}x{g['pcie_width_current']}" \
+                    f"/{g['pcie_gen_max']}x{g['pcie_width_max']}"
+            if (g["pcie_width_current"] or 0) < (g["pcie_width_max"] or 0):
+                width = f"[bold red]{width}[/]"
+            unc = g["ecc_uncorrectable_aggregate"]
+            remap = "FAIL" if g["remapped_rows_failure"] else (
+                "pending" if g["remapped_rows_pending"] else
+                str(g["remapped_rows_uncorrectable"] if g["remapped_rows_uncorrectable"]
+                    is not None else "-"))
+            table.add_row(str(g["index"]), escape(g["model"] or "?"), g["pci_bus_id"],
+                          escape(g["serial"] or "-"), str(g["memory_mib"] or "-"), width,
+                          f"{g['ecc_mode'] or '-'}/{g['mig_mode'] or '-'}",
+                          f"[bold red]{unc}[/]" if unc else str(unc if unc is not None else "-"),
+                          remap, f"{g['temperature_c']}C" if g["temperature_c"] else "-",
+                          escape(g["vbios"] or "-"))
+        console.print(table)
+    ib = [n for n in d.nics if n["kind"] == "infiniband" and n["ib_device"]]
+    eth = [n for n in d.nics if n["kind"] == "ethernet"]
+    if eth or ib:
+        parts = [f"{n['name']} {n['speed_mbps'] // 1000 if n['speed_mbps'] else '?'}G "
+                 f"{n['state']}" for n in eth]
+        parts += [f"{n['name']} {n['ib_rate_gbps'] or '?'}Gb/s {n['state']}" for n in ib]
+        console.print("  network " + escape(", ".join(parts)))
+    if d.disks:
+        console.print("  disks   " + escape(", ".join(
+            f"{x['name']} {(x['size_bytes'] or 0) / 1e12:.1f} TB {x['model'] or ''}".strip()
+            for x in d.disks)))
+    table = Table(title="History", title_justify="left")
+    for col in ("WHEN", "KIND", "WHAT", "BY", "RUN"):
+        table.add_column(col, overflow="fold")
+    for e in d.events:
+        what = e["reason"]
+        if e["kind"] == "state":
+            what = f"{e['from'] or '-'} -> {e['to']}: {what}"
+        style = SEVERITY_STYLE.get(e["severity"], "")
+        table.add_row(e["at"], e["kind"], f"[{style}]{escape(what)}[/]" if style else escape(what),
+                      e["actor"],
+                      str(e["run"] or ""))
+    console.print(table)
+
+
+def scan_line(result: NodeScanResult) -> str:
+    style = OUTCOME_STYLE.get(result.outcome, "")
+    return f"[{style}]{result.outcome:>11}[/] {result.name} {escape(result.message)}"
+
+
+def scan_summary(summary: ScanSummary) -> Table:
+    counts = summary.counts()
+    title = f"scan run {summary.run_id}: " + ", ".join(
+        f"{n} {o}" for o, n in counts.items() if n)
+    table = Table(title=title, title_justify="left")
+    for col in ("NODE", "RESULT", "GPUS", "SECONDS", "DETAIL"):
+        table.add_column(col, overflow="fold")
+    for r in summary.results:
+        style = OUTCOME_STYLE.get(r.outcome, "")
+        table.add_row(r.name, f"[{style}]{r.outcome}[/]", "-" if r.gpus is None else str(r.gpus),
+                      f"{r.seconds:.2f}", escape(r.message or ""))
+    return table
+
+
+def lab_table(nodes: list[LabNode]) -> Table:
+    table = Table(title=f"lab: {len(nodes)} nodes", title_justify="left")
+    for col in ("NODE", "ADDRESS", "PROFILE", "GPUS", "RUNNING", "SSHD", "FAULTS"):
+        table.add_column(col)
+    for n in nodes:
+        table.add_row(n.name, f"{n.address}:{n.port}", n.profile, str(n.gpus),
+                      "yes" if n.running else "[red]no[/]", "up" if n.sshd and n.running
+                      else "[red]down[/]", ", ".join(n.faults) or "-")
+    return table
