@@ -149,11 +149,10 @@ def parse_ini(text: str, source: str = "inventory") -> list[NodeSpec]:
             match = _SECTION.match(line)
             if not match:
                 errors.add(number, f"malformed section header {line[:60]!r}")
-                group, mode = "", "skip"
+                # Keep checking the lines below it, so that every bad line is reported.
+                group, mode = "ungrouped", "hosts"
                 continue
             group, mode = match.group(1), match.group(2) or "hosts"
-            continue
-        if mode == "skip":
             continue
         try:
             tokens = shlex.split(line, comments=True)

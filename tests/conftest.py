@@ -1,0 +1,58 @@
+"""Shared fixtures: every test gets its own GPUCTL_HOME (and so its own database)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from provisioner.cli import main
+from provisioner.paths import Paths
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(autouse=True)
+def gpuctl_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    home = tmp_path / "gpuctl-home"
+    monkeypatch.setenv("GPUCTL_HOME", str(home))
+    monkeypatch.delenv("GPUCTL_DB", raising=False)
+    monkeypatch.setenv("COLUMNS", "200")
+    yield home
+
+
+@pytest.fixture
+def paths(gpuctl_home: Path) -> Paths:
+    return Paths.from_env()
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self) -> str:
+        return f"CliResult(code={self.code}, out={self.out[-800:]!r}, err={self.err[-800:]!r})"
+
+
+@pytest.fixture
+def gpuctl(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+    """Run the real CLI entry point in-process: gpuctl("nodes", "list")."""
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="the lab needs root")
+    for item in items:
+        if "e2e" in item.keywords and "lab" in item.fixturenames:
+            item.add_marker(skip)
