@@ -85,6 +85,10 @@ def session_scope(url: str) -> Iterator[Session]:
         try:
             yield session
             session.commit()
+        except OperationalError as exc:
+            session.rollback()
+            # Locked for longer than the busy timeout, server gone, disk full: not a bug.
+            raise GpuctlError(f"database {redact_url(url)}: {exc.orig}") from exc
         except BaseException:
             session.rollback()
             raise

@@ -7,6 +7,7 @@ no system known_hosts, no ProxyCommand.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -17,6 +18,11 @@ import paramiko
 
 from provisioner.errors import GpuctlError
 from provisioner.ssh.hostkeys import KnownHosts
+
+# paramiko logs a traceback for every peer that is not an SSH server; the one-line
+# Unreachable error below already says what happened.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 
 class SshError(GpuctlError):
@@ -140,10 +146,11 @@ def run_on_node(
         transport.handshake_timeout = connect_timeout
         try:
             transport.start_client(timeout=connect_timeout)
+            server_key = transport.get_remote_server_key()
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise Unreachable(f"{name}: SSH handshake with {target.address}:{target.port} "
                               f"failed: {exc or type(exc).__name__}") from None
-        added = known_hosts.check(target.address, target.port, transport.get_remote_server_key(),
+        added = known_hosts.check(target.address, target.port, server_key,
                                   accept_new=accept_new, node=name)
         try:
             transport.auth_publickey(target.user, pkey)

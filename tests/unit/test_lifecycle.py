@@ -27,10 +27,10 @@ def test_transition_appends_event_and_illegal_one_lists_allowed(paths: Paths) ->
     with session_scope(paths.db_url) as session:
         node = get_node(session, "gpu1")
         transition(session, node, State.DISCOVERED, actor="t", reason="scanned", run_id=None)
-    with pytest.raises(TransitionError, match="allowed: .*provisioning") as err:
-        with session_scope(paths.db_url) as session:
-            transition(session, get_node(session, "gpu1"), State.CERTIFIED, actor="t",
-                       reason="skip ahead")
+    with pytest.raises(TransitionError, match="allowed: .*provisioning") as err, \
+            session_scope(paths.db_url) as session:
+        transition(session, get_node(session, "gpu1"), State.CERTIFIED, actor="t",
+                   reason="skip ahead")
     assert "discovered to certified" in str(err.value)
     with session_scope(paths.db_url) as session:
         node = get_node(session, "gpu1")

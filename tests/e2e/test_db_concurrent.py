@@ -1,0 +1,43 @@
+"""Two gpuctl processes writing to one SQLite database at once lose nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+WRITER = """
+import sys
+from provisioner.inventory.registry import NodeSpec, add_nodes, label_nodes
+from provisioner.paths import Paths
+url = Paths.from_env().db_url
+who, count = sys.argv[1], int(sys.argv[2])
+for i in range(count):
+    name = f"{who}-{i:03d}"
+    add_nodes(url, [NodeSpec(name=name, address="127.0.0.1", labels={"writer": who})])
+    label_nodes(url, [name], {"step": "labelled"}, [])
+print("done", who)
+"""
+
+
+def test_two_writers_at_once(gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
+    assert gpuctl("init").code == 0
+    env = {**os.environ, "GPUCTL_HOME": str(paths.home)}
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, who, "150"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for who in ("alpha", "beta")]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    nodes = json.loads(gpuctl("nodes", "list", "--json").out)
+    assert len(nodes) == 300
+    assert all(n["labels"]["step"] == "labelled" for n in nodes)
+    assert {n["labels"]["writer"] for n in nodes} == {"alpha", "beta"}
+    db = sqlite3.connect(paths.db_file)
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert db.execute("SELECT count(*) FROM event").fetchone() == (600,)
