@@ -136,6 +136,9 @@ class Lab:
             raise LabError(f"--first-address {first_address!r} is not an IPv4 address") from None
         if not first.is_loopback or not (first + count - 1).is_loopback:
             raise LabError("lab addresses must stay inside 127.0.0.0/8")
+        if _wildcard_listener(port):
+            raise LabError(f"port {port} is taken on all addresses (the host's own sshd?); "
+                           "stop it or use --port 2222")
         names = [f"{prefix}-{i + 1:02d}" for i in range(count)]
         fault_map: dict[str, list[str]] = {}
         for node, kind in faults or []:
@@ -288,6 +291,16 @@ class Lab:
 
     def status(self) -> list[LabNode]:
         return [self.node(n) for n in self.names()]
+
+
+def _wildcard_listener(port: int) -> bool:
+    """True if something listens on 0.0.0.0:port, which would block the nodes' sshd."""
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    wanted = f"00000000:{port:04X}"
+    return any(line.split()[1] == wanted and line.split()[3] == "0A" for line in lines)
 
 
 def _gpus_from_capture(path: Path) -> list[dict[str, Any]]:

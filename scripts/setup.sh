@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Set up gpuctl on a fresh Debian 12 machine (as root): system packages, a virtualenv
+# in .venv with gpuctl and its development tools. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "scripts/setup.sh: run as root (the lab needs namespaces and apt packages)" >&2
+  exit 1
+fi
+
+# openssh-server: sshd for lab nodes; util-linux: unshare/nsenter; the rest: what the
+# node probe reads on real machines and what the test suite drives.
+packages=(openssh-server openssh-client util-linux iproute2 pciutils python3 python3-venv
+          ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # Lab nodes run their own sshd; the host's must not start and take port 22.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[dev]'
+echo "gpuctl $(.venv/bin/gpuctl --version | awk '{print $NF}') ready in $(pwd)/.venv"
