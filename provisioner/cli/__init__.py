@@ -12,6 +12,7 @@ from provisioner import __version__
 from provisioner.cli.common import Ctx
 from provisioner.cli.lab import lab
 from provisioner.cli.nodes import init, nodes
+from provisioner.cli.provision import inventory, provision
 from provisioner.cli.scan import scan
 from provisioner.errors import EXIT_USAGE, GpuctlError
 from provisioner.paths import Paths
@@ -41,6 +42,8 @@ cli.add_command(init)
 cli.add_command(nodes)
 cli.add_command(scan)
 cli.add_command(lab)
+cli.add_command(provision)
+cli.add_command(inventory)
 
 
 def main(argv: list[str] | None = None) -> int:

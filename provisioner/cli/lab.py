@@ -29,11 +29,13 @@ def lab() -> None:
               help=f"Repeatable. Kinds: {', '.join(FAULTS)}.")
 @click.option("--first-address", default="127.0.0.10", show_default=True)
 @click.option("--port", default=22, show_default=True)
+@click.option("--driver", is_flag=True,
+              help="Nodes come with the NVIDIA driver installed (default: bare, as racked).")
 @click.option("--no-register", is_flag=True, help="Do not add the nodes to the inventory.")
 @json_option
 @pass_ctx
 def up(ctx: Ctx, count: int, profile: str, smi_xml: Path | None, faults: tuple[str, ...],
-       first_address: str, port: int, no_register: bool, as_json: bool) -> None:
+       first_address: str, port: int, driver: bool, no_register: bool, as_json: bool) -> None:
     """Start N lab nodes and register them in the inventory.
 
     Example: gpuctl lab up --nodes 4 --fault gpu-node-03:pcie-downgrade
@@ -41,7 +43,7 @@ def up(ctx: Ctx, count: int, profile: str, smi_xml: Path | None, faults: tuple[s
     parsed = [parse_fault(f) for f in faults]
     the_lab = Lab(ctx.paths)
     started = the_lab.up(count, profile=profile, smi_xml=smi_xml, faults=parsed,
-                         first_address=first_address, port=port)
+                         first_address=first_address, port=port, driver=driver)
     if not no_register:
         register_lab_nodes(ctx.paths, started, str(the_lab.client_key))
     if as_json:

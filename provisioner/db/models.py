@@ -19,6 +19,8 @@ class Node(SQLModel, table=True):
     user: str = Field(default="root", max_length=32)
     key_path: str | None = Field(default=None, max_length=4096)
     labels_json: str = "{}"
+    # Extra Ansible host variables that are not secrets (e.g. ansible_python_interpreter).
+    vars_json: str = "{}"
     sku: str | None = Field(default=None, index=True, max_length=64)
     state: str = Field(default="registered", index=True, max_length=32)
     hostkey_mismatch: bool = False
@@ -131,3 +133,27 @@ class Event(SQLModel, table=True):
     to_state: str | None = None
     severity: str = "info"  # info | warning | critical
     reason: str = ""
+
+
+class TaskResult(SQLModel, table=True):
+    """One Ansible task's result on one node in one provision run."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    node_id: int = Field(foreign_key="node.id", index=True)
+    task: str = Field(max_length=256)
+    role: str | None = Field(default=None, max_length=64)
+    action: str | None = Field(default=None, max_length=128)
+    status: str = Field(max_length=16)  # ok | changed | failed | skipped | unreachable
+    message: str = ""
+    at: datetime = Field(default_factory=utcnow)
+    seconds: float | None = None
+
+
+class NodeLock(SQLModel, table=True):
+    """A node held by a running provision/burn-in; the primary key makes it exclusive."""
+
+    node_id: int = Field(foreign_key="node.id", primary_key=True)
+    run_id: int = Field(foreign_key="run.id")
+    holder: str = Field(max_length=256)  # user@host pid N
+    acquired_at: datetime = Field(default_factory=utcnow)

@@ -19,9 +19,11 @@ import yaml
 
 from provisioner.errors import InputError
 from provisioner.inventory.registry import NodeSpec
-from provisioner.inventory.validate import check_port, parse_label
+from provisioner.inventory.validate import SECRET_VARS, check_port, parse_label
 
 MAX_INVENTORY_BYTES = 10 * 1024 * 1024
+CONNECTION_VARS = frozenset({"ansible_host", "ansible_port", "ansible_user",
+                             "ansible_ssh_private_key_file"})
 _RANGE = re.compile(r"\[([0-9]+|[a-z]):([0-9]+|[a-z])\]")
 _SECTION = re.compile(r"^\[([^\]:\s]+)(?::(vars|children))?\]$")
 
@@ -85,10 +87,15 @@ def _spec_from_vars(name: str, hvars: dict[str, str], groups: list[str]) -> Node
         if not labels["group"]:
             del labels["group"]
     sku = None
+    ansible_vars: dict[str, str] = {}
     for key, value in hvars.items():
         if key in ("gpuctl_sku", "sku"):
             sku = value
-        elif not key.startswith("ansible_"):
+        elif key in CONNECTION_VARS or key in SECRET_VARS:
+            continue
+        elif key.startswith("ansible_"):
+            ansible_vars[key] = value
+        else:
             k, v = parse_label(f"{key}={value}")
             labels[k] = v
     return NodeSpec(
@@ -99,6 +106,7 @@ def _spec_from_vars(name: str, hvars: dict[str, str], groups: list[str]) -> Node
         key_path=hvars.get("ansible_ssh_private_key_file"),
         labels=labels,
         sku=sku,
+        ansible_vars=ansible_vars,
     )
 
 

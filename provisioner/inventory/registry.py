@@ -14,7 +14,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from provisioner.db.engine import session_scope
-from provisioner.db.models import Disk, Event, Gpu, HardwareSnapshot, Nic, Node
+from provisioner.db.models import (
+    Disk,
+    Event,
+    Gpu,
+    HardwareSnapshot,
+    Nic,
+    Node,
+    NodeLock,
+    TaskResult,
+)
 from provisioner.errors import InputError, NotFoundError
 from provisioner.inventory import validate
 from provisioner.inventory.lifecycle import State, record_event
@@ -40,6 +49,7 @@ class NodeSpec:
     key_path: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     sku: str | None = None
+    ansible_vars: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         validate.check_hostname(self.name, "node name")
@@ -52,6 +62,8 @@ class NodeSpec:
             validate.check_sku(self.sku)
         for key, value in self.labels.items():
             validate.parse_label(f"{key}={value}")
+        for key, value in self.ansible_vars.items():
+            validate.check_ansible_var(key, value)
 
 
 @dataclass
@@ -135,6 +147,7 @@ def add_nodes(db_url: str, specs: list[NodeSpec], *, replace: bool = False) -> l
             node.address = spec.address or spec.name
             node.port, node.user, node.key_path = spec.port, spec.user, spec.key_path
             node.labels_json = json.dumps(spec.labels, sort_keys=True)
+            node.vars_json = json.dumps(spec.ansible_vars, sort_keys=True)
             node.sku = spec.sku
             session.add(node)
             try:
@@ -168,7 +181,7 @@ def list_nodes(
 ) -> list[NodeView]:
     """Nodes matching every filter given, ordered by name."""
     with session_scope(db_url) as session:
-        query = select(Node, HardwareSnapshot.gpu_count).join(
+        query = select(Node, HardwareSnapshot.gpu_count, HardwareSnapshot.pci_gpu_count).join(
             HardwareSnapshot, col(HardwareSnapshot.id) == Node.last_snapshot_id, isouter=True
         )
         if state:
@@ -176,7 +189,8 @@ def list_nodes(
         if sku:
             query = query.where(Node.sku == sku)
         rows = session.exec(query.order_by(Node.name)).all()
-    views = [_view(node, gpus) for node, gpus in rows]
+    # GPUs the driver sees; before a driver is installed, those on the PCI bus.
+    views = [_view(node, gpus or pci) for node, gpus, pci in rows]
     if labels:
         views = [v for v in views if all(v.labels.get(k) == val for k, val in labels.items())]
     return views
@@ -230,8 +244,10 @@ def remove_nodes(db_url: str, names: list[str]) -> list[str]:
                             model.snapshot_id == snap.id)):
                         session.delete(row)
             session.flush()
-            for ev in session.exec(select(Event).where(Event.node_id == node.id)):
-                session.delete(ev)
+            for table in (Event, TaskResult, NodeLock):
+                for row in session.exec(select(table).where(
+                        table.node_id == node.id)):
+                    session.delete(row)
             node.last_snapshot_id = None
             session.add(node)
             session.flush()

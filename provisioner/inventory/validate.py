@@ -85,6 +85,23 @@ def check_sku(sku: str) -> str:
     return sku
 
 
+_VAR_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
+# Host variables that hold secrets are never stored (use the environment or ansible-vault).
+SECRET_VARS = frozenset({"ansible_password", "ansible_ssh_pass", "ansible_become_password",
+                         "ansible_become_pass", "ansible_sudo_pass", "ansible_ssh_password"})
+
+
+def check_ansible_var(name: str, value: str) -> None:
+    """Raises InputError for a bad variable name, a secret, or a value with control
+    characters or Jinja2 markup (which Ansible would evaluate)."""
+    if not _VAR_NAME.match(name):
+        raise InputError(f"host variable name {_shown(name)} is not valid")
+    if name in SECRET_VARS:
+        raise InputError(f"host variable {name} is a secret and is never stored")
+    if any(ord(c) < 32 for c in value) or "{{" in value or "{%" in value or len(value) > 1024:
+        raise InputError(f"host variable {name} has an unsafe value {_shown(value)}")
+
+
 def parse_label(text: str) -> tuple[str, str]:
     """Parse ``key=value`` (Kubernetes-style key and value).
 

@@ -16,7 +16,15 @@ FAULTS = {
     "unreachable": "sshd is down",
     "hostkey-changed": "the node gets a new SSH host key",
     "garbage-output": "nvidia-smi prints 50 MB of non-UTF-8 junk",
+    "repo-unreachable": "the node cannot reach the package repository",
+    "package-install-failure": "the driver package fails its DKMS build when installed",
+    "fabricmanager-mismatch": "the repository's fabric manager is a different version than the "
+                              "driver",
+    "unsupported-os": "the node runs an OS the playbooks do not support (Fedora 40)",
 }
+# Which repository copy a node gets: faults that change what the node's repo serves.
+REPO_VARIANTS = {"package-install-failure": "fail-build",
+                 "fabricmanager-mismatch": "fm-skew", "repo-unreachable": None}
 GPU_FAULTS = {"gpu-missing", "pcie-downgrade", "xid", "ecc-uncorrectable",
               "row-remap-failure", "thermal-throttle", "garbage-output"}
 
@@ -66,5 +74,7 @@ def apply_fault(spec: dict[str, Any], kind: str) -> None:
         gpu(3).update(thermal_slowdown=True, temperature_c=93)
     elif kind == "unreachable":
         spec["sshd"] = False
+    elif kind in REPO_VARIANTS:
+        spec["repo"] = REPO_VARIANTS[kind]
     if kind not in spec["faults"]:
         spec["faults"].append(kind)

@@ -2,10 +2,15 @@
 ``unshare --mount --uts --pid --fork --propagation private python3 node_init.py DIR``.
 
 It mounts the node's overlay root, its own /proc, /run, /tmp and simulated /sys, sets
-the node's hostname, starts the node's sshd, then reaps children until it is killed.
-Killing it ends every process of the node, and with them the node's mounts.
+the node's hostname, runs the boot hook (which decides the loaded kernel modules),
+starts the node's sshd, then reaps children. SIGUSR1 (sent by the node's stand-in
+``shutdown -r``) reboots the node: every process but PID 1 is killed, /run and /tmp
+start empty, the boot hook runs again and sshd comes back with a new boot id.
+Killing PID 1 ends every process of the node, and with them the node's mounts.
 """
 
+import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -13,36 +18,77 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+
+
+class RebootRequested(Exception):
+    pass
 
 
 def sh(*argv):
     subprocess.run(argv, check=True)
 
 
+def set_comm(name):
+    # Tools that look at /proc/1/comm (Ansible's service manager detection) see "init".
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME
+
+
+def fresh_tmpfs(root):
+    for tmp in ("/run", "/tmp"):  # noqa: S108  (the node's own, fresh at every boot)
+        target = root + tmp
+        subprocess.run(["umount", "-l", target], stderr=subprocess.DEVNULL, check=False)
+        sh("mount", "-t", "tmpfs", "-o", "mode=1777" if tmp == "/tmp" else "mode=755",  # noqa: S108
+           "tmpfs", target)
+    os.makedirs(root + "/run/sshd", mode=0o755, exist_ok=True)
+    os.makedirs(root + "/run/gpuctl-lab", mode=0o755, exist_ok=True)
+    with open(root + "/run/gpuctl-lab/boot_id", "w") as fh:
+        fh.write(str(uuid.uuid4()) + "\n")
+
+
+def boot(node_dir, spec, root):
+    fresh_tmpfs(root)
+    sh(spec["python"], "-m", "provisioner.lab.boot", node_dir)
+    if spec.get("sshd", True):
+        sh("chroot", root, "/usr/sbin/sshd", "-f", "/etc/gpuctl-lab/sshd_config")
+
+
+def on_usr1(*_):
+    # Raised out of the blocking wait below (PEP 475 would otherwise resume it).
+    raise RebootRequested()
+
+
 def main(node_dir):
     with open(os.path.join(node_dir, "node.json")) as fh:
         spec = json.load(fh)
     root = os.path.join(node_dir, "merged")
+    set_comm("init")
     sh("mount", "-t", "overlay", "overlay", "-o",
        "lowerdir=/,upperdir=%s/upper,workdir=%s/work" % (node_dir, node_dir), root)
     sh("mount", "-t", "proc", "proc", root + "/proc")
     sh("mount", "--bind", node_dir + "/sys", root + "/sys")
     sh("mount", "--rbind", "/dev", root + "/dev")
-    for tmp in ("/run", "/tmp"):  # noqa: S108  (the node's own /tmp, a fresh tmpfs)
-        sh("mount", "-t", "tmpfs", "-o", "mode=1777" if tmp == "/tmp" else "mode=755",  # noqa: S108
-           "tmpfs", root + tmp)
-    os.makedirs(root + "/run/sshd", mode=0o755, exist_ok=True)
     socket.sethostname(spec["hostname"])
-    if spec.get("sshd", True):
-        sh("chroot", root, "/usr/sbin/sshd", "-f", "/etc/gpuctl-lab/sshd_config")
+    boot(node_dir, spec, root)
     with open(os.path.join(node_dir, "ready"), "w") as fh:
         fh.write("ok\n")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGUSR1, on_usr1)
     while True:
         try:
-            os.wait()
-        except ChildProcessError:
-            time.sleep(3600)
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                time.sleep(0.5)
+        except RebootRequested:
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+            os.kill(-1, signal.SIGKILL)  # every process of the node but PID 1
+            time.sleep(0.2)
+            with open(os.path.join(node_dir, "node.json")) as fh:
+                spec = json.load(fh)
+            boot(node_dir, spec, root)
+            signal.signal(signal.SIGUSR1, on_usr1)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ spec) plus one process tree: ``unshare`` -> node_init (PID 1 of the node) -> ssh
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import os
@@ -14,14 +15,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from provisioner.errors import LabError, NotFoundError
-from provisioner.lab.faults import apply_fault
+from provisioner.lab.faults import REPO_VARIANTS, apply_fault
 from provisioner.lab.keys import write_ed25519
+from provisioner.lab.packages import REPO_IN_NODE, build_repo
 from provisioner.lab.profiles import PROFILES, gpus_for
 from provisioner.lab.render import node_files, render_sysfs
 from provisioner.paths import Paths
@@ -40,7 +44,10 @@ StrictModes no
 MaxStartups 200:30:400
 MaxSessions 64
 UseDNS no
+Subsystem sftp internal-sftp
 """
+REPO_BUILD = {"good": {}, "fail-build": {"fail_driver_build": True},
+              "fm-skew": {"fabricmanager_skew": True}}
 
 
 @dataclass
@@ -116,7 +123,7 @@ class Lab:
     # -- lifecycle --------------------------------------------------------------
     def up(self, count: int, *, profile: str = "h100-sxm-8", smi_xml: Path | None = None,
            faults: list[tuple[str, str]] | None = None, first_address: str = "127.0.0.10",
-           port: int = 22, prefix: str = "gpu-node", driver: bool = True) -> list[LabNode]:
+           port: int = 22, prefix: str = "gpu-node", driver: bool = False) -> list[LabNode]:
         """Create and start ``count`` nodes.
 
         Raises:
@@ -147,6 +154,8 @@ class Lab:
             fault_map.setdefault(node, []).append(kind)
         replay_gpus = _gpus_from_capture(smi_xml) if smi_xml else None
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for variant, flags in REPO_BUILD.items():
+            build_repo(self.dir / "repos" / variant, **flags)
         client_pub = write_ed25519(self.client_key, "gpuctl-lab")
         started: list[LabNode] = []
         try:
@@ -155,6 +164,9 @@ class Lab:
                     "name": name, "hostname": name, "index": i + 1,
                     "address": str(first + i), "port": port, "profile": profile,
                     "smi_xml": str(smi_xml.resolve()) if smi_xml else None, "driver": driver,
+                    # A bare server loads nouveau; one with the driver had it blacklisted.
+                    "nouveau": not driver, "repo": "good", "python": sys.executable,
+                    "machine_id": uuid.uuid4().hex,
                     "sshd": True, "faults": [], "kmsg": [],
                     "system_serial": f"S{abs(hash(name)) % 10**9:09d}",
                     "gpus": [dict(g) for g in replay_gpus] if replay_gpus is not None
@@ -181,12 +193,17 @@ class Lab:
         (etc / "authorized_keys").write_text(client_pub)
         (etc / "sshd_config").write_text(SSHD_CONFIG.format(**spec))
         (ndir / "upper/etc/hostname").write_text(spec["hostname"] + "\n")
+        (ndir / "sys").mkdir(exist_ok=True)
+        if spec["repo"]:
+            shutil.copytree(self.dir / "repos" / spec["repo"],
+                            ndir / "upper" / REPO_IN_NODE.lstrip("/"))
         self._save_spec(spec)
         self._render(spec, running=False)
 
     def _render(self, spec: dict[str, Any], *, running: bool) -> None:
         ndir = self.node_dir(spec["name"])
-        render_sysfs(ndir / "sys", spec)
+        if running:
+            render_sysfs(ndir / "sys", spec)
         for path, (data, mode) in node_files(spec).items():
             if running:
                 self.put_file(spec["name"], path, data, mode)
@@ -271,6 +288,9 @@ class Lab:
         if kind == "unreachable":
             self.node_exec(name, ["sh", "-c", "kill $(cat /run/gpuctl-lab-sshd.pid)"])
             return
+        if kind in REPO_VARIANTS:
+            self._push_repo(name, spec["repo"])
+            return
         if kind == "hostkey-changed":
             key = self.node_dir(name) / "newkey"
             write_ed25519(key, f"root@{name}")
@@ -281,6 +301,21 @@ class Lab:
                                   " /usr/sbin/sshd -f /etc/gpuctl-lab/sshd_config"])
             return
         self._render(spec, running=True)
+
+    def _push_repo(self, name: str, variant: str | None) -> None:
+        """Replace the node's package repository copy (None: remove it)."""
+        data = b""
+        if variant:
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as tar:
+                tar.add(self.dir / "repos" / variant, arcname=".")
+            data = buf.getvalue()
+        script = f"rm -rf {REPO_IN_NODE} && " + (
+            f"mkdir -p {REPO_IN_NODE} && tar -C {REPO_IN_NODE} -xf -" if variant else "true")
+        res = self.node_exec(name, ["sh", "-c", script], stdin=data)
+        if res.returncode != 0:
+            raise LabError(f"cannot change the repository on {name}: "
+                           f"{res.stderr.decode()[:200]}")
 
     def node(self, name: str) -> LabNode:
         spec = self.spec(name)

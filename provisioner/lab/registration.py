@@ -5,16 +5,28 @@ from __future__ import annotations
 from provisioner.errors import NotFoundError
 from provisioner.inventory.registry import NodeSpec, add_nodes, remove_nodes
 from provisioner.lab.nodes import LabNode
+from provisioner.lab.packages import REPO_IN_NODE
 from provisioner.lab.profiles import PROFILES
 from provisioner.paths import Paths
 from provisioner.ssh.hostkeys import KnownHosts
+
+# What an admin would set for these machines: the system Python (this image's PATH has a
+# pyenv shim), the local mirror of NVIDIA's repository (unsigned stand-ins), and how the
+# node reports a new boot (the lab's nodes share the host kernel's boot_id).
+LAB_HOST_VARS = {
+    "ansible_python_interpreter": "/usr/bin/python3",
+    "nvidia_repo_mirror_url": f"file:{REPO_IN_NODE}",
+    "nvidia_repo_trusted": "true",
+    "reboot_boot_time_command": "cat /run/gpuctl-lab/boot_id",
+}
 
 
 def register_lab_nodes(paths: Paths, nodes: list[LabNode], key_path: str) -> list[str]:
     """Register (or update) every lab node with the lab's client key."""
     specs = [NodeSpec(name=n.name, address=n.address, port=n.port, user="root",
                       key_path=key_path, sku=PROFILES[n.profile].sku,
-                      labels={"lab": "true", "profile": n.profile}) for n in nodes]
+                      labels={"lab": "true", "profile": n.profile},
+                      ansible_vars=LAB_HOST_VARS) for n in nodes]
     return add_nodes(paths.db_url, specs, replace=True)
 
 

@@ -27,12 +27,25 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
     os.replace(tmp, path)
 
 
-def render_sysfs(sys_dir: Path, spec: dict[str, Any]) -> None:
-    """(Re)build the node's simulated /sys from its spec (bind-mounted into the node)."""
+def render_sysfs(sys_dir: Path, spec: dict[str, Any],
+                 modules: dict[str, str | None] | None = None) -> None:
+    """(Re)build the node's simulated /sys from its spec (bind-mounted into the node).
+
+    ``modules`` (at boot) says which kernel modules are loaded; without it the loaded
+    modules are kept as they are, as on a running machine.
+    """
     # The directory itself is bind-mounted into the running node: empty it, keep it.
     sys_dir.mkdir(parents=True, exist_ok=True)
     for child in sys_dir.iterdir():
+        if child.name == "module" and modules is None:
+            continue
         shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    if modules is not None:
+        (sys_dir / "module").mkdir(parents=True, exist_ok=True)
+        if modules.get("nouveau"):
+            _write(sys_dir / "module/nouveau/initstate", "live\n")
+        if modules.get("nvidia"):
+            _write(sys_dir / "module/nvidia/version", f"{modules['nvidia']}\n")
     profile = PROFILES[spec["profile"]]
     dmi = sys_dir / "class/dmi/id"
     for key, value in {"sys_vendor": profile.system_vendor,
@@ -73,20 +86,45 @@ def render_sysfs(sys_dir: Path, spec: dict[str, Any]) -> None:
     _write(nvme / "device/model", "SAMSUNG MZQL23T8HCLS-00A07\n")
     _write(nvme / "device/serial", f"S64H{spec['index']:06d}\n")
     _write(nvme / "queue/rotational", "0\n")
-    (sys_dir / "module").mkdir(parents=True, exist_ok=True)
-    if spec["driver"] and spec["gpus"]:
-        _write(sys_dir / "module/nvidia/version", profile.driver_version + "\n")
     (sys_dir / "firmware/efi/efivars").mkdir(parents=True, exist_ok=True)
     (sys_dir / "firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-e9ffa4da5dbe") \
         .write_bytes(b"\x06\x00\x00\x00\x00")
+
+
+SHUTDOWN = """#!/bin/sh
+# gpuctl lab stand-in shutdown/reboot: ask the node's PID 1 to reboot the node.
+case " $* " in
+  *" -c "*) exit 0 ;;
+esac
+# setsid: the request must outlive this SSH session, which ends right away.
+setsid sh -c 'sleep 1; kill -USR1 1' </dev/null >/dev/null 2>&1 &
+echo "Reboot scheduled"
+"""
+UPDATE_INITRAMFS = """#!/bin/sh
+# gpuctl lab stand-in: the lab boots no initramfs; record that it was rebuilt.
+mkdir -p /var/lib/gpuctl-lab && date +%s > /var/lib/gpuctl-lab/initramfs-updated
+echo "update-initramfs: Generating /boot/initrd.img-$(uname -r)"
+"""
+UNSUPPORTED_OS = """PRETTY_NAME="Fedora Linux 40 (Server Edition)"
+NAME="Fedora Linux"
+VERSION_ID=40
+ID=fedora
+"""
+
+
+def driver_json(spec: dict[str, Any]) -> bytes:
+    """What a preinstalled driver package would have written (``lab up --driver``)."""
+    profile = PROFILES[spec["profile"]]
+    return json.dumps({"version": spec.get("driver_version") or profile.driver_version,
+                       "cuda": spec.get("cuda_version") or profile.cuda_version,
+                       "flavor": "open", "branch": profile.driver_version.split(".")[0]}
+                      ).encode()
 
 
 def node_files(spec: dict[str, Any]) -> dict[str, tuple[bytes, int]]:
     """Files the node must have under its root: path -> (content, mode)."""
     profile = PROFILES[spec["profile"]]
     state = {
-        "driver_version": spec.get("driver_version") or profile.driver_version,
-        "cuda_version": spec.get("cuda_version") or profile.cuda_version,
         "gpus": spec["gpus"], "nvswitch": profile.nvswitch, "ib_ports": profile.ib_ports,
         "faults": spec["faults"], "garbage": "garbage-output" in spec["faults"],
         "replay_xml": "/etc/gpuctl-lab/replay.xml" if spec.get("smi_xml") else None,
@@ -97,9 +135,23 @@ def node_files(spec: dict[str, Any]) -> dict[str, tuple[bytes, int]]:
             f"[{1000 + i * 7}.123456] {line}\n" for i, line in enumerate(spec["kmsg"])
         ).encode(), 0o644),
         "/usr/bin/dmesg": (DMESG.encode(), 0o755),
+        "/etc/machine-id": (spec["machine_id"].encode() + b"\n", 0o444),
+        "/var/lib/dbus/machine-id": (spec["machine_id"].encode() + b"\n", 0o444),
+        "/usr/sbin/shutdown": (SHUTDOWN.encode(), 0o755),
+        "/usr/sbin/reboot": (SHUTDOWN.encode(), 0o755),
+        "/usr/sbin/update-initramfs": (UPDATE_INITRAMFS.encode(), 0o755),
     }
+    # The node's apt sees only the repository the playbooks configure (the lab's mirror):
+    # lab nodes must never fetch from the Internet.
+    for sources in ("/etc/apt/sources.list", "/etc/apt/sources.list.d/debian.sources"):
+        if os.path.exists(sources):
+            files[sources] = (b"# emptied by gpuctl lab: nodes use only the lab mirror\n",
+                              0o644)
+    if "unsupported-os" in spec["faults"]:
+        files["/etc/os-release"] = (UNSUPPORTED_OS.encode(), 0o644)
     if spec.get("smi_xml"):
         files["/etc/gpuctl-lab/replay.xml"] = (Path(spec["smi_xml"]).read_bytes(), 0o644)
     if spec["driver"] and spec["gpus"]:
         files["/usr/bin/nvidia-smi"] = (STANDIN_SMI.read_bytes(), 0o755)
+        files["/usr/share/gpuctl-lab/driver.json"] = (driver_json(spec), 0o644)
     return files

@@ -13,11 +13,20 @@ import sys
 import xml.etree.ElementTree as ET
 
 STATE = "/etc/gpuctl-lab/gpus.json"
+DRIVER = "/usr/share/gpuctl-lab/driver.json"
 
 
 def load():
+    """Hardware from the lab, driver version from the installed driver package; the
+    module must be loaded (as /sys/module/nvidia says) or the driver is unreachable."""
+    if not os.path.isdir("/sys/module/nvidia"):
+        raise OSError("nvidia module not loaded")
     with open(STATE) as fh:
-        return json.load(fh)
+        st = json.load(fh)
+    with open(DRIVER) as fh:
+        driver = json.load(fh)
+    st["driver_version"], st["cuda_version"] = driver["version"], driver["cuda"]
+    return st
 
 
 def esc(value):

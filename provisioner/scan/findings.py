@@ -43,6 +43,14 @@ def health_findings(facts: HardwareFacts, sku: str | None) -> list[Finding]:
         out.append(Finding("nvidia-smi", "warning",
                            next((w for w in facts.warnings if "nvidia-smi" in w),
                                 "nvidia-smi output unusable")))
+    if facts.smi_status != "ok":
+        # No driver to ask: the PCIe link as the kernel trained it (sysfs) still tells.
+        for pci_gpu in facts.pci_gpus:
+            width, width_max = pci_gpu["link_width_current"], pci_gpu["link_width_max"]
+            if width and width_max and width < width_max:
+                out.append(Finding("pcie-downgrade", "critical",
+                                   f"GPU {pci_gpu['bus_id']} PCIe link x{width}, capable of "
+                                   f"x{width_max} (from sysfs)"))
     for gpu in (g.__dict__ for g in facts.gpus):
         name = _gpu_name(gpu)
         width, width_max = gpu["pcie_width_current"], gpu["pcie_width_max"]
@@ -78,7 +86,10 @@ def health_findings(facts: HardwareFacts, sku: str | None) -> list[Finding]:
         out.append(Finding("xid", severity,
                            f"XID {xid['xid']} on {xid['pci']}: {xid['message'][:100]}"))
     if facts.nouveau_loaded:
-        out.append(Finding("nouveau", "warning", "nouveau is loaded (blocks the NVIDIA driver)"))
+        # Expected on a bare server; a problem once an NVIDIA driver is meant to load.
+        driver = facts.nvidia_module_loaded or facts.smi_status != "absent"
+        out.append(Finding("nouveau", "warning" if driver else "info",
+                           "nouveau is loaded (blocks the NVIDIA driver)"))
     return out
 
 

@@ -124,7 +124,8 @@ def _record(db_url: str, probe: _Probe, run_id: int, actor: str) -> NodeScanResu
         notable = [f for f in findings if f.severity != "info"]
         outcome = "drift" if any(f.drift for f in notable) else ("fault" if notable else "ok")
         message = "; ".join(f.message for f in notable[:2])
-        return NodeScanResult(name, outcome, message, findings, len(facts.gpus), probe.seconds)
+        gpus = len(facts.gpus) if facts.smi_status == "ok" else len(facts.pci_gpus)
+        return NodeScanResult(name, outcome, message, findings, gpus, probe.seconds)
 
 
 def select_targets(db_url: str, names: list[str], all_nodes: bool) -> list[Target]:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from provisioner.inventory.registry import NodeDetail, NodeView
 from provisioner.lab.nodes import LabNode
+from provisioner.provision.run import NodeProgress, ProvisionSummary
 from provisioner.scan.run import NodeScanResult, ScanSummary
 
 STATE_STYLE = {"quarantined": "bold red", "failed": "red", "certified": "green",
@@ -19,6 +20,11 @@ STATE_STYLE = {"quarantined": "bold red", "failed": "red", "certified": "green",
 OUTCOME_STYLE = {"ok": "green", "drift": "yellow", "fault": "bold red", "unreachable": "red",
                  "refused": "magenta", "error": "red"}
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "dim"}
+
+
+def styled(text: str, style: str | None) -> str:
+    """``text`` (escaped) in ``style``; plain when there is no style."""
+    return f"[{style}]{escape(text)}[/]" if style else escape(text)
 
 
 def print_json(console: Console, data: Any) -> None:
@@ -30,7 +36,7 @@ def nodes_table(views: list[NodeView]) -> Table:
     for col in ("NODE", "ADDRESS", "STATE", "SKU", "GPUS", "LABELS", "LAST SCAN"):
         table.add_column(col, overflow="fold")
     for v in views:
-        state = f"[{STATE_STYLE.get(v.state, '')}]{v.state}[/]" + (
+        state = styled(v.state, STATE_STYLE.get(v.state)) + (
             " [magenta](host key!)[/]" if v.hostkey_mismatch else "")
         table.add_row(v.name, f"{v.address}:{v.port}", state, v.sku or "-",
                       "-" if v.gpus is None else str(v.gpus),
@@ -42,7 +48,7 @@ def nodes_table(views: list[NodeView]) -> Table:
 def node_detail(console: Console, d: NodeDetail) -> None:
     v, s = d.node, d.snapshot
     console.print(f"[bold]{escape(v.name)}[/]  {v.user}@{v.address}:{v.port}  state "
-                  f"[{STATE_STYLE.get(v.state, '')}]{v.state}[/]  SKU {v.sku or '-'}")
+                  f"{styled(v.state, STATE_STYLE.get(v.state))}  SKU {v.sku or '-'}")
     if s:
         def t(key: str, default: str = "?") -> str:
             return escape(str(s.get(key) or default))
@@ -100,16 +106,15 @@ def node_detail(console: Console, d: NodeDetail) -> None:
         what = e["reason"]
         if e["kind"] == "state":
             what = f"{e['from'] or '-'} -> {e['to']}: {what}"
-        style = SEVERITY_STYLE.get(e["severity"], "")
-        table.add_row(e["at"], e["kind"], f"[{style}]{escape(what)}[/]" if style else escape(what),
+        table.add_row(e["at"], e["kind"], styled(what, SEVERITY_STYLE.get(e["severity"])),
                       e["actor"],
                       str(e["run"] or ""))
     console.print(table)
 
 
 def scan_line(result: NodeScanResult) -> str:
-    style = OUTCOME_STYLE.get(result.outcome, "")
-    return f"[{style}]{result.outcome:>11}[/] {result.name} {escape(result.message)}"
+    outcome = styled(f"{result.outcome:>11}", OUTCOME_STYLE.get(result.outcome))
+    return f"{outcome} {escape(result.name)} {escape(result.message)}"
 
 
 def scan_summary(summary: ScanSummary) -> Table:
@@ -120,8 +125,8 @@ def scan_summary(summary: ScanSummary) -> Table:
     for col in ("NODE", "RESULT", "GPUS", "SECONDS", "DETAIL"):
         table.add_column(col, overflow="fold")
     for r in summary.results:
-        style = OUTCOME_STYLE.get(r.outcome, "")
-        table.add_row(r.name, f"[{style}]{r.outcome}[/]", "-" if r.gpus is None else str(r.gpus),
+        gpus = "-" if r.gpus is None else str(r.gpus)
+        table.add_row(r.name, styled(r.outcome, OUTCOME_STYLE.get(r.outcome)), gpus,
                       f"{r.seconds:.2f}", escape(r.message or ""))
     return table
 
@@ -134,4 +139,33 @@ def lab_table(nodes: list[LabNode]) -> Table:
         table.add_row(n.name, f"{n.address}:{n.port}", n.profile, str(n.gpus),
                       "yes" if n.running else "[red]no[/]", "up" if n.sshd and n.running
                       else "[red]down[/]", ", ".join(n.faults) or "-")
+    return table
+
+
+PROGRESS_STYLE = {"pending": "dim", "running": "cyan", "ok": "green", "failed": "bold red",
+                  "unreachable": "red"}
+
+
+def progress_table(rows: list[NodeProgress]) -> Table:
+    """The live per-node view while a provision runs."""
+    table = Table(title="provisioning", title_justify="left")
+    for col in ("NODE", "STATUS", "OK", "CHANGED", "FAILED", "CURRENT TASK"):
+        table.add_column(col, overflow="ellipsis", no_wrap=True)
+    for r in rows:
+        table.add_row(r.name, styled(r.status, PROGRESS_STYLE.get(r.status)), str(r.ok),
+                      str(r.changed), str(r.failed), escape(r.task))
+    return table
+
+
+def provision_summary(summary: ProvisionSummary) -> Table:
+    mode = " (dry run)" if summary.check else ""
+    ok = sum(n.status == "ok" for n in summary.nodes)
+    title = (f"provision run {summary.run_id}{mode}: {summary.status}, {ok} ok, "
+             f"{len(summary.failed)} failed, {summary.changed} changed")
+    table = Table(title=title, title_justify="left")
+    for col in ("NODE", "RESULT", "OK", "CHANGED", "SKIPPED", "FAILED", "REASON"):
+        table.add_column(col, overflow="fold")
+    for n in summary.nodes:
+        table.add_row(n.name, styled(n.status, PROGRESS_STYLE.get(n.status)), str(n.ok),
+                      str(n.changed), str(n.skipped), str(n.failed), escape(n.reason))
     return table

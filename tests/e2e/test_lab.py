@@ -36,7 +36,7 @@ def _listening(addresses: set[str]) -> set[str]:
 
 
 def test_nodes_are_isolated_machines(lab, paths) -> None:  # type: ignore[no-untyped-def]
-    lab.up(3)
+    lab.up(3, "--driver")
     names = [_ssh(paths, f"n{i}", lab.address(i), "hostname").strip() for i in range(3)]
     assert names == ["gpu-node-01", "gpu-node-02", "gpu-node-03"]
     _ssh(paths, "n0", lab.address(0), "echo only-here > /root/gpuctl-marker")

@@ -32,7 +32,7 @@ def _events(gpuctl, node):  # type: ignore[no-untyped-def]
 
 def test_every_fault_kind_is_flagged(lab, gpuctl) -> None:  # type: ignore[no-untyped-def]
     faults = [f"--fault=gpu-node-{i + 1:02d}:{kind}" for i, kind in enumerate(FAULTS)]
-    lab.up(len(FAULTS) + 1, *faults)
+    lab.up(len(FAULTS) + 1, "--driver", *faults)
     code, summary = scan_json(gpuctl, "--all", "--accept-new", "--connect-timeout", "3")
     assert code == 3  # one node unreachable
     results = by_node(summary)
@@ -68,7 +68,7 @@ def test_every_fault_kind_is_flagged(lab, gpuctl) -> None:  # type: ignore[no-un
 
 
 def test_drift_between_scans_and_no_repeat_events(lab, gpuctl) -> None:  # type: ignore[no-untyped-def]
-    lab.up(2)
+    lab.up(2, "--driver")
     assert scan_json(gpuctl, "--all", "--accept-new")[0] == 0
     assert gpuctl("lab", "fault", "gpu-node-01", "gpu-missing").code == 0
     assert gpuctl("lab", "fault", "gpu-node-02", "thermal-throttle").code == 0
@@ -113,7 +113,7 @@ def test_host_keys_unknown_changed_and_forgotten(lab, gpuctl, paths) -> None:  #
 
 
 def test_profiles_and_real_capture_replay(lab, gpuctl) -> None:  # type: ignore[no-untyped-def]
-    lab.up(1, "--smi-xml", str(DATA / "a100-sxm4-80gb-mig.xml"))
+    lab.up(1, "--driver", "--smi-xml", str(DATA / "a100-sxm4-80gb-mig.xml"))
     assert scan_json(gpuctl, "--all", "--accept-new")[0] == 0
     detail = json.loads(gpuctl("nodes", "show", "gpu-node-01", "--json").out)
     [gpu] = detail["gpus"]
@@ -128,7 +128,7 @@ def test_profiles_and_real_capture_replay(lab, gpuctl) -> None:  # type: ignore[
     ("none", 0, None, "cpu-only"),
 ])
 def test_profiles(lab, gpuctl, profile, gpus, mig, sku) -> None:  # type: ignore[no-untyped-def]
-    lab.up(1, "--profile", profile)
+    lab.up(1, "--driver", "--profile", profile)
     code, summary = scan_json(gpuctl, "--all", "--accept-new")
     assert code == 0 and summary["results"][0]["outcome"] == "ok", summary
     detail = json.loads(gpuctl("nodes", "show", "gpu-node-01", "--json").out)

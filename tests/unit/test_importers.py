@@ -24,6 +24,7 @@ def test_ini_groups_vars_ranges_and_children() -> None:
     assert g.labels == {"group": "rack12", "tier": "training"}  # h100:vars via children
     spare = specs["gpu-spare"]
     assert (spare.address, spare.port, spare.sku) == ("127.0.0.99", 2222, "h100-sxm-8")
+    assert spare.ansible_vars == {"ansible_python_interpreter": "/usr/bin/python3"}
     assert specs["gpu01.r13.example.com"].labels == {"group": "rack13"}
 
 

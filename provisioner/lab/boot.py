@@ -1,0 +1,66 @@
+"""What a lab node looks like after it (re)boots, derived from what is installed on it.
+
+Run by the node's PID 1 at every boot (``python -m provisioner.lab.boot NODE_DIR``):
+nouveau is loaded unless blacklisted under /etc/modprobe.d; the nvidia module is loaded
+when a driver package is installed and nouveau is not in its way.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+from provisioner.lab.render import render_sysfs
+
+DRIVER_JSON = "/usr/share/gpuctl-lab/driver.json"
+
+
+def node_file(node_dir: Path, path: str) -> Path | None:
+    """The file at ``path`` as the node sees it (overlay upper first, then lower)."""
+    upper = node_dir / "upper" / path.lstrip("/")
+    try:
+        st = upper.lstat()
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            return None  # overlayfs whiteout: deleted on the node
+        return upper
+    except FileNotFoundError:
+        lower = Path(path)
+        return lower if lower.exists() else None
+
+
+def nouveau_blacklisted(node_dir: Path) -> bool:
+    dirs = [node_dir / "upper/etc/modprobe.d", Path("/etc/modprobe.d")]
+    for d in dirs:
+        if not d.is_dir():
+            continue
+        for conf in d.glob("*.conf"):
+            path = node_file(node_dir, f"/etc/modprobe.d/{conf.name}")
+            if path and path.is_file() and any(
+                    line.split()[:2] == ["blacklist", "nouveau"]
+                    for line in path.read_text(errors="replace").splitlines()):
+                return True
+    return False
+
+
+def boot_modules(node_dir: Path, spec: dict[str, Any]) -> dict[str, str | None]:
+    """Kernel modules loaded after a boot: {"nouveau": "loaded"|None, "nvidia": version}."""
+    nouveau = bool(spec["gpus"]) and spec.get("nouveau", False) and \
+        not nouveau_blacklisted(node_dir)
+    driver = node_file(node_dir, DRIVER_JSON)
+    nvidia = None
+    if driver is not None and spec["gpus"] and not nouveau:
+        nvidia = json.loads(driver.read_text())["version"]
+    return {"nouveau": "loaded" if nouveau else None, "nvidia": nvidia}
+
+
+def main(node_dir: str) -> None:
+    ndir = Path(node_dir)
+    spec = json.loads((ndir / "node.json").read_text())
+    render_sysfs(ndir / "sys", spec, modules=boot_modules(ndir, spec))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

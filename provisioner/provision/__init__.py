@@ -1,0 +1,1 @@
+"""Provisioning: inventory rendering, node locks, the ansible-runner driver."""

@@ -1,0 +1,332 @@
+"""``provision_nodes``: lock the nodes, render the inventory, run the playbook through
+ansible-runner, store every task result, and move each node to provisioned or failed."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import col, select
+
+from provisioner import __version__
+from provisioner.db.engine import session_scope
+from provisioner.db.models import Node, Run, TaskResult, utcnow
+from provisioner.errors import InputError, NodesFailedError
+from provisioner.inventory.lifecycle import State, record_event, transition
+from provisioner.inventory.registry import current_actor, get_node
+from provisioner.paths import Paths
+from provisioner.project import project_dir
+from provisioner.provision import locks
+from provisioner.provision.inventory import build_inventory, render_inventory
+from provisioner.provision.runner import RunnerJob, TaskEvent
+
+ELIGIBLE = {State.DISCOVERED, State.PROVISIONED, State.FAILED, State.CERTIFIED,
+            State.PROVISIONING}
+BECOME_ENV = "GPUCTL_BECOME_PASSWORD"
+
+
+@dataclass
+class NodeProgress:
+    name: str
+    status: str = "pending"  # pending | running | ok | failed | unreachable
+    task: str = ""
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    reason: str = ""
+
+
+@dataclass
+class ProvisionSummary:
+    run_id: int
+    status: str
+    check: bool
+    nodes: list[NodeProgress] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[NodeProgress]:
+        return [n for n in self.nodes if n.status in ("failed", "unreachable")]
+
+    @property
+    def changed(self) -> int:
+        return sum(n.changed for n in self.nodes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "status": self.status, "check": self.check,
+                "changed": self.changed, "nodes": [asdict(n) for n in self.nodes]}
+
+
+def _versions() -> dict[str, str]:
+    out = {"gpuctl": __version__}
+    for dist in ("ansible-core", "ansible-runner"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "unknown"
+    return out
+
+
+def _control_machine_id() -> str:
+    """This host's machine id, read the way Ansible's ``ansible_machine_id`` fact is."""
+    for path in ("/var/lib/dbus/machine-id", "/etc/machine-id"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text:
+            return text
+    return ""
+
+
+def last_failed_nodes(db_url: str) -> list[str]:
+    """Nodes that failed in the most recent provision run that was not a dry run."""
+    with session_scope(db_url) as session:
+        runs = session.exec(select(Run).where(Run.kind == "provision")
+                            .order_by(col(Run.id).desc())).all()
+        run = next((r for r in runs if not json.loads(r.args_json).get("check")
+                    and r.status != "refused"), None)
+        if run is None:
+            raise InputError("no earlier provision run to retry")
+        return list(json.loads(run.summary_json).get("failed", []))
+
+
+def _select(db_url: str, names: list[str], all_nodes: bool) -> list[Node]:
+    with session_scope(db_url) as session:
+        if all_nodes:
+            return list(session.exec(select(Node).where(col(Node.state).in_(
+                [s.value for s in ELIGIBLE])).order_by(col(Node.name))))
+        nodes = [get_node(session, n) for n in dict.fromkeys(names)]
+    bad = []
+    for node in nodes:
+        if node.state == State.REGISTERED:
+            bad.append(f"{node.name} was never scanned (run `gpuctl scan {node.name} "
+                       "--accept-new` first so its host key is known)")
+        elif State(node.state) not in ELIGIBLE:
+            bad.append(f"{node.name} is {node.state}")
+        elif node.hostkey_mismatch:
+            bad.append(f"{node.name} has a changed host key")
+    if bad:
+        raise InputError("cannot provision: " + "; ".join(bad))
+    return nodes
+
+
+def _prepare_run_dir(paths: Paths, run_id: int, nodes: list[Node],
+                     all_vars: dict[str, Any]) -> tuple[Path, Path]:
+    run_dir = paths.runs_dir / f"provision-{run_id}"
+    inv_dir = run_dir / "inventory"
+    inv_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    group_vars = inv_dir / "group_vars"
+    shutil.copytree(project_dir() / "inventory/group_vars", group_vars, dirs_exist_ok=True)
+    site = paths.home / "group_vars"
+    if site.is_dir():
+        shutil.copytree(site, group_vars, dirs_exist_ok=True)
+    hosts = inv_dir / "hosts.yml"
+    hosts.write_text(render_inventory(build_inventory(paths, nodes, all_vars), "yaml",
+                                      f"provision run {run_id}"))
+    return run_dir, hosts
+
+
+def _store(db_url: str, run_id: int, node_ids: dict[str, int], batch: list[TaskEvent]) -> None:
+    rows = [TaskResult(run_id=run_id, node_id=node_ids[e.host], task=e.task[:256],
+                       role=e.role, action=e.action, status=e.status, message=e.message,
+                       seconds=e.seconds) for e in batch
+            if e.status != "started" and e.host in node_ids]
+    if rows:
+        with session_scope(db_url) as session:
+            session.add_all(rows)
+
+
+def _apply(progress: dict[str, NodeProgress], event: TaskEvent) -> None:
+    node = progress.get(event.host)
+    if node is None:
+        return
+    node.task = event.task
+    if event.status == "started":
+        if node.status == "pending":
+            node.status = "running"
+        return
+    if event.status in ("ok", "changed", "skipped"):
+        setattr(node, event.status, getattr(node, event.status) + 1)
+        if event.status == "changed":
+            node.ok += 1
+    else:
+        node.failed += 1
+        node.status = event.status
+        if not node.reason:
+            node.reason = f"{event.task}: {event.message}"[:500]
+
+
+def provision_nodes(
+    paths: Paths,
+    names: list[str],
+    *,
+    all_nodes: bool = False,
+    retry_failed: bool = False,
+    tags: str | None = None,
+    check: bool = False,
+    diff: bool = False,
+    forks: int = 16,
+    allow_control_host: bool = False,
+    vault_password_file: str | None = None,
+    on_progress: Callable[[list[NodeProgress]], None] | None = None,
+) -> ProvisionSummary:
+    """Run playbooks/provision.yml on the nodes.
+
+    Raises:
+        InputError: bad selection or options; nothing runs.
+        NodeBusyError: another run holds one of the nodes; nothing runs.
+        NodesFailedError: the run finished (results stored) but some nodes failed.
+    """
+    db_url = paths.db_url
+    if retry_failed:
+        if names or all_nodes:
+            raise InputError("--retry-failed picks the nodes itself; name no nodes")
+        names = last_failed_nodes(db_url)
+        if not names:
+            raise InputError("no node failed in the last provision run")
+    elif not names and not all_nodes:
+        raise InputError("name the nodes to provision, or pass --all")
+    if not 1 <= forks <= 500:
+        raise InputError("--forks must be between 1 and 500")
+    nodes = _select(db_url, names, all_nodes)
+    if not nodes:
+        raise InputError("no node is ready to provision (scan nodes first)")
+    actor = current_actor()
+    # Secrets never reach the database, the run directory or Ansible's environment.
+    become_password = os.environ.pop(BECOME_ENV, None)
+    args = {"nodes": [n.name for n in nodes], "tags": tags, "check": check, "diff": diff,
+            "forks": forks, "retry_failed": retry_failed, "versions": _versions(),
+            "become_password": "from environment" if become_password else None}
+    with session_scope(db_url) as session:
+        run = Run(kind="provision", actor=actor, args_json=json.dumps(args))
+        session.add(run)
+        session.flush()
+        assert run.id is not None
+        run_id = run.id
+    node_ids = {n.name: n.id for n in nodes if n.id is not None}
+    try:
+        locks.acquire(db_url, {i: n for n, i in node_ids.items()}, run_id,
+                      locks.holder_id(actor))
+    except locks.NodeBusyError:
+        _finish(db_url, run_id, "refused", {})
+        raise
+    progress = {n.name: NodeProgress(n.name) for n in nodes}
+    status = "failed"
+    try:
+        if not check:
+            with session_scope(db_url) as session:
+                for name in node_ids:
+                    node = get_node(session, name)
+                    if node.state != State.PROVISIONING:
+                        transition(session, node, State.PROVISIONING, actor=actor,
+                                   reason="provision started", run_id=run_id)
+        all_vars = {"preflight_control_machine_id": _control_machine_id(),
+                    "preflight_allow_control_host": allow_control_host}
+        run_dir, hosts = _prepare_run_dir(paths, run_id, nodes, all_vars)
+        job = RunnerJob(run_dir=run_dir, project=project_dir() / "playbooks",
+                        playbook="provision.yml", inventory=hosts, limit=list(node_ids),
+                        tags=tags, forks=forks, check=check, diff=diff,
+                        become_password=become_password,
+                        vault_password_file=vault_password_file)
+        job.start()
+        status = _drain(job, db_url, run_id, node_ids, progress, on_progress)
+        if status == "failed" and not any(p.status != "pending" for p in progress.values()):
+            detail = job.stdout_tail().strip().splitlines()[-1:] or ["no output"]
+            for p in progress.values():
+                p.status, p.reason = "failed", f"ansible-playbook failed: {detail[0][:300]}"
+    finally:
+        for p in progress.values():
+            if p.status in ("pending", "running"):
+                if status == "interrupted":
+                    p.status, p.reason = "failed", "interrupted before the playbook finished"
+                elif status in ("successful", "failed"):
+                    p.status = "ok" if status == "successful" or p.failed == 0 else "failed"
+                    if p.status == "failed" and not p.reason:
+                        p.reason = "no result from Ansible"
+                else:
+                    p.status, p.reason = "failed", f"ansible-runner ended {status}"
+        _settle_nodes(db_url, run_id, actor, progress, check)
+        locks.release(db_url, run_id)
+        run_status = {"successful": "ok", "interrupted": "interrupted"}.get(
+            status, "partial" if any(p.status == "ok" for p in progress.values()) else "failed")
+        if run_status == "ok" and any(p.status != "ok" for p in progress.values()):
+            run_status = "partial"
+        _finish(db_url, run_id, run_status, progress)
+    summary = ProvisionSummary(run_id, run_status, check, list(progress.values()))
+    if status == "interrupted":
+        raise NodesFailedError(f"provision interrupted: run {run_id} marked interrupted, "
+                               f"{sum(p.ok + p.failed for p in progress.values())} task "
+                               "results kept")
+    return summary
+
+
+def _drain(job: RunnerJob, db_url: str, run_id: int, node_ids: dict[str, int],
+           progress: dict[str, NodeProgress],
+           on_progress: Callable[[list[NodeProgress]], None] | None) -> str:
+    interrupted = False
+    while True:
+        try:
+            batch: list[TaskEvent] = []
+            deadline = time.monotonic() + 0.25
+            while time.monotonic() < deadline:
+                try:
+                    batch.append(job.events.get(timeout=0.05))
+                except queue.Empty:
+                    if not job.alive():
+                        break
+            for event in batch:
+                _apply(progress, event)
+            _store(db_url, run_id, node_ids, batch)
+            if on_progress:
+                on_progress(list(progress.values()))
+            if not job.alive() and job.events.empty():
+                break
+        except KeyboardInterrupt:
+            interrupted = True
+            job.cancelled.set()
+    if interrupted or job.status == "canceled":
+        job.kill_leftovers()
+        return "interrupted"
+    return job.status
+
+
+def _settle_nodes(db_url: str, run_id: int, actor: str, progress: dict[str, NodeProgress],
+                  check: bool) -> None:
+    with session_scope(db_url) as session:
+        for p in progress.values():
+            node = get_node(session, p.name)
+            if check:
+                record_event(session, node, "note", f"provision dry run (--check): {p.status}"
+                             f", {p.changed} would change", actor=actor, run_id=run_id)
+                continue
+            if node.state != State.PROVISIONING:
+                continue
+            if p.status == "ok":
+                transition(session, node, State.PROVISIONED, actor=actor, run_id=run_id,
+                           reason=f"provisioned: {p.ok} ok, {p.changed} changed")
+            else:
+                transition(session, node, State.FAILED, actor=actor, run_id=run_id,
+                           reason=p.reason or p.status)
+
+
+def _finish(db_url: str, run_id: int, status: str, progress: dict[str, NodeProgress]) -> None:
+    with session_scope(db_url) as session:
+        run = session.get(Run, run_id)
+        assert run is not None
+        run.status = status
+        run.finished_at = utcnow()
+        run.summary_json = json.dumps({
+            "ok": [n for n, p in progress.items() if p.status == "ok"],
+            "failed": [n for n, p in progress.items() if p.status != "ok"],
+            "changed": sum(p.changed for p in progress.values()),
+        })
+        session.add(run)

@@ -1,0 +1,154 @@
+"""The one way gpuctl runs Ansible: ansible-runner, with events handed to a queue.
+
+``RunnerJob`` prepares the private data dir and starts ansible-runner in its own thread;
+every per-host task event becomes a :class:`TaskEvent` on ``events``. The caller drains
+the queue (to the database and the progress display) and may cancel the job.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ansible_runner
+
+from provisioner.errors import GpuctlError
+
+HOST_EVENTS = {
+    "runner_on_ok": "ok", "runner_on_failed": "failed", "runner_on_skipped": "skipped",
+    "runner_on_unreachable": "unreachable",
+}
+MAX_MESSAGE = 2000
+
+
+@dataclass
+class TaskEvent:
+    host: str
+    task: str
+    role: str | None
+    action: str | None
+    status: str  # ok | changed | failed | skipped | unreachable | started
+    message: str
+    seconds: float | None
+
+
+def _message(res: dict[str, Any]) -> str:
+    parts = []
+    for key in ("msg", "stderr", "module_stderr", "reason"):
+        value = res.get(key)
+        if isinstance(value, str) and value.strip() and value.strip() not in parts:
+            parts.append(value.strip())
+    if not parts and isinstance(res.get("stdout"), str):
+        parts.append(res["stdout"].strip()[-500:])
+    text = " | ".join(parts)
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def to_task_event(event: dict[str, Any]) -> TaskEvent | None:
+    """Turn one ansible-runner event into a TaskEvent (None for other events)."""
+    kind = event.get("event")
+    data = event.get("event_data") or {}
+    if kind == "runner_on_start":
+        return TaskEvent(data.get("host", "?"), data.get("task", "?"), data.get("role"),
+                         data.get("task_action"), "started", "", None)
+    if kind not in HOST_EVENTS:
+        return None
+    res = data.get("res") or {}
+    status = HOST_EVENTS[kind]
+    if status == "ok" and res.get("changed"):
+        status = "changed"
+    if status == "failed" and data.get("ignore_errors"):
+        status = "ok"
+    return TaskEvent(data.get("host", "?"), data.get("task", "?"), data.get("role"),
+                     data.get("task_action"), status, _message(res) if status in
+                     ("failed", "unreachable") else "", data.get("duration"))
+
+
+class RunnerJob:
+    """One ansible-playbook run through ansible-runner."""
+
+    def __init__(self, *, run_dir: Path, project: Path, playbook: str, inventory: Path,
+                 limit: list[str], tags: str | None, forks: int, check: bool, diff: bool,
+                 become_password: str | None, vault_password_file: str | None) -> None:
+        self.events: queue.Queue[TaskEvent] = queue.Queue()
+        self.cancelled = threading.Event()
+        cmdline = []
+        if check:
+            cmdline.append("--check")
+        if diff:
+            cmdline.append("--diff")
+        passwords = {}
+        if become_password is not None:
+            cmdline.append("--ask-become-pass")
+            passwords = {r"^BECOME password.*:\s*?$": become_password}
+        if vault_password_file:
+            cmdline += ["--vault-password-file", vault_password_file]
+        shutil.rmtree(run_dir / "artifacts", ignore_errors=True)
+        # Use the ansible-core installed beside gpuctl, even without an activated venv.
+        bin_dir = Path(sys.executable).parent
+        self._kwargs: dict[str, Any] = dict(
+            private_data_dir=str(run_dir), project_dir=str(project), playbook=playbook,
+            inventory=str(inventory), limit=",".join(limit), tags=tags, forks=forks,
+            cmdline=" ".join(cmdline) or None, passwords=passwords, quiet=True,
+            envvars={"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                     "ANSIBLE_LOCAL_TEMP": str(run_dir / "tmp"), "ANSIBLE_RETRY_FILES_ENABLED":
+                     "False", "ANSIBLE_FORCE_COLOR": "False", "ANSIBLE_NOCOLOR": "True"},
+            settings={"suppress_ansible_output": True, "job_timeout": 0},
+            event_handler=self._on_event, cancel_callback=self.cancelled.is_set,
+        )
+        self.thread: threading.Thread | None = None
+        self.runner: Any = None
+
+    def _on_event(self, event: dict[str, Any]) -> bool:
+        task_event = to_task_event(event)
+        if task_event is not None:
+            self.events.put(task_event)
+        # Results go to the database; keeping ansible-runner's per-event JSON files on
+        # disk too would only duplicate them (and any output a task printed).
+        return False
+
+    def start(self) -> None:
+        try:
+            self.thread, self.runner = ansible_runner.run_async(**self._kwargs)
+        except (ansible_runner.exceptions.ConfigurationError, OSError) as exc:
+            raise GpuctlError(f"cannot start ansible-runner: {exc}") from exc
+
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    @property
+    def status(self) -> str:
+        return str(self.runner.status) if self.runner is not None else "unstarted"
+
+    @property
+    def rc(self) -> int | None:
+        return self.runner.rc if self.runner is not None else None
+
+    def kill_leftovers(self) -> int:
+        """Kill processes of this run still alive after a cancel: Ansible's workers run
+        in sessions of their own, so stopping ansible-playbook does not stop them."""
+        marker = str(self._kwargs["inventory"]).encode()
+        killed = 0
+        for pid_dir in Path("/proc").iterdir():
+            if not pid_dir.name.isdigit() or int(pid_dir.name) == os.getpid():
+                continue
+            try:
+                if marker in (pid_dir / "cmdline").read_bytes():
+                    os.kill(int(pid_dir.name), signal.SIGKILL)
+                    killed += 1
+            except (OSError, ValueError):
+                continue
+        return killed
+
+    def stdout_tail(self, chars: int = 600) -> str:
+        try:
+            return str(self.runner.stdout.read())[-chars:] if self.runner else ""
+        except (OSError, AttributeError):
+            return ""
