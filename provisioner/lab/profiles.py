@@ -28,6 +28,9 @@ class Profile:
     system_product: str
     driver_version: str = "550.90.07"
     cuda_version: str = "12.4"
+    # NVSwitch chips on the PCI bus (class 0x0680): HGX H100/H200 have 4, HGX A100 6.
+    nvswitches: tuple[str, ...] = ()
+    nvswitch_device: str = ""
 
 
 HGX = ("0000:18:00.0", "0000:2a:00.0", "0000:3a:00.0", "0000:5d:00.0",
@@ -35,16 +38,20 @@ HGX = ("0000:18:00.0", "0000:2a:00.0", "0000:3a:00.0", "0000:5d:00.0",
 DGX_A100 = ("0000:07:00.0", "0000:0f:00.0", "0000:47:00.0", "0000:4e:00.0",
             "0000:87:00.0", "0000:90:00.0", "0000:b7:00.0", "0000:bd:00.0")
 
+HGX_SWITCHES = ("0000:05:00.0", "0000:06:00.0", "0000:07:00.0", "0000:08:00.0")
+
 PROFILES: dict[str, Profile] = {p.name: p for p in [
     Profile("h100-sxm-8", "h100-sxm-8", "NVIDIA H100 80GB HBM3", "Hopper", "0x2330", 81559, 5,
             700.0, "96.00.74.00.0B", HGX, False, True, True, 8, 400, "Supermicro",
-            "SYS-821GE-TNHR"),
+            "SYS-821GE-TNHR", nvswitches=HGX_SWITCHES, nvswitch_device="0x22a3"),
     Profile("h200-sxm-8", "h200-sxm-8", "NVIDIA H200", "Hopper", "0x2335", 143771, 5, 700.0,
             "96.00.99.00.01", HGX, False, True, True, 8, 400, "Supermicro", "SYS-821GE-TNHR",
-            "570.124.06", "12.8"),
+            "570.124.06", "12.8", HGX_SWITCHES, "0x22a3"),
     Profile("a100-sxm4-8", "a100-sxm4-8", "NVIDIA A100-SXM4-80GB", "Ampere", "0x20b2", 81920, 4,
             400.0, "92.00.36.00.02", DGX_A100, True, True, True, 8, 200, "NVIDIA",
-            "DGXA100 920-23687-2530-000", "535.54.03", "12.2"),
+            "DGXA100 920-23687-2530-000", "535.54.03", "12.2",
+            ("0000:c4:00.0", "0000:c5:00.0", "0000:c6:00.0", "0000:c7:00.0", "0000:c8:00.0",
+             "0000:c9:00.0"), "0x1af1"),
     Profile("l40s-4", "l40s-4", "NVIDIA L40S", "Ada Lovelace", "0x26b9", 46068, 4, 350.0,
             "95.02.66.00.02", HGX[:4], False, False, True, 0, 0, "Dell Inc.",
             "PowerEdge R760xa"),

@@ -64,6 +64,11 @@ def render_sysfs(sys_dir: Path, spec: dict[str, Any],
             "max_link_width": str(gpu["pcie_width_max"]), "numa_node": str(i * 2 // 8),
         }.items():
             _write(dev / key, value + "\n")
+    for bus in profile.nvswitches:
+        dev = sys_dir / "bus/pci/devices" / bus
+        for key, value in {"vendor": "0x10de", "device": profile.nvswitch_device,
+                           "class": "0x068000"}.items():
+            _write(dev / key, value + "\n")
     nets = [("eno1", "1", 100000, "up"), ("eno2", "1", 100000, "down")]
     nets += [(f"ibp{i}s0", "32", profile.ib_rate_gbps * 1000, "up")
              for i in range(profile.ib_ports)]

@@ -161,8 +161,8 @@ def _apply(progress: dict[str, NodeProgress], event: TaskEvent) -> None:
     else:
         node.failed += 1
         node.status = event.status
-        if not node.reason:
-            node.reason = f"{event.task}: {event.message}"[:500]
+        # The last failure decides (a rescue explains the failure before it); one line.
+        node.reason = " ".join(f"{event.task}: {event.message}".split())[:500]
 
 
 def provision_nodes(
@@ -237,8 +237,11 @@ def provision_nodes(
                         tags=tags, forks=forks, check=check, diff=diff,
                         become_password=become_password,
                         vault_password_file=vault_password_file)
-        job.start()
-        status = _drain(job, db_url, run_id, node_ids, progress, on_progress)
+        try:
+            job.start()
+            status = _drain(job, db_url, run_id, node_ids, progress, on_progress)
+        finally:
+            job.cleanup()
         if status == "failed" and not any(p.status != "pending" for p in progress.values()):
             detail = job.stdout_tail().strip().splitlines()[-1:] or ["no output"]
             for p in progress.values():

@@ -7,11 +7,13 @@ the queue (to the database and the progress display) and may cancel the job.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,10 +86,9 @@ class RunnerJob:
             cmdline.append("--check")
         if diff:
             cmdline.append("--diff")
-        passwords = {}
+        self._secret_dir: Path | None = None
         if become_password is not None:
-            cmdline.append("--ask-become-pass")
-            passwords = {r"^BECOME password.*:\s*?$": become_password}
+            cmdline += ["--become-password-file", str(self._feed_secret(become_password))]
         if vault_password_file:
             cmdline += ["--vault-password-file", vault_password_file]
         shutil.rmtree(run_dir / "artifacts", ignore_errors=True)
@@ -96,7 +97,7 @@ class RunnerJob:
         self._kwargs: dict[str, Any] = dict(
             private_data_dir=str(run_dir), project_dir=str(project), playbook=playbook,
             inventory=str(inventory), limit=",".join(limit), tags=tags, forks=forks,
-            cmdline=" ".join(cmdline) or None, passwords=passwords, quiet=True,
+            cmdline=" ".join(cmdline) or None, quiet=True,
             envvars={"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
                      "ANSIBLE_LOCAL_TEMP": str(run_dir / "tmp"), "ANSIBLE_RETRY_FILES_ENABLED":
                      "False", "ANSIBLE_FORCE_COLOR": "False", "ANSIBLE_NOCOLOR": "True"},
@@ -105,6 +106,31 @@ class RunnerJob:
         )
         self.thread: threading.Thread | None = None
         self.runner: Any = None
+
+    def _feed_secret(self, secret: str) -> Path:
+        """Hand ``secret`` to ansible-playbook through a named pipe: it is read once and
+        never written to a file (ansible-runner would keep its ``passwords`` on disk)."""
+        self._secret_dir = Path(tempfile.mkdtemp(prefix="gpuctl-secret-"))
+        fifo = self._secret_dir / "become"
+        os.mkfifo(fifo, 0o600)
+
+        def feed() -> None:
+            with contextlib.suppress(OSError), open(fifo, "w") as fh:
+                fh.write(secret + "\n")
+
+        threading.Thread(target=feed, daemon=True, name="gpuctl-become-feed").start()
+        return fifo
+
+    def cleanup(self) -> None:
+        """Remove the secret pipe; unblock its writer if Ansible never read it."""
+        if self._secret_dir is None:
+            return
+        fifo = self._secret_dir / "become"
+        with contextlib.suppress(OSError):
+            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+            os.close(fd)
+        shutil.rmtree(self._secret_dir, ignore_errors=True)
+        self._secret_dir = None
 
     def _on_event(self, event: dict[str, Any]) -> bool:
         task_event = to_task_event(event)

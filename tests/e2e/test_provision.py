@@ -1,0 +1,224 @@
+"""``gpuctl provision`` end to end on lab nodes: real sshd, real ansible-core through
+ansible-runner, the lab's stand-in NVIDIA packages."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlmodel import col, select
+
+from provisioner.db.engine import session_scope
+from provisioner.db.models import Run, TaskResult
+from provisioner.provision.locks import held_nodes
+from tests.e2e.conftest import scan_json
+
+pytestmark = pytest.mark.e2e
+
+
+def provision_json(gpuctl, *args):  # type: ignore[no-untyped-def]
+    result = gpuctl("provision", "--json", *args)
+    assert result.out, result
+    return result.code, json.loads(result.out)
+
+
+def states(gpuctl):  # type: ignore[no-untyped-def]
+    return {n["name"]: n["state"] for n in json.loads(gpuctl("nodes", "list", "--json").out)}
+
+
+def test_provision_failures_rescan_and_second_run(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
+    lab.up(4, "--fault", "gpu-node-02:package-install-failure",
+           "--fault", "gpu-node-03:unsupported-os")
+    code, summary = scan_json(gpuctl, "--all", "--accept-new")
+    assert code == 0
+    assert all(r["gpus"] == 8 for r in summary["results"])  # on the PCI bus, no driver yet
+    assert gpuctl("lab", "fault", "gpu-node-04", "unreachable").code == 0
+
+    code, summary = provision_json(gpuctl, "--all")
+    assert code == 3
+    nodes = {n["name"]: n for n in summary["nodes"]}
+    assert nodes["gpu-node-01"]["status"] == "ok" and nodes["gpu-node-01"]["changed"] > 5
+    assert nodes["gpu-node-02"]["status"] == "failed"
+    assert "nvidia-driver-570-open failed to install" in nodes["gpu-node-02"]["reason"]
+    assert "Bad return status for module build" in nodes["gpu-node-02"]["reason"]
+    assert nodes["gpu-node-03"]["status"] == "failed"
+    assert "unsupported OS Fedora Linux 40 (supported: Ubuntu" in nodes["gpu-node-03"]["reason"]
+    assert nodes["gpu-node-04"]["status"] == "unreachable"
+    assert states(gpuctl) == {"gpu-node-01": "provisioned", "gpu-node-02": "failed",
+                              "gpu-node-03": "failed", "gpu-node-04": "failed"}
+    history = json.loads(gpuctl("nodes", "show", "gpu-node-03", "--json").out)["events"]
+    assert history[-1]["to"] == "failed" and "Refuse an unsupported operating system" in \
+        history[-1]["reason"]
+
+    with session_scope(paths.db_url) as session:
+        run = session.get(Run, summary["run_id"])
+        assert run is not None and run.status == "partial"
+        assert json.loads(run.args_json)["versions"]["ansible-core"]
+        rows = session.exec(select(TaskResult).where(TaskResult.run_id == run.id)).all()
+    tasks = {(r.task, r.status) for r in rows if r.node_id == 1}
+    assert ("Install nvidia-driver-570-open", "changed") in tasks
+    assert ("Reboot to load the nvidia module", "changed") in tasks  # nouveau was loaded
+    assert ("Install the fabric manager packages", "changed") in tasks  # NVSwitch found
+
+    # --retry-failed takes exactly the nodes that failed.
+    code, summary = provision_json(gpuctl, "--retry-failed", "--tags", "preflight")
+    assert sorted(n["name"] for n in summary["nodes"]) == \
+        ["gpu-node-02", "gpu-node-03", "gpu-node-04"]
+
+    # The re-scan sees the driver the playbook installed.
+    code, summary = scan_json(gpuctl, "gpu-node-01")
+    detail = json.loads(gpuctl("nodes", "show", "gpu-node-01", "--json").out)
+    assert detail["snapshot"]["driver_version"] == "570.124.06"
+    assert detail["snapshot"]["cuda_version"] == "12.8"
+    assert detail["snapshot"]["gpu_count"] == 8
+    assert not detail["snapshot"]["nouveau_loaded"]
+
+    code, summary = provision_json(gpuctl, "gpu-node-01")
+    assert code == 0 and summary["changed"] == 0
+
+
+
+def test_fabric_manager_version_mismatch_is_refused(lab, gpuctl) -> None:  # type: ignore[no-untyped-def]
+    lab.up(1, "--fault", "gpu-node-01:fabricmanager-mismatch")
+    scan_json(gpuctl, "--all", "--accept-new")
+    code, summary = provision_json(gpuctl, "--all")
+    assert code == 3
+    reason = summary["nodes"][0]["reason"]
+    assert "fabric manager 570.86.15 does not match driver 570.124.06" in reason, reason
+
+
+def test_pcie_system_skips_fabric_manager(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
+    lab.up(1, "--profile", "l40s-4")
+    scan_json(gpuctl, "--all", "--accept-new")
+    code, summary = provision_json(gpuctl, "--all")
+    assert code == 0, summary
+    with session_scope(paths.db_url) as session:
+        rows = session.exec(select(TaskResult).where(
+            col(TaskResult.task).contains("fabric manager"))).all()
+    statuses = {r.task: r.status for r in rows}
+    assert statuses["Skip fabric manager on systems without NVSwitch"] == "ok"
+    assert statuses["Install the fabric manager packages"] == "skipped"
+    detail = json.loads(gpuctl("nodes", "show", "gpu-node-01", "--json").out)
+    assert detail["node"]["state"] == "provisioned"
+
+
+def test_check_mode_changes_nothing(lab, gpuctl) -> None:  # type: ignore[no-untyped-def]
+    lab.up(1)
+    scan_json(gpuctl, "--all", "--accept-new")
+    code, summary = provision_json(gpuctl, "--all", "--check", "--diff")
+    assert code == 0 and summary["check"] is True and summary["changed"] > 0
+    assert states(gpuctl) == {"gpu-node-01": "discovered"}
+    code, scan = scan_json(gpuctl, "--all")
+    detail = json.loads(gpuctl("nodes", "show", "gpu-node-01", "--json").out)
+    assert detail["snapshot"]["driver_version"] is None  # nothing was installed
+
+
+def test_registered_and_quarantined_nodes_are_refused(lab, gpuctl) -> None:  # type: ignore[no-untyped-def]
+    lab.up(2, "--fault", "gpu-node-02:pcie-downgrade")
+    result = gpuctl("provision", "gpu-node-01")
+    assert result.code == 1 and "was never scanned" in result.err
+    scan_json(gpuctl, "--all", "--accept-new")
+    assert states(gpuctl)["gpu-node-02"] == "quarantined"  # x8 link seen in sysfs
+    result = gpuctl("provision", "gpu-node-02")
+    assert result.code == 1 and "gpu-node-02 is quarantined" in result.err
+
+
+def _start(paths: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "provisioner", "provision", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "GPUCTL_HOME": str(paths)})
+
+
+def _wait_for(predicate, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting")
+
+
+def test_second_run_on_same_node_is_refused(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
+    lab.up(1)
+    scan_json(gpuctl, "--all", "--accept-new")
+    first = _start(paths.home, "gpu-node-01")
+    _wait_for(lambda: held_nodes(paths.db_url))
+    second = gpuctl("provision", "gpu-node-01")
+    assert second.code == 1, second
+    assert "gpu-node-01 is held by provision run" in second.err and "pid" in second.err
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, (out, err)
+    assert held_nodes(paths.db_url) == {}
+
+
+def test_sigint_stops_ansible_and_keeps_results(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
+    lab.up(1)
+    scan_json(gpuctl, "--all", "--accept-new")
+    proc = _start(paths.home, "--all")
+
+    def some_results() -> bool:
+        with session_scope(paths.db_url) as session:
+            return len(session.exec(select(TaskResult)).all()) >= 5
+
+    _wait_for(some_results)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, (out, err)
+    assert "provision interrupted" in err and "Traceback" not in err
+    with session_scope(paths.db_url) as session:
+        run = session.exec(select(Run).where(Run.kind == "provision")).one()
+        assert run.status == "interrupted"
+        assert len(session.exec(select(TaskResult)).all()) >= 5
+    assert states(gpuctl) == {"gpu-node-01": "failed"}
+    assert held_nodes(paths.db_url) == {}
+    leftovers = subprocess.run(["pgrep", "-f", f"provision-{run.id}/inventory"],
+                               capture_output=True, text=True, check=False).stdout
+    assert leftovers == ""
+
+
+def test_become_password_is_never_stored(lab, gpuctl, paths, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    secret = "s3cr3t-become-Pa55"
+    lab.up(1)
+    scan_json(gpuctl, "--all", "--accept-new")
+    monkeypatch.setenv("GPUCTL_BECOME_PASSWORD", secret)
+    code, summary = provision_json(gpuctl, "--all", "--tags", "preflight")
+    assert code == 0, summary
+    assert "GPUCTL_BECOME_PASSWORD" not in os.environ  # not passed on to Ansible either
+    hits = [p for p in paths.home.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert hits == []
+
+
+def test_export_is_accepted_by_ansible_inventory(gpuctl, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    gpuctl("nodes", "add", "gpu017", "--address", "127.0.0.17", "--key", "/keys/k",
+           "--sku", "h100-sxm-8", "--label", "rack=r12")
+    gpuctl("nodes", "add", "gpu018", "--address", "127.0.0.18", "--label", "pool=team-a")
+    tool = Path(sys.executable).with_name("ansible-inventory")
+    for fmt, suffix in (("ini", "ini"), ("yaml", "yml"), ("json", "json")):
+        result = gpuctl("inventory", "export", "--format", fmt)
+        assert result.code == 0, result
+        if fmt == "json":
+            # JSON is ansible-inventory's own --list format; feed it through a script.
+            path = tmp_path / "inv.py"
+            path.write_text(f"#!{sys.executable}\nprint({result.out!r})\n")
+            path.chmod(0o755)
+        else:
+            path = tmp_path / f"inv.{suffix}"
+            path.write_text(result.out)
+        listed = subprocess.run([str(tool), "-i", str(path), "--list"], capture_output=True,
+                                text=True, check=True)
+        doc = json.loads(listed.stdout)
+        hv = doc["_meta"]["hostvars"]
+        assert hv["gpu017"]["ansible_host"] == "127.0.0.17", fmt
+        assert hv["gpu017"]["ansible_port"] == 22 and hv["gpu017"]["gpuctl_expected_gpus"] == 8
+        assert hv["gpu017"]["ansible_ssh_private_key_file"] == "/keys/k"
+        assert "UserKnownHostsFile=" in hv["gpu018"]["ansible_ssh_common_args"]
+        assert doc["sku_h100_sxm_8"]["hosts"] == ["gpu017"], fmt
+        assert doc["rack_r12"]["hosts"] == ["gpu017"]
+        assert doc["pool_team_a"]["hosts"] == ["gpu018"]
+        assert sorted(doc["state_registered"]["hosts"]) == ["gpu017", "gpu018"]
