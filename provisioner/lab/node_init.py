@@ -47,11 +47,32 @@ def fresh_tmpfs(root):
         fh.write(str(uuid.uuid4()) + "\n")
 
 
+def start_sshd(root):
+    # Right after a reboot the old sshd may still hold its port for a moment.
+    for attempt in range(50):
+        res = subprocess.run(["chroot", root, "/usr/sbin/sshd", "-f",
+                              "/etc/gpuctl-lab/sshd_config"], check=False)
+        if res.returncode == 0:
+            return
+        time.sleep(0.1 * (attempt + 1))
+    raise subprocess.CalledProcessError(res.returncode, ["sshd"])
+
+
 def boot(node_dir, spec, root):
     fresh_tmpfs(root)
     sh(spec["python"], "-m", "provisioner.lab.boot", node_dir)
     if spec.get("sshd", True):
-        sh("chroot", root, "/usr/sbin/sshd", "-f", "/etc/gpuctl-lab/sshd_config")
+        start_sshd(root)
+
+
+def kill_everything_else():
+    """The reboot: every process of the node but PID 1 dies, and is reaped."""
+    os.kill(-1, signal.SIGKILL)
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
 
 
 def on_usr1(*_):
@@ -83,11 +104,16 @@ def main(node_dir):
                 time.sleep(0.5)
         except RebootRequested:
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-            os.kill(-1, signal.SIGKILL)  # every process of the node but PID 1
-            time.sleep(0.2)
+            time.sleep(1.0)  # let the `shutdown -r` that asked for this return
+            kill_everything_else()
             with open(os.path.join(node_dir, "node.json")) as fh:
                 spec = json.load(fh)
-            boot(node_dir, spec, root)
+            try:
+                boot(node_dir, spec, root)
+            except subprocess.CalledProcessError as exc:
+                # A node that fails to boot stays down (like a real one), PID 1 lives on.
+                with open(os.path.join(node_dir, "boot-failed"), "w") as fh:
+                    fh.write("%s exited %s\n" % (" ".join(exc.cmd), exc.returncode))
             signal.signal(signal.SIGUSR1, on_usr1)
 
 

@@ -18,6 +18,7 @@ LAB_HOST_VARS = {
     "nvidia_repo_mirror_url": f"file:{REPO_IN_NODE}",
     "nvidia_repo_trusted": "true",
     "reboot_boot_time_command": "cat /run/gpuctl-lab/boot_id",
+    "reboot_timeout": "120",
 }
 
 

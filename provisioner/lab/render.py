@@ -101,8 +101,8 @@ SHUTDOWN = """#!/bin/sh
 case " $* " in
   *" -c "*) exit 0 ;;
 esac
-# setsid: the request must outlive this SSH session, which ends right away.
-setsid sh -c 'sleep 1; kill -USR1 1' </dev/null >/dev/null 2>&1 &
+# PID 1 reboots the node a moment after this signal, so this command returns first.
+kill -USR1 1
 echo "Reboot scheduled"
 """
 UPDATE_INITRAMFS = """#!/bin/sh

@@ -1,0 +1,136 @@
+#!/usr/bin/python3
+"""Ansible module: read, in one call, everything the gpuctl roles check on a node."""
+
+import glob
+import hashlib
+import os
+import subprocess
+
+from ansible.module_utils.basic import AnsibleModule
+
+DOCUMENTATION = r"""
+module: gpuctl_node_state
+short_description: Read a GPU node's provisioning state in one round trip
+description:
+  - Package install and hold state, file checksums and modes, service state, loaded
+    kernel modules, NVIDIA devices on the PCI bus, free disk space and Secure Boot.
+  - Read-only; lets every later task run only when the node is not already as wanted.
+options:
+  packages: {type: list, elements: str, default: []}
+  files: {type: list, elements: str, default: []}
+  services: {type: list, elements: str, default: []}
+"""
+
+SECURE_BOOT = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-e9ffa4da5dbe"
+
+
+def run(argv):
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return 127, ""
+    return proc.returncode, proc.stdout
+
+
+def read(path):
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def packages(names):
+    out = {n: {"installed": False, "version": None, "held": False} for n in names}
+    plain = [n for n in names if not n.startswith("@")]  # dnf module streams: not queried
+    if not plain:
+        return out
+    if os.path.exists("/usr/bin/dpkg-query"):
+        _, text = run(["dpkg-query", "-W", "-f=${Package}\t${Status}\t${Version}\n"] + plain)
+        for line in text.splitlines():
+            name, status, version = (line.split("\t") + ["", ""])[:3]
+            if name in out:
+                words = status.split()
+                out[name] = {"installed": words[-1:] == ["installed"],
+                             "version": version or None, "held": words[:1] == ["hold"]}
+    elif os.path.exists("/usr/bin/rpm"):
+        for name in plain:
+            code, text = run(["rpm", "-q", "--qf", "%{VERSION}-%{RELEASE}", name])
+            if code == 0:
+                out[name] = {"installed": True, "version": text.strip(), "held": False}
+    return out
+
+
+def files(paths):
+    out = {}
+    for path in paths:
+        try:
+            with open(path, "rb") as fh:
+                digest = hashlib.sha256(fh.read()).hexdigest()
+            out[path] = {"sha256": digest, "mode": "%04o" % (os.stat(path).st_mode & 0o7777)}
+        except OSError:
+            out[path] = None
+    return out
+
+
+def services(names):
+    systemd = os.path.isdir("/run/systemd/system")
+    out = {}
+    for name in names:
+        if systemd:
+            running = run(["systemctl", "is-active", "--quiet", name])[0] == 0
+            enabled = run(["systemctl", "is-enabled", "--quiet", name])[0] == 0
+        else:
+            script = "/etc/init.d/" + name
+            running = os.path.exists(script) and run([script, "status"])[0] == 0
+            enabled = bool(glob.glob("/etc/rc[2345].d/S*" + name))
+        out[name] = {"running": running, "enabled": enabled}
+    return out
+
+
+def pci():
+    gpus = switches = 0
+    for dev in glob.glob("/sys/bus/pci/devices/*"):
+        if read(dev + "/vendor") != "0x10de":
+            continue
+        cls = read(dev + "/class") or ""
+        if cls.startswith(("0x0300", "0x0302")):
+            gpus += 1
+        elif cls.startswith("0x0680"):
+            switches += 1
+    return {"gpus": gpus, "nvswitches": switches}
+
+
+def secure_boot():
+    if not os.path.isdir("/sys/firmware/efi"):
+        return "legacy-bios"
+    try:
+        with open(SECURE_BOOT, "rb") as fh:
+            data = fh.read(5)
+    except OSError:
+        return "unknown"
+    return "enabled" if len(data) == 5 and data[4] == 1 else "disabled"
+
+
+def main():
+    module = AnsibleModule(argument_spec={
+        "packages": {"type": "list", "elements": "str", "default": []},
+        "files": {"type": "list", "elements": "str", "default": []},
+        "services": {"type": "list", "elements": "str", "default": []},
+    }, supports_check_mode=True)
+    st = os.statvfs("/")
+    module.exit_json(
+        changed=False,
+        free_bytes=st.f_bavail * st.f_frsize,
+        secure_boot=secure_boot(),
+        pci=pci(),
+        modules={"nouveau": os.path.isdir("/sys/module/nouveau"),
+                 "nvidia": read("/sys/module/nvidia/version")},
+        packages=packages(module.params["packages"]),
+        files=files(module.params["files"]),
+        services=services(module.params["services"]),
+    )
+
+
+if __name__ == "__main__":
+    main()
