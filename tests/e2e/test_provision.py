@@ -33,8 +33,8 @@ def states(gpuctl):  # type: ignore[no-untyped-def]
 
 
 def test_provision_failures_rescan_and_second_run(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
-    lab.up(4, "--fault", "gpu-node-02:package-install-failure",
-           "--fault", "gpu-node-03:unsupported-os")
+    lab.up(5, "--fault", "gpu-node-02:package-install-failure",
+           "--fault", "gpu-node-03:unsupported-os", "--fault", "gpu-node-05:repo-unreachable")
     code, summary = scan_json(gpuctl, "--all", "--accept-new")
     assert code == 0
     assert all(r["gpus"] == 8 for r in summary["results"])  # on the PCI bus, no driver yet
@@ -50,8 +50,11 @@ def test_provision_failures_rescan_and_second_run(lab, gpuctl, paths) -> None:  
     assert nodes["gpu-node-03"]["status"] == "failed"
     assert "unsupported OS Fedora Linux 40 (supported: Ubuntu" in nodes["gpu-node-03"]["reason"]
     assert nodes["gpu-node-04"]["status"] == "unreachable"
+    assert nodes["gpu-node-05"]["status"] == "failed"
+    assert "Refresh the apt cache" in nodes["gpu-node-05"]["reason"], nodes["gpu-node-05"]
     assert states(gpuctl) == {"gpu-node-01": "provisioned", "gpu-node-02": "failed",
-                              "gpu-node-03": "failed", "gpu-node-04": "failed"}
+                              "gpu-node-03": "failed", "gpu-node-04": "failed",
+                              "gpu-node-05": "failed"}
     history = json.loads(gpuctl("nodes", "show", "gpu-node-03", "--json").out)["events"]
     assert history[-1]["to"] == "failed" and "Refuse an unsupported operating system" in \
         history[-1]["reason"]
@@ -69,7 +72,7 @@ def test_provision_failures_rescan_and_second_run(lab, gpuctl, paths) -> None:  
     # --retry-failed takes exactly the nodes that failed.
     code, summary = provision_json(gpuctl, "--retry-failed", "--tags", "preflight")
     assert sorted(n["name"] for n in summary["nodes"]) == \
-        ["gpu-node-02", "gpu-node-03", "gpu-node-04"]
+        ["gpu-node-02", "gpu-node-03", "gpu-node-04", "gpu-node-05"]
 
     # The re-scan sees the driver the playbook installed.
     code, summary = scan_json(gpuctl, "gpu-node-01")
