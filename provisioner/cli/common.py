@@ -29,6 +29,3 @@ def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True,
                         help="Print machine-readable JSON.")(func)
 
-
-def nodes_argument(func: F) -> F:
-    return click.argument("nodes", nargs=-1)(func)

@@ -256,11 +256,6 @@ class Lab:
             shutil.rmtree(self.dir, ignore_errors=True)
         return gone
 
-    def restart(self, name: str) -> None:
-        """The lab's "reboot": stop the node's processes and start them again."""
-        self._stop(name)
-        self._start(name)
-
     # -- inside a node ----------------------------------------------------------
     def node_exec(self, name: str, argv: list[str], stdin: bytes = b"",
                   timeout: float = 60) -> subprocess.CompletedProcess[bytes]:

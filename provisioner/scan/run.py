@@ -21,7 +21,7 @@ from provisioner.probe.facts import HardwareFacts, parse_probe_output, probe_com
 from provisioner.scan.findings import Finding, drift_findings, health_findings, new_only
 from provisioner.scan.store import apply_findings, store_snapshot
 from provisioner.skus import infer_sku
-from provisioner.ssh.exec import AuthFailed, Target, run_on_node
+from provisioner.ssh.exec import AuthFailed, Target, Unreachable, run_on_node
 from provisioner.ssh.hostkeys import HostKeyChanged, HostKeyError, KnownHosts
 
 OUTCOMES = ("ok", "drift", "fault", "unreachable", "refused", "error")
@@ -85,8 +85,6 @@ def _probe_node(target: Target, known_hosts: KnownHosts, accept_new: bool,
 def _classify(exc: GpuctlError) -> str:
     if isinstance(exc, HostKeyError | AuthFailed):
         return "refused"
-    from provisioner.ssh.exec import Unreachable  # noqa: PLC0415
-
     return "unreachable" if isinstance(exc, Unreachable) else "error"
 
 
