@@ -84,9 +84,10 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="gpuctl-bench-"))
     os.environ["GPUCTL_HOME"] = str(work / "home")
     try:
-        print(f"lab up: {args.nodes} h100-sxm-8 nodes", flush=True)
+        print(f"lab up: {args.nodes} h100-sxm-8 nodes with the driver (so the probe runs "
+              "nvidia-smi -q -x)", flush=True)
         if gpuctl(["lab", "up", "--nodes", str(args.nodes), "--first-address",
-                   "127.0.200.10", "--json"]) != 0:
+                   "127.0.200.10", "--driver", "--json"]) != 0:
             return 1
         key = work / "home/lab/id_ed25519"
         addresses = [f"127.0.200.{10 + i}" for i in range(args.nodes)]
