@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # Test-only tool: Vagrant, to validate the Vagrantfile (no VM is started).
 if ! command -v vagrant >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends vagrant >/dev/null
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends vagrant >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends vagrant >/dev/null; }
 fi
 export PATH="$(pwd)/.venv/bin:$PATH"
 echo "== ruff"; ruff check provisioner tests benchmarks
