@@ -32,4 +32,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[dev]'
+# The burn-in agent's torch: the CPU build of 2.13.0 lies on this machine kind's disk
+# (any newer release would pull a multi-GB CUDA build here; GPU nodes bring their own).
+.venv/bin/python -m pip install -q 'torch==2.13.0' 'numpy>=1.26'
 echo "gpuctl $(.venv/bin/gpuctl --version | awk '{print $NF}') ready in $(pwd)/.venv"

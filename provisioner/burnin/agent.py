@@ -1,0 +1,379 @@
+"""gpuctl burn-in agent: runs ON the node, needs torch (pynvml optional).
+
+The same code runs on CUDA with NCCL and on CPU with gloo (the lab). Every test returns
+measurements with a unit; pass/fail against per-SKU thresholds is decided by the
+control host, except for correctness checks (silent data corruption, memory patterns),
+whose failure is a fact, not a threshold.
+
+    python3 agent.py --level quick [--seconds 5] > results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+# Relative error of a GEMM block against a float64 reference that a correct GPU stays
+# well inside (accumulation in fp32; inputs rounded to the dtype).
+GEMM_TOLERANCE = {"float32": 1e-5, "tf32": 5e-3, "float16": 5e-3, "bfloat16": 2e-2}
+DTYPES = {"float32": torch.float32, "tf32": torch.float32, "float16": torch.float16,
+          "bfloat16": torch.bfloat16}
+LEVELS = {"quick": 1.0, "standard": 15.0, "extended": 120.0}  # x the base durations
+
+
+@dataclass
+class Measurement:
+    test: str
+    value: float | None
+    unit: str
+    device: int | None = None  # GPU index; None for node-wide tests
+    ok: bool = True  # correctness; thresholds are applied by the control host
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def devices() -> list[torch.device]:
+    if torch.cuda.is_available():
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return [torch.device("cpu")]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gemm(device: torch.device, dtype_name: str, n: int, seconds: float,
+         index: int | None = None) -> Measurement:
+    """Sustained matmul throughput, and two silent-data-corruption checks: the same
+    product repeated must be bit-identical, and a block must match a float64 reference
+    computed on the CPU (a different algorithm on different hardware)."""
+    dtype = DTYPES[dtype_name]
+    if device.type == "cpu" and dtype_name in ("float16", "tf32"):
+        dtype_name_used = "float32" if dtype_name == "tf32" else dtype_name
+    else:
+        dtype_name_used = dtype_name
+    gen = torch.Generator(device="cpu").manual_seed(1234 + n)
+    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = dtype_name == "tf32"
+    first = torch.matmul(a, b)
+    sync(device)
+    iters, mismatches, checks, start = 0, 0, 0, time.perf_counter()
+    deadline = start + seconds
+    out = torch.empty_like(first)
+    while True:
+        torch.matmul(a, b, out=out)
+        iters += 1
+        if iters % 8 == 0:
+            # The same product must come out bit-identical every time; comparing is
+            # O(n^2) against the GEMM's O(n^3), so every 8th product is checked.
+            checks += 1
+            mismatches += not bool(torch.equal(out, first))
+            if time.perf_counter() >= deadline:
+                break
+    sync(device)
+    elapsed = time.perf_counter() - start
+    tflops = 2 * n ** 3 * iters / elapsed / 1e12
+    checks += 1
+    mismatches += not bool(torch.equal(out, first))
+    repeat_equal = mismatches == 0
+    rows = slice(0, min(n, 64))
+    ref = a[rows].double().cpu() @ b.double().cpu()
+    got = first[rows].double().cpu()
+    rel_err = float((got - ref).norm() / ref.norm())
+    tol = GEMM_TOLERANCE[dtype_name]
+    ok = repeat_equal and math.isfinite(rel_err) and rel_err <= tol
+    return Measurement(f"gemm_{dtype_name}", tflops, "TFLOPS", index, ok, {
+        "n": n, "iterations": iters, "seconds": round(elapsed, 3), "dtype": dtype_name_used,
+        "repeat_bit_identical": repeat_equal, "repeat_mismatches": mismatches,
+        "repeat_checks": checks, "relative_error": rel_err, "tolerance": tol,
+    })
+
+
+def memory_bandwidth(device: torch.device, megabytes: int, seconds: float,
+                     index: int | None = None) -> Measurement:
+    """Device memory bandwidth from large copies: (read + write) bytes / time."""
+    elems = megabytes * 1024 * 1024 // 4
+    src = torch.ones(elems, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    sync(device)
+    iters, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        dst.copy_(src)
+        iters += 1
+        sync(device)
+    elapsed = time.perf_counter() - start
+    return Measurement("memory_bandwidth", 2 * src.numel() * 4 * iters / elapsed / 1e9, "GB/s",
+                       index, True, {"megabytes": megabytes, "iterations": iters})
+
+
+PATTERNS = (0x00000000, 0xFFFFFFFF, 0xAAAAAAAA, 0x55555555)
+
+
+def memory_test(device: torch.device, megabytes: int, index: int | None = None) -> Measurement:
+    """Write patterns (all zeros, all ones, alternating bits, walking ones, a seeded random
+    fill) over ``megabytes`` of memory and read every word back."""
+    elems = megabytes * 1024 * 1024 // 4
+    buf = torch.empty(elems, dtype=torch.int32, device=device)
+    errors, passes = 0, 0
+    fills = [torch.tensor(p, dtype=torch.int64).to(torch.int32).item() for p in PATTERNS]
+    fills += [1 << bit if bit < 31 else -(1 << 31) for bit in range(0, 32, 8)]
+    for value in fills:
+        buf.fill_(value)
+        errors += int((buf != value).sum().item())
+        passes += 1
+    gen = torch.Generator(device="cpu").manual_seed(7)
+    rand = torch.randint(-(2 ** 31), 2 ** 31 - 1, (min(elems, 1 << 22),), generator=gen,
+                         dtype=torch.int32).to(device)
+    reps = elems // rand.numel()
+    view = buf[: reps * rand.numel()].view(reps, rand.numel())
+    view.copy_(rand.expand(reps, -1))
+    errors += int((view != rand).sum().item())
+    passes += 1
+    return Measurement("memory_test", megabytes / 1024, "GiB", index, errors == 0,
+                       {"errors": errors, "patterns": passes})
+
+
+def host_device_bandwidth(device: torch.device, megabytes: int, index: int) -> list[Measurement]:
+    """Pinned host <-> device copy bandwidth (CUDA only)."""
+    host = torch.empty(megabytes * 1024 * 1024, dtype=torch.uint8).pin_memory()
+    dev = torch.empty_like(host, device=device)
+    out = []
+    for name, dst, src in (("h2d_bandwidth", dev, host), ("d2h_bandwidth", host, dev)):
+        dst.copy_(src, non_blocking=True)
+        sync(device)
+        start, reps = time.perf_counter(), 10
+        for _ in range(reps):
+            dst.copy_(src, non_blocking=True)
+        sync(device)
+        out.append(Measurement(name, host.numel() * reps / (time.perf_counter() - start) / 1e9,
+                               "GB/s", index))
+    return out
+
+
+def p2p_matrix(megabytes: int) -> Measurement:
+    """GPU-to-GPU copy bandwidth for every ordered pair; the value is the lowest pair."""
+    devs = devices()
+    size = megabytes * 1024 * 1024
+    matrix: list[list[float | None]] = [[None] * len(devs) for _ in devs]
+    for i, src_dev in enumerate(devs):
+        src = torch.empty(size, dtype=torch.uint8, device=src_dev)
+        for j, dst_dev in enumerate(devs):
+            if i == j:
+                continue
+            dst = torch.empty(size, dtype=torch.uint8, device=dst_dev)
+            dst.copy_(src)
+            sync(dst_dev)
+            start, reps = time.perf_counter(), 10
+            for _ in range(reps):
+                dst.copy_(src)
+            sync(dst_dev)
+            matrix[i][j] = size * reps / (time.perf_counter() - start) / 1e9
+    values = [v for row in matrix for v in row if v is not None]
+    return Measurement("p2p_bandwidth", min(values) if values else None, "GB/s", None, True,
+                       {"matrix": matrix})
+
+
+# -- collectives -------------------------------------------------------------------------
+
+# all_gather_single replaced all_gather_into_tensor in newer torch releases.
+GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+def bus_factor(op: str, ranks: int) -> float:
+    """nccl-tests' busbw = algbw * factor: all_reduce 2(n-1)/n, all_gather (n-1)/n."""
+    return 2 * (ranks - 1) / ranks if op == "all_reduce" else (ranks - 1) / ranks
+
+
+def _collective_worker(rank: int, world: int, port: int, sizes: list[int], iters: int,
+                       backend: str, results: Any) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group(backend, rank=rank, world_size=world)
+    device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
+    if backend == "nccl":
+        torch.cuda.set_device(device)
+    rows = []
+    for op in ("all_reduce", "all_gather"):
+        for size in sizes:
+            elems = max(world, size // 4 // world * world)
+            if op == "all_reduce":
+                buf = torch.ones(elems, device=device)
+                call: Callable[[], Any] = functools.partial(dist.all_reduce, buf)
+                nbytes = elems * 4
+            else:
+                chunk = torch.ones(elems // world, device=device)
+                out = torch.empty(elems, device=device)
+                call = functools.partial(GATHER, out, chunk)
+                nbytes = elems * 4  # nccl-tests counts the gathered (output) size
+            call()
+            sync(device)
+            dist.barrier()
+            start = time.perf_counter()
+            for _ in range(iters):
+                call()
+            sync(device)
+            seconds = (time.perf_counter() - start) / iters
+            algbw = nbytes / seconds / 1e9
+            rows.append({"op": op, "bytes": nbytes, "time_us": seconds * 1e6,
+                         "algbw": algbw, "busbw": algbw * bus_factor(op, world)})
+            if op == "all_reduce" and rank == 0:
+                expected = float(world)
+                if not torch.all(buf == expected ** (iters + 1)):
+                    rows[-1]["wrong_result"] = True
+            if op == "all_reduce":
+                buf.fill_(1.0)
+    if rank == 0:
+        results.put(rows)
+    dist.destroy_process_group()
+
+
+def collectives(ranks: int, sizes: list[int], iters: int) -> list[Measurement]:
+    """All-reduce and all-gather inside the node, one process per GPU (NCCL) or ``ranks``
+    processes on the CPU (gloo). Gated on the largest message, as nccl-tests users do."""
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = 29500 + os.getpid() % 2000
+    procs = [ctx.Process(target=_collective_worker,
+                         args=(r, ranks, port, sizes, iters, backend, results))
+             for r in range(ranks)]
+    for p in procs:
+        p.start()
+    rows = results.get(timeout=600)
+    for p in procs:
+        p.join(timeout=60)
+    out = []
+    for op in ("all_reduce", "all_gather"):
+        mine = [r for r in rows if r["op"] == op]
+        largest = max(mine, key=lambda r: r["bytes"])
+        out.append(Measurement(f"{op}_busbw", largest["busbw"], "GB/s", None,
+                               not any(r.get("wrong_result") for r in mine),
+                               {"backend": backend, "ranks": ranks, "sizes": mine}))
+    return out
+
+
+# -- telemetry ---------------------------------------------------------------------------
+
+class Telemetry:
+    """Samples NVML while tests run: temperature, power, SM clock, throttle reasons.
+    Where NVML is not there (the CPU lab), every metric is "not available"."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.samples: list[dict[str, Any]] = []
+        self.available = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._handles: list[Any] = []
+        try:
+            import pynvml  # noqa: PLC0415
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i)
+                             for i in range(pynvml.nvmlDeviceGetCount())]
+            self.available = True
+        except Exception:  # NVML missing or no driver: the lab, or a broken node
+            self._nvml = None
+
+    def _query(self, func: str, *args: Any) -> Any:
+        try:
+            return getattr(self._nvml, func)(*args)
+        except Exception:  # a metric this GPU does not support
+            return None
+
+    def sample(self) -> None:
+        now = time.time()
+        for i, h in enumerate(self._handles):
+            power = self._query("nvmlDeviceGetPowerUsage", h)
+            self.samples.append({
+                "t": now, "gpu": i,
+                "temp_c": self._query("nvmlDeviceGetTemperature", h, 0),
+                "power_w": power / 1000 if power is not None else None,
+                "sm_mhz": self._query("nvmlDeviceGetClockInfo", h, 1),
+                "throttle": self._query("nvmlDeviceGetCurrentClocksEventReasons", h),
+            })
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> Telemetry:
+        if self.available:
+            self.sample()
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+
+# -- main --------------------------------------------------------------------------------
+
+def run_level(level: str, seconds: float | None = None, ranks: int | None = None,
+              small: bool | None = None) -> dict[str, Any]:
+    """Run every test at ``level``; returns the JSON-able result document."""
+    devs = devices()
+    cuda = devs[0].type == "cuda"
+    small = (not cuda) if small is None else small
+    scale = LEVELS[level]
+    base = seconds if seconds is not None else (0.5 if small else 5.0) * scale
+    n = 256 if small else 8192
+    mem_mb = 64 if small else 2048
+    results: list[Measurement] = []
+    with Telemetry() as telemetry:
+        for i, dev in enumerate(devs):
+            index = i if cuda else None
+            for dtype in ("bfloat16", "float16", "tf32", "float32"):
+                results.append(gemm(dev, dtype, n, base, index))
+            results.append(memory_bandwidth(dev, mem_mb, base, index))
+            test_mb = mem_mb if small else int(
+                torch.cuda.mem_get_info(dev)[0] * 0.8 / 2**20) if cuda else mem_mb
+            results.append(memory_test(dev, test_mb, index))
+            if cuda:
+                results += host_device_bandwidth(dev, 256, i)
+        if cuda and len(devs) > 1:
+            results.append(p2p_matrix(256))
+        world = ranks or (len(devs) if cuda else 2)
+        if world > 1:
+            sizes = [1 << 16, 1 << 20, 1 << 24] if small else [1 << 20, 1 << 26, 1 << 34]
+            results += collectives(world, sizes, iters=5 if small else 20)
+    return {
+        "agent_version": 1, "level": level, "backend": "cuda" if cuda else "cpu",
+        "torch": torch.__version__, "gpus": len(devs) if cuda else 0,
+        "results": [asdict(r) for r in results],
+        "telemetry": {"available": telemetry.available, "samples": telemetry.samples},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="gpuctl burn-in agent")
+    parser.add_argument("--level", choices=sorted(LEVELS), default="quick")
+    parser.add_argument("--seconds", type=float, help="per-test duration (default by level)")
+    parser.add_argument("--ranks", type=int, help="collective ranks (default: GPUs, or 2)")
+    args = parser.parse_args(argv)
+    json.dump(run_level(args.level, args.seconds, args.ranks), sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The burn-in agent's measurements and correctness checks, on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from provisioner.burnin import agent  # noqa: E402
+
+
+def test_gemm_reports_throughput_and_passes_on_healthy_hardware() -> None:
+    m = agent.gemm(torch.device("cpu"), "float32", 128, 0.2)
+    assert m.test == "gemm_float32" and m.unit == "TFLOPS" and m.value > 0
+    assert m.ok and m.detail["repeat_bit_identical"]
+    assert m.detail["relative_error"] < 1e-5
+    assert m.detail["iterations"] * 2 * 128 ** 3 / m.detail["seconds"] / 1e12 == \
+        pytest.approx(m.value, rel=0.05)
+
+
+def test_gemm_catches_silent_data_corruption(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = torch.matmul
+    calls = {"n": 0}
+
+    def flaky(a, b, out=None):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        result = real(a, b)
+        if calls["n"] % 3 == 0:  # every third product has one flipped element
+            result[5, 7] += 1.0
+        if out is not None:
+            out.copy_(result)
+            return out
+        return result
+
+    monkeypatch.setattr(agent.torch, "matmul", flaky)
+    m = agent.gemm(torch.device("cpu"), "float32", 64, 0.05)
+    assert not m.ok and m.detail["repeat_mismatches"] > 0
+
+
+def test_gemm_catches_a_consistently_wrong_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = torch.matmul
+    monkeypatch.setattr(agent.torch, "matmul",
+                        lambda a, b, out=None: real(a, b, out=out).mul_(1.001) if out is not None
+                        else real(a, b).mul_(1.001))
+    m = agent.gemm(torch.device("cpu"), "float32", 64, 0.05)
+    assert m.detail["repeat_bit_identical"] and m.detail["relative_error"] > 1e-4
+    assert not m.ok
+
+
+def test_memory_test_and_bandwidth() -> None:
+    m = agent.memory_test(torch.device("cpu"), 8)
+    assert m.ok and m.detail == {"errors": 0, "patterns": 9} and m.value == 8 / 1024
+    bw = agent.memory_bandwidth(torch.device("cpu"), 8, 0.1)
+    assert bw.unit == "GB/s" and bw.value > 0
+
+
+def test_bus_bandwidth_factors_match_nccl_tests() -> None:
+    assert agent.bus_factor("all_reduce", 8) == pytest.approx(1.75)
+    assert agent.bus_factor("all_gather", 8) == pytest.approx(0.875)
+    assert agent.bus_factor("all_reduce", 2) == pytest.approx(1.0)
+
+
+def test_telemetry_without_nvml_is_not_available() -> None:
+    with agent.Telemetry(interval=0.01) as t:
+        pass
+    if not t.available:
+        assert t.samples == []
