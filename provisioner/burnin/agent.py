@@ -15,11 +15,14 @@ import functools
 import json
 import math
 import os
+import socket
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -203,7 +206,8 @@ def bus_factor(op: str, ranks: int) -> float:
 def _collective_worker(rank: int, world: int, port: int, sizes: list[int], iters: int,
                        backend: str, results: Any) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group(backend, rank=rank, world_size=world)
+    dist.init_process_group(backend, rank=rank, world_size=world,
+                            timeout=timedelta(seconds=120))
     device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
     if backend == "nccl":
         torch.cuda.set_device(device)
@@ -242,21 +246,33 @@ def _collective_worker(rank: int, world: int, port: int, sizes: list[int], iters
     dist.destroy_process_group()
 
 
+def _free_port() -> int:
+    """A free TCP port on loopback for the rendezvous (several nodes may share a host's
+    network namespace, so no fixed or PID-derived port)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def collectives(ranks: int, sizes: list[int], iters: int) -> list[Measurement]:
     """All-reduce and all-gather inside the node, one process per GPU (NCCL) or ``ranks``
     processes on the CPU (gloo). Gated on the largest message, as nccl-tests users do."""
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    port = 29500 + os.getpid() % 2000
+    port = _free_port()
     procs = [ctx.Process(target=_collective_worker,
                          args=(r, ranks, port, sizes, iters, backend, results))
              for r in range(ranks)]
     for p in procs:
         p.start()
-    rows = results.get(timeout=600)
-    for p in procs:
-        p.join(timeout=60)
+    try:
+        rows = results.get(timeout=600)
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
     out = []
     for op in ("all_reduce", "all_gather"):
         mine = [r for r in rows if r["op"] == op]
@@ -326,6 +342,38 @@ class Telemetry:
             self._thread.join()
 
 
+def gpu_inventory() -> list[dict[str, Any]]:
+    """The GPUs this node's driver reports (name, memory), via NVML or nvidia-smi; empty
+    when there is no driver. Independent of the backend the tests run on."""
+    try:
+        import pynvml  # noqa: PLC0415
+
+        pynvml.nvmlInit()
+        try:
+            out = []
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                h = pynvml.nvmlDeviceGetHandleByIndex(i)
+                name = pynvml.nvmlDeviceGetName(h)
+                out.append({"name": name.decode() if isinstance(name, bytes) else name,
+                            "memory_mib": pynvml.nvmlDeviceGetMemoryInfo(h).total >> 20})
+            return out
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: S110  (no NVML: ask nvidia-smi below, if there is one)
+        pass
+    try:
+        proc = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total",
+                               "--format=csv,noheader,nounits"], capture_output=True,
+                              text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if proc.returncode != 0:
+        return []
+    rows = [line.rsplit(",", 1) for line in proc.stdout.splitlines() if "," in line]
+    return [{"name": n.strip(), "memory_mib": int(m) if m.strip().isdigit() else None}
+            for n, m in rows]
+
+
 # -- main --------------------------------------------------------------------------------
 
 def run_level(level: str, seconds: float | None = None, ranks: int | None = None,
@@ -359,6 +407,7 @@ def run_level(level: str, seconds: float | None = None, ranks: int | None = None
     return {
         "agent_version": 1, "level": level, "backend": "cuda" if cuda else "cpu",
         "torch": torch.__version__, "gpus": len(devs) if cuda else 0,
+        "inventory": gpu_inventory(),
         "results": [asdict(r) for r in results],
         "telemetry": {"available": telemetry.available, "samples": telemetry.samples},
     }

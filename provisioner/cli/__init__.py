@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from provisioner import __version__
+from provisioner.cli.burnin import burnin
 from provisioner.cli.common import Ctx
 from provisioner.cli.lab import lab
 from provisioner.cli.nodes import init, nodes
@@ -44,6 +45,7 @@ cli.add_command(scan)
 cli.add_command(lab)
 cli.add_command(provision)
 cli.add_command(inventory)
+cli.add_command(burnin)
 
 
 def main(argv: list[str] | None = None) -> int:

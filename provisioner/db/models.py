@@ -157,3 +157,34 @@ class NodeLock(SQLModel, table=True):
     run_id: int = Field(foreign_key="run.id")
     holder: str = Field(max_length=256)  # user@host pid N
     acquired_at: datetime = Field(default_factory=utcnow)
+
+
+class BurninResult(SQLModel, table=True):
+    """One measurement of one test on one node (and GPU) in one burn-in run."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    node_id: int = Field(foreign_key="node.id", index=True)
+    gpu_index: int | None = None
+    test: str = Field(max_length=64)
+    value: float | None = None
+    unit: str = Field(default="", max_length=16)
+    threshold: float | None = None
+    verdict: str = Field(max_length=8)  # pass | fail
+    reason: str = ""
+    detail_json: str = "{}"
+
+
+class Certificate(SQLModel, table=True):
+    """Proof that a node passed burn-in: what was tested, against what, on what software."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    node_id: int = Field(foreign_key="node.id", index=True)
+    run_id: int = Field(foreign_key="run.id")
+    profile: str = Field(max_length=64)
+    level: str = Field(max_length=16)
+    driver_version: str | None = None
+    cuda_version: str | None = None
+    results_digest: str = Field(max_length=64)  # sha256 of the stored results
+    issued_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = None

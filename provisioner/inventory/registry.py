@@ -15,6 +15,8 @@ from sqlmodel import Session, col, select
 
 from provisioner.db.engine import session_scope
 from provisioner.db.models import (
+    BurninResult,
+    Certificate,
     Disk,
     Event,
     Gpu,
@@ -244,7 +246,7 @@ def remove_nodes(db_url: str, names: list[str]) -> list[str]:
                             model.snapshot_id == snap.id)):
                         session.delete(row)
             session.flush()
-            for table in (Event, TaskResult, NodeLock):
+            for table in (Event, TaskResult, NodeLock, BurninResult, Certificate):
                 for row in session.exec(select(table).where(
                         table.node_id == node.id)):
                     session.delete(row)

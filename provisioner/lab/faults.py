@@ -21,12 +21,14 @@ FAULTS = {
     "fabricmanager-mismatch": "the repository's fabric manager is a different version than the "
                               "driver",
     "unsupported-os": "the node runs an OS the playbooks do not support (Fedora 40)",
+    "sdc": "every third matrix product on the node comes out with one wrong element",
+    "slow-gpu": "matrix products on the node run far slower than on its peers",
 }
 # Which repository copy a node gets: faults that change what the node's repo serves.
 REPO_VARIANTS = {"package-install-failure": "fail-build",
                  "fabricmanager-mismatch": "fm-skew", "repo-unreachable": None}
 GPU_FAULTS = {"gpu-missing", "pcie-downgrade", "xid", "ecc-uncorrectable",
-              "row-remap-failure", "thermal-throttle", "garbage-output"}
+              "row-remap-failure", "thermal-throttle", "garbage-output", "sdc", "slow-gpu"}
 
 
 def parse_fault(text: str) -> tuple[str, str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from provisioner.errors import NotFoundError
 from provisioner.inventory.registry import NodeSpec, add_nodes, remove_nodes
 from provisioner.lab.nodes import LabNode
@@ -19,6 +21,10 @@ LAB_HOST_VARS = {
     "nvidia_repo_trusted": "true",
     "reboot_boot_time_command": "cat /run/gpuctl-lab/boot_id",
     "reboot_timeout": "120",
+    # Burn-in: the agent runs on the CPU (gloo) with this machine's torch, which the
+    # nodes see through their overlay; real nodes get a Python with torch installed.
+    "gpuctl_burnin_python": sys.executable,
+    "gpuctl_burnin_profile": "cpu-lab",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,39 @@ UPDATE_INITRAMFS = """#!/bin/sh
 mkdir -p /var/lib/gpuctl-lab && date +%s > /var/lib/gpuctl-lab/initramfs-updated
 echo "update-initramfs: Generating /boot/initrd.img-$(uname -r)"
 """
+# Burn-in faults act on the node's Python environment, as faulty silicon would act on the
+# computation: the agent's code is the same as on a healthy node.
+COMPUTE_FAULT = """# gpuctl lab fault {kind}: this node's matrix products misbehave.
+import builtins
+import sys
+import time
+
+_real_import = builtins.__import__
+
+
+def _hook(name, *args, **kwargs):
+    module = _real_import(name, *args, **kwargs)
+    torch = sys.modules.get("torch")
+    ready = torch is not None and not getattr(torch.__spec__, "_initializing", True)
+    if ready and not getattr(torch, "_gpuctl_lab", 0):
+        torch._gpuctl_lab = 1
+        real, calls = torch.matmul, [0]
+
+        def matmul(a, b, out=None):
+            calls[0] += 1
+            result = real(a, b, out=out)
+            if "{kind}" == "sdc" and calls[0] % 3 == 0:
+                result.view(-1)[7] += 1.0
+            if "{kind}" == "slow-gpu":
+                time.sleep(0.02)
+            return result
+
+        torch.matmul = matmul
+    return module
+
+
+builtins.__import__ = _hook
+"""
 UNSUPPORTED_OS = """PRETTY_NAME="Fedora Linux 40 (Server Edition)"
 NAME="Fedora Linux"
 VERSION_ID=40
@@ -152,6 +186,11 @@ def node_files(spec: dict[str, Any]) -> dict[str, tuple[bytes, int]]:
         if os.path.exists(sources):
             files[sources] = (b"# emptied by gpuctl lab: nodes use only the lab mirror\n",
                               0o644)
+    for kind in ("sdc", "slow-gpu"):
+        if kind in spec["faults"]:
+            site = sysconfig.get_paths()["purelib"]  # the environment the agent runs in
+            files[f"{site}/sitecustomize.py"] = (COMPUTE_FAULT.format(kind=kind).encode(),
+                                                 0o644)
     if "unsupported-os" in spec["faults"]:
         files["/etc/os-release"] = (UNSUPPORTED_OS.encode(), 0o644)
     if spec.get("smi_xml"):

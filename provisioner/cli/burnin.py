@@ -1,0 +1,57 @@
+"""``gpuctl burnin``."""
+
+from __future__ import annotations
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from provisioner.burnin.run import LEVEL_TIMEOUT, NodeBurnin, burnin_nodes
+from provisioner.cli.common import Ctx, json_option, pass_ctx
+from provisioner.errors import NodesFailedError
+from provisioner.ui.render import print_json, styled
+
+VERDICT_STYLE = {"pass": "green", "fail": "bold red", "error": "red"}
+
+
+@click.command()
+@click.argument("nodes", nargs=-1)
+@click.option("--all", "all_nodes", is_flag=True, help="Every provisioned or certified node.")
+@click.option("--level", type=click.Choice(list(LEVEL_TIMEOUT)), default="quick",
+              show_default=True, help="Like DCGM's diag levels: quick ~1 min, standard, extended.")
+@click.option("--duration", "seconds", type=float, help="Seconds per test (overrides the level).")
+@click.option("--profile", help="Threshold profile (default: the node's SKU).")
+@click.option("--parallel", default=8, show_default=True, help="Nodes burned in at once.")
+@json_option
+@pass_ctx
+def burnin(ctx: Ctx, nodes: tuple[str, ...], all_nodes: bool, level: str,
+           seconds: float | None, profile: str | None, parallel: int, as_json: bool) -> None:
+    """Stress-test nodes (GEMM with corruption checks, memory, bandwidth, collectives)
+    and certify or quarantine each one against its SKU's thresholds.
+
+    Exit status 3 when a node failed.
+
+    Example: gpuctl burnin --all --level quick
+    """
+    def on_result(result: NodeBurnin) -> None:
+        if not as_json:
+            ctx.err.print(f"{styled(result.verdict, VERDICT_STYLE.get(result.verdict))} "
+                          f"{escape(result.name)}")
+
+    summary = burnin_nodes(ctx.paths, list(nodes), all_nodes=all_nodes, level=level,
+                           seconds=seconds, profile=profile, parallel=parallel,
+                           on_result=on_result)
+    if as_json:
+        print_json(ctx.console, summary.to_dict())
+    else:
+        table = Table(title=f"burn-in run {summary.run_id} ({summary.level})",
+                      title_justify="left")
+        for col in ("NODE", "VERDICT", "PROFILE", "TESTS", "FAILURES"):
+            table.add_column(col, overflow="fold")
+        for n in summary.nodes:
+            table.add_row(n.name, styled(n.verdict, VERDICT_STYLE.get(n.verdict)), n.profile,
+                          str(len(n.results)), escape("; ".join(n.failures)))
+        ctx.console.print(table)
+    if summary.failed:
+        raise NodesFailedError(f"{len(summary.failed)} of {len(summary.nodes)} nodes failed "
+                               f"burn-in (run {summary.run_id})")

@@ -1,0 +1,57 @@
+"""Verdicts from threshold profiles: floors, correctness, and the fleet-relative check."""
+
+from __future__ import annotations
+
+import pytest
+
+from provisioner.burnin.thresholds import evaluate, fleet_medians, load_profile
+from provisioner.errors import InputError
+from provisioner.paths import Paths
+
+
+def test_shipped_profiles_gate_every_throughput_test(paths: Paths) -> None:
+    h100 = load_profile(paths, "h100-sxm-8")
+    assert h100["tests"]["all_reduce_busbw"]["min"] == 460
+    assert h100["tests"]["h2d_bandwidth"]["min"] == 48
+    assert h100["tests"]["p2p_bandwidth"]["min"] == 335
+    a100 = load_profile(paths, "a100-sxm4-8")
+    assert (a100["tests"]["h2d_bandwidth"]["min"], a100["tests"]["p2p_bandwidth"]["min"],
+            a100["tests"]["all_reduce_busbw"]["min"]) == (21, 235, 228)
+    for name in ("h100-sxm-8", "a100-sxm4-8", "l40s-4", "cpu-lab"):
+        tests = load_profile(paths, name)["tests"]
+        assert all(isinstance(t["min"], int | float) and t["min"] > 0 for t in tests.values())
+
+
+def test_site_override_and_unknown_profile(paths: Paths) -> None:
+    (paths.home / "thresholds").mkdir(parents=True)
+    (paths.home / "thresholds/cpu-lab.yml").write_text("tests:\n  gemm_float32: {min: 7}\n")
+    assert load_profile(paths, "cpu-lab")["tests"] == {"gemm_float32": {"min": 7}}
+    with pytest.raises(InputError, match="no threshold profile 'h900'"):
+        load_profile(paths, "h900")
+
+
+PROFILE = {"fleet_outlier_fraction": 0.9,
+           "tests": {"gemm_bfloat16": {"min": 600}, "all_reduce_busbw": {"min": 460}}}
+
+
+def r(test: str, value: float, device: int | None = 0, ok: bool = True, **detail):  # type: ignore[no-untyped-def]
+    return {"test": test, "value": value, "unit": "X", "device": device, "ok": ok,
+            "detail": detail}
+
+
+def test_floor_correctness_and_fleet_outlier() -> None:
+    verdicts = evaluate([
+        r("gemm_bfloat16", 700), r("gemm_bfloat16", 550, device=1),
+        r("gemm_bfloat16", 750, device=2, ok=False, repeat_bit_identical=False),
+        r("all_reduce_busbw", 470, device=None),
+    ], PROFILE, {"all_reduce_busbw": 600})
+    assert [v.passed for v in verdicts] == [True, False, False, False]
+    assert verdicts[1].reason == "gemm_bfloat16 on GPU 1: 550 X < 600 X"
+    assert "silent data corruption" in verdicts[2].reason
+    assert "below 90% of the fleet median 600" in verdicts[3].reason
+
+
+def test_fleet_medians_need_three_nodes() -> None:
+    nodes = [[r("gemm_bfloat16", v)] for v in (700, 710, 300)]
+    assert fleet_medians(nodes) == {"gemm_bfloat16": 700}
+    assert fleet_medians(nodes[:2]) == {}
