@@ -1,11 +1,11 @@
 """PID 1 of one lab node (stdlib only), run as
 ``unshare --mount --uts --pid --fork --propagation private python3 node_init.py DIR``.
 
-It mounts the node's overlay root, its own /proc, /run, /tmp and simulated /sys, sets
+It mounts the node's overlay root, its own /proc, /run and simulated /sys, sets
 the node's hostname, runs the boot hook (which decides the loaded kernel modules),
 starts the node's sshd, then reaps children. SIGUSR1 (sent by the node's stand-in
-``shutdown -r``) reboots the node: every process but PID 1 is killed, /run and /tmp
-start empty, the boot hook runs again and sshd comes back with a new boot id.
+``shutdown -r``) reboots the node: every process but PID 1 is killed, /run starts
+empty, the boot hook runs again and sshd comes back with a new boot id.
 Killing PID 1 ends every process of the node, and with them the node's mounts.
 """
 
@@ -36,11 +36,12 @@ def set_comm(name):
 
 
 def fresh_tmpfs(root):
-    for tmp in ("/run", "/tmp"):  # noqa: S108  (the node's own, fresh at every boot)
-        target = root + tmp
-        subprocess.run(["umount", "-l", target], stderr=subprocess.DEVNULL, check=False)
-        sh("mount", "-t", "tmpfs", "-o", "mode=1777" if tmp == "/tmp" else "mode=755",  # noqa: S108
-           "tmpfs", target)
+    # /run is the node's own and empty at every boot. /tmp stays on the overlay: writes
+    # there are private to the node anyway, and a checkout (and the Python environment
+    # lab nodes run the burn-in agent with) may live under the host's /tmp.
+    target = root + "/run"
+    subprocess.run(["umount", "-l", target], stderr=subprocess.DEVNULL, check=False)
+    sh("mount", "-t", "tmpfs", "-o", "mode=755", "tmpfs", target)
     os.makedirs(root + "/run/sshd", mode=0o755, exist_ok=True)
     os.makedirs(root + "/run/gpuctl-lab", mode=0o755, exist_ok=True)
     with open(root + "/run/gpuctl-lab/boot_id", "w") as fh:

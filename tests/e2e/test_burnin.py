@@ -21,12 +21,14 @@ def test_burnin_certifies_and_quarantines(lab, gpuctl, paths) -> None:  # type: 
     assert gpuctl("provision", "--all", "--json").code == 0
     assert gpuctl("lab", "fault", "gpu-node-05", "gpu-missing").code == 0  # after provision
 
-    result = gpuctl("burnin", "--all", "--duration", "0.3", "--json")
+    # Lab nodes share this machine's cores: one at a time, so a fleet comparison compares
+    # nodes and not who got the CPU (real nodes each have their own GPUs).
+    result = gpuctl("burnin", "--all", "--duration", "0.3", "--parallel", "1", "--json")
     assert result.code == 3, result
     nodes = {n["name"]: n for n in json.loads(result.out)["nodes"]}
-    assert nodes["gpu-node-01"]["verdict"] == nodes["gpu-node-02"]["verdict"] == "pass"
+    assert nodes["gpu-node-01"]["verdict"] == nodes["gpu-node-02"]["verdict"] == "pass", nodes
     assert "silent data corruption" in " ".join(nodes["gpu-node-03"]["failures"])
-    assert "below 50% of the fleet median" in " ".join(nodes["gpu-node-04"]["failures"])
+    assert "below 30% of the fleet median" in " ".join(nodes["gpu-node-04"]["failures"])
     assert "inventory: 7 GPUs, SKU h100-sxm-8 has 8" in nodes["gpu-node-05"]["failures"]
 
     states = {n["name"]: n["state"] for n in json.loads(gpuctl("nodes", "list", "--json").out)}
