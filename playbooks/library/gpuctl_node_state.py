@@ -1,5 +1,10 @@
 #!/usr/bin/python3
-"""Ansible module: read, in one call, everything the gpuctl roles check on a node."""
+"""Ansible module: read, in one call, everything the gpuctl roles check on a node.
+
+Its PCI and Secure Boot readers repeat provisioner/probe/node_probe.py on purpose: both
+run on the node, where neither can import the other (Ansible ships only this file and
+its module_utils; the probe is sent alone over SSH).
+"""
 
 import glob
 import hashlib
