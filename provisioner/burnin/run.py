@@ -13,8 +13,6 @@ from datetime import timedelta
 from importlib import resources
 from typing import Any
 
-from sqlmodel import col, select
-
 from provisioner.burnin.thresholds import Verdict, evaluate, fleet_medians, load_profile
 from provisioner.db.engine import session_scope
 from provisioner.db.models import (
@@ -27,7 +25,7 @@ from provisioner.db.models import (
 )
 from provisioner.errors import GpuctlError, InputError
 from provisioner.inventory.lifecycle import State, transition
-from provisioner.inventory.registry import current_actor, get_node
+from provisioner.inventory.registry import current_actor, get_node, select_nodes
 from provisioner.paths import Paths
 from provisioner.provision import locks
 from provisioner.skus import SKUS
@@ -112,18 +110,8 @@ def burnin_nodes(
         raise InputError(f"unknown level {level!r}; use quick, standard or extended")
     db_url = paths.db_url
     with session_scope(db_url) as session:
-        if all_nodes:
-            nodes = list(session.exec(select(Node).where(col(Node.state).in_(
-                [s.value for s in ELIGIBLE])).order_by(col(Node.name))))
-        elif names:
-            nodes = [get_node(session, n) for n in dict.fromkeys(names)]
-        else:
-            raise InputError("name the nodes to burn in, or pass --all")
-        bad = [f"{n.name} is {n.state}" for n in nodes if State(n.state) not in ELIGIBLE]
-        if bad:
-            raise InputError("cannot burn in: " + "; ".join(bad) + " (provision it first)")
-        if not nodes:
-            raise InputError("no provisioned node to burn in")
+        nodes = select_nodes(session, names, all_nodes, ELIGIBLE, "burn in",
+                             "provision it first")
         snapshots = {n.name: session.get(HardwareSnapshot, n.last_snapshot_id)
                      if n.last_snapshot_id else None for n in nodes}
         actor = current_actor()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -100,7 +99,3 @@ def fleet_medians(per_node: list[list[dict[str, Any]]]) -> dict[str, float]:
         for test, values in means.items():
             by_test.setdefault(test, []).append(statistics.fmean(values))
     return {t: statistics.median(v) for t, v in by_test.items() if len(v) >= 3}
-
-
-def profiles_dir() -> Path:
-    return project_dir() / "inventory/thresholds"

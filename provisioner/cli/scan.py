@@ -7,7 +7,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from provisioner.cli.common import Ctx, json_option, pass_ctx
 from provisioner.errors import NodesFailedError
-from provisioner.scan.run import NodeScanResult, scan_nodes, select_targets
+from provisioner.scan.run import NodeScanResult, scan_nodes
 from provisioner.ui.render import print_json, scan_line, scan_summary
 
 
@@ -31,11 +31,10 @@ def scan(ctx: Ctx, nodes: tuple[str, ...], all_nodes: bool, parallel: int, accep
 
     Example: gpuctl scan --all --accept-new
     """
-    total = len(select_targets(ctx.paths.db_url, list(nodes), all_nodes))
     progress = Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=ctx.err, transient=True,
                         disable=as_json)
-    task = progress.add_task("scan", total=total)
+    task = progress.add_task("scan", total=None)
 
     def on_result(result: NodeScanResult) -> None:
         if not as_json and result.outcome != "ok":
@@ -45,7 +44,9 @@ def scan(ctx: Ctx, nodes: tuple[str, ...], all_nodes: bool, parallel: int, accep
     with progress:
         summary = scan_nodes(ctx.paths, list(nodes), all_nodes=all_nodes, parallel=parallel,
                              accept_new=accept_new, connect_timeout=connect_timeout,
-                             command_timeout=command_timeout, on_result=on_result)
+                             command_timeout=command_timeout,
+                             on_start=lambda total: progress.update(task, total=total),
+                             on_result=on_result)
     if as_json:
         print_json(ctx.console, summary.to_dict())
     else:

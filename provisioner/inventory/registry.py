@@ -294,3 +294,36 @@ def forget_hostkey(paths: Any, name: str) -> bool:
         record_event(session, node, "hostkey", "host key forgotten by an admin",
                      actor=current_actor())
     return had
+
+
+def select_nodes(session: Session, names: list[str], all_nodes: bool,
+                 eligible: set[State], verb: str, hint: str) -> list[Node]:
+    """The nodes a run acts on: those named (each must be in an ``eligible`` state, have
+    been scanned and have an unchanged host key) or, with ``all_nodes``, every eligible
+    node.
+
+    Raises:
+        InputError: nothing selected, or any named node is not ready (all are listed).
+    """
+    if all_nodes:
+        nodes = list(session.exec(select(Node).where(
+            col(Node.state).in_([s.value for s in eligible]),
+            col(Node.hostkey_mismatch).is_(False)).order_by(col(Node.name))))
+    elif names:
+        nodes = [get_node(session, n) for n in dict.fromkeys(names)]
+    else:
+        raise InputError(f"name the nodes to {verb}, or pass --all")
+    bad = []
+    for node in nodes:
+        if node.state == State.REGISTERED:
+            bad.append(f"{node.name} was never scanned (run `gpuctl scan {node.name} "
+                       "--accept-new` first so its host key is known)")
+        elif State(node.state) not in eligible:
+            bad.append(f"{node.name} is {node.state}")
+        elif node.hostkey_mismatch:
+            bad.append(f"{node.name} has a changed host key")
+    if bad:
+        raise InputError(f"cannot {verb}: " + "; ".join(bad) + f" ({hint})")
+    if not nodes:
+        raise InputError(f"no node is ready to {verb} ({hint})")
+    return nodes

@@ -21,7 +21,7 @@ from provisioner.db.engine import session_scope
 from provisioner.db.models import Node, Run, TaskResult, utcnow
 from provisioner.errors import InputError, NodesFailedError
 from provisioner.inventory.lifecycle import State, record_event, transition
-from provisioner.inventory.registry import current_actor, get_node
+from provisioner.inventory.registry import current_actor, get_node, select_nodes
 from provisioner.paths import Paths
 from provisioner.project import project_dir
 from provisioner.provision import locks
@@ -99,26 +99,6 @@ def last_failed_nodes(db_url: str) -> list[str]:
         return list(json.loads(run.summary_json).get("failed", []))
 
 
-def _select(db_url: str, names: list[str], all_nodes: bool) -> list[Node]:
-    with session_scope(db_url) as session:
-        if all_nodes:
-            return list(session.exec(select(Node).where(col(Node.state).in_(
-                [s.value for s in ELIGIBLE])).order_by(col(Node.name))))
-        nodes = [get_node(session, n) for n in dict.fromkeys(names)]
-    bad = []
-    for node in nodes:
-        if node.state == State.REGISTERED:
-            bad.append(f"{node.name} was never scanned (run `gpuctl scan {node.name} "
-                       "--accept-new` first so its host key is known)")
-        elif State(node.state) not in ELIGIBLE:
-            bad.append(f"{node.name} is {node.state}")
-        elif node.hostkey_mismatch:
-            bad.append(f"{node.name} has a changed host key")
-    if bad:
-        raise InputError("cannot provision: " + "; ".join(bad))
-    return nodes
-
-
 def _prepare_run_dir(paths: Paths, run_id: int, nodes: list[Node],
                      all_vars: dict[str, Any]) -> tuple[Path, Path]:
     run_dir = paths.runs_dir / f"provision-{run_id}"
@@ -193,13 +173,11 @@ def provision_nodes(
         names = last_failed_nodes(db_url)
         if not names:
             raise InputError("no node failed in the last provision run")
-    elif not names and not all_nodes:
-        raise InputError("name the nodes to provision, or pass --all")
     if not 1 <= forks <= 500:
         raise InputError("--forks must be between 1 and 500")
-    nodes = _select(db_url, names, all_nodes)
-    if not nodes:
-        raise InputError("no node is ready to provision (scan nodes first)")
+    with session_scope(db_url) as session:
+        nodes = select_nodes(session, names, all_nodes, ELIGIBLE, "provision",
+                             "scan nodes first; release quarantined ones")
     actor = current_actor()
     # Secrets never reach the database, the run directory or Ansible's environment.
     become_password = os.environ.pop(BECOME_ENV, None)

@@ -148,6 +148,7 @@ def scan_nodes(
     accept_new: bool = False,
     connect_timeout: float = 10.0,
     command_timeout: float = 120.0,
+    on_start: Callable[[int], None] | None = None,
     on_result: Callable[[NodeScanResult], None] | None = None,
 ) -> ScanSummary:
     """Probe the nodes, store a snapshot for each one reached, and flag faults/drift.
@@ -163,6 +164,8 @@ def scan_nodes(
         raise InputError(f"--parallel {parallel} must be between 1 and 1024")
     db_url = paths.db_url
     targets = select_targets(db_url, names, all_nodes)
+    if on_start:
+        on_start(len(targets))
     actor = current_actor()
     with session_scope(db_url) as session:
         mismatched = {n.name for n in session.exec(
