@@ -285,17 +285,45 @@ def collectives(ranks: int, sizes: list[int], iters: int) -> list[Measurement]:
 
 # -- telemetry ---------------------------------------------------------------------------
 
+# nvidia-smi's --query-gpu fields for one telemetry sample; the throttle bitmask is the
+# same one NVML's nvmlDeviceGetCurrentClocksEventReasons returns.
+SMI_SAMPLE = ("index,temperature.gpu,power.draw,clocks.sm,clocks_throttle_reasons.active")
+
+
+def _smi(args: list[str], timeout: float = 60.0, limit: int = 16 << 20) -> str | None:
+    """stdout of ``nvidia-smi ARGS`` (at most ``limit`` bytes), or None when it fails."""
+    try:
+        proc = subprocess.run(["nvidia-smi", *args], capture_output=True, timeout=timeout,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        return None
+    return proc.stdout[:limit].decode("utf-8", "replace")
+
+
+def _number(text: str) -> float | None:
+    """A CSV cell of nvidia-smi: ``45``, ``312.50``, ``0x0000000000000040``, ``[N/A]``."""
+    word = (text.strip().split() or [""])[0]
+    try:
+        return float(int(word, 16)) if word.lower().startswith("0x") else float(word)
+    except ValueError:
+        return None
+
+
 class Telemetry:
-    """Samples NVML while tests run: temperature, power, SM clock, throttle reasons.
-    Where NVML is not there (the CPU lab), every metric is "not available"."""
+    """Samples the GPUs while tests run: temperature, power, SM clock, throttle reasons.
+    Through NVML where pynvml is installed, else through ``nvidia-smi --query-gpu``; where
+    there is neither (a CPU-only machine), there are no samples."""
 
     def __init__(self, interval: float = 1.0) -> None:
         self.interval = interval
         self.samples: list[dict[str, Any]] = []
-        self.available = False
+        self.source = "none"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._handles: list[Any] = []
+        self._nvml: Any = None
         try:
             import pynvml  # noqa: PLC0415
 
@@ -303,9 +331,15 @@ class Telemetry:
             self._nvml = pynvml
             self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i)
                              for i in range(pynvml.nvmlDeviceGetCount())]
-            self.available = True
-        except Exception:  # NVML missing or no driver: the lab, or a broken node
+            self.source = "nvml"
+        except Exception:  # NVML missing or no driver: try nvidia-smi
             self._nvml = None
+            if _smi(["--query-gpu=" + SMI_SAMPLE, "--format=csv,noheader,nounits"], 30):
+                self.source = "nvidia-smi"
+
+    @property
+    def available(self) -> bool:
+        return self.source != "none"
 
     def _query(self, func: str, *args: Any) -> Any:
         try:
@@ -315,15 +349,31 @@ class Telemetry:
 
     def sample(self) -> None:
         now = time.time()
-        for i, h in enumerate(self._handles):
-            power = self._query("nvmlDeviceGetPowerUsage", h)
-            self.samples.append({
-                "t": now, "gpu": i,
-                "temp_c": self._query("nvmlDeviceGetTemperature", h, 0),
-                "power_w": power / 1000 if power is not None else None,
-                "sm_mhz": self._query("nvmlDeviceGetClockInfo", h, 1),
-                "throttle": self._query("nvmlDeviceGetCurrentClocksEventReasons", h),
-            })
+        if self.source == "nvml":
+            for i, h in enumerate(self._handles):
+                power = self._query("nvmlDeviceGetPowerUsage", h)
+                throttle = self._query("nvmlDeviceGetCurrentClocksEventReasons", h)
+                if throttle is None:
+                    throttle = self._query("nvmlDeviceGetCurrentClocksThrottleReasons", h)
+                self.samples.append({
+                    "t": now, "gpu": i,
+                    "temp_c": self._query("nvmlDeviceGetTemperature", h, 0),
+                    "power_w": power / 1000 if power is not None else None,
+                    "sm_mhz": self._query("nvmlDeviceGetClockInfo", h, 1),
+                    "throttle": throttle,
+                })
+        elif self.source == "nvidia-smi":
+            out = _smi(["--query-gpu=" + SMI_SAMPLE, "--format=csv,noheader,nounits"], 30)
+            for line in (out or "").splitlines()[:64]:
+                cols = [c.strip() for c in line.split(",")]
+                if len(cols) != 5 or not cols[0].isdigit():
+                    continue
+                throttle = _number(cols[4])
+                self.samples.append({
+                    "t": now, "gpu": int(cols[0]), "temp_c": _number(cols[1]),
+                    "power_w": _number(cols[2]), "sm_mhz": _number(cols[3]),
+                    "throttle": int(throttle) if throttle is not None else None,
+                })
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -340,6 +390,77 @@ class Telemetry:
         self._stop.set()
         if self._thread:
             self._thread.join()
+        if self.available:
+            self.sample()
+
+
+def kernel_xid_lines() -> list[str]:
+    """The kernel log's ``NVRM: Xid`` lines (the last 1000), from dmesg or the journal."""
+    for cmd in (["dmesg"], ["journalctl", "-k", "-b", "-o", "short-monotonic", "--no-pager"]):
+        try:
+            proc = subprocess.run(cmd, capture_output=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if proc.returncode == 0:
+            text = proc.stdout[-(32 << 20):].decode("utf-8", "replace")
+            return [line for line in text.splitlines() if "NVRM: Xid" in line][-1000:]
+    return []
+
+
+def health_snapshot() -> dict[str, Any]:
+    """What the control host compares before and after the tests: ``nvidia-smi -q -x``
+    (ECC counters, row remapping, throttle reasons, temperatures; parsed there, not here)
+    and the kernel's XID lines."""
+    return {"t": time.time(), "smi_xml": _smi(["-q", "-x"], 120), "xid_lines": kernel_xid_lines()}
+
+
+NVLINK_MAX_LINKS = 18  # NVML_NVLINK_MAX_LINKS
+
+
+def nvlink_status() -> list[dict[str, Any]] | None:
+    """Each GPU's NVLink links and whether each is active: via NVML, else by parsing
+    ``nvidia-smi nvlink --status`` (``Link 3: <inactive>``). None without a driver."""
+    try:
+        import pynvml  # noqa: PLC0415
+
+        pynvml.nvmlInit()
+        try:
+            out = []
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                h = pynvml.nvmlDeviceGetHandleByIndex(i)
+                links = []
+                for link in range(NVLINK_MAX_LINKS):
+                    try:
+                        state = pynvml.nvmlDeviceGetNvLinkState(h, link)
+                    except pynvml.NVMLError:
+                        break  # no such link on this GPU (or no NVLink at all)
+                    links.append({"link": link, "active": bool(state)})
+                out.append({"gpu": i, "links": links})
+            return out
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: S110  (no NVML: ask nvidia-smi below)
+        pass
+    text = _smi(["nvlink", "--status"], 60)
+    if text is None:
+        return None
+    return parse_nvlink_status(text)
+
+
+def parse_nvlink_status(text: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for line in text.splitlines()[:2000]:
+        line = line.strip()
+        if line.startswith("GPU ") and ":" in line:
+            index = line[4:line.index(":")]
+            out.append({"gpu": int(index) if index.isdigit() else len(out), "links": []})
+        elif line.startswith("Link ") and ":" in line and out:
+            num, _, state = line[5:].partition(":")
+            if num.strip().isdigit():
+                out[-1]["links"].append({"link": int(num), "active":
+                                         "inactive" not in state.lower(),
+                                         "state": state.strip()[:40]})
+    return out
 
 
 def gpu_inventory() -> list[dict[str, Any]]:
@@ -387,6 +508,7 @@ def run_level(level: str, seconds: float | None = None, ranks: int | None = None
     n = 256 if small else 8192
     mem_mb = 64 if small else 2048
     results: list[Measurement] = []
+    before = health_snapshot()
     with Telemetry() as telemetry:
         for i, dev in enumerate(devs):
             index = i if cuda else None
@@ -404,12 +526,15 @@ def run_level(level: str, seconds: float | None = None, ranks: int | None = None
         if world > 1:
             sizes = [1 << 16, 1 << 20, 1 << 24] if small else [1 << 20, 1 << 26, 1 << 34]
             results += collectives(world, sizes, iters=5 if small else 20)
+    after = health_snapshot()
     return {
-        "agent_version": 1, "level": level, "backend": "cuda" if cuda else "cpu",
+        "agent_version": 2, "level": level, "backend": "cuda" if cuda else "cpu",
         "torch": torch.__version__, "gpus": len(devs) if cuda else 0,
         "inventory": gpu_inventory(),
         "results": [asdict(r) for r in results],
-        "telemetry": {"available": telemetry.available, "samples": telemetry.samples},
+        "telemetry": {"available": telemetry.available, "source": telemetry.source,
+                      "samples": telemetry.samples},
+        "health": {"before": before, "after": after}, "nvlink": nvlink_status(),
     }
 
 

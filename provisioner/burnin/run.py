@@ -13,9 +13,12 @@ from datetime import timedelta
 from importlib import resources
 from typing import Any
 
+from provisioner.burnin.dcgm import DCGM_LEVEL, dcgm_command, dcgm_verdicts
+from provisioner.burnin.health import as_dict, health_verdicts
 from provisioner.burnin.thresholds import Verdict, evaluate, fleet_medians, load_profile
 from provisioner.db.engine import session_scope
 from provisioner.db.models import (
+    BurninArtifact,
     BurninResult,
     Certificate,
     HardwareSnapshot,
@@ -36,6 +39,7 @@ ELIGIBLE = {State.PROVISIONED, State.CERTIFIED, State.FAILED, State.BURNING_IN}
 DEFAULT_PYTHON = "/opt/gpuctl/burnin/bin/python3"
 LEVEL_TIMEOUT = {"quick": 900.0, "standard": 3600.0, "extended": 6 * 3600.0}
 CERTIFICATE_DAYS = 90
+MAX_SAMPLES_PER_GPU = 720  # telemetry kept for reports: evenly thinned to this many
 
 
 @dataclass
@@ -99,6 +103,8 @@ def burnin_nodes(
     seconds: float | None = None,
     profile: str | None = None,
     parallel: int = 8,
+    with_dcgm: bool = False,
+    certificate_days: int = CERTIFICATE_DAYS,
     on_result: Callable[[NodeBurnin], None] | None = None,
 ) -> BurninSummary:
     """Burn in the nodes and certify or quarantine each one.
@@ -117,7 +123,7 @@ def burnin_nodes(
         actor = current_actor()
         run = Run(kind="burnin", actor=actor, args_json=json.dumps(
             {"nodes": [n.name for n in nodes], "level": level, "seconds": seconds,
-             "profile": profile}))
+             "profile": profile, "with_dcgm": with_dcgm}))
         session.add(run)
         session.flush()
         assert run.id is not None
@@ -131,14 +137,14 @@ def burnin_nodes(
                 if node.state != State.BURNING_IN:
                     transition(session, node, State.BURNING_IN, actor=actor, run_id=run_id,
                                reason=f"burn-in ({level}) started")
-        outcomes = _run_agents(paths, nodes, level, seconds, parallel)
+        outcomes = _run_agents(paths, nodes, level, seconds, parallel, with_dcgm)
         medians = fleet_medians([o[1].get("results", []) for o in outcomes.values()
                                  if o[1]])
         summary = BurninSummary(run_id, level, [])
         for node in nodes:
             err, doc = outcomes[node.name]
             result = _judge_and_store(paths, node, snapshots[node.name], err, doc, profile,
-                                      medians, run_id, level, actor)
+                                      medians, run_id, level, actor, certificate_days)
             summary.nodes.append(result)
             if on_result:
                 on_result(result)
@@ -154,7 +160,8 @@ def burnin_nodes(
 
 
 def _run_agents(paths: Paths, nodes: list[Node], level: str, seconds: float | None,
-                parallel: int) -> dict[str, tuple[str | None, dict[str, Any]]]:
+                parallel: int, with_dcgm: bool
+                ) -> dict[str, tuple[str | None, dict[str, Any]]]:
     known = KnownHosts(paths.known_hosts)
     script = agent_script()
 
@@ -177,6 +184,9 @@ def _run_agents(paths: Paths, nodes: list[Node], level: str, seconds: float | No
                 raise ValueError("no results")
         except ValueError as exc:
             return f"agent output is not a result document ({exc})", {}
+        if with_dcgm:
+            # After our tests, not during them: DCGM's stress would skew both.
+            doc["dcgm"] = _run_dcgm(target, known, level)
         return None, doc
 
     out: dict[str, tuple[str | None, dict[str, Any]]] = {}
@@ -187,10 +197,59 @@ def _run_agents(paths: Paths, nodes: list[Node], level: str, seconds: float | No
     return out
 
 
+def _run_dcgm(target: Target, known: KnownHosts, level: str) -> dict[str, Any]:
+    """``dcgmi diag -r <level> --json`` on the node: DCGM's own JSON, or why there is none."""
+    try:
+        res = run_on_node(target, dcgm_command(level), known_hosts=known,
+                          command_timeout=LEVEL_TIMEOUT[level], max_output=16 << 20)
+    except GpuctlError as exc:
+        return {"error": str(exc).removeprefix(f"{target.name}: ")[:300]}
+    text = res.stdout.decode("utf-8", "replace")
+    if res.exit_code == 127:
+        return {"error": "dcgmi not found (install datacenter-gpu-manager)"}
+    try:
+        parsed = json.loads(text[text.find("{"):] if "{" in text else text)
+    except ValueError:
+        tail = (text.strip() or res.stderr.decode("utf-8", "replace").strip())
+        return {"error": f"dcgmi diag -r {DCGM_LEVEL[level]} exited {res.exit_code} "
+                         f"without JSON: {tail.splitlines()[-1][:200] if tail else ''}"}
+    return {"exit_code": res.exit_code, "output": parsed}
+
+
+def _thin(samples: list[Any]) -> list[Any]:
+    """At most MAX_SAMPLES_PER_GPU samples per GPU, evenly spaced, first and last kept."""
+    by_gpu: dict[Any, list[Any]] = {}
+    for s in samples:
+        if isinstance(s, dict):
+            by_gpu.setdefault(s.get("gpu"), []).append(s)
+    out = []
+    for rows in by_gpu.values():
+        if len(rows) > MAX_SAMPLES_PER_GPU:
+            step = (len(rows) - 1) / (MAX_SAMPLES_PER_GPU - 1)
+            rows = [rows[round(k * step)] for k in range(MAX_SAMPLES_PER_GPU)]
+        out += rows
+    return out
+
+
+def _artifact(doc: dict[str, Any]) -> dict[str, Any]:
+    """What reports need from the agent's document, without the bulky raw XML."""
+    telemetry = as_dict(doc.get("telemetry"))
+    p2p = next((r.get("detail", {}).get("matrix") for r in doc.get("results", [])
+                if isinstance(r, dict) and r.get("test") == "p2p_bandwidth"), None)
+    collectives = {r["test"]: r.get("detail", {}).get("sizes")
+                   for r in doc.get("results", []) if isinstance(r, dict)
+                   and str(r.get("test", "")).endswith("_busbw")}
+    return {"agent_version": doc.get("agent_version"), "backend": doc.get("backend"),
+            "torch": doc.get("torch"), "inventory": doc.get("inventory"),
+            "telemetry": {"source": telemetry.get("source"),
+                          "samples": _thin(telemetry.get("samples") or [])},
+            "nvlink": doc.get("nvlink"), "p2p_matrix": p2p, "collectives": collectives}
+
+
 def _judge_and_store(paths: Paths, node: Node, snapshot: HardwareSnapshot | None,
                      err: str | None, doc: dict[str, Any], profile_name: str | None,
                      medians: dict[str, float], run_id: int, level: str,
-                     actor: str) -> NodeBurnin:
+                     actor: str, certificate_days: int) -> NodeBurnin:
     hv = json.loads(node.vars_json or "{}")
     name = profile_name or hv.get("gpuctl_burnin_profile") or node.sku or "cpu-lab"
     if err is not None:
@@ -199,7 +258,9 @@ def _judge_and_store(paths: Paths, node: Node, snapshot: HardwareSnapshot | None
     else:
         profile = load_profile(paths, name)
         verdicts = [_inventory_verdict(node, doc)] + evaluate(
-            doc["results"], profile, medians)
+            doc["results"], profile, medians) + health_verdicts(doc, profile)
+        if "dcgm" in doc:
+            verdicts += dcgm_verdicts(doc["dcgm"])
         failures = [v.reason for v in verdicts if not v.passed]
     digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
     by_test = {(r["test"], r.get("device")): r for r in doc.get("results", [])}
@@ -213,6 +274,12 @@ def _judge_and_store(paths: Paths, node: Node, snapshot: HardwareSnapshot | None
                 value=v.value, unit=v.unit, threshold=v.threshold,
                 verdict="pass" if v.passed else "fail", reason=v.reason,
                 detail_json=json.dumps(detail)[:20000]))
+        if doc:
+            session.add(BurninArtifact(run_id=run_id, node_id=stored.id, kind="agent",
+                                       content_json=json.dumps(_artifact(doc))))
+        if "dcgm" in doc:
+            session.add(BurninArtifact(run_id=run_id, node_id=stored.id, kind="dcgm",
+                                       content_json=json.dumps(doc["dcgm"])))
         if failures:
             reason = "; ".join(failures[:3])[:500]
             transition(session, stored, State.QUARANTINED if err is None else State.FAILED,
@@ -224,7 +291,7 @@ def _judge_and_store(paths: Paths, node: Node, snapshot: HardwareSnapshot | None
                 driver_version=snapshot.driver_version if snapshot else None,
                 cuda_version=snapshot.cuda_version if snapshot else None,
                 results_digest=digest, issued_at=now,
-                expires_at=now + timedelta(days=CERTIFICATE_DAYS)))
+                expires_at=now + timedelta(days=certificate_days)))
             transition(session, stored, State.CERTIFIED, actor=actor, run_id=run_id,
                        reason=f"burn-in ({level}, profile {name}) passed")
     return NodeBurnin(node.name, "pass" if not failures else ("error" if err else "fail"),

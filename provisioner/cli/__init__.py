@@ -14,6 +14,7 @@ from provisioner.cli.common import Ctx
 from provisioner.cli.lab import lab
 from provisioner.cli.nodes import init, nodes
 from provisioner.cli.provision import inventory, provision
+from provisioner.cli.report import report
 from provisioner.cli.scan import scan
 from provisioner.errors import EXIT_USAGE, GpuctlError
 from provisioner.paths import Paths
@@ -46,6 +47,7 @@ cli.add_command(lab)
 cli.add_command(provision)
 cli.add_command(inventory)
 cli.add_command(burnin)
+cli.add_command(report)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from provisioner.burnin.run import LEVEL_TIMEOUT, NodeBurnin, burnin_nodes
+from provisioner.burnin.run import CERTIFICATE_DAYS, LEVEL_TIMEOUT, NodeBurnin, burnin_nodes
 from provisioner.cli.common import Ctx, json_option, pass_ctx
 from provisioner.errors import NodesFailedError
 from provisioner.ui.render import print_json, styled
@@ -22,10 +22,15 @@ VERDICT_STYLE = {"pass": "green", "fail": "bold red", "error": "red"}
 @click.option("--duration", "seconds", type=float, help="Seconds per test (overrides the level).")
 @click.option("--profile", help="Threshold profile (default: the node's SKU).")
 @click.option("--parallel", default=8, show_default=True, help="Nodes burned in at once.")
+@click.option("--with-dcgm", is_flag=True,
+              help="Also run `dcgmi diag -r 1|2|3 --json` (by level) and judge its results.")
+@click.option("--valid-days", type=click.IntRange(1, 3650), default=CERTIFICATE_DAYS,
+              show_default=True, help="Days a certificate stays valid.")
 @json_option
 @pass_ctx
 def burnin(ctx: Ctx, nodes: tuple[str, ...], all_nodes: bool, level: str,
-           seconds: float | None, profile: str | None, parallel: int, as_json: bool) -> None:
+           seconds: float | None, profile: str | None, parallel: int, with_dcgm: bool,
+           valid_days: int, as_json: bool) -> None:
     """Stress-test nodes (GEMM with corruption checks, memory, bandwidth, collectives)
     and certify or quarantine each one against its SKU's thresholds.
 
@@ -40,6 +45,7 @@ def burnin(ctx: Ctx, nodes: tuple[str, ...], all_nodes: bool, level: str,
 
     summary = burnin_nodes(ctx.paths, list(nodes), all_nodes=all_nodes, level=level,
                            seconds=seconds, profile=profile, parallel=parallel,
+                           with_dcgm=with_dcgm, certificate_days=valid_days,
                            on_result=on_result)
     if as_json:
         print_json(ctx.console, summary.to_dict())

@@ -188,3 +188,15 @@ class Certificate(SQLModel, table=True):
     results_digest: str = Field(max_length=64)  # sha256 of the stored results
     issued_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime | None = None
+
+
+class BurninArtifact(SQLModel, table=True):
+    """What a burn-in run brought back from a node beyond the verdicts, for reports:
+    ``agent`` (telemetry samples, NVLink states, health snapshots, P2P matrix) or
+    ``dcgm`` (``dcgmi diag --json`` as DCGM printed it)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    node_id: int = Field(foreign_key="node.id", index=True)
+    kind: str = Field(max_length=16)
+    content_json: str = "{}"

@@ -9,7 +9,8 @@ from provisioner.errors import LabError
 FAULTS = {
     "gpu-missing": "the last GPU falls off the PCI bus",
     "pcie-downgrade": "GPU 0 trains its PCIe link at x8",
-    "xid": "the kernel log gets XID 79 (GPU fallen off the bus) for GPU 0",
+    "xid": "the kernel log gets XID 79 (GPU fallen off the bus) for GPU 0, and another one "
+           "when the node's GPUs are next put under load",
     "ecc-uncorrectable": "GPU 1 reports uncorrectable DRAM ECC errors",
     "row-remap-failure": "GPU 2 reports a row-remapping failure",
     "thermal-throttle": "GPU 3 runs hot with hardware thermal slowdown active",
@@ -23,12 +24,14 @@ FAULTS = {
     "unsupported-os": "the node runs an OS the playbooks do not support (Fedora 40)",
     "sdc": "every third matrix product on the node comes out with one wrong element",
     "slow-gpu": "matrix products on the node run far slower than on its peers",
+    "nvlink-down": "NVLink link 3 of GPU 4 is inactive",
 }
 # Which repository copy a node gets: faults that change what the node's repo serves.
 REPO_VARIANTS = {"package-install-failure": "fail-build",
                  "fabricmanager-mismatch": "fm-skew", "repo-unreachable": None}
 GPU_FAULTS = {"gpu-missing", "pcie-downgrade", "xid", "ecc-uncorrectable",
-              "row-remap-failure", "thermal-throttle", "garbage-output", "sdc", "slow-gpu"}
+              "row-remap-failure", "thermal-throttle", "garbage-output", "sdc", "slow-gpu",
+              "nvlink-down"}
 
 
 def parse_fault(text: str) -> tuple[str, str]:
@@ -74,6 +77,12 @@ def apply_fault(spec: dict[str, Any], kind: str) -> None:
         g.update(remapped_rows=True, remap_failure=True, remap_unc=1)
     elif kind == "thermal-throttle":
         gpu(3).update(thermal_slowdown=True, temperature_c=93)
+    elif kind == "nvlink-down":
+        g = gpu(4)
+        if not g.get("nvlinks"):
+            raise LabError(f"{spec['name']}'s GPUs have no NVLink, so it cannot have fault "
+                           "nvlink-down")
+        g["nvlink_down"] = [3]
     elif kind == "unreachable":
         spec["sshd"] = False
     elif kind in REPO_VARIANTS:

@@ -24,6 +24,7 @@ from pathlib import Path
 from provisioner.errors import LabError
 
 STANDIN_SMI = Path(__file__).with_name("standin_smi.py")
+STANDIN_DCGMI = Path(__file__).with_name("standin_dcgmi.py")
 # branch -> (driver version, highest CUDA version the driver supports)
 DRIVERS = {"550": ("550.144.03", "12.4"), "570": ("570.124.06", "12.8"),
            "575": ("575.57.08", "12.9"), "580": ("580.65.06", "13.0")}
@@ -151,8 +152,7 @@ def all_packages(*, fail_driver_build: bool = False,
             postinst=f"update-alternatives --install /usr/local/cuda cuda {prefix} "
                      f"{int(short.replace('-', ''))}",
             postrm=f'[ "$1" = remove ] && update-alternatives --remove cuda {prefix} || true'))
-    dcgmi = ('#!/bin/sh\ncase "$1" in\n  -v|--version) echo "Version : 3.3.9";;\n'
-             '  discovery) nvidia-smi -L;;\n  *) echo "dcgmi (lab stand-in): $*";;\nesac\n')
+    dcgmi = STANDIN_DCGMI.read_text()
     pkgs.append(Package("datacenter-gpu-manager", DCGM_VERSION,
                         "NVIDIA Data Center GPU Manager, lab stand-in",
                         {"/usr/bin/dcgmi": (dcgmi, 0o755),

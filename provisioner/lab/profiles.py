@@ -81,5 +81,8 @@ def gpus_for(profile: Profile, node: str) -> list[dict[str, Any]]:
             "mig": profile.mig, "ecc_dram_uncorrectable": 0,
             "remapped_rows": profile.remapped_rows, "remap_unc": 0, "remap_failure": False,
             "thermal_slowdown": False,
+            # NVLink links per GPU: 18 on HGX H100/H200, 12 on HGX A100, none on PCIe.
+            "nvlinks": (18 if profile.architecture == "Hopper" else 12) if profile.nvswitch
+            else 0,
         })
     return out

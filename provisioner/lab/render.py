@@ -131,6 +131,12 @@ def _hook(name, *args, **kwargs):
         def matmul(a, b, out=None):
             calls[0] += 1
             result = real(a, b, out=out)
+            if "{kind}" == "xid" and calls[0] == 1:
+                # The GPU falls off the bus under load: the driver logs a new XID.
+                import os, time
+                with open("/etc/gpuctl-lab/kmsg", "a") as fh:
+                    fh.write("[%.6f] NVRM: Xid (PCI:{bus}): 79, pid=%d, name=python3, GPU has "
+                             "fallen off the bus.\\n" % (time.monotonic() + 5000, os.getpid()))
             if "{kind}" == "sdc" and calls[0] % 3 == 0:
                 result.view(-1)[7] += 1.0
             if "{kind}" == "slow-gpu":
@@ -188,11 +194,13 @@ def node_files(spec: dict[str, Any]) -> dict[str, tuple[bytes, int]]:
         if os.path.exists(sources):
             files[sources] = (b"# emptied by gpuctl lab: nodes use only the lab mirror\n",
                               0o644)
-    for kind in ("sdc", "slow-gpu"):
-        if kind in spec["faults"]:
+    for kind in ("sdc", "slow-gpu", "xid"):
+        if kind in spec["faults"] and spec["gpus"]:
             site = sysconfig.get_paths()["purelib"]  # the environment the agent runs in
-            files[f"{site}/sitecustomize.py"] = (COMPUTE_FAULT.format(kind=kind).encode(),
-                                                 0o644)
+            bus = spec["gpus"][0]["bus_id"].lower()[:-2]
+            files[f"{site}/sitecustomize.py"] = (
+                COMPUTE_FAULT.format(kind=kind, bus=bus).encode(), 0o644)
+            break
     if "unsupported-os" in spec["faults"]:
         files["/etc/os-release"] = (UNSUPPORTED_OS.encode(), 0o644)
     if spec.get("smi_xml"):

@@ -2,14 +2,17 @@
 """Stand-in nvidia-smi for gpuctl lab nodes (installed on the node; stdlib only).
 
 Implements the parts gpuctl and admins use: ``-q -x`` (the v12 XML schema),
-``--query-gpu=... --format=csv[,noheader][,nounits]``, ``-L`` and ``topo -m``. The
-GPUs come from /etc/gpuctl-lab/gpus.json, written by ``gpuctl lab``; with a replayed
-capture the real XML is printed, patched only where a fault was injected.
+``--query-gpu=... --format=csv[,noheader][,nounits]``, ``-L``, ``topo -m`` and
+``nvlink --status``. The GPUs come from /etc/gpuctl-lab/gpus.json, written by
+``gpuctl lab``; with a replayed capture the real XML is printed, patched only where a
+fault was injected.
 """
 
 import json
+import math
 import os
 import sys
+import time
 import xml.etree.ElementTree as ET
 
 STATE = "/etc/gpuctl-lab/gpus.json"
@@ -196,7 +199,9 @@ FIELDS = {
     "memory.total": ("memory.total [MiB]", lambda g, st: "%d MiB" % g["memory_mib"]),
     "driver_version": ("driver_version", lambda g, st: st["driver_version"]),
     "vbios_version": ("vbios_version", lambda g, st: g["vbios"]),
-    "temperature.gpu": ("temperature.gpu", lambda g, st: g["temperature_c"]),
+    # Readings wander a little over time, as a loaded GPU's do.
+    "temperature.gpu": ("temperature.gpu", lambda g, st: g["temperature_c"] + (
+        0 if g["thermal_slowdown"] else int(round(2 * math.sin(time.time() / 5 + g["index"]))))),
     "power.limit": ("power.limit [W]", lambda g, st: "%.2f W" % g["power_limit_w"]),
     "pcie.link.gen.current": ("pcie.link.gen.current", lambda g, st: g["pcie_gen_current"]),
     "pcie.link.gen.max": ("pcie.link.gen.max", lambda g, st: g["pcie_gen_max"]),
@@ -206,10 +211,32 @@ FIELDS = {
     "ecc.mode.current": ("ecc.mode.current", lambda g, st: "Enabled"),
     "mig.mode.current": ("mig.mode.current",
                          lambda g, st: "Enabled" if g["mig"] else "Disabled"),
+    "power.draw": ("power.draw [W]", lambda g, st: "%.2f W" % (
+        g["power_limit_w"] * (0.55 + 0.1 * math.sin(time.time() / 7 + g["index"])))),
+    "clocks.sm": ("clocks.current.sm [MHz]", lambda g, st: "%d MHz" % (
+        1410 if g["thermal_slowdown"] else 1980)),
+    "clocks_throttle_reasons.active": ("clocks_throttle_reasons.active", lambda g, st: throttle(g)),
+    "clocks_event_reasons.active": ("clocks_event_reasons.active", lambda g, st: throttle(g)),
     "clocks_throttle_reasons.hw_thermal_slowdown": (
         "clocks_throttle_reasons.hw_thermal_slowdown",
         lambda g, st: "Active" if g["thermal_slowdown"] else "Not Active"),
 }
+
+
+def throttle(g):
+    """The clocks-event bitmask: a loaded healthy GPU sits at its power cap (0x4); the
+    thermal fault adds HW slowdown (0x8) and HW thermal slowdown (0x40)."""
+    return "0x%016x" % (0x4 | (0x48 if g["thermal_slowdown"] else 0))
+
+
+def nvlink_status(st):
+    """``nvidia-smi nvlink --status``: each link's speed, or ``<inactive>``."""
+    for g in st["gpus"]:
+        print("GPU %d: %s (UUID: %s)" % (g["index"], g["model"], g["uuid"]))
+        down = set(g.get("nvlink_down", []))
+        for link in range(g.get("nvlinks", 0)):
+            print("\t Link %d: %s" % (link, "<inactive>" if link in down else "26.562 GB/s"))
+    return 0
 
 
 def query_gpu(fields, fmt, st):
@@ -229,7 +256,8 @@ def query_gpu(fields, fmt, st):
         for n in names:
             value = str(FIELDS[n][1](g, st))
             if "nounits" in opts:
-                value = value.split(" ")[0] if value.endswith((" MiB", " W")) else value
+                value = value.split(" ")[0] if value.endswith((" MiB", " W", " MHz")) \
+                    else value
             values.append(value)
         print(", ".join(values))
     return 0
@@ -275,6 +303,8 @@ def main(argv):
         return 0
     if args[:1] == ["topo"] and "-m" in args:
         return topo(st)
+    if args[:1] == ["nvlink"] and ("--status" in args or "-s" in args):
+        return nvlink_status(st)
     if args[:1] == ["-L"]:
         for g in st["gpus"]:
             print("GPU %d: %s (UUID: %s)" % (g["index"], g["model"], g["uuid"]))

@@ -48,3 +48,59 @@ def test_burnin_certifies_and_quarantines(lab, gpuctl, paths) -> None:  # type: 
                if r.node_id == 3)
     history = json.loads(gpuctl("nodes", "show", "gpu-node-03", "--json").out)["events"]
     assert history[-1]["to"] == "quarantined" and "burn-in failed" in history[-1]["reason"]
+
+
+def test_gpu_health_faults_fail_burnin_and_report(lab, gpuctl, paths, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """XID, ECC, thermal and NVLink faults each fail burn-in with their reason; DCGM's
+    results are stored beside gpuctl's; every report format is written from the run."""
+    (paths.home / "group_vars").mkdir(parents=True, exist_ok=True)
+    (paths.home / "group_vars/all.yml").write_text("dcgm_install: true\n")
+    lab.up(5, "--driver")
+    assert gpuctl("scan", "--all", "--accept-new").code == 0
+    assert gpuctl("provision", "--all", "--json").code == 0
+    for node, kind in (("gpu-node-01", "xid"), ("gpu-node-02", "ecc-uncorrectable"),
+                       ("gpu-node-03", "thermal-throttle"), ("gpu-node-04", "nvlink-down")):
+        assert gpuctl("lab", "fault", node, kind).code == 0
+
+    result = gpuctl("burnin", "--all", "--duration", "0.2", "--parallel", "1", "--with-dcgm",
+                    "--json")
+    assert result.code == 3, result
+    nodes = {n["name"]: n for n in json.loads(result.out)["nodes"]}
+    fails = {name: " ".join(n["failures"]) for name, n in nodes.items()}
+    assert nodes["gpu-node-05"]["verdict"] == "pass", fails
+    assert "xid on GPU 0: XID 79 during burn-in" in fails["gpu-node-01"]
+    assert "ecc_uncorrectable on GPU 1: 2 uncorrectable ECC errors" in fails["gpu-node-02"]
+    assert "dcgm_gpu_memory on GPU 1: DCGM says Fail" in fails["gpu-node-02"] or \
+        "dcgm_page_retirement_row_remap on GPU 1: DCGM says Fail" in fails["gpu-node-02"]
+    assert "throttle on GPU 3: hw_slowdown, hw_thermal_slowdown active" in fails["gpu-node-03"]
+    assert fails["gpu-node-04"] == "nvlink on GPU 4: link 3 inactive"
+    healthy = {r["test"] for r in nodes["gpu-node-05"]["results"]}
+    assert {"xid", "ecc_uncorrectable", "row_remap", "throttle", "nvlink",
+            "dcgm_denylist"} <= healthy
+
+    for fmt in ("term", "md", "json", "junit", "html"):
+        out = tmp_path / f"report.{fmt}"
+        assert gpuctl("report", "--format", fmt, "-o", str(out)).code == 0
+        assert out.stat().st_size > 1000
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert doc["summary"] == {"nodes": 5, "passed": 1, "failed": 4}
+    healthy_doc = next(n for n in doc["nodes"] if n["name"] == "gpu-node-05")
+    assert healthy_doc["certificate"]["profile"] == "cpu-lab"
+    assert len(healthy_doc["telemetry"]) >= 16  # 8 GPUs, sampled before and after at least
+    assert healthy_doc["dcgm"]["output"]["DCGM GPU Diagnostic"]["version"] == "3.3.9"
+    assert "nvlink on GPU 4: link 3 inactive" in (tmp_path / "report.junit").read_text()
+    node_only = gpuctl("report", "--node", "gpu-node-04", "--format", "json")
+    assert [n["name"] for n in json.loads(node_only.out)["nodes"]] == ["gpu-node-04"]
+
+    from tests.browser import assert_page_ok, open_page  # noqa: PLC0415
+
+    assert_page_ok(open_page(tmp_path / "report.html", tmp_path))
+
+
+def test_report_errors_are_one_line(gpuctl) -> None:  # type: ignore[no-untyped-def]
+    assert gpuctl("init").code == 0
+    result = gpuctl("report")
+    assert result.code == 1
+    assert result.err.strip() == "Error: there is no burn-in run yet; run gpuctl burnin first"
+    result = gpuctl("report", "99")
+    assert result.err.strip() == "Error: no run 99"

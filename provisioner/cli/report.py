@@ -1,0 +1,75 @@
+"""``gpuctl report``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from provisioner.cli.common import Ctx, pass_ctx
+from provisioner.db.engine import session_scope
+from provisioner.errors import InputError
+from provisioner.report.data import report_data
+from provisioner.report.html import render_html
+from provisioner.report.render import render_json, render_junit, render_markdown, render_term
+
+FORMATS = ("term", "md", "html", "json", "junit")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file, so an interrupted write never
+    leaves half a report behind.
+
+    Raises:
+        InputError: the file cannot be written.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+@click.command()
+@click.argument("run_id", metavar="[RUN]", required=False, type=int)
+@click.option("--node", help="Only this node (default run: its latest burn-in).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="term", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write to this file (html default: gpuctl-burnin-run<RUN>.html).")
+@click.option("--all-tests", is_flag=True, help="term: list passing tests too.")
+@pass_ctx
+def report(ctx: Ctx, run_id: int | None, node: str | None, fmt: str, output: Path | None,
+           all_tests: bool) -> None:
+    """Report a burn-in run (default: the latest): per node and test, value, threshold,
+    verdict and reason; HTML adds plots (throughput vs thresholds, temperature and power
+    over time, the P2P matrix).
+
+    Examples: gpuctl report --format html; gpuctl report 12 --format junit -o burnin.xml
+    """
+    with session_scope(ctx.paths.db_url) as session:
+        doc = report_data(session, run_id, node)
+    if fmt == "term" and output is None:
+        render_term(doc, ctx.console, full=all_tests)
+        return
+    text = {"term": lambda: _term_text(doc, all_tests), "md": lambda: render_markdown(doc),
+            "html": lambda: render_html(doc), "json": lambda: render_json(doc),
+            "junit": lambda: render_junit(doc)}[fmt]()
+    if output is None and fmt == "html":
+        output = Path(f"gpuctl-burnin-run{doc['run']['id']}.html")
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    write_atomically(output, text)
+    ctx.err.print(f"wrote {fmt} report of run {doc['run']['id']} to {output}", markup=False,
+                  highlight=False)
+
+
+def _term_text(doc: dict[str, object], full: bool) -> str:
+    from rich.console import Console  # noqa: PLC0415
+
+    console = Console(record=True, width=120, file=open(os.devnull, "w"))  # noqa: SIM115
+    render_term(doc, console, full=full)  # type: ignore[arg-type]
+    return console.export_text()

@@ -1,0 +1,1 @@
+"""Burn-in reports: terminal, Markdown, HTML (with plots), JSON and JUnit XML."""

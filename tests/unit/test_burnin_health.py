@@ -1,0 +1,175 @@
+"""Telemetry, NVLink and DCGM verdicts, from the raw facts the agent ships back."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provisioner.burnin import agent
+from provisioner.burnin.dcgm import dcgm_verdicts
+from provisioner.burnin.health import health_verdicts, nvlink_verdicts
+from provisioner.lab import standin_smi
+
+PROFILE = {"tests": {}, "telemetry": {"max_temp_c": 87, "nvlink_links": 18}}
+
+
+def _gpu(i: int, **over: Any) -> dict[str, Any]:
+    g = {"index": i, "model": "NVIDIA H100 80GB HBM3", "architecture": "Hopper",
+         "bus_id": f"0000:{0x18 + i:02x}:00.0", "device_id": "0x2330", "uuid": f"GPU-{i}",
+         "serial": str(i), "memory_mib": 81559, "vbios": "x", "pcie_gen_max": 5,
+         "pcie_gen_current": 5, "pcie_width_max": 16, "pcie_width_current": 16,
+         "power_limit_w": 700.0, "temperature_c": 40, "mig": False,
+         "ecc_dram_uncorrectable": 0, "remapped_rows": True, "remap_unc": 0,
+         "remap_failure": False, "thermal_slowdown": False}
+    g.update(over)
+    return g
+
+
+def _xml(gpus: list[dict[str, Any]]) -> str:
+    st = {"driver_version": "570.124.06", "cuda_version": "12.8"}
+    return ("<?xml version=\"1.0\" ?><nvidia_smi_log><driver_version>570.124.06"
+            "</driver_version><cuda_version>12.8</cuda_version><attached_gpus>"
+            f"{len(gpus)}</attached_gpus>" + "".join(standin_smi.gpu_xml(g, st) for g in gpus)
+            + "</nvidia_smi_log>")
+
+
+def _doc(before: list[dict[str, Any]], after: list[dict[str, Any]] | None = None,
+         xid_before: list[str] | None = None, xid_after: list[str] | None = None,
+         samples: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    after = before if after is None else after
+    return {"health": {"before": {"smi_xml": _xml(before), "xid_lines": xid_before or []},
+                       "after": {"smi_xml": _xml(after), "xid_lines": xid_after or []}},
+            "telemetry": {"samples": samples or []}, "nvlink": None}
+
+
+def _failures(doc: dict[str, Any]) -> list[str]:
+    return [v.reason for v in health_verdicts(doc, PROFILE) if not v.passed]
+
+
+def test_healthy_gpus_pass_with_a_verdict_per_check() -> None:
+    gpus = [_gpu(0), _gpu(1)]
+    samples = [{"t": 1.0, "gpu": 0, "temp_c": 60, "throttle": 0x4}]  # power cap is normal
+    verdicts = health_verdicts(_doc(gpus, samples=samples), PROFILE)
+    assert all(v.passed for v in verdicts)
+    assert {(v.test, v.device) for v in verdicts} >= {
+        ("xid", 0), ("xid", 1), ("ecc_uncorrectable", 1), ("row_remap", 0), ("throttle", 1),
+        ("temperature", 0)}
+
+
+def test_only_new_xids_fail_and_name_the_gpu_by_bus() -> None:
+    old = "[100.1] NVRM: Xid (PCI:0000:19:00): 31, pid=1, name=x, MMU Fault"
+    new = "[200.2] NVRM: Xid (PCI:0000:19:00): 79, pid=2, name=python3, GPU has fallen off"
+    gpus = [_gpu(0), _gpu(1)]
+    assert _failures(_doc(gpus, xid_before=[old], xid_after=[old])) == []
+    failures = _failures(_doc(gpus, xid_before=[old], xid_after=[old, new]))
+    assert len(failures) == 1 and failures[0].startswith("xid on GPU 1: XID 79 during burn-in")
+
+
+def test_ecc_remap_throttle_and_heat_fail_with_reasons() -> None:
+    before = [_gpu(0), _gpu(1), _gpu(2), _gpu(3)]
+    after = [_gpu(0), _gpu(1, ecc_dram_uncorrectable=3), _gpu(2, remap_failure=True),
+             _gpu(3, thermal_slowdown=True, temperature_c=93)]
+    failures = _failures(_doc(before, after))
+    assert "ecc_uncorrectable on GPU 1: 3 uncorrectable ECC errors (3 new during burn-in)" \
+        in failures
+    assert any(f.startswith("row_remap on GPU 2: row remapping failed") for f in failures)
+    assert any(f.startswith("throttle on GPU 3: hw_slowdown, hw_thermal_slowdown") or
+               f.startswith("throttle on GPU 3: hw_thermal_slowdown") for f in failures)
+    assert "temperature on GPU 3: 93 C > 87 C" in failures
+    assert not any("GPU 0" in f for f in failures)
+
+
+def test_power_brake_seen_only_in_samples_fails() -> None:
+    samples = [{"t": 1.0, "gpu": 0, "temp_c": 50, "throttle": 0x4},
+               {"t": 2.0, "gpu": 0, "temp_c": 51, "throttle": 0x84}]
+    assert _failures(_doc([_gpu(0)], samples=samples)) == [
+        "throttle on GPU 0: hw_power_brake_slowdown active during burn-in (up to 51 C)"]
+
+
+def test_a_gpu_lost_during_the_run_and_a_dead_smi_fail() -> None:
+    assert "gpu_health on node: 1 GPUs disappeared during burn-in" in _failures(
+        _doc([_gpu(0), _gpu(1)], [_gpu(0)]))
+    doc = _doc([_gpu(0)])
+    doc["health"]["after"]["smi_xml"] = None
+    assert _failures(doc) == ["gpu_health on node: nvidia-smi stopped answering during burn-in"]
+    doc["health"]["after"]["smi_xml"] = "\x00\xff garbage"
+    assert _failures(doc) == ["gpu_health on node: nvidia-smi stopped answering during burn-in"]
+
+
+def test_no_driver_means_no_health_verdicts() -> None:
+    assert health_verdicts({"health": {"before": {"smi_xml": None},
+                                       "after": {"smi_xml": None}}}, PROFILE) == []
+    assert health_verdicts({}, PROFILE) == []
+
+
+def test_nvlink_status_parsing_and_verdicts() -> None:
+    text = ("GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-a)\n\t Link 0: 26.562 GB/s\n"
+            "\t Link 1: <inactive>\nGPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-b)\n"
+            "\t Link 0: 26.562 GB/s\n\t Link 1: 26.562 GB/s\n")
+    status = agent.parse_nvlink_status(text)
+    assert [len(g["links"]) for g in status] == [2, 2]
+    verdicts = nvlink_verdicts(status, {"telemetry": {}})
+    assert [(v.device, v.passed, v.reason) for v in verdicts] == [
+        (0, False, "nvlink on GPU 0: link 1 inactive"), (1, True, "")]
+    short = nvlink_verdicts(status[1:], {"telemetry": {"nvlink_links": 18}})
+    assert short[0].reason == "nvlink on GPU 1: 2 links, 18 expected"
+    # PCIe GPUs have no links and no verdict.
+    assert nvlink_verdicts(agent.parse_nvlink_status("GPU 0: NVIDIA L40S (UUID: x)\n"),
+                           {"telemetry": {}}) == []
+
+
+def _dcgm(results: list[dict[str, Any]], key: str = "DCGM GPU Diagnostic") -> dict[str, Any]:
+    return {"output": {key: {"test_categories": [
+        {"category": "Hardware", "tests": [{"name": "GPU Memory", "results": results}]}]}}}
+
+
+def test_dcgm_results_become_verdicts() -> None:
+    verdicts = dcgm_verdicts(_dcgm([
+        {"gpu_id": "0", "status": "Pass"},
+        {"gpu_id": "1", "status": "Fail", "warnings": [{"warning": "DBE on GPU 1",
+                                                        "error_id": 95}]},
+        {"gpu_id": "2", "status": "Skip"}]))
+    assert [(v.test, v.device, v.passed) for v in verdicts] == [
+        ("dcgm_gpu_memory", 0, True), ("dcgm_gpu_memory", 1, False),
+        ("dcgm_gpu_memory", 2, True)]
+    assert verdicts[1].reason == "dcgm_gpu_memory on GPU 1: DCGM says Fail (DBE on GPU 1)"
+    # DCGM 4's key and entity ids.
+    v4 = dcgm_verdicts(_dcgm([{"entity_id": "3", "status": "Fail"}], "DCGM Diagnostic"))
+    assert v4[0].device == 3 and not v4[0].passed
+
+
+@pytest.mark.parametrize("stored, reason", [
+    ({"error": "dcgmi not found (install datacenter-gpu-manager)"},
+     "dcgm on node: dcgmi not found (install datacenter-gpu-manager)"),
+    ({"output": {"something": 1}}, "dcgm on node: dcgmi printed JSON without test_categories"),
+    ({"output": {"DCGM GPU Diagnostic": {"test_categories": []}}},
+     "dcgm on node: dcgmi reported no test results"),
+])
+def test_dcgm_without_results_fails(stored: dict[str, Any], reason: str) -> None:
+    assert [(v.passed, v.reason) for v in dcgm_verdicts(stored)] == [(False, reason)]
+
+
+def test_telemetry_falls_back_to_nvidia_smi(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without pynvml, samples come from ``nvidia-smi --query-gpu`` (a real program on
+    PATH here, printing what the real one prints)."""
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho '0, 45, 312.50, 1980, 0x0000000000000004'\n"
+                   "echo '1, 47, [N/A], 1410, 0x0000000000000048'\necho 'garbage'\n")
+    smi.chmod(smi.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", None)  # no NVML
+    with agent.Telemetry(interval=0.05) as t:
+        pass
+    assert t.source == "nvidia-smi"
+    first = [s for s in t.samples if s["gpu"] == 0][0]
+    second = [s for s in t.samples if s["gpu"] == 1][0]
+    assert (first["temp_c"], first["power_w"], first["sm_mhz"], first["throttle"]) == \
+        (45.0, 312.5, 1980.0, 4)
+    assert second["power_w"] is None and second["throttle"] == 0x48
+    json.dumps(t.samples)  # what the agent prints must be JSON
