@@ -538,12 +538,58 @@ def run_level(level: str, seconds: float | None = None, ranks: int | None = None
     }
 
 
+def multinode_worker(sizes: list[int], iters: int) -> int:
+    """One rank of the cross-node all-reduce, started by torchrun on every node (it sets
+    RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous store). Global rank 0 prints the
+    result; busbw as nccl-tests defines it, gated on the largest message."""
+    cuda = torch.cuda.is_available()
+    backend = "nccl" if cuda else "gloo"
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, timeout=timedelta(seconds=300))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    rows: list[dict[str, Any]] = []
+    for size in sizes:
+        elems = max(world, size // 4 // world * world)
+        buf = torch.ones(elems, device=device)
+        dist.all_reduce(buf)
+        sync(device)
+        dist.barrier()
+        start = time.perf_counter()
+        for _ in range(iters):
+            dist.all_reduce(buf)
+        sync(device)
+        seconds = (time.perf_counter() - start) / iters
+        algbw = elems * 4 / seconds / 1e9
+        rows.append({"op": "all_reduce", "bytes": elems * 4, "time_us": seconds * 1e6,
+                     "algbw": algbw, "busbw": algbw * bus_factor("all_reduce", world)})
+    nodes = int(os.environ.get("GROUP_WORLD_SIZE", "0")) or None
+    dist.destroy_process_group()
+    if rank == 0:
+        largest = max(rows, key=lambda r: r["bytes"])
+        json.dump({"agent_version": 2, "results": [asdict(Measurement(
+            "multinode_all_reduce_busbw", largest["busbw"], "GB/s", None, True,
+            {"backend": backend, "ranks": world, "nodes": nodes, "sizes": rows}))]},
+            sys.stdout)
+        sys.stdout.write("\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="gpuctl burn-in agent")
     parser.add_argument("--level", choices=sorted(LEVELS), default="quick")
     parser.add_argument("--seconds", type=float, help="per-test duration (default by level)")
     parser.add_argument("--ranks", type=int, help="collective ranks (default: GPUs, or 2)")
+    parser.add_argument("--multinode", action="store_true",
+                        help="be one rank of a cross-node all-reduce (under torchrun)")
+    parser.add_argument("--small", action="store_true", help="CPU-sized messages")
     args = parser.parse_args(argv)
+    if args.multinode:
+        small = args.small or not torch.cuda.is_available()
+        sizes = [1 << 16, 1 << 20, 1 << 24] if small else [1 << 20, 1 << 26, 1 << 32]
+        return multinode_worker(sizes, 5 if small else 20)
     json.dump(run_level(args.level, args.seconds, args.ranks), sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -71,12 +72,34 @@ def agent_script() -> bytes:
     return resources.files("provisioner.burnin").joinpath("agent.py").read_bytes()
 
 
-def _agent_command(python: str, level: str, seconds: float | None) -> str:
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}$")
+
+
+def burnin_env(host_vars: dict[str, Any]) -> dict[str, str]:
+    """Host variable ``gpuctl_burnin_env``: ``NAME=value`` pairs separated by spaces
+    (for example ``NCCL_IB_HCA=mlx5 NCCL_SOCKET_IFNAME=bond0``) set for the agent.
+
+    Raises:
+        InputError: a pair that is not NAME=value with an upper-case shell name.
+    """
+    out = {}
+    for pair in str(host_vars.get("gpuctl_burnin_env") or "").split():
+        key, sep, value = pair.partition("=")
+        if not sep or not _ENV_NAME.match(key):
+            raise InputError(f"gpuctl_burnin_env: {pair[:60]!r} is not NAME=value")
+        out[key] = value
+    return out
+
+
+def _agent_command(python: str, level: str, seconds: float | None,
+                   env: dict[str, str] | None = None) -> str:
     """Save the agent (sent on stdin) to a private temp dir on the node and run it from
     there: its collectives start worker processes that re-import it from its file."""
     args = f"--level {level}" + (f" --seconds {seconds:g}" if seconds else "")
+    exports = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted((env or {}).items()))
     return ('d=$(mktemp -d /tmp/gpuctl-burnin.XXXXXX) && cat > "$d/agent.py" && '
-            f'{shlex.quote(python)} "$d/agent.py" {args}; rc=$?; rm -rf "$d"; exit $rc')
+            f'{exports}{shlex.quote(python)} "$d/agent.py" {args}; rc=$?; rm -rf "$d"; '
+            'exit $rc')
 
 
 def _inventory_verdict(node: Node, doc: dict[str, Any]) -> Verdict:
@@ -104,6 +127,7 @@ def burnin_nodes(
     profile: str | None = None,
     parallel: int = 8,
     with_dcgm: bool = False,
+    multinode: bool = False,
     certificate_days: int = CERTIFICATE_DAYS,
     on_result: Callable[[NodeBurnin], None] | None = None,
 ) -> BurninSummary:
@@ -123,7 +147,7 @@ def burnin_nodes(
         actor = current_actor()
         run = Run(kind="burnin", actor=actor, args_json=json.dumps(
             {"nodes": [n.name for n in nodes], "level": level, "seconds": seconds,
-             "profile": profile, "with_dcgm": with_dcgm}))
+             "profile": profile, "with_dcgm": with_dcgm, "multinode": multinode}))
         session.add(run)
         session.flush()
         assert run.id is not None
@@ -140,11 +164,15 @@ def burnin_nodes(
         outcomes = _run_agents(paths, nodes, level, seconds, parallel, with_dcgm)
         medians = fleet_medians([o[1].get("results", []) for o in outcomes.values()
                                  if o[1]])
+        judged = {n.name: _judge(paths, n, *outcomes[n.name], profile, medians)
+                  for n in nodes}
+        if multinode:
+            _multinode(paths, nodes, outcomes, judged, run_id, level)
         summary = BurninSummary(run_id, level, [])
         for node in nodes:
             err, doc = outcomes[node.name]
-            result = _judge_and_store(paths, node, snapshots[node.name], err, doc, profile,
-                                      medians, run_id, level, actor, certificate_days)
+            result = _store(paths, node, snapshots[node.name], err, doc, *judged[node.name],
+                            run_id, level, actor, certificate_days)
             summary.nodes.append(result)
             if on_result:
                 on_result(result)
@@ -170,7 +198,11 @@ def _run_agents(paths: Paths, nodes: list[Node], level: str, seconds: float | No
         python = hv.get("gpuctl_burnin_python", DEFAULT_PYTHON)
         target = Target(node.name, node.address, node.port, node.user, node.key_path)
         try:
-            res = run_on_node(target, _agent_command(python, level, seconds),
+            env = burnin_env(hv)
+        except InputError as exc:
+            return str(exc), {}
+        try:
+            res = run_on_node(target, _agent_command(python, level, seconds, env),
                               known_hosts=known, stdin_data=script,
                               command_timeout=LEVEL_TIMEOUT[level], max_output=64 << 20)
         except GpuctlError as exc:
@@ -246,22 +278,100 @@ def _artifact(doc: dict[str, Any]) -> dict[str, Any]:
             "nvlink": doc.get("nvlink"), "p2p_matrix": p2p, "collectives": collectives}
 
 
-def _judge_and_store(paths: Paths, node: Node, snapshot: HardwareSnapshot | None,
-                     err: str | None, doc: dict[str, Any], profile_name: str | None,
-                     medians: dict[str, float], run_id: int, level: str,
-                     actor: str, certificate_days: int) -> NodeBurnin:
+def _judge(paths: Paths, node: Node, err: str | None, doc: dict[str, Any],
+           profile_name: str | None, medians: dict[str, float]
+           ) -> tuple[str, list[Verdict], list[str]]:
+    """(profile name, verdicts, failure reasons) for one node's agent document."""
     hv = json.loads(node.vars_json or "{}")
     name = profile_name or hv.get("gpuctl_burnin_profile") or node.sku or "cpu-lab"
     if err is not None:
-        verdicts: list[Verdict] = []
-        failures = [f"agent: {err}"]
-    else:
-        profile = load_profile(paths, name)
-        verdicts = [_inventory_verdict(node, doc)] + evaluate(
-            doc["results"], profile, medians) + health_verdicts(doc, profile)
-        if "dcgm" in doc:
-            verdicts += dcgm_verdicts(doc["dcgm"])
-        failures = [v.reason for v in verdicts if not v.passed]
+        return name, [], [f"agent: {err}"]
+    profile = load_profile(paths, name)
+    verdicts = [_inventory_verdict(node, doc)] + evaluate(
+        doc["results"], profile, medians) + health_verdicts(doc, profile)
+    if "dcgm" in doc:
+        verdicts += dcgm_verdicts(doc["dcgm"])
+    return name, verdicts, [v.reason for v in verdicts if not v.passed]
+
+
+def _torchrun_command(python: str, nodes: int, procs: int, endpoint: str, is_host: bool,
+                      local_addr: str, run_id: int, env: dict[str, str]) -> str:
+    exports = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted(env.items()))
+    return ('d=$(mktemp -d /tmp/gpuctl-burnin.XXXXXX) && cat > "$d/agent.py" && cd "$d" && '
+            f"{exports}{shlex.quote(python)} -m torch.distributed.run "
+            f"--nnodes={nodes} --nproc-per-node={procs} --rdzv-backend=c10d "
+            f"--rdzv-endpoint={shlex.quote(endpoint)} --rdzv-id=gpuctl-burnin-{run_id} "
+            f"--rdzv-conf=is_host={int(is_host)},join_timeout=120 "
+            f"--local-addr={shlex.quote(local_addr)} --max-restarts=0 "
+            '"$d/agent.py" --multinode; rc=$?; cd /; rm -rf "$d"; exit $rc')
+
+
+def _multinode(paths: Paths, nodes: list[Node],
+               outcomes: dict[str, tuple[str | None, dict[str, Any]]],
+               judged: dict[str, tuple[str, list[Verdict], list[str]]], run_id: int,
+               level: str) -> None:
+    """All-reduce across every node that passed its own tests, one torchrun per node
+    meeting at the first node's c10d rendezvous; each participant gets the verdict."""
+    ok = sorted((n for n in nodes if not judged[n.name][2]), key=lambda n: n.name)
+    if len(ok) < 2:
+        return
+    known = KnownHosts(paths.known_hosts)
+    script = agent_script()
+    hv = {n.name: json.loads(n.vars_json or "{}") for n in ok}
+    first = ok[0]
+    host = hv[first.name].get("gpuctl_fabric_address") or first.address
+    port = int(hv[first.name].get("gpuctl_rdzv_port") or 29400 + run_id % 500)
+    endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def one(node: Node) -> tuple[str | None, dict[str, Any] | None]:
+        vars_ = hv[node.name]
+        procs = max(1, int(outcomes[node.name][1].get("gpus") or 0))
+        cmd = _torchrun_command(vars_.get("gpuctl_burnin_python", DEFAULT_PYTHON), len(ok),
+                                procs, endpoint, node is first,
+                                vars_.get("gpuctl_fabric_address") or node.address, run_id,
+                                burnin_env(vars_))
+        target = Target(node.name, node.address, node.port, node.user, node.key_path)
+        try:
+            res = run_on_node(target, cmd, known_hosts=known, stdin_data=script,
+                              command_timeout=LEVEL_TIMEOUT[level], max_output=16 << 20)
+        except GpuctlError as exc:
+            return str(exc).removeprefix(f"{node.name}: "), None
+        text = res.stdout.decode("utf-8", "replace")
+        line = next((ln for ln in text.splitlines() if ln.startswith('{"agent_version"')), None)
+        if res.exit_code != 0:
+            tail = [ln for ln in res.stderr.decode("utf-8", "replace").splitlines()
+                    if "Error" in ln][-1:] or [""]
+            return f"torchrun on {node.name} exited {res.exit_code}: {tail[0][:200]}", None
+        try:
+            return None, json.loads(line)["results"][0] if line else None
+        except (ValueError, KeyError, IndexError, TypeError):
+            return f"torchrun on {node.name} printed no result", None
+
+    with ThreadPoolExecutor(len(ok)) as pool:
+        answers = list(pool.map(one, ok))
+    errors = [e for e, _ in answers if e]
+    measurement = next((m for _, m in answers if isinstance(m, dict)), None)
+    names = ", ".join(n.name for n in ok)
+    for node in ok:
+        name, verdicts, failures = judged[node.name]
+        if errors or measurement is None:
+            why = errors[0] if errors else "no rank reported a result"
+            new = [Verdict("multinode_all_reduce_busbw", None, None, "GB/s", None, False,
+                           f"multinode_all_reduce_busbw across {len(ok)} nodes: {why}")]
+        else:
+            new = evaluate([measurement], load_profile(paths, name))
+            new = [Verdict(v.test, v.device, v.value, v.unit, v.threshold, v.passed,
+                           v.reason.replace(" on node:", f" across {len(ok)} nodes ({names}):"))
+                   for v in new]
+            outcomes[node.name][1]["results"].append(measurement)
+        verdicts += new
+        failures += [v.reason for v in new if not v.passed]
+
+
+def _store(paths: Paths, node: Node, snapshot: HardwareSnapshot | None, err: str | None,
+           doc: dict[str, Any], name: str, verdicts: list[Verdict], failures: list[str],
+           run_id: int, level: str, actor: str, certificate_days: int) -> NodeBurnin:
+    """Store one node's verdicts and artifacts; certify or quarantine it."""
     digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
     by_test = {(r["test"], r.get("device")): r for r in doc.get("results", [])}
     with session_scope(paths.db_url) as session:

@@ -24,13 +24,16 @@ VERDICT_STYLE = {"pass": "green", "fail": "bold red", "error": "red"}
 @click.option("--parallel", default=8, show_default=True, help="Nodes burned in at once.")
 @click.option("--with-dcgm", is_flag=True,
               help="Also run `dcgmi diag -r 1|2|3 --json` (by level) and judge its results.")
+@click.option("--multinode", is_flag=True,
+              help="Then all-reduce across every node that passed (torchrun, c10d rendezvous "
+                   "at the first node).")
 @click.option("--valid-days", type=click.IntRange(1, 3650), default=CERTIFICATE_DAYS,
               show_default=True, help="Days a certificate stays valid.")
 @json_option
 @pass_ctx
 def burnin(ctx: Ctx, nodes: tuple[str, ...], all_nodes: bool, level: str,
            seconds: float | None, profile: str | None, parallel: int, with_dcgm: bool,
-           valid_days: int, as_json: bool) -> None:
+           multinode: bool, valid_days: int, as_json: bool) -> None:
     """Stress-test nodes (GEMM with corruption checks, memory, bandwidth, collectives)
     and certify or quarantine each one against its SKU's thresholds.
 
@@ -45,7 +48,8 @@ def burnin(ctx: Ctx, nodes: tuple[str, ...], all_nodes: bool, level: str,
 
     summary = burnin_nodes(ctx.paths, list(nodes), all_nodes=all_nodes, level=level,
                            seconds=seconds, profile=profile, parallel=parallel,
-                           with_dcgm=with_dcgm, certificate_days=valid_days,
+                           with_dcgm=with_dcgm, multinode=multinode,
+                           certificate_days=valid_days,
                            on_result=on_result)
     if as_json:
         print_json(ctx.console, summary.to_dict())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -67,9 +68,9 @@ def report(ctx: Ctx, run_id: int | None, node: str | None, fmt: str, output: Pat
                   highlight=False)
 
 
-def _term_text(doc: dict[str, object], full: bool) -> str:
+def _term_text(doc: dict[str, Any], full: bool) -> str:
     from rich.console import Console  # noqa: PLC0415
 
     console = Console(record=True, width=120, file=open(os.devnull, "w"))  # noqa: SIM115
-    render_term(doc, console, full=full)  # type: ignore[arg-type]
+    render_term(doc, console, full=full)
     return console.export_text()

@@ -25,6 +25,8 @@ LAB_HOST_VARS = {
     # nodes see through their overlay; real nodes get a Python with torch installed.
     "gpuctl_burnin_python": sys.executable,
     "gpuctl_burnin_profile": "cpu-lab",
+    # Lab nodes share this machine's loopback: gloo's cross-node traffic goes over lo.
+    "gpuctl_burnin_env": "GLOO_SOCKET_IFNAME=lo",
 }
 
 

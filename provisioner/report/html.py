@@ -93,8 +93,8 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]],
         coords = " ".join(f"{ML + plot_w * t / t_max:.1f},{MT + plot_h - plot_h * v / top:.1f}"
                           for t, v in pts)
         if len(pts) == 1:
-            x, y = coords.split(",")
-            body.append(f'<circle class="mark" cx="{x}" cy="{y}" r="3" fill="{color}"/>')
+            cx, cy = coords.split(",")
+            body.append(f'<circle class="mark" cx="{cx}" cy="{cy}" r="3" fill="{color}"/>')
         else:
             body.append(f'<polyline class="mark" fill="none" stroke="{color}" '
                         f'stroke-width="1.5" points="{coords}"><title>{escape(label)}'

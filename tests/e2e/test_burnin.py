@@ -23,13 +23,20 @@ def test_burnin_certifies_and_quarantines(lab, gpuctl, paths) -> None:  # type: 
 
     # Lab nodes share this machine's cores: one at a time, so a fleet comparison compares
     # nodes and not who got the CPU (real nodes each have their own GPUs).
-    result = gpuctl("burnin", "--all", "--duration", "0.3", "--parallel", "1", "--json")
+    result = gpuctl("burnin", "--all", "--duration", "0.3", "--parallel", "1", "--multinode",
+                    "--json")
     assert result.code == 3, result
     nodes = {n["name"]: n for n in json.loads(result.out)["nodes"]}
     assert nodes["gpu-node-01"]["verdict"] == nodes["gpu-node-02"]["verdict"] == "pass", nodes
     assert "silent data corruption" in " ".join(nodes["gpu-node-03"]["failures"])
     assert "below 30% of the fleet median" in " ".join(nodes["gpu-node-04"]["failures"])
     assert "inventory: 7 GPUs, SKU h100-sxm-8 has 8" in nodes["gpu-node-05"]["failures"]
+    # The nodes that passed their own tests then all-reduced together through torchrun.
+    for name in ("gpu-node-01", "gpu-node-02"):
+        cross = [r for r in nodes[name]["results"]
+                 if r["test"] == "multinode_all_reduce_busbw"]
+        assert len(cross) == 1 and cross[0]["passed"] and cross[0]["value"] > 0, cross
+    assert not any(r["test"].startswith("multinode") for r in nodes["gpu-node-03"]["results"])
 
     states = {n["name"]: n["state"] for n in json.loads(gpuctl("nodes", "list", "--json").out)}
     assert states == {"gpu-node-01": "certified", "gpu-node-02": "certified",

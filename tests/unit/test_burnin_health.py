@@ -173,3 +173,18 @@ def test_telemetry_falls_back_to_nvidia_smi(tmp_path: Path,
         (45.0, 312.5, 1980.0, 4)
     assert second["power_w"] is None and second["throttle"] == 0x48
     json.dumps(t.samples)  # what the agent prints must be JSON
+
+
+def test_burnin_env_is_validated_and_quoted() -> None:
+    from provisioner.burnin.run import _agent_command, _torchrun_command, burnin_env
+    from provisioner.errors import InputError
+
+    env = burnin_env({"gpuctl_burnin_env": "NCCL_IB_HCA=mlx5_0,mlx5_1 X=a;b"})
+    assert env == {"NCCL_IB_HCA": "mlx5_0,mlx5_1", "X": "a;b"}
+    assert "X='a;b' " in _agent_command("/usr/bin/python3", "quick", None, env)
+    for bad in ("lower=x", "NOEQUALS", "$(reboot)=1"):
+        with pytest.raises(InputError, match="is not NAME=value"):
+            burnin_env({"gpuctl_burnin_env": bad})
+    cmd = _torchrun_command("/opt/py", 3, 8, "10.0.0.1:29401", False, "10.0.0.2", 7, {})
+    assert "--nnodes=3 --nproc-per-node=8 --rdzv-backend=c10d" in cmd
+    assert "--rdzv-conf=is_host=0,join_timeout=120 --local-addr=10.0.0.2" in cmd
