@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up, then run the pipeline end to end on a lab of simulated 8xH100 nodes:
-# lab up -> scan -> provision -> re-scan -> provision again (no-op) -> drift -> status.
+# lab up -> scan -> provision -> re-scan -> provision again (no-op) -> burn-in -> report
+# -> drift.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -13,22 +14,31 @@ g3() { g "$@" || [ $? -eq 3 ]; }
 .venv/bin/gpuctl lab down >/dev/null 2>&1 || true
 rm -rf "$GPUCTL_HOME"
 g init
-echo; echo "# five bare servers, as racked: no NVIDIA driver, nouveau loaded; three have problems"
-g lab up --nodes 5 --profile h100-sxm-8 \
-  --fault gpu-node-03:pcie-downgrade \
-  --fault gpu-node-04:package-install-failure \
-  --fault gpu-node-05:fabricmanager-mismatch
+echo; echo "# nine bare servers, as racked: no NVIDIA driver, nouveau loaded; some have problems"
+g lab up --nodes 9 --profile h100-sxm-8 \
+  --fault gpu-node-04:pcie-downgrade \
+  --fault gpu-node-05:package-install-failure \
+  --fault gpu-node-06:fabricmanager-mismatch \
+  --fault gpu-node-07:sdc
 g scan --all --accept-new
-echo; echo "# gpu-node-03 is quarantined (x8 link), so --all provisions the other four"
+echo; echo "# gpu-node-04 is quarantined (x8 link), so --all provisions the other eight"
 g3 provision --all
 g scan --all
-echo; echo "# a second provision of the healthy nodes changes nothing"
-g provision gpu-node-01 gpu-node-02
-echo; echo "# later, a GPU on gpu-node-02 falls off the bus"
-g lab fault gpu-node-02 gpu-missing
+echo; echo "# a second provision of a healthy node changes nothing"
+g provision gpu-node-01
+echo; echo "# faults that only show under load: an XID and a dead NVLink link"
+g lab fault gpu-node-08 xid
+g lab fault gpu-node-09 nvlink-down
+echo; echo "# burn-in, one node at a time (lab nodes share this machine's CPU), then an"
+echo "# all-reduce across the nodes that passed"
+g3 burnin --all --duration 0.5 --parallel 1 --multinode
+g report
+g report --format html -o "$GPUCTL_HOME/burnin-report.html"
+echo; echo "# later, a GPU on gpu-node-03 falls off the bus"
+g lab fault gpu-node-03 gpu-missing
 g3 scan --all
 g nodes list
-g nodes show gpu-node-04 --events 5
+g nodes show gpu-node-05 --events 5
 echo
 echo "The lab is still up. Explore with: export GPUCTL_HOME=$GPUCTL_HOME; .venv/bin/gpuctl --help"
 echo "Stop it with: GPUCTL_HOME=$GPUCTL_HOME .venv/bin/gpuctl lab down"

@@ -4,11 +4,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# Test-only tool: Vagrant, to validate the Vagrantfile (no VM is started).
-if ! command -v vagrant >/dev/null; then
+# Test-only tools: Vagrant (validates the Vagrantfile; no VM is started), Chromium (opens
+# the HTML report), tmux (drives `gpuctl status --watch`), PostgreSQL (the e2e suite runs
+# once against a real server it starts itself) and promtool (package prometheus; checks
+# the metrics hand-off). Their services are kept from starting: the tests start their own.
+test_packages=(vagrant chromium tmux postgresql prometheus)
+missing=()
+for p in "${test_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing test tools: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq --no-install-recommends vagrant >/dev/null 2>&1 \
-    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends vagrant >/dev/null; }
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
+  rm -f /usr/sbin/policy-rc.d
+  trap - EXIT
 fi
 export PATH="$(pwd)/.venv/bin:$PATH"
 echo "== ruff"; ruff check provisioner tests benchmarks

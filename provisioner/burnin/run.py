@@ -37,6 +37,8 @@ from provisioner.ssh.exec import Target, run_on_node
 from provisioner.ssh.hostkeys import KnownHosts
 
 ELIGIBLE = {State.PROVISIONED, State.CERTIFIED, State.FAILED, State.BURNING_IN}
+# --all takes only nodes ready for burn-in; failed or interrupted ones must be named.
+ELIGIBLE_ALL = {State.PROVISIONED, State.CERTIFIED}
 DEFAULT_PYTHON = "/opt/gpuctl/burnin/bin/python3"
 LEVEL_TIMEOUT = {"quick": 900.0, "standard": 3600.0, "extended": 6 * 3600.0}
 CERTIFICATE_DAYS = 90
@@ -140,7 +142,8 @@ def burnin_nodes(
         raise InputError(f"unknown level {level!r}; use quick, standard or extended")
     db_url = paths.db_url
     with session_scope(db_url) as session:
-        nodes = select_nodes(session, names, all_nodes, ELIGIBLE, "burn in",
+        nodes = select_nodes(session, names, all_nodes,
+                             ELIGIBLE_ALL if all_nodes else ELIGIBLE, "burn in",
                              "provision it first")
         snapshots = {n.name: session.get(HardwareSnapshot, n.last_snapshot_id)
                      if n.last_snapshot_id else None for n in nodes}

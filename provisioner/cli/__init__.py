@@ -11,6 +11,16 @@ from rich.markup import escape
 from provisioner import __version__
 from provisioner.cli.burnin import burnin
 from provisioner.cli.common import Ctx
+from provisioner.cli.fleet import (
+    drain,
+    handoff,
+    pool,
+    quarantine,
+    release,
+    retire,
+    status,
+    undrain,
+)
 from provisioner.cli.lab import lab
 from provisioner.cli.nodes import init, nodes
 from provisioner.cli.provision import inventory, provision
@@ -48,6 +58,8 @@ cli.add_command(provision)
 cli.add_command(inventory)
 cli.add_command(burnin)
 cli.add_command(report)
+for command in (status, drain, undrain, quarantine, release, retire, pool, handoff):
+    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> int:

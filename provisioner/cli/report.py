@@ -10,28 +10,12 @@ import click
 
 from provisioner.cli.common import Ctx, pass_ctx
 from provisioner.db.engine import session_scope
-from provisioner.errors import InputError
+from provisioner.fsutil import write_atomically
 from provisioner.report.data import report_data
 from provisioner.report.html import render_html
 from provisioner.report.render import render_json, render_junit, render_markdown, render_term
 
 FORMATS = ("term", "md", "html", "json", "junit")
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file, so an interrupted write never
-    leaves half a report behind.
-
-    Raises:
-        InputError: the file cannot be written.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 @click.command()

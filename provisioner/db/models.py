@@ -200,3 +200,25 @@ class BurninArtifact(SQLModel, table=True):
     node_id: int = Field(foreign_key="node.id", index=True)
     kind: str = Field(max_length=16)
     content_json: str = "{}"
+
+
+class Pool(SQLModel, table=True):
+    """A team's share of certified GPU capacity of one SKU."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=64)
+    sku: str = Field(max_length=64)
+    gpus: int  # the capacity the team was promised
+    created_at: datetime = Field(default_factory=utcnow)
+    actor: str = Field(default="", max_length=128)
+
+
+class PoolAllocation(SQLModel, table=True):
+    """``gpus`` GPUs of one node given to one pool (a slice: 8, 4, 2 or 1 GPUs)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    pool_id: int = Field(foreign_key="pool.id", index=True)
+    node_id: int = Field(foreign_key="node.id", index=True)
+    gpus: int
+    first_gpu: int = 0  # GPU indices first_gpu .. first_gpu+gpus-1
+    assigned_at: datetime = Field(default_factory=utcnow)

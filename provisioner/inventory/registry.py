@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from provisioner.db.engine import session_scope
 from provisioner.db.models import (
+    BurninArtifact,
     BurninResult,
     Certificate,
     Disk,
@@ -24,7 +25,10 @@ from provisioner.db.models import (
     Nic,
     Node,
     NodeLock,
+    PoolAllocation,
+    Run,
     TaskResult,
+    utcnow,
 )
 from provisioner.errors import InputError, NotFoundError
 from provisioner.inventory import validate
@@ -97,6 +101,8 @@ class NodeDetail:
     nics: list[dict[str, Any]]
     disks: list[dict[str, Any]]
     events: list[dict[str, Any]]
+    burnin: dict[str, Any] | None = None  # the node's last burn-in run, summarised
+    certificate: dict[str, Any] | None = None  # its newest certificate
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -225,8 +231,36 @@ def show_node(db_url: str, name: str, *, events: int = 50) -> NodeDetail:
             for e in reversed(history)
         ]
         view = _view(node, snap.gpu_count if snap else None)
+        burnin, cert = _burnin_summary(session, node)
     return NodeDetail(node=view, snapshot=snap_dict, gpus=gpus, nics=nics, disks=disks,
-                      events=evs)
+                      events=evs, burnin=burnin, certificate=cert)
+
+
+def _burnin_summary(session: Session, node: Node
+                    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The node's last burn-in (run, level, counts, failures) and newest certificate."""
+    last_run = session.exec(select(func.max(BurninResult.run_id)).where(
+        BurninResult.node_id == node.id)).one()
+    burnin = None
+    if last_run is not None:
+        run = session.get(Run, last_run)
+        rows = session.exec(select(BurninResult).where(
+            BurninResult.node_id == node.id, BurninResult.run_id == last_run)).all()
+        failed = [r.reason for r in rows if r.verdict != "pass"]
+        burnin = {"run": last_run, "at": _iso(run.started_at) if run else None,
+                  "level": json.loads(run.args_json or "{}").get("level") if run else None,
+                  "tests": len(rows), "failed": len(failed), "failures": failed[:10]}
+    c = session.exec(select(Certificate).where(Certificate.node_id == node.id)
+                     .order_by(col(Certificate.id).desc()).limit(1)).first()
+    cert = None
+    if c is not None:
+        now = utcnow().replace(tzinfo=None)
+        exp = c.expires_at.replace(tzinfo=None) if c.expires_at else None
+        cert = {"run": c.run_id, "profile": c.profile, "level": c.level,
+                "driver_version": c.driver_version, "cuda_version": c.cuda_version,
+                "issued_at": _iso(c.issued_at), "expires_at": _iso(c.expires_at),
+                "expired": exp is not None and exp < now, "results_digest": c.results_digest}
+    return burnin, cert
 
 
 def remove_nodes(db_url: str, names: list[str]) -> list[str]:
@@ -246,7 +280,8 @@ def remove_nodes(db_url: str, names: list[str]) -> list[str]:
                             model.snapshot_id == snap.id)):
                         session.delete(row)
             session.flush()
-            for table in (Event, TaskResult, NodeLock, BurninResult, Certificate):
+            for table in (Event, TaskResult, NodeLock, BurninResult, BurninArtifact,
+                          Certificate, PoolAllocation):
                 for row in session.exec(select(table).where(
                         table.node_id == node.id)):
                     session.delete(row)

@@ -86,6 +86,7 @@ class HardwareFacts:
     gpus: list[SmiGpu] = field(default_factory=list)
     xids: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    cpu_threads: int | None = None  # logical CPUs (Slurm's CPUs=)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,6 +144,7 @@ def parse_probe_output(raw: bytes) -> HardwareFacts:
         cpu_model=_s(cpu.get("model")),
         cpu_sockets=_i(cpu.get("sockets")),
         cpu_cores=_i(cpu.get("cores")),
+        cpu_threads=_i(cpu.get("threads")),
         memory_bytes=_i(doc.get("memory_bytes")),
         disks=[{"name": _s(d.get("name")) or "?", "model": _s(d.get("model")),
                 "serial": _s(d.get("serial")), "size_bytes": _i(d.get("size_bytes")),

@@ -99,6 +99,20 @@ def node_detail(console: Console, d: NodeDetail) -> None:
         console.print("  disks   " + escape(", ".join(
             f"{x['name']} {(x['size_bytes'] or 0) / 1e12:.1f} TB {x['model'] or ''}".strip()
             for x in d.disks)))
+    if d.burnin:
+        b = d.burnin
+        verdict = "[green]passed[/]" if not b["failed"] else f"[bold red]{b['failed']} failed[/]"
+        console.print(f"  burn-in run {b['run']} ({b['level']}, {b['at']}): {b['tests']} tests,"
+                      f" {verdict}" + "".join(f"\n    - {escape(f)}" for f in b["failures"]))
+    if d.certificate:
+        c = d.certificate
+        state = "[bold red]EXPIRED, re-run burn-in[/]" if c["expired"] else "[green]valid[/]"
+        console.print(f"  certificate {state}: run {c['run']}, profile {escape(c['profile'])}, "
+                      f"driver {escape(c['driver_version'] or '-')}, CUDA "
+                      f"{escape(c['cuda_version'] or '-')}, issued {c['issued_at']}, expires "
+                      f"{c['expires_at'] or 'never'}")
+    elif d.node.state not in ("registered", "discovered"):
+        console.print("  certificate none")
     table = Table(title="History", title_justify="left")
     for col in ("WHEN", "KIND", "WHAT", "BY", "RUN"):
         table.add_column(col, overflow="fold")

@@ -1,0 +1,285 @@
+"""``gpuctl status``, the lifecycle operations, ``gpuctl pool`` and ``gpuctl handoff``."""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import sys
+import termios
+import time
+import tty
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+from rich.live import Live
+from rich.markup import escape
+
+from provisioner.cli.common import Ctx, json_option, pass_ctx
+from provisioner.db.engine import session_scope
+from provisioner.fleet import handoff as ho
+from provisioner.fleet import ops, pools
+from provisioner.fleet.status import fleet_status
+from provisioner.fsutil import write_atomically
+from provisioner.inventory.registry import current_actor
+from provisioner.ui.fleet import status_panel, status_view
+from provisioner.ui.render import print_json
+
+
+@contextlib.contextmanager
+def _keys() -> Iterator[bool]:
+    """Single keypresses from a terminal (cbreak mode), restored afterwards; yields
+    whether stdin is a terminal at all."""
+    if not sys.stdin.isatty():
+        yield False
+        return
+    fd = sys.stdin.fileno()
+    old = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)
+        yield True
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, old)
+
+
+def _key(timeout: float) -> str | None:
+    ready, _, _ = select.select([sys.stdin], [], [], timeout)
+    return sys.stdin.read(1) if ready else None
+
+
+@click.command()
+@click.option("--watch", is_flag=True, help="Refresh until q (or Ctrl-C) is pressed.")
+@click.option("--interval", type=click.FloatRange(0.2, 3600), default=2.0, show_default=True,
+              help="Seconds between refreshes with --watch.")
+@click.option("--expiring-days", type=click.IntRange(1, 365), default=14, show_default=True,
+              help="Flag certificates expiring within this many days.")
+@json_option
+@pass_ctx
+def status(ctx: Ctx, watch: bool, interval: float, expiring_days: int, as_json: bool) -> None:
+    """The fleet at a glance: nodes per state, GPUs per SKU, certification, nodes needing
+    attention, the last run of each kind, pools.
+
+    Example: gpuctl status --watch
+    """
+    def snapshot() -> dict[str, object]:
+        with session_scope(ctx.paths.db_url) as session:
+            return fleet_status(session, expiring_days=expiring_days)
+
+    if as_json:
+        print_json(ctx.console, snapshot())
+        return
+    if not watch:
+        ctx.console.print(status_view(snapshot()))
+        return
+    footer = f"refresh every {interval:g} s; q quits"
+    with _keys() as interactive, Live(status_panel(snapshot(), footer), console=ctx.console,
+                                      screen=True, auto_refresh=False) as live:
+        try:
+            while True:
+                deadline = time.monotonic() + interval
+                while (left := deadline - time.monotonic()) > 0:
+                    if not interactive:
+                        time.sleep(left)
+                        break
+                    if _key(left) in ("q", "Q"):
+                        return
+                live.update(status_panel(snapshot(), footer), refresh=True)
+        except KeyboardInterrupt:
+            return
+
+
+def _lifecycle(op: str, help_text: str, reason_required: bool) -> click.Command:
+    @click.command(name=op, help=help_text)
+    @click.argument("names", nargs=-1, required=True)
+    @click.option("--reason", required=reason_required,
+                  help="Why (kept in the node's history)." if not reason_required else
+                  "Why (required; kept in the node's history).")
+    @json_option
+    @pass_ctx
+    def command(ctx: Ctx, names: tuple[str, ...], reason: str | None, as_json: bool) -> None:
+        changes = ops.apply(ctx.paths.db_url, op, list(names), reason)
+        if as_json:
+            print_json(ctx.console, [c.__dict__ for c in changes])
+            return
+        for c in changes:
+            ctx.console.print(f"{escape(c.node)}: {c.from_state} -> {c.to_state}")
+    return command
+
+
+drain = _lifecycle("drain", "Take nodes out of service for maintenance (they keep their "
+                   "certificate).\n\nExample: gpuctl drain gpu017 --reason 'PSU swap'", False)
+undrain = _lifecycle("undrain", "Return drained nodes to the state they were drained from.\n\n"
+                     "Example: gpuctl undrain gpu017", False)
+retire = _lifecycle("retire", "Retire nodes for good (final; they leave their pools).\n\n"
+                    "Example: gpuctl retire gpu017 --reason 'decommissioned'", False)
+quarantine = _lifecycle("quarantine", "Quarantine nodes by hand.\n\n"
+                        "Example: gpuctl quarantine gpu017 --reason 'user reports NaNs'", True)
+release = _lifecycle("release", "Release quarantined nodes back to discovered (re-scan, "
+                     "provision and burn in again before they serve).\n\n"
+                     "Example: gpuctl release gpu017 --reason 'GPU 3 replaced'", True)
+
+
+@click.group()
+def pool() -> None:
+    """Team GPU pools: divide certified capacity between teams."""
+
+
+@pool.command("create")
+@click.argument("name")
+@click.option("--sku", required=True, help="e.g. h100-sxm-8")
+@click.option("--gpus", type=int, required=True, help="GPUs promised to the team.")
+@pass_ctx
+def pool_create(ctx: Ctx, name: str, sku: str, gpus: int) -> None:
+    """Create a pool.
+
+    Example: gpuctl pool create llm-team --sku h100-sxm-8 --gpus 64
+    """
+    pools.create_pool(ctx.paths.db_url, name, sku, gpus)
+    ctx.console.print(f"pool {escape(name)}: {gpus} {escape(sku)} GPUs")
+
+
+@pool.command("assign")
+@click.argument("name")
+@click.argument("nodes", nargs=-1)
+@click.option("--gpus", type=int, help="Slice size per node: 8, 4, 2 or 1 (default whole).")
+@pass_ctx
+def pool_assign(ctx: Ctx, name: str, nodes: tuple[str, ...], gpus: int | None) -> None:
+    """Give the pool slices of certified nodes (the named ones, or any free ones of its
+    SKU until it is full).
+
+    Example: gpuctl pool assign vision-team gpu017 --gpus 4
+    """
+    done = pools.assign(ctx.paths.db_url, name, list(nodes), gpus)
+    ctx.console.print(f"pool {escape(name)} += " + escape(", ".join(done)))
+
+
+@pool.command("release")
+@click.argument("name")
+@click.argument("nodes", nargs=-1)
+@pass_ctx
+def pool_release(ctx: Ctx, name: str, nodes: tuple[str, ...]) -> None:
+    """Take the named nodes' slices (or all) back from the pool.
+
+    Example: gpuctl pool release vision-team gpu017
+    """
+    freed = pools.release(ctx.paths.db_url, name, list(nodes))
+    ctx.console.print(f"pool {escape(name)}: released {freed} GPUs")
+
+
+@pool.command("delete")
+@click.argument("name")
+@pass_ctx
+def pool_delete(ctx: Ctx, name: str) -> None:
+    """Delete a pool and its allocations."""
+    pools.delete_pool(ctx.paths.db_url, name)
+    ctx.console.print(f"pool {escape(name)} deleted")
+
+
+@pool.command("list")
+@json_option
+@pass_ctx
+def pool_list(ctx: Ctx, as_json: bool) -> None:
+    """Pools, what each holds and on which nodes."""
+    with session_scope(ctx.paths.db_url) as session:
+        views = pools.list_pools(session)
+    if as_json:
+        print_json(ctx.console, [v.to_dict() for v in views])
+        return
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=f"{len(views)} pools", title_justify="left")
+    for c in ("POOL", "SKU", "ASSIGNED", "USABLE", "SLICES"):
+        table.add_column(c, overflow="fold")
+    for v in views:
+        table.add_row(escape(v.name), escape(v.sku), f"{v.assigned}/{v.gpus}", str(v.usable),
+                      escape(", ".join(f"{a['node']}[{a['gpu_indices']}]"
+                                       + ("" if a["state"] in pools.USABLE else
+                                          f" ({a['state']})") for a in v.allocations)))
+    ctx.console.print(table)
+
+
+def _handoff_options(func: click.decorators.FC) -> click.decorators.FC:
+    func = click.argument("nodes", nargs=-1)(func)
+    func = click.option("--sku", help="Only nodes of this SKU.")(func)
+    func = click.option("--dry-run", is_flag=True,
+                        help="Write the output but leave the nodes' states alone.")(func)
+    return func
+
+
+@click.group()
+def handoff() -> None:
+    """Hand certified nodes to Slurm, Kubernetes, Ansible or Prometheus (they become
+    in-service; nodes already in service are included again)."""
+
+
+def _run_handoff(ctx: Ctx, target: str, nodes: tuple[str, ...], sku: str | None,
+                 dry_run: bool, write: object) -> None:
+    with session_scope(ctx.paths.db_url) as session:
+        chosen, skipped = ho.select_handoff(session, list(nodes), sku)
+        for line in skipped:
+            ctx.err.print(f"skipped {escape(line)}")
+        if not chosen and target != "prometheus":
+            from provisioner.errors import InputError  # noqa: PLC0415
+
+            raise InputError("no certified node to hand off (burn nodes in first)")
+        written = write(session, chosen)  # type: ignore[operator]
+        moved = 0 if dry_run else ho.mark_in_service(session, chosen, target, current_actor())
+    ctx.err.print(f"{target}: {len(chosen)} nodes{' -> ' + str(written) if written else ''}; "
+                  f"{moved} moved to in-service", markup=False, highlight=False)
+
+
+@handoff.command("slurm")
+@_handoff_options
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("gpuctl-handoff/slurm"), show_default=True,
+              help="Writes slurm.conf (NodeName lines) and gres.conf here.")
+@click.option("--partition", help="Also write a PartitionName line with these nodes.")
+@pass_ctx
+def handoff_slurm(ctx: Ctx, nodes: tuple[str, ...], sku: str | None, dry_run: bool,
+                  output_dir: Path, partition: str | None) -> None:
+    """slurm.conf NodeName lines (CPUs, RealMemory, Gres=gpu:<type>:<n>, Features) and
+    gres.conf, to include in the cluster's configuration.
+
+    Example: gpuctl handoff slurm -o /etc/slurm/gpuctl --partition h100
+    """
+    def write(_session: object, chosen: list[ho.HandoffNode]) -> str:
+        for name, text in ho.render_slurm(chosen, partition).items():
+            write_atomically(output_dir / name, text)
+        return f"{output_dir}/slurm.conf, {output_dir}/gres.conf"
+    _run_handoff(ctx, "slurm", nodes, sku, dry_run, write)
+
+
+def _single_file(target: str, default: str, render: object, help_text: str) -> click.Command:
+    @handoff.command(target, help=help_text)
+    @_handoff_options
+    @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+                  help=f"Write here (atomically) instead of stdout; e.g. {default}.")
+    @pass_ctx
+    def command(ctx: Ctx, nodes: tuple[str, ...], sku: str | None, dry_run: bool,
+                output: Path | None) -> None:
+        def write(session: object, chosen: list[ho.HandoffNode]) -> str:
+            text = render(session, chosen)  # type: ignore[operator]
+            if output is None:
+                click.echo(text, nl=False)
+                return ""
+            write_atomically(output, text)
+            return str(output)
+        _run_handoff(ctx, target, nodes, sku, dry_run, write)
+    return command
+
+
+handoff_k8s = _single_file(
+    "k8s", "gpu-node-labels.yaml", lambda s, n: ho.render_k8s(n),
+    "Node labels as GPU Feature Discovery names them (nvidia.com/gpu.product, .count, "
+    ".memory, ...) plus gpuctl.io/certified, as YAML for `kubectl apply -f`.\n\n"
+    "Example: gpuctl handoff k8s -o labels.yaml && kubectl apply -f labels.yaml")
+handoff_ansible = _single_file(
+    "ansible", "in-service.yml", lambda s, n: ho.render_ansible(n),
+    "An Ansible YAML inventory of the handed-off nodes (group gpuctl_in_service, children "
+    "per SKU).\n\nExample: gpuctl handoff ansible -o in-service.yml")
+handoff_prometheus = _single_file(
+    "prometheus", "/var/lib/node_exporter/textfile/gpuctl.prom",
+    lambda s, n: ho.render_prometheus(s, n),
+    "A node-exporter textfile: every node's state, certificate age and expiry, burn-in "
+    "figures.\n\nExample: gpuctl handoff prometheus -o "
+    "/var/lib/node_exporter/textfile/gpuctl.prom")

@@ -1,0 +1,1 @@
+"""The fleet once nodes are certified: lifecycle operations, pools, status, hand-off."""

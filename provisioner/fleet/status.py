@@ -1,0 +1,107 @@
+"""``gpuctl status``: the fleet in one screen, from aggregate queries only (no per-node
+loop), so it stays fast at tens of thousands of nodes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import case
+from sqlmodel import Session, col, func, select
+
+from provisioner.db.models import Certificate, Event, HardwareSnapshot, Node, Run
+from provisioner.fleet.pools import list_pools
+from provisioner.inventory.lifecycle import State
+
+SERVING = (State.CERTIFIED.value, State.IN_SERVICE.value)
+BAD = (State.QUARANTINED.value, State.FAILED.value)
+
+
+def _aware(value: datetime) -> datetime:
+    """Stored times are UTC; SQLite hands them back without a zone."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else _aware(value).isoformat(timespec="seconds")
+
+
+def latest_certificates() -> Any:
+    """Subquery: each node's newest certificate id."""
+    return (select(Certificate.node_id, func.max(Certificate.id).label("cert_id"))
+            .group_by(col(Certificate.node_id)).subquery())
+
+
+def fleet_status(session: Session, now: datetime | None = None, expiring_days: int = 14,
+                 attention_limit: int = 12) -> dict[str, Any]:
+    now = _aware(now or datetime.now(UTC))
+    soon = now + timedelta(days=expiring_days)
+    states = dict(session.exec(select(Node.state, func.count(col(Node.id)))
+                               .group_by(col(Node.state))).all())
+    gpus = col(HardwareSnapshot.gpu_count)
+    sku_rows = session.exec(
+        select(Node.sku, func.count(col(Node.id)),  # type: ignore[call-overload]
+               func.coalesce(func.sum(gpus), 0),
+               func.coalesce(func.sum(case((col(Node.state).in_(SERVING), gpus), else_=0)), 0),
+               func.coalesce(func.sum(case((col(Node.state) == State.IN_SERVICE.value, gpus),
+                                           else_=0)), 0))
+        .join(HardwareSnapshot, col(HardwareSnapshot.id) == Node.last_snapshot_id,
+              isouter=True)
+        .group_by(col(Node.sku)).order_by(col(Node.sku))).all()
+    latest = latest_certificates()
+    cert_rows = session.exec(
+        select(Certificate.expires_at, Node.state)
+        .join(latest, col(latest.c.cert_id) == Certificate.id)
+        .join(Node, col(Node.id) == Certificate.node_id)
+        .where(col(Node.state).in_(SERVING))).all()
+    expired = sum(1 for exp, _ in cert_rows if exp is not None and _aware(exp) < now)
+    expiring = sum(1 for exp, _ in cert_rows
+                   if exp is not None and now <= _aware(exp) < soon)
+    attention_q = (
+        select(Node.name, Node.state, Node.hostkey_mismatch, Certificate.expires_at)
+        .join(latest, col(latest.c.node_id) == Node.id, isouter=True)
+        .join(Certificate, col(Certificate.id) == latest.c.cert_id, isouter=True)
+        .where(col(Node.state).in_(BAD) | col(Node.hostkey_mismatch)
+               | (col(Node.state).in_(SERVING) & (col(Certificate.expires_at) < now)))
+        .order_by(col(Node.name)))
+    needing = session.exec(select(func.count()).select_from(attention_q.subquery())).one()
+    attention = []
+    for name, state, mismatch, exp in session.exec(attention_q.limit(attention_limit)).all():
+        event = session.exec(select(Event.at, Event.reason).join(
+            Node, col(Node.id) == Event.node_id).where(Node.name == name)
+            .order_by(col(Event.id).desc()).limit(1)).first()
+        why = ("host key changed" if mismatch else
+               f"certificate expired {_iso(exp)[:10]}; re-run burn-in"  # type: ignore[index]
+               if state in SERVING else (event[1] if event else ""))
+        attention.append({"node": name, "state": state, "since": _iso(event[0]) if event
+                          else None, "reason": why})
+    day_ago = now - timedelta(days=1)
+    drift_24h = session.exec(select(func.count()).select_from(Event).where(
+        col(Event.kind).in_(("drift", "fault")), col(Event.at) >= day_ago)).one()
+    runs = {}
+    for kind in ("scan", "provision", "burnin"):
+        run = session.exec(select(Run).where(Run.kind == kind)
+                           .order_by(col(Run.id).desc()).limit(1)).first()
+        if run is not None:
+            runs[kind] = {"id": run.id, "status": run.status, "actor": run.actor,
+                          "started_at": _iso(run.started_at),
+                          "finished_at": _iso(run.finished_at)}
+    pools = [p.to_dict() for p in list_pools(session, detail=False)]
+    total_nodes = sum(states.values())
+    return {
+        "generated_at": _iso(now), "nodes": total_nodes,
+        "gpus": sum(int(r[2]) for r in sku_rows),
+        "states": {s.value: int(states.get(s.value, 0)) for s in State
+                   if states.get(s.value)},
+        "skus": [{"sku": sku or "unknown", "nodes": int(n), "gpus": int(g),
+                  "certified_gpus": int(c), "in_service_gpus": int(i)}
+                 for sku, n, g, c, i in sku_rows],
+        "certification": {"certified": int(states.get(State.CERTIFIED.value, 0)),
+                          "in_service": int(states.get(State.IN_SERVICE.value, 0)),
+                          "quarantined": int(states.get(State.QUARANTINED.value, 0)),
+                          "failed": int(states.get(State.FAILED.value, 0)),
+                          "expired": expired, f"expiring_{expiring_days}d": expiring},
+        "drift_events_24h": int(drift_24h),
+        "attention": {"total": int(needing), "nodes": attention},
+        "last_runs": runs, "pools": pools,
+    }

@@ -1,0 +1,93 @@
+"""Rich views of the fleet: the ``gpuctl status`` dashboard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from provisioner.ui.render import STATE_STYLE, styled
+
+
+def _bar(value: int, total: int, width: int = 24) -> str:
+    filled = round(width * value / total) if total else 0
+    return "█" * filled + "·" * (width - filled)
+
+
+def status_view(s: dict[str, Any], footer: str = "") -> Group:
+    """The dashboard for the document ``fleet_status`` returns."""
+    cert = s["certification"]
+    expiring_key = next(k for k in cert if k.startswith("expiring_"))
+    head = Text.from_markup(
+        f"[bold]gpuctl fleet[/]  {s['nodes']} nodes, {s['gpus']} GPUs  "
+        f"[green]{cert['in_service']} in service[/], [green]{cert['certified']} certified[/], "
+        f"[red]{cert['quarantined']} quarantined[/], [red]{cert['failed']} failed[/]  "
+        f"[dim]{s['generated_at']}[/]")
+    states = Table(title="Nodes by state", title_justify="left", expand=False)
+    for c in ("STATE", "NODES", ""):
+        states.add_column(c, justify="right" if c == "NODES" else "left")
+    for state, n in sorted(s["states"].items(), key=lambda kv: -kv[1]):
+        states.add_row(styled(state, STATE_STYLE.get(state)), str(n),
+                       f"[dim]{_bar(n, s['nodes'], 16)}[/]")
+    skus = Table(title="GPUs by SKU", title_justify="left")
+    for c in ("SKU", "NODES", "GPUS", "CERTIFIED", "IN SERVICE"):
+        skus.add_column(c, justify="left" if c == "SKU" else "right", no_wrap=True)
+    for row in s["skus"]:
+        skus.add_row(escape(row["sku"]), str(row["nodes"]), str(row["gpus"]),
+                     str(row["certified_gpus"]), str(row["in_service_gpus"]))
+    certs = Table(title="Certification", title_justify="left")
+    certs.add_column("")
+    certs.add_column("NODES", justify="right")
+    days = expiring_key.removeprefix("expiring_").removesuffix("d")
+    for label, value, style in (
+            ("certified, not yet in service", cert["certified"], "green"),
+            ("in service", cert["in_service"], "bold green"),
+            ("certificate expired (re-certify)", cert["expired"], "bold red"),
+            (f"expiring within {days} days", cert[expiring_key], "yellow"),
+            ("drift/fault events, last 24 h", s["drift_events_24h"], "yellow")):
+        certs.add_row(label, styled(str(value), style if value else None))
+    att = s["attention"]
+    attention = Table(title=f"Needs attention ({att['total']})", title_justify="left",
+                      expand=True)
+    for c in ("NODE", "STATE", "SINCE", "WHY"):
+        attention.add_column(c, overflow="fold", ratio=4 if c == "WHY" else None)
+    for a in att["nodes"]:
+        attention.add_row(escape(a["node"]), styled(a["state"], STATE_STYLE.get(a["state"])),
+                          (a["since"] or "-")[:16].replace("T", " "),
+                          escape((a["reason"] or "")[:160]))
+    if att["total"] > len(att["nodes"]):
+        attention.add_row("...", "", "", f"and {att['total'] - len(att['nodes'])} more: "
+                          "gpuctl nodes list --state quarantined")
+    runs = Table(title="Last runs", title_justify="left")
+    for c in ("KIND", "RUN", "STATUS", "STARTED", "BY"):
+        runs.add_column(c)
+    for kind, r in s["last_runs"].items():
+        runs.add_row(kind, str(r["id"]), styled(r["status"], "green" if r["status"] in
+                                                ("done", "ok") else "yellow"),
+                     (r["started_at"] or "")[:16].replace("T", " "), escape(r["actor"]))
+    top = Table.grid(padding=(0, 3))
+    top.add_row(states, skus, certs)
+    bottom = Table.grid(padding=(0, 3))
+    parts: list[Any] = [head, top, attention, bottom]
+    pools = None
+    if s["pools"]:
+        pools = Table(title="Pools", title_justify="left")
+        for c in ("POOL", "SKU", "ASSIGNED", "USABLE", ""):
+            pools.add_column(c, justify="left" if c in ("POOL", "SKU", "") else "right")
+        for p in s["pools"]:
+            short = p["usable"] < p["gpus"]
+            pools.add_row(escape(p["name"]), escape(p["sku"]), f"{p['assigned']}/{p['gpus']}",
+                          styled(str(p["usable"]), "yellow" if short else "green"),
+                          f"[dim]{_bar(p['usable'], p['gpus'], 16)}[/]")
+    bottom.add_row(runs, pools) if pools is not None else bottom.add_row(runs)
+    if footer:
+        parts.append(Text(footer, style="dim"))
+    return Group(*parts)
+
+
+def status_panel(s: dict[str, Any], footer: str) -> Panel:
+    return Panel(status_view(s, footer), title="gpuctl status --watch", border_style="blue")
