@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,15 +11,38 @@ import pytest
 
 from provisioner.cli import main
 from provisioner.paths import Paths
+from tests.pgserver import PgServer
 
 DATA = Path(__file__).parent / "data"
 
 
+# GPUCTL_TEST_DB=postgresql runs the tests against a real PostgreSQL server that the
+# suite starts (scripts/test.sh runs the e2e tests that way once); default SQLite.
+ON_POSTGRES = os.environ.get("GPUCTL_TEST_DB") == "postgresql"
+_databases = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer | None]:
+    if not ON_POSTGRES:
+        yield None
+        return
+    server = PgServer(tmp_path_factory.mktemp("pg"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(autouse=True)
-def gpuctl_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def gpuctl_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                pg_server: PgServer | None) -> Iterator[Path]:
     home = tmp_path / "gpuctl-home"
     monkeypatch.setenv("GPUCTL_HOME", str(home))
     monkeypatch.delenv("GPUCTL_DB", raising=False)
+    if pg_server is not None:
+        monkeypatch.setenv("GPUCTL_DB", pg_server.create_database(f"t{next(_databases)}"))
     monkeypatch.setenv("COLUMNS", "200")
     yield home
 

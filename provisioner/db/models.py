@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from sqlalchemy import BigInteger
 from sqlmodel import Field, SQLModel
 
 
@@ -54,7 +55,7 @@ class HardwareSnapshot(SQLModel, table=True):
     cpu_model: str | None = None
     cpu_sockets: int | None = None
     cpu_cores: int | None = None
-    memory_bytes: int | None = None
+    memory_bytes: int | None = Field(default=None, sa_type=BigInteger)  # > 2^31
     gpu_count: int = 0
     pci_gpu_count: int = 0
     driver_version: str | None = None
@@ -116,7 +117,7 @@ class Disk(SQLModel, table=True):
     name: str
     model: str | None = None
     serial: str | None = None
-    size_bytes: int | None = None
+    size_bytes: int | None = Field(default=None, sa_type=BigInteger)
     rotational: bool | None = None
 
 

@@ -1,4 +1,5 @@
-"""Two gpuctl processes writing to one SQLite database at once lose nothing."""
+"""Two gpuctl processes writing to one database (SQLite, or PostgreSQL when the suite
+runs against it) at once lose nothing."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ import subprocess
 import sys
 
 import pytest
+from sqlmodel import func, select
+
+from provisioner.db.engine import session_scope
+from provisioner.db.models import Event
 
 pytestmark = pytest.mark.e2e
 
@@ -38,6 +43,8 @@ def test_two_writers_at_once(gpuctl, paths) -> None:  # type: ignore[no-untyped-
     assert len(nodes) == 300
     assert all(n["labels"]["step"] == "labelled" for n in nodes)
     assert {n["labels"]["writer"] for n in nodes} == {"alpha", "beta"}
-    db = sqlite3.connect(paths.db_file)
-    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    assert db.execute("SELECT count(*) FROM event").fetchone() == (600,)
+    with session_scope(paths.db_url) as session:
+        assert session.exec(select(func.count()).select_from(Event)).one() == 600
+    if paths.db_url.startswith("sqlite"):
+        db = sqlite3.connect(paths.db_file)
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
