@@ -28,11 +28,17 @@ echo "== ruff"; ruff check provisioner tests benchmarks
 echo "== mypy"; mypy provisioner
 echo "== ansible-lint (production profile)"; (cd playbooks && ansible-lint --profile production --nocolor provision.yml)
 echo "== vagrant validate"; vagrant validate --ignore-provider
-echo "== pytest"
-set +e
-pytest -q "$@"
-rc=$?
-set -e
 # A run that selected no test is a failure here, not a pass.
-[ "$rc" -eq 5 ] && { echo "pytest ran no test" >&2; exit 1; }
-exit "$rc"
+run_pytest() {
+  set +e; pytest -q "$@"; local rc=$?; set -e
+  [ "$rc" -eq 5 ] && { echo "pytest ran no test" >&2; return 1; }
+  return "$rc"
+}
+echo "== pytest (SQLite)"
+run_pytest "$@"
+if [ $# -eq 0 ]; then
+  # The end-to-end tests (and the schema check) once more, against a real PostgreSQL
+  # server the suite starts itself.
+  echo "== pytest (PostgreSQL)"
+  GPUCTL_TEST_DB=postgresql run_pytest tests/e2e tests/unit/test_migrations.py
+fi

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -9,28 +10,37 @@ from rich.console import Console
 from rich.markup import escape
 
 from provisioner import __version__
-from provisioner.cli.burnin import burnin
 from provisioner.cli.common import Ctx
-from provisioner.cli.fleet import (
-    drain,
-    handoff,
-    pool,
-    quarantine,
-    release,
-    retire,
-    status,
-    undrain,
-)
-from provisioner.cli.lab import lab
-from provisioner.cli.nodes import init, nodes
-from provisioner.cli.provision import inventory, provision
-from provisioner.cli.report import report
-from provisioner.cli.scan import scan
 from provisioner.errors import EXIT_USAGE, GpuctlError
 from provisioner.paths import Paths
 
+# Command -> module:attribute, imported only when that command runs, so `gpuctl status`
+# does not pay for Ansible, paramiko and alembic (a fleet dashboard must start fast).
+COMMANDS = {
+    "init": "nodes:init", "nodes": "nodes:nodes", "scan": "scan:scan", "lab": "lab:lab",
+    "provision": "provision:provision", "inventory": "provision:inventory",
+    "burnin": "burnin:burnin", "report": "report:report", "status": "fleet:status",
+    "drain": "fleet:drain", "undrain": "fleet:undrain", "quarantine": "fleet:quarantine",
+    "release": "fleet:release", "retire": "fleet:retire", "pool": "fleet:pool",
+    "handoff": "fleet:handoff",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        command = getattr(importlib.import_module(f"provisioner.cli.{module}"), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--db", metavar="URL", envvar="GPUCTL_DB",
               help="Database URL or SQLite file (default: SQLite under the data dir; "
                    "env GPUCTL_DB). Example: postgresql+psycopg://gpuctl@db/gpuctl")
@@ -48,18 +58,6 @@ def cli(ctx: click.Context, db: str | None) -> None:
     """
     ctx.obj = Ctx(paths=Paths.from_env(db), console=Console(emoji=False, highlight=False),
                   err=Console(stderr=True, emoji=False, highlight=False))
-
-
-cli.add_command(init)
-cli.add_command(nodes)
-cli.add_command(scan)
-cli.add_command(lab)
-cli.add_command(provision)
-cli.add_command(inventory)
-cli.add_command(burnin)
-cli.add_command(report)
-for command in (status, drain, undrain, quarantine, release, retire, pool, handoff):
-    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> int:

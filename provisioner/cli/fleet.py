@@ -23,7 +23,7 @@ from provisioner.fleet.status import fleet_status
 from provisioner.fsutil import write_atomically
 from provisioner.inventory.registry import current_actor
 from provisioner.ui.fleet import status_panel, status_view
-from provisioner.ui.render import print_json
+from provisioner.ui.style import print_json
 
 
 @contextlib.contextmanager

@@ -8,11 +8,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlmodel import Session, create_engine
 
 from provisioner.errors import GpuctlError
@@ -59,8 +57,25 @@ def get_engine(url: str) -> Engine:
     return engine
 
 
+def head_revision() -> str:
+    """The newest migration's revision (files are named ``NNNN_what.py``, revision NNNN)."""
+    return max(p.name[:4] for p in (MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest alembic revision."""
+    """Bring the schema to the newest alembic revision. A database already there is
+    recognised with one query, without loading alembic (every command opens the
+    database, and alembic's start-up costs more than most commands)."""
+    try:
+        with engine.connect() as conn:
+            current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        if current == head_revision():
+            return
+    except (OperationalError, ProgrammingError):
+        pass  # a new database: no alembic_version table yet
+    from alembic import command  # noqa: PLC0415
+    from alembic.config import Config  # noqa: PLC0415
+
     cfg = Config(str(MIGRATIONS / "alembic.ini"))
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:

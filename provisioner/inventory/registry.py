@@ -189,7 +189,11 @@ def list_nodes(
 ) -> list[NodeView]:
     """Nodes matching every filter given, ordered by name."""
     with session_scope(db_url) as session:
-        query = select(Node, HardwareSnapshot.gpu_count, HardwareSnapshot.pci_gpu_count).join(
+        # Columns, not ORM objects: 10,000 nodes list in a fraction of the time.
+        query = select(Node.name, Node.address, Node.port, Node.user,  # type: ignore[call-overload]
+                       Node.state, Node.sku, Node.labels_json, Node.last_scan_at,
+                       Node.hostkey_mismatch, HardwareSnapshot.gpu_count,
+                       HardwareSnapshot.pci_gpu_count).join(
             HardwareSnapshot, col(HardwareSnapshot.id) == Node.last_snapshot_id, isouter=True
         )
         if state:
@@ -198,7 +202,9 @@ def list_nodes(
             query = query.where(Node.sku == sku)
         rows = session.exec(query.order_by(Node.name)).all()
     # GPUs the driver sees; before a driver is installed, those on the PCI bus.
-    views = [_view(node, gpus or pci) for node, gpus, pci in rows]
+    views = [NodeView(name=r[0], address=r[1], port=r[2], user=r[3], state=r[4], sku=r[5],
+                      labels=json.loads(r[6]), gpus=r[9] or r[10], last_scan=_iso(r[7]),
+                      hostkey_mismatch=r[8]) for r in rows]
     if labels:
         views = [v for v in views if all(v.labels.get(k) == val for k, val in labels.items())]
     return views

@@ -10,7 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from provisioner.ui.render import STATE_STYLE, styled
+from provisioner.ui.style import STATE_STYLE, styled
 
 
 def _bar(value: int, total: int, width: int = 24) -> str:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -13,22 +10,13 @@ from provisioner.inventory.registry import NodeDetail, NodeView
 from provisioner.lab.nodes import LabNode
 from provisioner.provision.run import NodeProgress, ProvisionSummary
 from provisioner.scan.run import NodeScanResult, ScanSummary
+from provisioner.ui.style import STATE_STYLE, print_json, styled
 
-STATE_STYLE = {"quarantined": "bold red", "failed": "red", "certified": "green",
-               "in-service": "bold green", "discovered": "cyan", "registered": "dim",
-               "retired": "dim", "drained": "yellow"}
+__all__ = ["STATE_STYLE", "print_json", "styled"]
+
 OUTCOME_STYLE = {"ok": "green", "drift": "yellow", "fault": "bold red", "unreachable": "red",
                  "refused": "magenta", "error": "red"}
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "dim"}
-
-
-def styled(text: str, style: str | None) -> str:
-    """``text`` (escaped) in ``style``; plain when there is no style."""
-    return f"[{style}]{escape(text)}[/]" if style else escape(text)
-
-
-def print_json(console: Console, data: Any) -> None:
-    console.print_json(json.dumps(data, default=str))
 
 
 def nodes_table(views: list[NodeView]) -> Table:

@@ -7,15 +7,65 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
-from provisioner.db.engine import get_engine
+from provisioner.db.engine import get_engine, head_revision
 from provisioner.paths import Paths
+
+
+def _compare_type(context, inspected, metadata, inspected_type, metadata_type):  # type: ignore[no-untyped-def]
+    """SQLite stores INTEGER and BIGINT alike (64 bits): migration 0006 skips SQLite."""
+    if context.dialect.name == "sqlite" and {type(inspected_type).__name__,
+                                             type(metadata_type).__name__} <= {
+            "INTEGER", "Integer", "BIGINT", "BigInteger"}:
+        return False
+    return None  # alembic's own comparison
 
 
 def test_migrated_schema_matches_models(paths: Paths) -> None:
     engine = get_engine(paths.db_url)
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+        ctx = MigrationContext.configure(conn, opts={"compare_type": _compare_type})
+        diff = compare_metadata(ctx, SQLModel.metadata)
     assert diff == []
+
+
+def test_upgrade_keeps_existing_rows(paths: Paths) -> None:
+    """A database made by an older gpuctl, with rows in it, upgrades to the newest schema
+    and keeps them (0006/0007 once failed on SQLite's foreign keys here)."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, text
+
+    from provisioner.db.engine import MIGRATIONS, migrate
+
+    if paths.db_url.startswith("sqlite"):
+        paths.db_file.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(paths.db_url)
+    cfg = Config(str(MIGRATIONS / "alembic.ini"))
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0005")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO node (id, name, address, port, user, labels_json, "
+                          "vars_json, state, hostkey_mismatch, created_at) VALUES (1, 'n1', "
+                          "'10.0.0.1', 22, 'root', '{}', '{}', 'certified', false, "
+                          "'2026-01-01 00:00:00')".replace(" user,", ' "user",')))
+        conn.execute(text("INSERT INTO hardwaresnapshot (id, node_id, taken_at, gpu_count, "
+                          "pci_gpu_count, nouveau_loaded, facts_json, memory_bytes) VALUES "
+                          "(1, 1, '2026-01-01 00:00:00', 8, 8, false, '{}', 2000000000)"))
+        conn.execute(text("INSERT INTO gpu (snapshot_id, node_id, \"index\", pci_bus_id) "
+                          "VALUES (1, 1, 0, '0000:18:00.0')"))
+        conn.execute(text("UPDATE node SET last_snapshot_id = 1"))
+    if paths.db_url.startswith("sqlite"):
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+    migrate(get_engine(paths.db_url))
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == \
+            head_revision()
+        assert conn.execute(text("SELECT count(*) FROM gpu")).scalar() == 1
+        assert conn.execute(text("SELECT memory_bytes FROM hardwaresnapshot")).scalar() == \
+            2000000000
 
 
 def test_sqlite_database_uses_wal(paths: Paths) -> None:
