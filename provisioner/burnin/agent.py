@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -497,6 +498,11 @@ def gpu_inventory() -> list[dict[str, Any]]:
 
 # -- main --------------------------------------------------------------------------------
 
+def _gemm_on(dtype: str, n: int, seconds: float, cuda: bool, i: int,
+             dev: torch.device) -> Measurement:
+    return gemm(dev, dtype, n, seconds, i if cuda else None)
+
+
 def run_level(level: str, seconds: float | None = None, ranks: int | None = None,
               small: bool | None = None) -> dict[str, Any]:
     """Run every test at ``level``; returns the JSON-able result document."""
@@ -508,17 +514,39 @@ def run_level(level: str, seconds: float | None = None, ranks: int | None = None
     n = 256 if small else 8192
     mem_mb = 64 if small else 2048
     results: list[Measurement] = []
+
+    def each_gpu(test: Callable[[int, torch.device], Measurement]) -> list[Measurement]:
+        """Run ``test`` on every device at once (one thread per GPU: the node is
+        stressed as a whole, as training will, and a level takes as long on 8 GPUs as on
+        one). Every thread runs the same test, so global switches such as TF32 agree."""
+        if len(devs) == 1:
+            return [test(0, devs[0])]
+
+        def run(i: int) -> Measurement:
+            if devs[i].type == "cuda":
+                torch.cuda.set_device(devs[i])
+            return test(i, devs[i])
+
+        with ThreadPoolExecutor(len(devs)) as pool:
+            return list(pool.map(run, range(len(devs))))
+
+    def index(i: int) -> int | None:
+        return i if cuda else None
+
     before = health_snapshot()
     with Telemetry() as telemetry:
-        for i, dev in enumerate(devs):
-            index = i if cuda else None
-            for dtype in ("bfloat16", "float16", "tf32", "float32"):
-                results.append(gemm(dev, dtype, n, base, index))
-            results.append(memory_bandwidth(dev, mem_mb, base, index))
-            test_mb = mem_mb if small else int(
-                torch.cuda.mem_get_info(dev)[0] * 0.8 / 2**20) if cuda else mem_mb
-            results.append(memory_test(dev, test_mb, index))
-            if cuda:
+        for dtype in ("bfloat16", "float16", "tf32", "float32"):
+            results += each_gpu(functools.partial(_gemm_on, dtype, n, base, cuda))
+        results += each_gpu(lambda i, dev: memory_bandwidth(dev, mem_mb, base, index(i)))
+
+        def memtest(i: int, dev: torch.device) -> Measurement:
+            test_mb = mem_mb if small or not cuda else int(
+                torch.cuda.mem_get_info(dev)[0] * 0.8 / 2**20)
+            return memory_test(dev, test_mb, index(i))
+
+        results += each_gpu(memtest)
+        if cuda:  # one GPU at a time: each is gated on its own PCIe link
+            for i, dev in enumerate(devs):
                 results += host_device_bandwidth(dev, 256, i)
         if cuda and len(devs) > 1:
             results.append(p2p_matrix(256))

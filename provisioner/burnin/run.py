@@ -3,6 +3,7 @@ node's threshold profile, store them, and certify or quarantine the node."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -27,7 +28,7 @@ from provisioner.db.models import (
     Run,
     utcnow,
 )
-from provisioner.errors import GpuctlError, InputError
+from provisioner.errors import GpuctlError, InputError, NodesFailedError
 from provisioner.inventory.lifecycle import State, transition
 from provisioner.inventory.registry import current_actor, get_node, select_nodes
 from provisioner.paths import Paths
@@ -157,6 +158,8 @@ def burnin_nodes(
         run_id = run.id
     node_ids = {n.id: n.name for n in nodes if n.id is not None}
     locks.acquire(db_url, node_ids, run_id, locks.holder_id(actor))
+    interrupted = False
+    summary = BurninSummary(run_id, level, [])
     try:
         with session_scope(db_url) as session:
             for n in nodes:
@@ -171,7 +174,6 @@ def burnin_nodes(
                   for n in nodes}
         if multinode:
             _multinode(paths, nodes, outcomes, judged, run_id, level)
-        summary = BurninSummary(run_id, level, [])
         for node in nodes:
             err, doc = outcomes[node.name]
             result = _store(paths, node, snapshots[node.name], err, doc, *judged[node.name],
@@ -179,14 +181,26 @@ def burnin_nodes(
             summary.nodes.append(result)
             if on_result:
                 on_result(result)
+    except KeyboardInterrupt:
+        interrupted = True
+        with session_scope(db_url) as session:
+            for n in nodes:
+                node = get_node(session, n.name)
+                if node.state == State.BURNING_IN:
+                    transition(session, node, State.FAILED, actor=actor, run_id=run_id,
+                               reason="burn-in interrupted; run it again")
     finally:
         locks.release(db_url, run_id)
         with session_scope(db_url) as session:
             stored = session.get(Run, run_id)
             assert stored is not None
             stored.finished_at = utcnow()
-            stored.status = "done"
+            stored.status = "interrupted" if interrupted else "done"
             session.add(stored)
+    if interrupted:
+        raise NodesFailedError(f"burn-in interrupted: run {run_id} marked interrupted, the "
+                               "agents stopped, its nodes marked failed (burn them in again "
+                               "by name)")
     return summary
 
 
@@ -225,11 +239,39 @@ def _run_agents(paths: Paths, nodes: list[Node], level: str, seconds: float | No
         return None, doc
 
     out: dict[str, tuple[str | None, dict[str, Any]]] = {}
-    with ThreadPoolExecutor(max(1, min(parallel, len(nodes)))) as pool:
+    pool = ThreadPoolExecutor(max(1, min(parallel, len(nodes))))
+    try:
         futures = {pool.submit(one, n): n.name for n in nodes}
         for fut in as_completed(futures):
             out[futures[fut]] = fut.result()
+    except KeyboardInterrupt:
+        # Stop the agents on the nodes (a stress test must not keep the GPUs busy after
+        # the admin pressed Ctrl-C); their SSH commands then return and the pool drains.
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_agents(paths, nodes)
+        pool.shutdown(wait=True)
+        raise
+    pool.shutdown(wait=True)
     return out
+
+
+# Matches the agent's temp dir in a command line, but not this pattern's own text.
+STOP_AGENTS = "pkill -TERM -f '[/]tmp/gpuctl-burnin[.]'; true"
+
+
+def stop_agents(paths: Paths, nodes: list[Node]) -> None:
+    """Best effort: end every burn-in agent (and torchrun) process on the nodes."""
+    known = KnownHosts(paths.known_hosts)
+
+    def one(node: Node) -> None:
+        target = Target(node.name, node.address, node.port, node.user, node.key_path)
+        # An unreachable node: nothing more can be done from here.
+        with contextlib.suppress(GpuctlError):
+            run_on_node(target, STOP_AGENTS, known_hosts=known, command_timeout=30,
+                        max_output=1 << 16)
+
+    with ThreadPoolExecutor(max(1, min(32, len(nodes)))) as pool:
+        list(pool.map(one, nodes))
 
 
 def _run_dcgm(target: Target, known: KnownHosts, level: str) -> dict[str, Any]:

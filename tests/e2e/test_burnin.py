@@ -111,3 +111,49 @@ def test_report_errors_are_one_line(gpuctl) -> None:  # type: ignore[no-untyped-
     assert result.err.strip() == "Error: there is no burn-in run yet; run gpuctl burnin first"
     result = gpuctl("report", "99")
     assert result.err.strip() == "Error: no run 99"
+
+
+def test_sigint_stops_the_agents_and_marks_the_run(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from provisioner.db.models import Run
+
+    lab.up(1, "--driver")
+    assert gpuctl("scan", "--all", "--accept-new").code == 0
+    assert gpuctl("provision", "--all").code == 0
+    env = {**os.environ, "GPUCTL_HOME": str(paths.home)}
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from provisioner.cli import "
+                             "main; sys.exit(main(sys.argv[1:]))", "burnin", "--all",
+                             "--duration", "60"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def agent_pids() -> str:
+        return subprocess.run(["pgrep", "-f", "gpuctl-burnin[.]"], capture_output=True,
+                              text=True, check=False).stdout
+
+    deadline = time.monotonic() + 60
+    while not agent_pids():
+        assert time.monotonic() < deadline, "the agent never started"
+        time.sleep(0.2)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 3, (out, err)
+    assert "burn-in interrupted" in err and "Traceback" not in err
+    deadline = time.monotonic() + 15
+    while agent_pids():  # the stress processes on the node are gone too
+        assert time.monotonic() < deadline, agent_pids()
+        time.sleep(0.2)
+    with session_scope(paths.db_url) as session:
+        assert session.exec(select(Run.status).where(Run.kind == "burnin")).one() == \
+            "interrupted"
+    node = json.loads(gpuctl("nodes", "list", "--json").out)[0]
+    assert node["state"] == "failed"
+    # Burned in again by name, it passes.
+    result = gpuctl("burnin", "gpu-node-01", "--duration", "0.2", "--json")
+    assert result.code == 0, result
+    assert json.loads(gpuctl("nodes", "list", "--json").out)[0]["state"] == "certified"

@@ -58,3 +58,28 @@ def test_bus_bandwidth_factors_match_nccl_tests() -> None:
     assert agent.bus_factor("all_reduce", 8) == pytest.approx(1.75)
     assert agent.bus_factor("all_gather", 8) == pytest.approx(0.875)
     assert agent.bus_factor("all_reduce", 2) == pytest.approx(1.0)
+
+
+def test_devices_are_stressed_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With several devices each test runs on all of them concurrently, in device order,
+    one test kind at a time (two CPU "devices" stand in for GPUs here)."""
+    import threading
+
+    seen: list[tuple[str, int]] = []
+    real_gemm = agent.gemm
+
+    def gemm(device, dtype_name, n, seconds, index=None):  # type: ignore[no-untyped-def]
+        seen.append((dtype_name, threading.get_ident()))
+        return real_gemm(device, dtype_name, n, seconds, index)
+
+    monkeypatch.setattr(agent, "devices", lambda: [agent.torch.device("cpu")] * 2)
+    monkeypatch.setattr(agent, "gemm", gemm)
+    doc = agent.run_level("quick", seconds=0.05, ranks=1)
+    names = [r["test"] for r in doc["results"]]
+    assert names[:8] == ["gemm_bfloat16"] * 2 + ["gemm_float16"] * 2 + ["gemm_tf32"] * 2 + \
+        ["gemm_float32"] * 2
+    assert names.count("memory_test") == 2 and all(r["ok"] for r in doc["results"])
+    # Each dtype ran on two threads; no dtype overlapped another (TF32 is global).
+    assert [d for d, _ in seen] == ["bfloat16"] * 2 + ["float16"] * 2 + ["tf32"] * 2 + \
+        ["float32"] * 2
+    assert len({t for _, t in seen[:2]}) == 2
