@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up, then run the pipeline end to end on a lab of simulated 8xH100 nodes:
 # lab up -> scan -> provision -> re-scan -> provision again (no-op) -> burn-in -> report
-# -> drift.
+# -> drift -> hand-off to Slurm -> pools -> status.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -37,8 +37,13 @@ g report --format html -o "$GPUCTL_HOME/burnin-report.html"
 echo; echo "# later, a GPU on gpu-node-03 falls off the bus"
 g lab fault gpu-node-03 gpu-missing
 g3 scan --all
-g nodes list
-g nodes show gpu-node-05 --events 5
+g nodes show gpu-node-03 --events 4
+echo; echo "# the certified nodes go to Slurm (and a team gets a 4-GPU slice of one)"
+g handoff slurm -o "$GPUCTL_HOME/handoff/slurm" --partition h100
+cat "$GPUCTL_HOME/handoff/slurm/slurm.conf" "$GPUCTL_HOME/handoff/slurm/gres.conf"
+g pool create vision-team --sku h100-sxm-8 --gpus 4
+g pool assign vision-team --gpus 4
+g status
 echo
 echo "The lab is still up. Explore with: export GPUCTL_HOME=$GPUCTL_HOME; .venv/bin/gpuctl --help"
 echo "Stop it with: GPUCTL_HOME=$GPUCTL_HOME .venv/bin/gpuctl lab down"

@@ -67,8 +67,9 @@ def fleet_status(session: Session, now: datetime | None = None, expiring_days: i
     needing = session.exec(select(func.count()).select_from(attention_q.subquery())).one()
     attention = []
     for name, state, mismatch, exp in session.exec(attention_q.limit(attention_limit)).all():
+        # Why it is in this state: the reason of its last state change.
         event = session.exec(select(Event.at, Event.reason).join(
-            Node, col(Node.id) == Event.node_id).where(Node.name == name)
+            Node, col(Node.id) == Event.node_id).where(Node.name == name, Event.kind == "state")
             .order_by(col(Event.id).desc()).limit(1)).first()
         why = ("host key changed" if mismatch else
                f"certificate expired {_iso(exp)[:10]}; re-run burn-in"  # type: ignore[index]
