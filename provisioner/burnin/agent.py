@@ -418,34 +418,42 @@ def health_snapshot() -> dict[str, Any]:
 NVLINK_MAX_LINKS = 18  # NVML_NVLINK_MAX_LINKS
 
 
-def nvlink_status() -> list[dict[str, Any]] | None:
-    """Each GPU's NVLink links and whether each is active: via NVML, else by parsing
-    ``nvidia-smi nvlink --status`` (``Link 3: <inactive>``). None without a driver."""
+def _nvml_each_gpu(read: Callable[[Any, Any], dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """``read(pynvml, handle)`` for every GPU NVML sees; None without NVML or a driver."""
     try:
         import pynvml  # noqa: PLC0415
 
         pynvml.nvmlInit()
-        try:
-            out = []
-            for i in range(pynvml.nvmlDeviceGetCount()):
-                h = pynvml.nvmlDeviceGetHandleByIndex(i)
-                links = []
-                for link in range(NVLINK_MAX_LINKS):
-                    try:
-                        state = pynvml.nvmlDeviceGetNvLinkState(h, link)
-                    except pynvml.NVMLError:
-                        break  # no such link on this GPU (or no NVLink at all)
-                    links.append({"link": link, "active": bool(state)})
-                out.append({"gpu": i, "links": links})
-            return out
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # noqa: S110  (no NVML: ask nvidia-smi below)
-        pass
-    text = _smi(["nvlink", "--status"], 60)
-    if text is None:
+    except Exception:  # no pynvml, no driver: the caller asks nvidia-smi
         return None
-    return parse_nvlink_status(text)
+    try:
+        return [read(pynvml, pynvml.nvmlDeviceGetHandleByIndex(i))
+                for i in range(pynvml.nvmlDeviceGetCount())]
+    except Exception:  # a driver that fails mid-way: the caller asks nvidia-smi
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _nvml_links(nvml: Any, handle: Any) -> dict[str, Any]:
+    links = []
+    for link in range(NVLINK_MAX_LINKS):
+        try:
+            state = nvml.nvmlDeviceGetNvLinkState(handle, link)
+        except nvml.NVMLError:
+            break  # no such link on this GPU (or no NVLink at all)
+        links.append({"link": link, "active": bool(state)})
+    return {"gpu": nvml.nvmlDeviceGetIndex(handle), "links": links}
+
+
+def nvlink_status() -> list[dict[str, Any]] | None:
+    """Each GPU's NVLink links and whether each is active: via NVML, else by parsing
+    ``nvidia-smi nvlink --status`` (``Link 3: <inactive>``). None without a driver."""
+    status = _nvml_each_gpu(_nvml_links)
+    if status is not None:
+        return status
+    text = _smi(["nvlink", "--status"], 60)
+    return None if text is None else parse_nvlink_status(text)
 
 
 def parse_nvlink_status(text: str) -> list[dict[str, Any]]:
@@ -464,25 +472,18 @@ def parse_nvlink_status(text: str) -> list[dict[str, Any]]:
     return out
 
 
+def _nvml_name(nvml: Any, handle: Any) -> dict[str, Any]:
+    name = nvml.nvmlDeviceGetName(handle)
+    return {"name": name.decode() if isinstance(name, bytes) else name,
+            "memory_mib": nvml.nvmlDeviceGetMemoryInfo(handle).total >> 20}
+
+
 def gpu_inventory() -> list[dict[str, Any]]:
     """The GPUs this node's driver reports (name, memory), via NVML or nvidia-smi; empty
     when there is no driver. Independent of the backend the tests run on."""
-    try:
-        import pynvml  # noqa: PLC0415
-
-        pynvml.nvmlInit()
-        try:
-            out = []
-            for i in range(pynvml.nvmlDeviceGetCount()):
-                h = pynvml.nvmlDeviceGetHandleByIndex(i)
-                name = pynvml.nvmlDeviceGetName(h)
-                out.append({"name": name.decode() if isinstance(name, bytes) else name,
-                            "memory_mib": pynvml.nvmlDeviceGetMemoryInfo(h).total >> 20})
-            return out
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # noqa: S110  (no NVML: ask nvidia-smi below, if there is one)
-        pass
+    found = _nvml_each_gpu(_nvml_name)
+    if found is not None:
+        return found
     try:
         proc = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total",
                                "--format=csv,noheader,nounits"], capture_output=True,

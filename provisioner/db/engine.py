@@ -52,7 +52,8 @@ def get_engine(url: str) -> Engine:
     try:
         migrate(engine)
     except OperationalError as exc:
-        raise GpuctlError(f"cannot open database {redact_url(url)}: {exc.orig}") from exc
+        raise GpuctlError(f"cannot open database {redact_url(url)}: {_one_line(exc.orig)}"
+                          ) from exc
     _engines[url] = engine
     return engine
 
@@ -83,6 +84,11 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+def _one_line(error: object) -> str:
+    """Driver messages span lines (psycopg adds hints); errors here are one line."""
+    return " ".join(str(error).split())[:400]
+
+
 def redact_url(url: str) -> str:
     """Hide a password in a database URL before it is printed."""
     if "@" in url and "://" in url:
@@ -103,7 +109,7 @@ def session_scope(url: str) -> Iterator[Session]:
         except OperationalError as exc:
             session.rollback()
             # Locked for longer than the busy timeout, server gone, disk full: not a bug.
-            raise GpuctlError(f"database {redact_url(url)}: {exc.orig}") from exc
+            raise GpuctlError(f"database {redact_url(url)}: {_one_line(exc.orig)}") from exc
         except BaseException:
             session.rollback()
             raise

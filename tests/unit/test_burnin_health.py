@@ -188,3 +188,68 @@ def test_burnin_env_is_validated_and_quoted() -> None:
     cmd = _torchrun_command("/opt/py", 3, 8, "10.0.0.1:29401", False, "10.0.0.2", 7, {})
     assert "--nnodes=3 --nproc-per-node=8 --rdzv-backend=c10d" in cmd
     assert "--rdzv-conf=is_host=0,join_timeout=120 --local-addr=10.0.0.2" in cmd
+
+
+class _FakeNvml:
+    """The pynvml calls the agent makes, answering like a 2-GPU HGX node whose GPU 1 has
+    link 3 down (no GPU on this machine; the real library is exercised on GPU nodes)."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self) -> None:
+        self.shutdowns = 0
+
+    def nvmlInit(self) -> None:  # noqa: N802
+        pass
+
+    def nvmlShutdown(self) -> None:  # noqa: N802
+        self.shutdowns += 1
+
+    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:  # noqa: N802
+        return i
+
+    def nvmlDeviceGetIndex(self, h: int) -> int:  # noqa: N802
+        return h
+
+    def nvmlDeviceGetNvLinkState(self, h: int, link: int) -> int:  # noqa: N802
+        if link >= 18:
+            raise self.NVMLError("invalid argument")
+        return 0 if (h, link) == (1, 3) else 1
+
+    def nvmlDeviceGetName(self, h: int) -> bytes:  # noqa: N802
+        return b"NVIDIA H100 80GB HBM3"
+
+    def nvmlDeviceGetMemoryInfo(self, h: int) -> Any:  # noqa: N802
+        return type("Mem", (), {"total": 81559 << 20})()
+
+    def nvmlDeviceGetPowerUsage(self, h: int) -> int:  # noqa: N802
+        return 612_000
+
+    def nvmlDeviceGetTemperature(self, h: int, sensor: int) -> int:  # noqa: N802
+        return 61 + h
+
+    def nvmlDeviceGetClockInfo(self, h: int, clock: int) -> int:  # noqa: N802
+        return 1980
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h: int) -> int:  # noqa: N802
+        return 0x4
+
+
+def test_nvml_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _FakeNvml()
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", fake)
+    status = agent.nvlink_status()
+    assert status is not None and [len(g["links"]) for g in status] == [18, 18]
+    assert [v.reason for v in nvlink_verdicts(status, PROFILE) if not v.passed] == [
+        "nvlink on GPU 1: link 3 inactive"]
+    assert agent.gpu_inventory() == [{"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559}] * 2
+    with agent.Telemetry(interval=0.05) as t:
+        pass
+    assert t.source == "nvml"
+    assert {(s["gpu"], s["temp_c"], s["power_w"], s["throttle"]) for s in t.samples} == {
+        (0, 61, 612.0, 4), (1, 62, 612.0, 4)}
+    assert fake.shutdowns == 2  # every NVML session is closed

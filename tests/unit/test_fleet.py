@@ -225,3 +225,22 @@ def test_prometheus_textfile_passes_promtool(fleet: str, tmp_path: Path) -> None
         "# TYPE gpuctl_node_state gauge", "# TYPE gpuctl_node_state nonsense"),
         capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode != 0
+
+
+def test_bad_input_gives_one_line_errors_and_changes_nothing(fleet: str, gpuctl) -> None:  # type: ignore[no-untyped-def]
+    result = gpuctl("handoff", "slurm", "-o", "/proc/gpuctl-nope")
+    assert result.code == 1
+    assert result.err.strip().splitlines()[-1].startswith("Error: cannot write /proc/")
+    assert _state(fleet, "gpu00001") == "certified"  # nothing handed off
+    result = gpuctl("pool", "assign", "nosuch")
+    assert (result.code, result.err.strip()) == (1, "Error: no pool 'nosuch'")
+    result = gpuctl("drain", "gpu00001", "no-such-node")
+    assert result.code == 1 and "no-such-node" in result.err and len(
+        result.err.strip().splitlines()) == 1
+    assert _state(fleet, "gpu00001") == "certified"
+    result = gpuctl("--db", "postgresql+psycopg://nobody:pw@127.0.0.1:1/x", "status")
+    assert result.code == 1
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "Error: cannot open database postgresql+psycopg://nobody:***@127.0.0.1:1/x")
+    assert "pw" not in result.err
