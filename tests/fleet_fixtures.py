@@ -44,7 +44,8 @@ def fill_fleet(db_url: str, nodes: int, gpus_per_node: int = 8, *, sku: str = "h
         with engine.begin() as conn:
             rows = []
             for i in range(start, min(nodes, start + batch)):
-                rows.append({"name": f"{prefix}{i:05d}", "address": f"10.{i >> 16 & 255}."
+                # Loopback addresses: never connected to, but tests keep to 127/8.
+                rows.append({"name": f"{prefix}{i:05d}", "address": f"127.{1 + (i >> 16 & 15)}."
                              f"{i >> 8 & 255}.{i & 255}", "port": 22, "user": "root",
                              "labels_json": json.dumps({"rack": f"r{i // 32:03d}"}),
                              "vars_json": "{}", "sku": sku,

@@ -141,7 +141,7 @@ def test_slurm_handoff(fleet: str, tmp_path: Path) -> None:
     files = ho.render_slurm(chosen, "h100")
     lines = files["slurm.conf"].splitlines()
     assert lines[1] == "GresTypes=gpu"
-    assert lines[2] == ("NodeName=gpu00001 NodeAddr=10.0.0.1 CPUs=384 Boards=1 "
+    assert lines[2] == ("NodeName=gpu00001 NodeAddr=127.1.0.1 CPUs=384 Boards=1 "
                         "SocketsPerBoard=2 CoresPerSocket=96 ThreadsPerCore=2 "
                         "RealMemory=2034237 Gres=gpu:h100:8 Features=h100,h100-sxm-8,"
                         "rack_r000 State=UNKNOWN")
@@ -198,7 +198,7 @@ def test_ansible_handoff_is_accepted_by_ansible_inventory(fleet: str, tmp_path: 
     assert proc.returncode == 0, proc.stderr
     inv = json.loads(proc.stdout)
     assert inv["sku_h100_sxm_8"]["hosts"] == ["gpu00001", "gpu00007"]
-    assert inv["_meta"]["hostvars"]["gpu00001"]["ansible_host"] == "10.0.0.1"
+    assert inv["_meta"]["hostvars"]["gpu00001"]["ansible_host"] == "127.1.0.1"
     assert "[WARNING]" not in proc.stderr
 
 

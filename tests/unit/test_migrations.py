@@ -48,7 +48,7 @@ def test_upgrade_keeps_existing_rows(paths: Paths) -> None:
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO node (id, name, address, port, user, labels_json, "
                           "vars_json, state, hostkey_mismatch, created_at) VALUES (1, 'n1', "
-                          "'10.0.0.1', 22, 'root', '{}', '{}', 'certified', false, "
+                          "'127.0.0.1', 22, 'root', '{}', '{}', 'certified', false, "
                           "'2026-01-01 00:00:00')".replace(" user,", ' "user",')))
         conn.execute(text("INSERT INTO hardwaresnapshot (id, node_id, taken_at, gpu_count, "
                           "pci_gpu_count, nouveau_loaded, facts_json, memory_bytes) VALUES "
