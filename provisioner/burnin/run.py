@@ -105,17 +105,25 @@ def _agent_command(python: str, level: str, seconds: float | None,
             'exit $rc')
 
 
-def _inventory_verdict(node: Node, doc: dict[str, Any]) -> Verdict:
-    """The GPUs the node's driver reports now, against what its SKU must have."""
+def _inventory_verdict(node: Node, doc: dict[str, Any], profile: dict[str, Any]) -> Verdict:
+    """The GPUs the node's driver reports now, against what its SKU must have: count,
+    model, and memory (the profile's ``gpu_memory_mib_min``: a part with less memory is
+    another SKU, or a GPU with memory retired)."""
     sku = SKUS.get(node.sku or "")
     gpus = [g for g in doc.get("inventory", []) if isinstance(g, dict)]
     if sku is None:
         return Verdict("inventory_match", None, float(len(gpus)), "GPUs", None, True, "")
     wrong = [g.get("name") for g in gpus if sku.model_match not in str(g.get("name"))]
-    ok = len(gpus) == sku.gpu_count and not wrong
-    reason = "" if ok else (
-        f"inventory: {len(gpus)} GPUs, SKU {node.sku} has {sku.gpu_count}"
-        + (f"; unexpected model {wrong[0]}" if wrong else ""))
+    min_mib = profile.get("gpu_memory_mib_min")
+    small = [i for i, g in enumerate(gpus) if min_mib and isinstance(g.get("memory_mib"), int)
+             and g["memory_mib"] < int(min_mib)]
+    ok = len(gpus) == sku.gpu_count and not wrong and not small
+    problems = [f"{len(gpus)} GPUs, SKU {node.sku} has {sku.gpu_count}"
+                if len(gpus) != sku.gpu_count else ""]
+    problems.append(f"unexpected model {wrong[0]}" if wrong else "")
+    problems.append(f"GPU {small[0]} has {gpus[small[0]]['memory_mib']} MiB, below {min_mib}"
+                    if small else "")
+    reason = "" if ok else "inventory: " + "; ".join(p for p in problems if p)
     return Verdict("inventory_match", None, float(len(gpus)), "GPUs",
                    float(sku.gpu_count), ok, reason)
 
@@ -332,7 +340,7 @@ def _judge(paths: Paths, node: Node, err: str | None, doc: dict[str, Any],
     if err is not None:
         return name, [], [f"agent: {err}"]
     profile = load_profile(paths, name)
-    verdicts = [_inventory_verdict(node, doc)] + evaluate(
+    verdicts = [_inventory_verdict(node, doc, profile)] + evaluate(
         doc["results"], profile, medians) + health_verdicts(doc, profile)
     if "dcgm" in doc:
         verdicts += dcgm_verdicts(doc["dcgm"])

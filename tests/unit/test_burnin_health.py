@@ -253,3 +253,21 @@ def test_nvml_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     assert {(s["gpu"], s["temp_c"], s["power_w"], s["throttle"]) for s in t.samples} == {
         (0, 61, 612.0, 4), (1, 62, 612.0, 4)}
     assert fake.shutdowns == 2  # every NVML session is closed
+
+
+def test_inventory_checks_count_model_and_memory() -> None:
+    from provisioner.burnin.run import _inventory_verdict
+    from provisioner.db.models import Node
+
+    node = Node(name="n", address="127.0.0.1", sku="h100-sxm-8")
+    profile = {"tests": {}, "gpu_memory_mib_min": 81000}
+    h100 = {"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559}
+    assert _inventory_verdict(node, {"inventory": [h100] * 8}, profile).passed
+    v = _inventory_verdict(node, {"inventory": [h100] * 7}, profile)
+    assert v.reason == "inventory: 7 GPUs, SKU h100-sxm-8 has 8"
+    small = {"name": "NVIDIA H100 80GB HBM3", "memory_mib": 65536}
+    v = _inventory_verdict(node, {"inventory": [h100] * 5 + [small] + [h100] * 2}, profile)
+    assert v.reason == "inventory: GPU 5 has 65536 MiB, below 81000"
+    v = _inventory_verdict(node, {"inventory": [{"name": "NVIDIA A100-SXM4-80GB",
+                                                 "memory_mib": 81920}] * 8}, profile)
+    assert v.reason == "inventory: unexpected model NVIDIA A100-SXM4-80GB"
