@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import os
 import select
 import sys
 import termios
@@ -12,8 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import click
+from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.markup import escape
+from rich.panel import Panel
+from rich.text import Text
 
 from provisioner.cli.common import Ctx, json_option, pass_ctx
 from provisioner.db.engine import session_scope
@@ -42,9 +47,60 @@ def _keys() -> Iterator[bool]:
         termios.tcsetattr(fd, termios.TCSADRAIN, old)
 
 
+KEYS = {"\x1b[A": "up", "\x1b[B": "down", "k": "up", "j": "down", "\n": "enter",
+        "\r": "enter", "\x1b": "back", "\x7f": "back", "b": "back", "q": "quit",
+        "Q": "quit"}
+
+
 def _key(timeout: float) -> str | None:
+    """One keypress as a name (up, down, enter, back, quit), or None on timeout."""
     ready, _, _ = select.select([sys.stdin], [], [], timeout)
-    return sys.stdin.read(1) if ready else None
+    if not ready:
+        return None
+    key = os.read(sys.stdin.fileno(), 8).decode("utf-8", "replace")
+    return KEYS.get(key, KEYS.get(key[:3], ""))
+
+
+class WatchView:
+    """What ``status --watch`` shows: the dashboard with a selected row in "Needs
+    attention" (up/down, j/k), or that node's detail (enter; back with esc/b)."""
+
+    def __init__(self, ctx: Ctx, expiring_days: int, interval: float) -> None:
+        self.ctx, self.expiring_days = ctx, expiring_days
+        self.selected = 0
+        self.detail: str | None = None
+        self.footer = (f"refresh every {interval:g} s; up/down select, enter shows the "
+                       "node, esc back, q quits")
+        self.names: list[str] = []
+
+    def render(self) -> RenderableType:
+        if self.detail is not None:
+            return Panel(self._detail(self.detail), title=f"gpuctl nodes show {self.detail}",
+                         subtitle="esc or b: back to the fleet; q quits", border_style="blue")
+        with session_scope(self.ctx.paths.db_url) as session:
+            doc = fleet_status(session, expiring_days=self.expiring_days)
+        self.names = [a["node"] for a in doc["attention"]["nodes"]]
+        self.selected = min(self.selected, max(len(self.names) - 1, 0))
+        return status_panel(doc, self.footer, self.selected if self.names else None)
+
+    def _detail(self, name: str) -> RenderableType:
+        from provisioner.inventory.registry import show_node  # noqa: PLC0415
+        from provisioner.ui.render import node_detail  # noqa: PLC0415
+
+        console = Console(file=io.StringIO(), force_terminal=True,
+                          width=max(60, self.ctx.console.width - 4))
+        node_detail(console, show_node(self.ctx.paths.db_url, name, events=8))
+        return Text.from_ansi(console.file.getvalue())  # type: ignore[attr-defined]
+
+    def key(self, key: str) -> None:
+        if key == "up":
+            self.selected = max(0, self.selected - 1)
+        elif key == "down":
+            self.selected = min(len(self.names) - 1, self.selected + 1) if self.names else 0
+        elif key == "enter" and self.detail is None and self.names:
+            self.detail = self.names[self.selected]
+        elif key == "back":
+            self.detail = None
 
 
 @click.command()
@@ -71,9 +127,9 @@ def status(ctx: Ctx, watch: bool, interval: float, expiring_days: int, as_json: 
     if not watch:
         ctx.console.print(status_view(snapshot()))
         return
-    footer = f"refresh every {interval:g} s; q quits"
-    with _keys() as interactive, Live(status_panel(snapshot(), footer), console=ctx.console,
-                                      screen=True, auto_refresh=False) as live:
+    view = WatchView(ctx, expiring_days, interval)
+    with _keys() as interactive, Live(view.render(), console=ctx.console, screen=True,
+                                      auto_refresh=False) as live:
         try:
             while True:
                 deadline = time.monotonic() + interval
@@ -81,9 +137,13 @@ def status(ctx: Ctx, watch: bool, interval: float, expiring_days: int, as_json: 
                     if not interactive:
                         time.sleep(left)
                         break
-                    if _key(left) in ("q", "Q"):
+                    key = _key(left)
+                    if key == "quit":
                         return
-                live.update(status_panel(snapshot(), footer), refresh=True)
+                    if key:  # redraw at once on a keypress
+                        view.key(key)
+                        break
+                live.update(view.render(), refresh=True)
         except KeyboardInterrupt:
             return
 

@@ -18,7 +18,7 @@ def _bar(value: int, total: int, width: int = 24) -> str:
     return "█" * filled + "·" * (width - filled)
 
 
-def status_view(s: dict[str, Any], footer: str = "") -> Group:
+def status_view(s: dict[str, Any], footer: str = "", selected: int | None = None) -> Group:
     """The dashboard for the document ``fleet_status`` returns."""
     cert = s["certification"]
     expiring_key = next(k for k in cert if k.startswith("expiring_"))
@@ -55,10 +55,12 @@ def status_view(s: dict[str, Any], footer: str = "") -> Group:
                       expand=True)
     for c in ("NODE", "STATE", "SINCE", "WHY"):
         attention.add_column(c, overflow="fold", ratio=4 if c == "WHY" else None)
-    for a in att["nodes"]:
-        attention.add_row(escape(a["node"]), styled(a["state"], STATE_STYLE.get(a["state"])),
+    for k, a in enumerate(att["nodes"]):
+        attention.add_row(("> " if k == selected else "") + escape(a["node"]),
+                          styled(a["state"], STATE_STYLE.get(a["state"])),
                           (a["since"] or "-")[:16].replace("T", " "),
-                          escape((a["reason"] or "")[:160]))
+                          escape((a["reason"] or "")[:160]),
+                          style="reverse" if k == selected else None)
     if att["total"] > len(att["nodes"]):
         attention.add_row("...", "", "", f"and {att['total'] - len(att['nodes'])} more: "
                           "gpuctl nodes list --state quarantined")
@@ -89,5 +91,6 @@ def status_view(s: dict[str, Any], footer: str = "") -> Group:
     return Group(*parts)
 
 
-def status_panel(s: dict[str, Any], footer: str) -> Panel:
-    return Panel(status_view(s, footer), title="gpuctl status --watch", border_style="blue")
+def status_panel(s: dict[str, Any], footer: str, selected: int | None = None) -> Panel:
+    return Panel(status_view(s, footer, selected), title="gpuctl status --watch",
+                 border_style="blue")

@@ -68,6 +68,16 @@ def test_status_watch_in_tmux(paths: Paths, session: str, tmp_path: Path) -> Non
     capture = os.environ.get("GPUCTL_SCREEN_CAPTURE")  # for docs: where to keep the screen
     if capture:
         Path(capture).write_text(screen)
+    # Keyboard: down to the second node needing attention, enter shows its detail,
+    # esc goes back to the fleet.
+    assert "> gpu00002" in screen
+    _tmux("send-keys", "-t", session, "Down")
+    _wait_for(session, lambda s: "> gpu00004" in s)
+    _tmux("send-keys", "-t", session, "Enter")
+    screen = _wait_for(session, lambda s: "gpuctl nodes show gpu00004" in s)
+    assert "state failed" in screen and "History" in screen
+    _tmux("send-keys", "-t", session, "b")
+    _wait_for(session, lambda s: "Needs attention" in s)
     _tmux("send-keys", "-t", session, "q")
     deadline = time.monotonic() + 10
     while _tmux("has-session", "-t", session).returncode == 0:
