@@ -83,3 +83,21 @@ def test_devices_are_stressed_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [d for d, _ in seen] == ["bfloat16"] * 2 + ["float16"] * 2 + ["tf32"] * 2 + \
         ["float32"] * 2
     assert len({t for _, t in seen[:2]}) == 2
+
+
+def test_memory_test_finds_a_flipped_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bit that does not hold what was written (here: flipped after every large int32
+    copy) is counted, across the chunked comparison."""
+    torch = agent.torch
+    real_copy = torch.Tensor.copy_
+
+    def flaky_copy(self, src, *args, **kwargs):  # type: ignore[no-untyped-def]
+        out = real_copy(self, src, *args, **kwargs)
+        if self.dtype == torch.int32 and self.numel() >= 1 << 20:
+            self.view(-1)[3] ^= 1
+        return out
+
+    monkeypatch.setattr(agent, "MEMTEST_CHUNK", 1 << 20)
+    monkeypatch.setattr(torch.Tensor, "copy_", flaky_copy)
+    m = agent.memory_test(torch.device("cpu"), 64)
+    assert not m.ok and m.detail["errors"] == 4  # one per 4 Mi-word block of 64 MiB
