@@ -4,6 +4,7 @@ with the right reason."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from sqlmodel import select
@@ -62,6 +63,13 @@ def test_gpu_health_faults_fail_burnin_and_report(lab, gpuctl, paths, tmp_path) 
     results are stored beside gpuctl's; every report format is written from the run."""
     (paths.home / "group_vars").mkdir(parents=True, exist_ok=True)
     (paths.home / "group_vars/all.yml").write_text("dcgm_install: true\n")
+    # These faults are not about speed: a site override of the lab profile without the
+    # fleet comparison keeps a busy machine's CPU contention out of this test (the
+    # fleet check has its own test above).
+    (paths.home / "thresholds").mkdir(parents=True, exist_ok=True)
+    profile = (Path(__file__).parents[2] / "inventory/thresholds/cpu-lab.yml").read_text()
+    (paths.home / "thresholds/cpu-lab.yml").write_text(
+        profile.replace("fleet_outlier_fraction: 0.30", "fleet_outlier_fraction: 0 #"))
     lab.up(5, "--driver")
     assert gpuctl("scan", "--all", "--accept-new").code == 0
     assert gpuctl("provision", "--all", "--json").code == 0
