@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from provisioner.inventory.registry import NodeDetail, NodeView
-from provisioner.lab.nodes import LabNode
-from provisioner.provision.run import NodeProgress, ProvisionSummary
-from provisioner.scan.run import NodeScanResult, ScanSummary
 from provisioner.ui.style import STATE_STYLE, print_json, styled
+
+if TYPE_CHECKING:  # types only: importing these would load Ansible and paramiko
+    from provisioner.inventory.registry import NodeDetail, NodeView
+    from provisioner.lab.nodes import LabNode
+    from provisioner.provision.run import NodeProgress, ProvisionSummary
+    from provisioner.scan.run import NodeScanResult, ScanSummary
 
 __all__ = ["STATE_STYLE", "print_json", "styled"]
 
