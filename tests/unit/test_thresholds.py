@@ -55,3 +55,18 @@ def test_fleet_medians_need_three_nodes() -> None:
     nodes = [[r("gemm_bfloat16", v)] for v in (700, 710, 300)]
     assert fleet_medians(nodes) == {"gemm_bfloat16": 700}
     assert fleet_medians(nodes[:2]) == {}
+
+
+# Every throughput measurement the agent can emit (memory_test is a correctness test).
+THROUGHPUT_TESTS = {"gemm_bfloat16", "gemm_float16", "gemm_tf32", "gemm_float32",
+                    "memory_bandwidth", "h2d_bandwidth", "d2h_bandwidth", "p2p_bandwidth",
+                    "all_reduce_busbw", "all_gather_busbw", "multinode_all_reduce_busbw"}
+CPU_ONLY_SKIPS = {"h2d_bandwidth", "d2h_bandwidth", "p2p_bandwidth"}  # CUDA-only tests
+
+
+@pytest.mark.parametrize("name", ["h100-sxm-8", "a100-sxm4-8", "l40s-4", "cpu-lab"])
+def test_every_throughput_test_is_gated_on_a_number(paths: Paths, name: str) -> None:
+    profile = load_profile(paths, name)
+    wanted = THROUGHPUT_TESTS - (CPU_ONLY_SKIPS if name == "cpu-lab" else set())
+    floors = {t for t, spec in profile["tests"].items() if spec.get("min") is not None}
+    assert wanted <= floors, wanted - floors
