@@ -54,7 +54,11 @@ def cli(ctx: click.Context, db: str | None) -> None:
       gpuctl init
       gpuctl nodes import hosts.ini
       gpuctl scan --all --accept-new
-      gpuctl nodes list
+      gpuctl provision --all
+      gpuctl burnin --all --level quick
+      gpuctl report --format html
+      gpuctl handoff slurm -o /etc/slurm/gpuctl
+      gpuctl status --watch
     """
     ctx.obj = Ctx(paths=Paths.from_env(db), console=Console(emoji=False, highlight=False),
                   err=Console(stderr=True, emoji=False, highlight=False))
