@@ -55,6 +55,7 @@ def assert_page_ok(check: PageCheck, plots: int | None = None) -> None:
     assert check.attrs.get("data-ready") == "1", check.attrs
     assert "data-js-errors" not in check.attrs, check.attrs
     assert check.attrs.get("data-empty-plots") == "0", check.attrs
+    assert check.attrs.get("data-marks-outside") == "0", check.attrs
     assert int(check.attrs.get("data-plots", "0")) > 0
     if plots is not None:
         assert int(check.attrs["data-plots"]) == plots

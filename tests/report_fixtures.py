@@ -43,8 +43,9 @@ def sample_doc() -> dict[str, Any]:
                 "issued_at": "2026-11-26T01:00:00+00:00",
                 "expires_at": "2027-02-24T01:00:00+00:00"},
             "results": res, "backend": "cuda",
-            "telemetry": [{"t": 1000.0 + k, "gpu": g, "temp_c": 40.0 + k + g,
-                           "power_w": 300.0 + 20 * k, "sm_mhz": 1980, "throttle": 4}
+            # A ramp from idle to full load, as a burn-in's first seconds look.
+            "telemetry": [{"t": 1000.0 + k, "gpu": g, "temp_c": 30.0 + 6 * k + g,
+                           "power_w": 70.0 + 65 * k, "sm_mhz": 1980, "throttle": 4}
                           for k in range(10) for g in range(8)],
             "nvlink": [{"gpu": g, "links": [{"link": k, "active": not (bad and g == 4 and
                                                                         k == 3)}

@@ -20,24 +20,30 @@ MAX_BARS = 160  # beyond this, one bar per node (its worst GPU)
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f")
 W, H, ML, MR, MT, MB = 860, 260, 64, 16, 28, 76
+LINE_H = 220  # line charts: no rotated labels below, so less bottom margin
 
 
 def _num(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _svg(title: str, body: list[str], marks: int, height: int = H) -> Markup:
+def _svg(title: str, body: list[str], marks: int, height: int = H,
+         area: tuple[float, float, float, float] | None = None) -> Markup:
+    """``area`` (x, y, width, height) is where the data marks must lie: the page's
+    self-check (and so the browser test) fails a plot with a mark outside it."""
+    x, y, w, h = area or (0, 0, W, height)
     # Every piece of text in ``body`` went through escape() where it was built.
     return Markup(  # noqa: S704
-        f'<svg class="plot" data-marks="{marks}" viewBox="0 0 {W} {height}" width="{W}" '
+        f'<svg class="plot" data-marks="{marks}" data-area="{x:.1f} {y:.1f} {w:.1f} {h:.1f}" '
+        f'viewBox="0 0 {W} {height}" width="{W}" '
         f'height="{height}" role="img" aria-label="{escape(title)}" '
         f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>'
         + "".join(body) + "</svg>")
 
 
-def _y_axis(top: float, unit: str, height: int = H) -> list[str]:
+def _y_axis(top: float, unit: str, plot_h: float) -> list[str]:
+    """Grid lines and labels for 0..top over a plot area ``plot_h`` high below MT."""
     out = []
-    plot_h = height - MT - MB
     for k in range(5):
         v = top * k / 4
         y = MT + plot_h - plot_h * k / 4
@@ -54,7 +60,7 @@ def bar_chart(test: str, bars: list[tuple[str, float, bool]], threshold: float |
     top = max([b[1] for b in bars] + [threshold or 0]) * 1.12 or 1.0
     plot_w, plot_h = W - ML - MR, H - MT - MB
     step = plot_w / max(len(bars), 1)
-    body = _y_axis(top, unit)
+    body = _y_axis(top, unit, plot_h)
     for k, (label, value, passed) in enumerate(bars):
         h = plot_h * value / top
         x = ML + k * step + step * 0.15
@@ -72,7 +78,7 @@ def bar_chart(test: str, bars: list[tuple[str, float, bool]], threshold: float |
         body.append(f'<line class="threshold" x1="{ML}" x2="{W - MR}" y1="{y:.1f}" '
                     f'y2="{y:.1f}"/><text class="threshold-label" x="{W - MR}" '
                     f'y="{y - 4:.1f}" text-anchor="end">floor {_num(threshold)}</text>')
-    return _svg(f"{test} ({unit})", body, len(bars))
+    return _svg(f"{test} ({unit})", body, len(bars), H, (ML, MT, plot_w, plot_h))
 
 
 def line_chart(title: str, series: dict[str, list[tuple[float, float]]],
@@ -81,8 +87,9 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]],
     points = [p for s in series.values() for p in s]
     t_max = max((p[0] for p in points), default=1.0) or 1.0
     top = max((p[1] for p in points), default=1.0) * 1.15 or 1.0
-    plot_w, plot_h = W - ML - MR, H - MT - MB + 40
-    body = _y_axis(top, unit, H - 40)
+    height = LINE_H
+    plot_w, plot_h = W - ML - MR, height - MT - 30
+    body = _y_axis(top, unit, plot_h)
     for k in range(5):
         x = ML + plot_w * k / 4
         body.append(f'<text x="{x:.1f}" y="{MT + plot_h + 14}" text-anchor="middle">'
@@ -102,7 +109,7 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]],
         body.append(f'<text x="{ML + 8 + n * 70}" y="{MT - 10}" fill="{color}">'
                     f'{escape(label)}</text>')
         marks += 1
-    return _svg(title, body, marks, H - 40)
+    return _svg(title, body, marks, height, (ML, MT, plot_w, plot_h))
 
 
 def heatmap(title: str, matrix: list[list[float | None]], threshold: float | None) -> Markup:
@@ -122,17 +129,20 @@ def heatmap(title: str, matrix: list[list[float | None]], threshold: float | Non
                             f'height="{cell:.1f}" fill="#eee"/>')
                 continue
             frac = (v - lo) / (hi - lo) if hi > lo else 1.0
+            light = ' fill="#fff"'  # text on the darker cells
             bad = threshold is not None and v < threshold
             color = "#d62728" if bad else f"hsl(210, 70%, {85 - 50 * frac:.0f}%)"
             body.append(f'<rect class="mark" x="{x:.1f}" y="{y:.1f}" width="{cell:.1f}" '
                         f'height="{cell:.1f}" fill="{color}"><title>GPU{i} -&gt; GPU{j}: '
                         f'{_num(v)} GB/s</title></rect><text x="{x + cell / 2:.1f}" '
-                        f'y="{y + cell / 2 + 4:.1f}" text-anchor="middle" class="cell">'
+                        f'y="{y + cell / 2 + 4:.1f}" text-anchor="middle" class="cell"'
+                        f'{light if bad or frac > 0.55 else ""}>'
                         f'{v:.0f}</text>')
     for j in range(n):
         body.append(f'<text x="{ML + j * cell + cell / 2:.1f}" y="{MT + 12}" '
                     f'text-anchor="middle">GPU{j}</text>')
-    return _svg(title, body, len(values), int(MT + 40 + n * cell))
+    return _svg(title, body, len(values), int(MT + 40 + n * cell),
+                (ML, MT + 20, n * cell, n * cell))
 
 
 def _bars(doc: dict[str, Any], test: str) -> tuple[list[tuple[str, float, bool]],
