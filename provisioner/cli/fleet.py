@@ -81,7 +81,8 @@ class WatchView:
             doc = fleet_status(session, expiring_days=self.expiring_days)
         self.names = [a["node"] for a in doc["attention"]["nodes"]]
         self.selected = min(self.selected, max(len(self.names) - 1, 0))
-        return status_panel(doc, self.footer, self.selected if self.names else None)
+        return status_panel(doc, self.footer, self.selected if self.names else None,
+                            self.ctx.console.width)
 
     def _detail(self, name: str) -> RenderableType:
         from provisioner.inventory.registry import show_node  # noqa: PLC0415
@@ -125,7 +126,7 @@ def status(ctx: Ctx, watch: bool, interval: float, expiring_days: int, as_json: 
         print_json(ctx.console, snapshot())
         return
     if not watch:
-        ctx.console.print(status_view(snapshot()))
+        ctx.console.print(status_view(snapshot(), width=ctx.console.width))
         return
     view = WatchView(ctx, expiring_days, interval)
     with _keys() as interactive, Live(view.render(), console=ctx.console, screen=True,

@@ -18,8 +18,10 @@ def _bar(value: int, total: int, width: int = 24) -> str:
     return "█" * filled + "·" * (width - filled)
 
 
-def status_view(s: dict[str, Any], footer: str = "", selected: int | None = None) -> Group:
-    """The dashboard for the document ``fleet_status`` returns."""
+def status_view(s: dict[str, Any], footer: str = "", selected: int | None = None,
+                width: int = 160) -> Group:
+    """The dashboard for the document ``fleet_status`` returns; side by side on a wide
+    terminal, stacked below ``width`` 130."""
     cert = s["certification"]
     expiring_key = next(k for k in cert if k.startswith("expiring_"))
     head = Text.from_markup(
@@ -71,10 +73,18 @@ def status_view(s: dict[str, Any], footer: str = "", selected: int | None = None
         runs.add_row(kind, str(r["id"]), styled(r["status"], "green" if r["status"] in
                                                 ("done", "ok") else "yellow"),
                      (r["started_at"] or "")[:16].replace("T", " "), escape(r["actor"]))
+    wide = width >= 130
     top = Table.grid(padding=(0, 3))
-    top.add_row(states, skus, certs)
+    if wide:
+        top.add_row(states, skus, certs)
+    else:
+        for table in (states, skus, certs):
+            top.add_row(table)
     bottom = Table.grid(padding=(0, 3))
     parts: list[Any] = [head, top, attention, bottom]
+    if not s["nodes"]:
+        parts.insert(1, Text("No nodes yet: gpuctl nodes add HOST, gpuctl nodes import FILE, "
+                             "or gpuctl lab up to try it on simulated nodes.", style="yellow"))
     pools = None
     if s["pools"]:
         pools = Table(title="Pools", title_justify="left")
@@ -85,12 +95,18 @@ def status_view(s: dict[str, Any], footer: str = "", selected: int | None = None
             pools.add_row(escape(p["name"]), escape(p["sku"]), f"{p['assigned']}/{p['gpus']}",
                           styled(str(p["usable"]), "yellow" if short else "green"),
                           f"[dim]{_bar(p['usable'], p['gpus'], 16)}[/]")
-    bottom.add_row(runs, pools) if pools is not None else bottom.add_row(runs)
+    if pools is not None and wide:
+        bottom.add_row(runs, pools)
+    else:
+        bottom.add_row(runs)
+        if pools is not None:
+            bottom.add_row(pools)
     if footer:
         parts.append(Text(footer, style="dim"))
     return Group(*parts)
 
 
-def status_panel(s: dict[str, Any], footer: str, selected: int | None = None) -> Panel:
-    return Panel(status_view(s, footer, selected), title="gpuctl status --watch",
+def status_panel(s: dict[str, Any], footer: str, selected: int | None = None,
+                 width: int = 160) -> Panel:
+    return Panel(status_view(s, footer, selected, width - 4), title="gpuctl status --watch",
                  border_style="blue")
