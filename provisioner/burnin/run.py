@@ -30,7 +30,7 @@ from provisioner.db.models import (
 )
 from provisioner.errors import GpuctlError, InputError, NodesFailedError
 from provisioner.inventory.lifecycle import State, transition
-from provisioner.inventory.registry import current_actor, get_node, select_nodes
+from provisioner.inventory.registry import current_actor, get_node, select_nodes, target_of
 from provisioner.paths import Paths
 from provisioner.provision import locks
 from provisioner.skus import SKUS
@@ -94,15 +94,20 @@ def burnin_env(host_vars: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def _with_agent_file(env: dict[str, str] | None, command: str) -> str:
+    """A shell command that saves the agent (sent on stdin) to a private temp dir on the
+    node, runs ``command`` there with ``env`` set ("$d/agent.py" is the agent: its
+    collectives start worker processes that re-import it from its file), then removes
+    the dir and exits with the command's status."""
+    exports = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted((env or {}).items()))
+    return ('d=$(mktemp -d /tmp/gpuctl-burnin.XXXXXX) && cat > "$d/agent.py" && cd "$d" && '
+            f'{exports}{command}; rc=$?; cd /; rm -rf "$d"; exit $rc')
+
+
 def _agent_command(python: str, level: str, seconds: float | None,
                    env: dict[str, str] | None = None) -> str:
-    """Save the agent (sent on stdin) to a private temp dir on the node and run it from
-    there: its collectives start worker processes that re-import it from its file."""
     args = f"--level {level}" + (f" --seconds {seconds:g}" if seconds else "")
-    exports = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted((env or {}).items()))
-    return ('d=$(mktemp -d /tmp/gpuctl-burnin.XXXXXX) && cat > "$d/agent.py" && '
-            f'{exports}{shlex.quote(python)} "$d/agent.py" {args}; rc=$?; rm -rf "$d"; '
-            'exit $rc')
+    return _with_agent_file(env, f'{shlex.quote(python)} "$d/agent.py" {args}')
 
 
 def _inventory_verdict(node: Node, doc: dict[str, Any], profile: dict[str, Any]) -> Verdict:
@@ -221,7 +226,7 @@ def _run_agents(paths: Paths, nodes: list[Node], level: str, seconds: float | No
     def one(node: Node) -> tuple[str | None, dict[str, Any]]:
         hv = json.loads(node.vars_json or "{}")
         python = hv.get("gpuctl_burnin_python", DEFAULT_PYTHON)
-        target = Target(node.name, node.address, node.port, node.user, node.key_path)
+        target = target_of(node)
         try:
             env = burnin_env(hv)
         except InputError as exc:
@@ -272,7 +277,7 @@ def stop_agents(paths: Paths, nodes: list[Node]) -> None:
     known = KnownHosts(paths.known_hosts)
 
     def one(node: Node) -> None:
-        target = Target(node.name, node.address, node.port, node.user, node.key_path)
+        target = target_of(node)
         # An unreachable node: nothing more can be done from here.
         with contextlib.suppress(GpuctlError):
             run_on_node(target, STOP_AGENTS, known_hosts=known, command_timeout=30,
@@ -349,14 +354,13 @@ def _judge(paths: Paths, node: Node, err: str | None, doc: dict[str, Any],
 
 def _torchrun_command(python: str, nodes: int, procs: int, endpoint: str, is_host: bool,
                       local_addr: str, run_id: int, env: dict[str, str]) -> str:
-    exports = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted(env.items()))
-    return ('d=$(mktemp -d /tmp/gpuctl-burnin.XXXXXX) && cat > "$d/agent.py" && cd "$d" && '
-            f"{exports}{shlex.quote(python)} -m torch.distributed.run "
-            f"--nnodes={nodes} --nproc-per-node={procs} --rdzv-backend=c10d "
-            f"--rdzv-endpoint={shlex.quote(endpoint)} --rdzv-id=gpuctl-burnin-{run_id} "
-            f"--rdzv-conf=is_host={int(is_host)},join_timeout=120 "
-            f"--local-addr={shlex.quote(local_addr)} --max-restarts=0 "
-            '"$d/agent.py" --multinode; rc=$?; cd /; rm -rf "$d"; exit $rc')
+    return _with_agent_file(env, (
+        f"{shlex.quote(python)} -m torch.distributed.run "
+        f"--nnodes={nodes} --nproc-per-node={procs} --rdzv-backend=c10d "
+        f"--rdzv-endpoint={shlex.quote(endpoint)} --rdzv-id=gpuctl-burnin-{run_id} "
+        f"--rdzv-conf=is_host={int(is_host)},join_timeout=120 "
+        f"--local-addr={shlex.quote(local_addr)} --max-restarts=0 "
+        '"$d/agent.py" --multinode'))
 
 
 def _multinode(paths: Paths, nodes: list[Node],
@@ -383,7 +387,7 @@ def _multinode(paths: Paths, nodes: list[Node],
                                 procs, endpoint, node is first,
                                 vars_.get("gpuctl_fabric_address") or node.address, run_id,
                                 burnin_env(vars_))
-        target = Target(node.name, node.address, node.port, node.user, node.key_path)
+        target = target_of(node)
         try:
             res = run_on_node(target, cmd, known_hosts=known, stdin_data=script,
                               command_timeout=LEVEL_TIMEOUT[level], max_output=16 << 20)

@@ -8,7 +8,7 @@ import socket
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
@@ -33,6 +33,9 @@ from provisioner.db.models import (
 from provisioner.errors import InputError, NotFoundError
 from provisioner.inventory import validate
 from provisioner.inventory.lifecycle import State, record_event
+
+if TYPE_CHECKING:
+    from provisioner.ssh.exec import Target
 
 
 def current_actor() -> str:
@@ -118,6 +121,13 @@ def _view(node: Node, gpus: int | None) -> NodeView:
         state=node.state, sku=node.sku, labels=json.loads(node.labels_json),
         gpus=gpus, last_scan=_iso(node.last_scan_at), hostkey_mismatch=node.hostkey_mismatch,
     )
+
+
+def target_of(node: Node) -> Target:
+    """Where and how to reach ``node`` over SSH."""
+    from provisioner.ssh.exec import Target  # noqa: PLC0415  (paramiko: load when used)
+
+    return Target(node.name, node.address, node.port, node.user, node.key_path)
 
 
 def get_node(session: Session, name: str) -> Node:

@@ -15,7 +15,7 @@ from provisioner.db.engine import session_scope
 from provisioner.db.models import HardwareSnapshot, Node, Run, utcnow
 from provisioner.errors import GpuctlError, InputError
 from provisioner.inventory.lifecycle import State, record_event
-from provisioner.inventory.registry import current_actor, get_node
+from provisioner.inventory.registry import current_actor, get_node, target_of
 from provisioner.paths import Paths
 from provisioner.probe.facts import HardwareFacts, parse_probe_output, probe_command, probe_script
 from provisioner.scan.findings import Finding, drift_findings, health_findings, new_only
@@ -136,7 +136,7 @@ def select_targets(db_url: str, names: list[str], all_nodes: bool) -> list[Targe
                                       .order_by(col(Node.name))))
         else:
             nodes = [get_node(session, n) for n in dict.fromkeys(names)]
-        return [Target(n.name, n.address, n.port, n.user, n.key_path) for n in nodes]
+        return [target_of(n) for n in nodes]
 
 
 def scan_nodes(
