@@ -10,7 +10,7 @@ import sys
 import termios
 import time
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -18,10 +18,13 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.markup import escape
 from rich.panel import Panel
+from rich.table import Table
 from rich.text import Text
+from sqlmodel import Session
 
 from provisioner.cli.common import Ctx, json_option, pass_ctx
 from provisioner.db.engine import session_scope
+from provisioner.errors import InputError
 from provisioner.fleet import handoff as ho
 from provisioner.fleet import ops, pools
 from provisioner.fleet.status import fleet_status
@@ -29,6 +32,9 @@ from provisioner.fsutil import write_atomically
 from provisioner.inventory.registry import current_actor
 from provisioner.ui.fleet import status_panel, status_view
 from provisioner.ui.style import print_json
+
+# A hand-off target's writer: (session, nodes) -> what it wrote ("" for stdout).
+Writer = Callable[[Session, list[ho.HandoffNode]], str]
 
 
 @contextlib.contextmanager
@@ -246,8 +252,6 @@ def pool_list(ctx: Ctx, as_json: bool) -> None:
     if as_json:
         print_json(ctx.console, [v.to_dict() for v in views])
         return
-    from rich.table import Table  # noqa: PLC0415
-
     table = Table(title=f"{len(views)} pools", title_justify="left")
     for c in ("POOL", "SKU", "ASSIGNED", "USABLE", "SLICES"):
         table.add_column(c, overflow="fold")
@@ -274,16 +278,14 @@ def handoff() -> None:
 
 
 def _run_handoff(ctx: Ctx, target: str, nodes: tuple[str, ...], sku: str | None,
-                 dry_run: bool, write: object) -> None:
+                 dry_run: bool, write: Writer) -> None:
     with session_scope(ctx.paths.db_url) as session:
         chosen, skipped = ho.select_handoff(session, list(nodes), sku)
         for line in skipped:
             ctx.err.print(f"skipped {escape(line)}")
         if not chosen and target != "prometheus":
-            from provisioner.errors import InputError  # noqa: PLC0415
-
             raise InputError("no certified node to hand off (burn nodes in first)")
-        written = write(session, chosen)  # type: ignore[operator]
+        written = write(session, chosen)
         moved = 0 if dry_run else ho.mark_in_service(session, chosen, target, current_actor())
     ctx.err.print(f"{target}: {len(chosen)} nodes{' -> ' + str(written) if written else ''}; "
                   f"{moved} moved to in-service", markup=False, highlight=False)
@@ -303,14 +305,14 @@ def handoff_slurm(ctx: Ctx, nodes: tuple[str, ...], sku: str | None, dry_run: bo
 
     Example: gpuctl handoff slurm -o /etc/slurm/gpuctl --partition h100
     """
-    def write(_session: object, chosen: list[ho.HandoffNode]) -> str:
+    def write(_session: Session, chosen: list[ho.HandoffNode]) -> str:
         for name, text in ho.render_slurm(chosen, partition).items():
             write_atomically(output_dir / name, text)
         return f"{output_dir}/slurm.conf, {output_dir}/gres.conf"
     _run_handoff(ctx, "slurm", nodes, sku, dry_run, write)
 
 
-def _single_file(target: str, default: str, render: object, help_text: str) -> click.Command:
+def _single_file(target: str, default: str, render: Writer, help_text: str) -> click.Command:
     @handoff.command(target, help=help_text)
     @_handoff_options
     @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
@@ -318,8 +320,8 @@ def _single_file(target: str, default: str, render: object, help_text: str) -> c
     @pass_ctx
     def command(ctx: Ctx, nodes: tuple[str, ...], sku: str | None, dry_run: bool,
                 output: Path | None) -> None:
-        def write(session: object, chosen: list[ho.HandoffNode]) -> str:
-            text = render(session, chosen)  # type: ignore[operator]
+        def write(session: Session, chosen: list[ho.HandoffNode]) -> str:
+            text = render(session, chosen)
             if output is None:
                 click.echo(text, nl=False)
                 return ""
