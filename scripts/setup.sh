@@ -13,19 +13,8 @@ fi
 # node probe reads on real machines and what the test suite drives.
 packages=(openssh-server openssh-client util-linux iproute2 pciutils python3 python3-venv
           ca-certificates)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  # Lab nodes run their own sshd; the host's must not start and take port 22.
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  rm -f /usr/sbin/policy-rc.d
-fi
+source scripts/apt.sh
+apt_install_missing "system packages" "${packages[@]}"
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

@@ -9,20 +9,8 @@ bash scripts/setup.sh
 # once against a real server it starts itself) and promtool (package prometheus; checks
 # the metrics hand-off). Their services are kept from starting: the tests start their own.
 test_packages=(vagrant chromium tmux postgresql prometheus)
-missing=()
-for p in "${test_packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing test tools: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
-    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
-  rm -f /usr/sbin/policy-rc.d
-  trap - EXIT
-fi
+source scripts/apt.sh
+apt_install_missing "test tools" "${test_packages[@]}"
 export PATH="$(pwd)/.venv/bin:$PATH"
 echo "== ruff"; ruff check provisioner tests benchmarks
 echo "== mypy"; mypy provisioner

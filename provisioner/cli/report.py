@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
 
 from provisioner.cli.common import Ctx, pass_ctx
 from provisioner.db.engine import session_scope
@@ -53,8 +54,7 @@ def report(ctx: Ctx, run_id: int | None, node: str | None, fmt: str, output: Pat
 
 
 def _term_text(doc: dict[str, Any], full: bool) -> str:
-    from rich.console import Console  # noqa: PLC0415
-
-    console = Console(record=True, width=120, file=open(os.devnull, "w"))  # noqa: SIM115
+    """The terminal report as plain text, for ``--format term -o FILE``."""
+    console = Console(file=io.StringIO(), width=120)
     render_term(doc, console, full=full)
-    return console.export_text()
+    return console.file.getvalue()  # type: ignore[attr-defined]

@@ -12,6 +12,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """Stored times are UTC; SQLite hands them back without a zone, PostgreSQL with."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def iso_utc(value: datetime | None) -> str | None:
+    """``2026-11-26T02:08:48+00:00`` (seconds), or None."""
+    return None if value is None else as_utc(value).isoformat(timespec="seconds")
+
+
 class Node(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(index=True, unique=True, max_length=253)

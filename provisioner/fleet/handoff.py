@@ -13,9 +13,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import yaml
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
-from provisioner.db.models import BurninResult, Certificate, Gpu, HardwareSnapshot, Node
+from provisioner.db.models import (
+    BurninResult,
+    Certificate,
+    Gpu,
+    HardwareSnapshot,
+    Node,
+    as_utc,
+)
 from provisioner.fleet.status import SERVING, latest_certificates
 from provisioner.inventory.lifecycle import State, transition
 from provisioner.skus import SKUS
@@ -45,11 +52,8 @@ class HandoffNode:
     cert_expires: datetime | None
     cert_profile: str
     cert_run: int
-    figures: dict[str, float] = field(default_factory=dict)
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    # The burn-in measurements behind the certificate: (test, GPU index, value, unit).
+    results: list[tuple[str, int | None, float, str]] = field(default_factory=list)
 
 
 def select_handoff(session: Session, names: list[str], sku: str | None,
@@ -69,18 +73,33 @@ def select_handoff(session: Session, names: list[str], sku: str | None,
     if names:
         query = query.where(col(Node.name).in_(names))
     out, skipped = [], []
+    valid = []
     for node, cert, snap in session.exec(query).all():
-        if cert.expires_at is not None and _aware(cert.expires_at) < now:
+        if cert.expires_at is not None and as_utc(cert.expires_at) < now:
             skipped.append(f"{node.name}: certificate expired "
-                           f"{_aware(cert.expires_at).date()}; re-run burn-in")
-            continue
+                           f"{as_utc(cert.expires_at).date()}; re-run burn-in")
+        else:
+            valid.append((node, cert, snap))
+    # One query each for every node's first GPU and certified results, not one per node.
+    snap_ids = [snap.id for _, _, snap in valid if snap is not None]
+    first = (select(Gpu.snapshot_id, func.min(Gpu.index).label("first"))
+             .where(col(Gpu.snapshot_id).in_(snap_ids)).group_by(col(Gpu.snapshot_id))
+             .subquery())
+    gpus = {g.snapshot_id: g for g in session.exec(select(Gpu).join(
+        first, (col(first.c.snapshot_id) == Gpu.snapshot_id)
+        & (col(first.c.first) == Gpu.index)))}
+    certified = {(node.id, cert.run_id) for node, cert, _ in valid}
+    results: dict[int | None, list[tuple[str, int | None, float, str]]] = {}
+    for r in session.exec(select(BurninResult).where(
+            col(BurninResult.node_id).in_([n for n, _ in certified]),
+            col(BurninResult.run_id).in_({run for _, run in certified}))
+            .order_by(col(BurninResult.id))):
+        if (r.node_id, r.run_id) in certified and r.value is not None \
+                and math.isfinite(r.value):
+            results.setdefault(r.node_id, []).append((r.test, r.gpu_index, r.value, r.unit))
+    for node, cert, snap in valid:
         facts = json.loads(snap.facts_json) if snap and snap.facts_json else {}
-        gpu = session.exec(select(Gpu).where(Gpu.snapshot_id == snap.id).limit(1)).first() \
-            if snap else None
-        figures = {f"{r.test}" + (f"_gpu{r.gpu_index}" if r.gpu_index is not None else ""):
-                   float(r.value) for r in session.exec(select(BurninResult).where(
-                       BurninResult.run_id == cert.run_id, BurninResult.node_id == node.id))
-                   if r.value is not None and math.isfinite(r.value)}
+        gpu = gpus.get(snap.id) if snap and snap.id is not None else None
         sku_info = SKUS.get(node.sku or "")
         out.append(HandoffNode(
             name=node.name, address=node.address, sku=node.sku or "unknown",
@@ -94,9 +113,10 @@ def select_handoff(session: Session, names: list[str], sku: str | None,
             gpu_memory_mib=gpu.memory_mib if gpu else None,
             driver=snap.driver_version if snap else None,
             cuda=snap.cuda_version if snap else None,
-            labels=json.loads(node.labels_json or "{}"), cert_issued=_aware(cert.issued_at),
-            cert_expires=_aware(cert.expires_at) if cert.expires_at else None,
-            cert_profile=cert.profile, cert_run=cert.run_id, figures=figures))
+            labels=json.loads(node.labels_json or "{}"), cert_issued=as_utc(cert.issued_at),
+            cert_expires=as_utc(cert.expires_at) if cert.expires_at else None,
+            cert_profile=cert.profile, cert_run=cert.run_id,
+            results=results.get(node.id, [])))
     found = {n.name for n in out} | {s.split(":")[0] for s in skipped}
     for name in names:
         if name not in found:
@@ -110,12 +130,12 @@ def mark_in_service(session: Session, nodes: list[HandoffNode], target: str,
                     actor: str) -> int:
     """Certified nodes become in-service; returns how many moved."""
     moved = 0
-    for h in nodes:
-        node = session.exec(select(Node).where(Node.name == h.name)).one()
-        if node.state == State.CERTIFIED.value:
-            transition(session, node, State.IN_SERVICE, actor=actor,
-                       reason=f"handed off to {target}")
-            moved += 1
+    for node in session.exec(select(Node).where(
+            col(Node.name).in_([h.name for h in nodes]),
+            Node.state == State.CERTIFIED.value).order_by(col(Node.name))):
+        transition(session, node, State.IN_SERVICE, actor=actor,
+                   reason=f"handed off to {target}")
+        moved += 1
     return moved
 
 
@@ -243,15 +263,10 @@ def render_prometheus(session: Session, nodes: list[HandoffNode],
     lines += ["# HELP gpuctl_burnin_value Burn-in measurement behind the node's certificate "
               "(unit in the unit label).", "# TYPE gpuctl_burnin_value gauge"]
     for n in nodes:
-        for r in session.exec(select(BurninResult).join(Node, col(Node.id) ==
-                                                        BurninResult.node_id)
-                              .where(Node.name == n.name, BurninResult.run_id == n.cert_run)
-                              .order_by(col(BurninResult.id))):
-            if r.value is None or not math.isfinite(r.value):
-                continue
-            gpu = "" if r.gpu_index is None else str(r.gpu_index)
-            lines.append(f'gpuctl_burnin_value{{node="{_esc(n.name)}",test="{_esc(r.test)}",'
-                         f'gpu="{gpu}",unit="{_esc(r.unit)}"}} {r.value:.6g}')
+        for test, gpu_index, value, unit in n.results:
+            gpu = "" if gpu_index is None else str(gpu_index)
+            lines.append(f'gpuctl_burnin_value{{node="{_esc(n.name)}",test="{_esc(test)}",'
+                         f'gpu="{gpu}",unit="{_esc(unit)}"}} {value:.6g}')
     return "\n".join(lines) + "\n"
 
 

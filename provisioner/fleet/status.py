@@ -9,21 +9,20 @@ from typing import Any
 from sqlalchemy import case
 from sqlmodel import Session, col, func, select
 
-from provisioner.db.models import Certificate, Event, HardwareSnapshot, Node, Run
+from provisioner.db.models import (
+    Certificate,
+    Event,
+    HardwareSnapshot,
+    Node,
+    Run,
+    as_utc,
+    iso_utc,
+)
 from provisioner.fleet.pools import list_pools
 from provisioner.inventory.lifecycle import State
 
 SERVING = (State.CERTIFIED.value, State.IN_SERVICE.value)
 BAD = (State.QUARANTINED.value, State.FAILED.value)
-
-
-def _aware(value: datetime) -> datetime:
-    """Stored times are UTC; SQLite hands them back without a zone."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else _aware(value).isoformat(timespec="seconds")
 
 
 def latest_certificates() -> Any:
@@ -34,7 +33,7 @@ def latest_certificates() -> Any:
 
 def fleet_status(session: Session, now: datetime | None = None, expiring_days: int = 14,
                  attention_limit: int = 12) -> dict[str, Any]:
-    now = _aware(now or datetime.now(UTC))
+    now = as_utc(now or datetime.now(UTC))
     soon = now + timedelta(days=expiring_days)
     states = dict(session.exec(select(Node.state, func.count(col(Node.id)))
                                .group_by(col(Node.state))).all())
@@ -54,9 +53,9 @@ def fleet_status(session: Session, now: datetime | None = None, expiring_days: i
         .join(latest, col(latest.c.cert_id) == Certificate.id)
         .join(Node, col(Node.id) == Certificate.node_id)
         .where(col(Node.state).in_(SERVING))).all()
-    expired = sum(1 for exp, _ in cert_rows if exp is not None and _aware(exp) < now)
+    expired = sum(1 for exp, _ in cert_rows if exp is not None and as_utc(exp) < now)
     expiring = sum(1 for exp, _ in cert_rows
-                   if exp is not None and now <= _aware(exp) < soon)
+                   if exp is not None and now <= as_utc(exp) < soon)
     attention_q = (
         select(Node.name, Node.state, Node.hostkey_mismatch, Certificate.expires_at)
         .join(latest, col(latest.c.node_id) == Node.id, isouter=True)
@@ -72,9 +71,9 @@ def fleet_status(session: Session, now: datetime | None = None, expiring_days: i
             Node, col(Node.id) == Event.node_id).where(Node.name == name, Event.kind == "state")
             .order_by(col(Event.id).desc()).limit(1)).first()
         why = ("host key changed" if mismatch else
-               f"certificate expired {_iso(exp)[:10]}; re-run burn-in"  # type: ignore[index]
+               f"certificate expired {iso_utc(exp)[:10]}; re-run burn-in"  # type: ignore[index]
                if state in SERVING else (event[1] if event else ""))
-        attention.append({"node": name, "state": state, "since": _iso(event[0]) if event
+        attention.append({"node": name, "state": state, "since": iso_utc(event[0]) if event
                           else None, "reason": why})
     day_ago = now - timedelta(days=1)
     drift_24h = session.exec(select(func.count()).select_from(Event).where(
@@ -85,12 +84,12 @@ def fleet_status(session: Session, now: datetime | None = None, expiring_days: i
                            .order_by(col(Run.id).desc()).limit(1)).first()
         if run is not None:
             runs[kind] = {"id": run.id, "status": run.status, "actor": run.actor,
-                          "started_at": _iso(run.started_at),
-                          "finished_at": _iso(run.finished_at)}
+                          "started_at": iso_utc(run.started_at),
+                          "finished_at": iso_utc(run.finished_at)}
     pools = [p.to_dict() for p in list_pools(session, detail=False)]
     total_nodes = sum(states.values())
     return {
-        "generated_at": _iso(now), "nodes": total_nodes,
+        "generated_at": iso_utc(now), "nodes": total_nodes,
         "gpus": sum(int(r[2]) for r in sku_rows),
         "states": {s.value: int(states.get(s.value, 0)) for s in State
                    if states.get(s.value)},

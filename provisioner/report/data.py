@@ -16,15 +16,10 @@ from provisioner.db.models import (
     Event,
     Node,
     Run,
+    iso_utc,
 )
 from provisioner.errors import InputError
 from provisioner.inventory.registry import get_node
-
-
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat(timespec="seconds")
 
 
 def _find_run(session: Session, run_id: int | None, node: Node | None) -> Run:
@@ -95,8 +90,8 @@ def report_data(session: Session, run_id: int | None = None,
             "certificate": None if cert is None else {
                 "profile": cert.profile, "level": cert.level,
                 "driver_version": cert.driver_version, "cuda_version": cert.cuda_version,
-                "results_digest": cert.results_digest, "issued_at": _iso(cert.issued_at),
-                "expires_at": _iso(cert.expires_at)},
+                "results_digest": cert.results_digest, "issued_at": iso_utc(cert.issued_at),
+                "expires_at": iso_utc(cert.expires_at)},
             "results": [{"test": r.test, "gpu": r.gpu_index, "value": r.value,
                          "unit": r.unit, "threshold": r.threshold, "verdict": r.verdict,
                          "reason": r.reason} for r in rows],
@@ -109,9 +104,9 @@ def report_data(session: Session, run_id: int | None = None,
         })
     passed = sum(1 for n in out_nodes if n["verdict"] == "pass")
     return {
-        "report": "gpuctl burn-in", "generated_at": _iso(datetime.now(UTC)),
+        "report": "gpuctl burn-in", "generated_at": iso_utc(datetime.now(UTC)),
         "run": {"id": run.id, "actor": run.actor, "status": run.status,
-                "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
+                "started_at": iso_utc(run.started_at), "finished_at": iso_utc(run.finished_at),
                 "level": args.get("level"), "duration": args.get("seconds"),
                 "with_dcgm": bool(args.get("with_dcgm"))},
         "summary": {"nodes": len(out_nodes), "passed": passed,

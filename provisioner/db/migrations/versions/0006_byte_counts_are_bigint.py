@@ -12,26 +12,23 @@ down_revision = '0005'
 branch_labels = None
 depends_on = None
 
+COLUMNS = {'hardwaresnapshot': 'memory_bytes', 'disk': 'size_bytes'}
 
-def upgrade() -> None:
+
+def _alter(old: type, new: type) -> None:
     # SQLite's INTEGER already holds 64 bits; rebuilding tables there for a type name
     # would trip over the foreign keys of existing rows.
     if op.get_bind().dialect.name == 'sqlite':
         return
-    with op.batch_alter_table('hardwaresnapshot', schema=None) as batch_op:
-        batch_op.alter_column('memory_bytes', existing_type=sa.Integer(),
-                              type_=sa.BigInteger(), existing_nullable=True)
-    with op.batch_alter_table('disk', schema=None) as batch_op:
-        batch_op.alter_column('size_bytes', existing_type=sa.Integer(),
-                              type_=sa.BigInteger(), existing_nullable=True)
+    for table, column in COLUMNS.items():
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.alter_column(column, existing_type=old(), type_=new(),
+                                  existing_nullable=True)
+
+
+def upgrade() -> None:
+    _alter(sa.Integer, sa.BigInteger)
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == 'sqlite':
-        return
-    with op.batch_alter_table('disk', schema=None) as batch_op:
-        batch_op.alter_column('size_bytes', existing_type=sa.BigInteger(),
-                              type_=sa.Integer(), existing_nullable=True)
-    with op.batch_alter_table('hardwaresnapshot', schema=None) as batch_op:
-        batch_op.alter_column('memory_bytes', existing_type=sa.BigInteger(),
-                              type_=sa.Integer(), existing_nullable=True)
+    _alter(sa.BigInteger, sa.Integer)
