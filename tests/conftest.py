@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.cli import main
+from provisioner.handle import Gpuctl
 from provisioner.paths import Paths
 from tests.pgserver import PgServer
 
@@ -50,6 +51,12 @@ def gpuctl_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 @pytest.fixture
 def paths(gpuctl_home: Path) -> Paths:
     return Paths.from_env()
+
+
+@pytest.fixture
+def gc(paths: Paths) -> Gpuctl:
+    """The core handle for this test's data dir and database."""
+    return Gpuctl(paths)
 
 
 class CliResult:

@@ -34,7 +34,7 @@ def fill_fleet(db_url: str, nodes: int, gpus_per_node: int = 8, *, sku: str = "h
     engine = get_engine(db_url)
     with Session(engine) as session:
         run = Run(kind="burnin", actor="fixture", args_json=json.dumps({"level": "quick"}),
-                  status="done", finished_at=now)
+                  status="ok", finished_at=now)
         session.add(run)
         session.flush()
         run_id = run.id

@@ -17,27 +17,24 @@ from typing import Any
 
 from provisioner.burnin.dcgm import DCGM_LEVEL, dcgm_command, dcgm_verdicts
 from provisioner.burnin.health import as_dict, health_verdicts
-from provisioner.burnin.thresholds import Verdict, evaluate, fleet_medians, load_profile
-from provisioner.db.engine import session_scope
+from provisioner.burnin.thresholds import Verdict, evaluate, fleet_medians, node_profile
+from provisioner.catalogue import Sku
 from provisioner.db.models import (
     BurninArtifact,
     BurninResult,
     Certificate,
     HardwareSnapshot,
     Node,
-    Run,
     utcnow,
 )
 from provisioner.errors import GpuctlError, InputError, NodesFailedError
-from provisioner.inventory.lifecycle import State, transition
-from provisioner.inventory.registry import current_actor, get_node, select_nodes, target_of
-from provisioner.paths import Paths
-from provisioner.provision import locks
-from provisioner.skus import SKUS
+from provisioner.handle import Gpuctl
+from provisioner.inventory.lifecycle import State, get_node, transition
+from provisioner.runs import RunScope, RunStatus, recover_abandoned, select_nodes
 from provisioner.ssh.exec import Target, run_on_node
 from provisioner.ssh.hostkeys import KnownHosts
 
-ELIGIBLE = {State.PROVISIONED, State.CERTIFIED, State.FAILED, State.BURNING_IN}
+ELIGIBLE = {State.PROVISIONED, State.CERTIFIED, State.FAILED}
 # --all takes only nodes ready for burn-in; failed or interrupted ones must be named.
 ELIGIBLE_ALL = {State.PROVISIONED, State.CERTIFIED}
 DEFAULT_PYTHON = "/opt/gpuctl/burnin/bin/python3"
@@ -110,15 +107,15 @@ def _agent_command(python: str, level: str, seconds: float | None,
     return _with_agent_file(env, f'{shlex.quote(python)} "$d/agent.py" {args}')
 
 
-def _inventory_verdict(node: Node, doc: dict[str, Any], profile: dict[str, Any]) -> Verdict:
+def _inventory_verdict(node: Node, sku: Sku | None, doc: dict[str, Any],
+                       profile: dict[str, Any]) -> Verdict:
     """The GPUs the node's driver reports now, against what its SKU must have: count,
     model, and memory (the profile's ``gpu_memory_mib_min``: a part with less memory is
     another SKU, or a GPU with memory retired)."""
-    sku = SKUS.get(node.sku or "")
     gpus = [g for g in doc.get("inventory", []) if isinstance(g, dict)]
     if sku is None:
         return Verdict("inventory_match", None, float(len(gpus)), "GPUs", None, True, "")
-    wrong = [g.get("name") for g in gpus if sku.model_match not in str(g.get("name"))]
+    wrong = [g.get("name") for g in gpus if not sku.matches_model(str(g.get("name")))]
     min_mib = profile.get("gpu_memory_mib_min")
     small = [i for i, g in enumerate(gpus) if min_mib and isinstance(g.get("memory_mib"), int)
              and g["memory_mib"] < int(min_mib)]
@@ -134,7 +131,7 @@ def _inventory_verdict(node: Node, doc: dict[str, Any], profile: dict[str, Any])
 
 
 def burnin_nodes(
-    paths: Paths,
+    gc: Gpuctl,
     names: list[str],
     *,
     all_nodes: bool = False,
@@ -151,82 +148,64 @@ def burnin_nodes(
 
     Raises:
         InputError: bad selection or options; NodeBusyError: a node is held by a run.
+        NodesFailedError: interrupted (the agents were stopped, the nodes marked failed).
     """
     if level not in LEVEL_TIMEOUT:
         raise InputError(f"unknown level {level!r}; use quick, standard or extended")
-    db_url = paths.db_url
-    with session_scope(db_url) as session:
+    recover_abandoned(gc)
+    with gc.session() as session:
         nodes = select_nodes(session, names, all_nodes,
                              ELIGIBLE_ALL if all_nodes else ELIGIBLE, "burn in",
                              "provision it first")
         snapshots = {n.name: session.get(HardwareSnapshot, n.last_snapshot_id)
                      if n.last_snapshot_id else None for n in nodes}
-        actor = current_actor()
-        run = Run(kind="burnin", actor=actor, args_json=json.dumps(
-            {"nodes": [n.name for n in nodes], "level": level, "seconds": seconds,
-             "profile": profile, "with_dcgm": with_dcgm, "multinode": multinode}))
-        session.add(run)
-        session.flush()
-        assert run.id is not None
-        run_id = run.id
-    node_ids = {n.id: n.name for n in nodes if n.id is not None}
-    locks.acquire(db_url, node_ids, run_id, locks.holder_id(actor))
+    args = {"nodes": [n.name for n in nodes], "level": level, "seconds": seconds,
+            "profile": profile, "with_dcgm": with_dcgm, "multinode": multinode}
     interrupted = False
-    summary = BurninSummary(run_id, level, [])
-    try:
-        with session_scope(db_url) as session:
-            for n in nodes:
-                node = get_node(session, n.name)
-                if node.state != State.BURNING_IN:
-                    transition(session, node, State.BURNING_IN, actor=actor, run_id=run_id,
-                               reason=f"burn-in ({level}) started")
-        outcomes = _run_agents(paths, nodes, level, seconds, parallel, with_dcgm)
-        medians = fleet_medians([o[1].get("results", []) for o in outcomes.values()
-                                 if o[1]])
-        judged = {n.name: _judge(paths, n, *outcomes[n.name], profile, medians)
-                  for n in nodes}
-        if multinode:
-            _multinode(paths, nodes, outcomes, judged, run_id, level)
-        for node in nodes:
-            err, doc = outcomes[node.name]
-            result = _store(paths, node, snapshots[node.name], err, doc, *judged[node.name],
-                            run_id, level, actor, certificate_days)
-            summary.nodes.append(result)
-            if on_result:
-                on_result(result)
-    except KeyboardInterrupt:
-        interrupted = True
-        with session_scope(db_url) as session:
-            for n in nodes:
-                node = get_node(session, n.name)
-                if node.state == State.BURNING_IN:
-                    transition(session, node, State.FAILED, actor=actor, run_id=run_id,
-                               reason="burn-in interrupted; run it again")
-    finally:
-        locks.release(db_url, run_id)
-        with session_scope(db_url) as session:
-            stored = session.get(Run, run_id)
-            assert stored is not None
-            stored.finished_at = utcnow()
-            stored.status = "interrupted" if interrupted else "done"
-            session.add(stored)
+    with RunScope(gc, "burnin", args, nodes, busy=State.BURNING_IN,
+                  start_reason=f"burn-in ({level}) started") as run:
+        summary = BurninSummary(run.run_id, level, [])
+        try:
+            outcomes = _run_agents(gc, nodes, level, seconds, parallel, with_dcgm)
+        except KeyboardInterrupt:
+            interrupted = True
+            run.status = RunStatus.INTERRUPTED
+        if not interrupted:
+            medians = fleet_medians([o[1].get("results", []) for o in outcomes.values()
+                                     if o[1]])
+            judged = {n.name: _judge(gc, n, *outcomes[n.name], profile, medians)
+                      for n in nodes}
+            if multinode:
+                _multinode(gc, nodes, outcomes, judged, run.run_id, level)
+            for node in nodes:
+                err, doc = outcomes[node.name]
+                result = _store(gc, node, snapshots[node.name], err, doc,
+                                *judged[node.name], run.run_id, level, certificate_days)
+                summary.nodes.append(result)
+                run.node_ok[node.name] = result.verdict == "pass"
+                if on_result:
+                    on_result(result)
+            run.summary = {"certified": [n.name for n in summary.nodes if n.verdict == "pass"],
+                           "quarantined": [n.name for n in summary.nodes
+                                           if n.verdict == "fail"],
+                           "failed": [n.name for n in summary.nodes if n.verdict == "error"]}
     if interrupted:
-        raise NodesFailedError(f"burn-in interrupted: run {run_id} marked interrupted, the "
+        raise NodesFailedError(f"burn-in interrupted: run {run.run_id} marked interrupted, the "
                                "agents stopped, its nodes marked failed (burn them in again "
                                "by name)")
     return summary
 
 
-def _run_agents(paths: Paths, nodes: list[Node], level: str, seconds: float | None,
+def _run_agents(gc: Gpuctl, nodes: list[Node], level: str, seconds: float | None,
                 parallel: int, with_dcgm: bool
                 ) -> dict[str, tuple[str | None, dict[str, Any]]]:
-    known = KnownHosts(paths.known_hosts)
+    known = KnownHosts(gc.paths.known_hosts)
     script = agent_script()
 
     def one(node: Node) -> tuple[str | None, dict[str, Any]]:
         hv = json.loads(node.vars_json or "{}")
         python = hv.get("gpuctl_burnin_python", DEFAULT_PYTHON)
-        target = target_of(node)
+        target = Target.of(node)
         try:
             env = burnin_env(hv)
         except InputError as exc:
@@ -261,7 +240,7 @@ def _run_agents(paths: Paths, nodes: list[Node], level: str, seconds: float | No
         # Stop the agents on the nodes (a stress test must not keep the GPUs busy after
         # the admin pressed Ctrl-C); their SSH commands then return and the pool drains.
         pool.shutdown(wait=False, cancel_futures=True)
-        stop_agents(paths, nodes)
+        stop_agents(gc, nodes)
         pool.shutdown(wait=True)
         raise
     pool.shutdown(wait=True)
@@ -272,12 +251,12 @@ def _run_agents(paths: Paths, nodes: list[Node], level: str, seconds: float | No
 STOP_AGENTS = "pkill -TERM -f '[/]tmp/gpuctl-burnin[.]'; true"
 
 
-def stop_agents(paths: Paths, nodes: list[Node]) -> None:
+def stop_agents(gc: Gpuctl, nodes: list[Node]) -> None:
     """Best effort: end every burn-in agent (and torchrun) process on the nodes."""
-    known = KnownHosts(paths.known_hosts)
+    known = KnownHosts(gc.paths.known_hosts)
 
     def one(node: Node) -> None:
-        target = target_of(node)
+        target = Target.of(node)
         # An unreachable node: nothing more can be done from here.
         with contextlib.suppress(GpuctlError):
             run_on_node(target, STOP_AGENTS, known_hosts=known, command_timeout=30,
@@ -336,20 +315,36 @@ def _artifact(doc: dict[str, Any]) -> dict[str, Any]:
             "nvlink": doc.get("nvlink"), "p2p_matrix": p2p, "collectives": collectives}
 
 
-def _judge(paths: Paths, node: Node, err: str | None, doc: dict[str, Any],
+def _judge(gc: Gpuctl, node: Node, err: str | None, doc: dict[str, Any],
            profile_name: str | None, medians: dict[str, float]
            ) -> tuple[str, list[Verdict], list[str]]:
     """(profile name, verdicts, failure reasons) for one node's agent document."""
     hv = json.loads(node.vars_json or "{}")
-    name = profile_name or hv.get("gpuctl_burnin_profile") or node.sku or "cpu-lab"
+    name, profile = node_profile(gc, node.sku, hv, profile_name)
     if err is not None:
         return name, [], [f"agent: {err}"]
-    profile = load_profile(paths, name)
-    verdicts = [_inventory_verdict(node, doc, profile)] + evaluate(
-        doc["results"], profile, medians) + health_verdicts(doc, profile)
+    sku = gc.sku(node.sku)
+    verdicts = [_inventory_verdict(node, sku, doc, profile), _backend_verdict(sku, doc, hv)]
+    verdicts += evaluate(doc["results"], profile, medians) + health_verdicts(doc, profile)
     if "dcgm" in doc:
         verdicts += dcgm_verdicts(doc["dcgm"])
     return name, verdicts, [v.reason for v in verdicts if not v.passed]
+
+
+def _backend_verdict(sku: Sku | None, doc: dict[str, Any], host_vars: dict[str, Any]
+                     ) -> Verdict:
+    """A node whose SKU has GPUs must have been tested on them: an agent that fell back to
+    the CPU (torch without CUDA, a driver that did not load) proves nothing about the
+    GPUs, so it fails. Only nodes given CPU floors (``gpuctl_burnin_floors``, the lab)
+    are judged on the CPU."""
+    backend = str(doc.get("backend") or "unknown")
+    wants_gpu = sku is not None and sku.gpu_count > 0 and not host_vars.get(
+        "gpuctl_burnin_floors")
+    ok = backend == "cuda" or not wants_gpu
+    return Verdict("backend", None, None, backend, None, ok,
+                   "" if ok else f"backend: the agent ran on {backend}, not on the GPUs "
+                   f"(SKU {sku.name if sku else '?'}): is torch built with CUDA, is the "
+                   "driver loaded?")
 
 
 def _torchrun_command(python: str, nodes: int, procs: int, endpoint: str, is_host: bool,
@@ -363,7 +358,7 @@ def _torchrun_command(python: str, nodes: int, procs: int, endpoint: str, is_hos
         '"$d/agent.py" --multinode'))
 
 
-def _multinode(paths: Paths, nodes: list[Node],
+def _multinode(gc: Gpuctl, nodes: list[Node],
                outcomes: dict[str, tuple[str | None, dict[str, Any]]],
                judged: dict[str, tuple[str, list[Verdict], list[str]]], run_id: int,
                level: str) -> None:
@@ -372,7 +367,7 @@ def _multinode(paths: Paths, nodes: list[Node],
     ok = sorted((n for n in nodes if not judged[n.name][2]), key=lambda n: n.name)
     if len(ok) < 2:
         return
-    known = KnownHosts(paths.known_hosts)
+    known = KnownHosts(gc.paths.known_hosts)
     script = agent_script()
     hv = {n.name: json.loads(n.vars_json or "{}") for n in ok}
     first = ok[0]
@@ -387,7 +382,7 @@ def _multinode(paths: Paths, nodes: list[Node],
                                 procs, endpoint, node is first,
                                 vars_.get("gpuctl_fabric_address") or node.address, run_id,
                                 burnin_env(vars_))
-        target = target_of(node)
+        target = Target.of(node)
         try:
             res = run_on_node(target, cmd, known_hosts=known, stdin_data=script,
                               command_timeout=LEVEL_TIMEOUT[level], max_output=16 << 20)
@@ -416,7 +411,8 @@ def _multinode(paths: Paths, nodes: list[Node],
             new = [Verdict("multinode_all_reduce_busbw", None, None, "GB/s", None, False,
                            f"multinode_all_reduce_busbw across {len(ok)} nodes: {why}")]
         else:
-            new = evaluate([measurement], load_profile(paths, name))
+            new = evaluate([measurement], node_profile(
+                gc, node.sku, hv[node.name], name.split("+")[0])[1])
             new = [Verdict(v.test, v.device, v.value, v.unit, v.threshold, v.passed,
                            v.reason.replace(" on node:", f" across {len(ok)} nodes ({names}):"))
                    for v in new]
@@ -425,13 +421,14 @@ def _multinode(paths: Paths, nodes: list[Node],
         failures += [v.reason for v in new if not v.passed]
 
 
-def _store(paths: Paths, node: Node, snapshot: HardwareSnapshot | None, err: str | None,
+def _store(gc: Gpuctl, node: Node, snapshot: HardwareSnapshot | None, err: str | None,
            doc: dict[str, Any], name: str, verdicts: list[Verdict], failures: list[str],
-           run_id: int, level: str, actor: str, certificate_days: int) -> NodeBurnin:
+           run_id: int, level: str, certificate_days: int) -> NodeBurnin:
     """Store one node's verdicts and artifacts; certify or quarantine it."""
     digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
     by_test = {(r["test"], r.get("device")): r for r in doc.get("results", [])}
-    with session_scope(paths.db_url) as session:
+    actor = gc.actor
+    with gc.session() as session:
         stored = get_node(session, node.name)
         assert stored.id is not None
         for v in verdicts:

@@ -1,21 +1,32 @@
-"""Per-SKU burn-in thresholds (YAML) and the verdicts they give.
+"""Burn-in threshold profiles and the verdicts they give.
 
-Profiles live in ``inventory/thresholds/<profile>.yml``; a file of the same name under
-``<data dir>/thresholds/`` replaces it. Every throughput test is gated on a number, and a
-node well below its SKU's fleet median fails even above the absolute floor.
+A node is judged by its SKU's profile: the ``burnin`` part of its catalogue file
+(``inventory/skus/<sku>.yml``), with the memory floor and NVLink link count of the same
+file. A node of a SKU the catalogue does not know is judged by ``generic``
+(correctness and health verdicts, throughput only against the other nodes of its
+run). Profiles that are not SKUs live in ``inventory/thresholds/``: ``generic``, and
+``cpu-lab``, the throughput floors lab nodes use in place of their SKU's (host variable
+``gpuctl_burnin_floors``). A file ``<data dir>/thresholds/<name>.yml`` replaces the
+profile ``name`` of either kind.
+
+Every throughput test is gated on a number, and a node well below its SKU's fleet
+median fails even above the absolute floor.
 """
 
 from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from provisioner.errors import InputError
-from provisioner.paths import Paths
+from provisioner.handle import Gpuctl
 from provisioner.project import project_dir
+
+GENERIC = "generic"
 
 
 @dataclass(frozen=True)
@@ -29,24 +40,58 @@ class Verdict:
     reason: str
 
 
-def load_profile(paths: Paths, name: str) -> dict[str, Any]:
-    """The threshold profile ``name``, site override first.
+def _profile_file(path: Path) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("tests"), dict):
+        raise InputError(f"{path}: needs a 'tests' mapping")
+    return doc
+
+
+def load_profile(gc: Gpuctl, name: str) -> dict[str, Any]:
+    """The threshold profile ``name``: a site file, else the SKU ``name``'s catalogue
+    profile, else a shipped non-SKU profile (``generic``, ``cpu-lab``).
 
     Raises:
         InputError: no such profile, or it is not a mapping with ``tests``.
     """
-    for base in (paths.home / "thresholds", project_dir() / "inventory/thresholds"):
-        path = base / f"{name}.yml"
-        if path.is_file():
-            try:
-                doc = yaml.safe_load(path.read_text())
-            except yaml.YAMLError as exc:
-                raise InputError(f"{path}: not valid YAML ({exc})") from None
-            if not isinstance(doc, dict) or not isinstance(doc.get("tests"), dict):
-                raise InputError(f"{path}: needs a 'tests' mapping")
-            return doc
-    known = sorted(p.stem for p in (project_dir() / "inventory/thresholds").glob("*.yml"))
+    site = gc.paths.home / "thresholds" / f"{name}.yml"
+    if site.is_file():
+        return _profile_file(site)
+    sku = gc.sku(name)
+    if sku is not None:
+        return sku.threshold_profile()
+    shipped = project_dir() / "inventory/thresholds" / f"{name}.yml"
+    if shipped.is_file():
+        return _profile_file(shipped)
+    known = sorted(gc.skus()) + sorted(
+        p.stem for p in (project_dir() / "inventory/thresholds").glob("*.yml"))
     raise InputError(f"no threshold profile {name!r}; known: {', '.join(known)}")
+
+
+def node_profile(gc: Gpuctl, sku: str | None, host_vars: dict[str, Any],
+                 override: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(name, profile) a node is judged by: ``override`` (``burnin --profile``), else its
+    ``gpuctl_burnin_profile`` host variable, else its SKU, else ``generic``. Host
+    variable ``gpuctl_burnin_floors`` replaces the throughput floors and the fleet
+    fraction only (the lab's CPU floors); every other rule stays the SKU's.
+
+    Raises:
+        InputError: a named profile does not exist.
+    """
+    name = override or host_vars.get("gpuctl_burnin_profile") or (
+        sku if gc.sku(sku) is not None else GENERIC)
+    profile = load_profile(gc, str(name))
+    floors_name = host_vars.get("gpuctl_burnin_floors")
+    if floors_name:
+        floors = load_profile(gc, str(floors_name))
+        profile = {**profile, "tests": floors["tests"],
+                   "fleet_outlier_fraction": floors.get(
+                       "fleet_outlier_fraction", profile.get("fleet_outlier_fraction"))}
+        name = f"{name}+{floors_name}"
+    return str(name), profile
 
 
 def evaluate(results: list[dict[str, Any]], profile: dict[str, Any],

@@ -12,7 +12,7 @@ from rich.markup import escape
 from provisioner import __version__
 from provisioner.cli.common import Ctx
 from provisioner.errors import EXIT_USAGE, GpuctlError
-from provisioner.paths import Paths
+from provisioner.handle import Gpuctl
 
 # Command -> module:attribute, imported only when that command runs, so `gpuctl status`
 # does not pay for Ansible, paramiko and alembic (a fleet dashboard must start fast).
@@ -60,7 +60,7 @@ def cli(ctx: click.Context, db: str | None) -> None:
       gpuctl handoff slurm -o /etc/slurm/gpuctl
       gpuctl status --watch
     """
-    ctx.obj = Ctx(paths=Paths.from_env(db), console=Console(emoji=False, highlight=False),
+    ctx.obj = Ctx(gc=Gpuctl.from_env(db), console=Console(emoji=False, highlight=False),
                   err=Console(stderr=True, emoji=False, highlight=False))
 
 

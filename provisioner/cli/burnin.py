@@ -46,7 +46,7 @@ def burnin(ctx: Ctx, nodes: tuple[str, ...], all_nodes: bool, level: str,
             ctx.err.print(f"{styled(result.verdict, VERDICT_STYLE.get(result.verdict))} "
                           f"{escape(result.name)}")
 
-    summary = burnin_nodes(ctx.paths, list(nodes), all_nodes=all_nodes, level=level,
+    summary = burnin_nodes(ctx.gc, list(nodes), all_nodes=all_nodes, level=level,
                            seconds=seconds, profile=profile, parallel=parallel,
                            with_dcgm=with_dcgm, multinode=multinode,
                            certificate_days=valid_days,

@@ -9,14 +9,14 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from provisioner.paths import Paths
+from provisioner.handle import Gpuctl
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass
 class Ctx:
-    paths: Paths
+    gc: Gpuctl
     console: Console
     err: Console
 

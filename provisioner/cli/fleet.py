@@ -18,23 +18,18 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.markup import escape
 from rich.panel import Panel
-from rich.table import Table
 from rich.text import Text
-from sqlmodel import Session
 
 from provisioner.cli.common import Ctx, json_option, pass_ctx
-from provisioner.db.engine import session_scope
-from provisioner.errors import InputError
 from provisioner.fleet import handoff as ho
 from provisioner.fleet import ops, pools
 from provisioner.fleet.status import fleet_status
 from provisioner.fsutil import write_atomically
-from provisioner.inventory.registry import current_actor
-from provisioner.ui.fleet import status_panel, status_view
+from provisioner.ui.fleet import pools_table, status_panel, status_view
 from provisioner.ui.style import print_json
 
-# A hand-off target's writer: (session, nodes) -> what it wrote ("" for stdout).
-Writer = Callable[[Session, list[ho.HandoffNode]], str]
+# A hand-off target's writer: what to hand off -> what it wrote ("" for stdout).
+Writer = Callable[[ho.HandoffInput], str]
 
 
 @contextlib.contextmanager
@@ -83,8 +78,7 @@ class WatchView:
         if self.detail is not None:
             return Panel(self._detail(self.detail), title=f"gpuctl nodes show {self.detail}",
                          subtitle="esc or b: back to the fleet; q quits", border_style="blue")
-        with session_scope(self.ctx.paths.db_url) as session:
-            doc = fleet_status(session, expiring_days=self.expiring_days)
+        doc = fleet_status(self.ctx.gc, expiring_days=self.expiring_days)
         self.names = [a["node"] for a in doc["attention"]["nodes"]]
         self.selected = min(self.selected, max(len(self.names) - 1, 0))
         return status_panel(doc, self.footer, self.selected if self.names else None,
@@ -96,7 +90,7 @@ class WatchView:
 
         console = Console(file=io.StringIO(), force_terminal=True,
                           width=max(60, self.ctx.console.width - 4))
-        node_detail(console, show_node(self.ctx.paths.db_url, name, events=8))
+        node_detail(console, show_node(self.ctx.gc, name, events=8))
         return Text.from_ansi(console.file.getvalue())  # type: ignore[attr-defined]
 
     def key(self, key: str) -> None:
@@ -125,8 +119,7 @@ def status(ctx: Ctx, watch: bool, interval: float, expiring_days: int, as_json: 
     Example: gpuctl status --watch
     """
     def snapshot() -> dict[str, object]:
-        with session_scope(ctx.paths.db_url) as session:
-            return fleet_status(session, expiring_days=expiring_days)
+        return fleet_status(ctx.gc, expiring_days=expiring_days)
 
     if as_json:
         print_json(ctx.console, snapshot())
@@ -164,7 +157,7 @@ def _lifecycle(op: str, help_text: str, reason_required: bool) -> click.Command:
     @json_option
     @pass_ctx
     def command(ctx: Ctx, names: tuple[str, ...], reason: str | None, as_json: bool) -> None:
-        changes = ops.apply(ctx.paths.db_url, op, list(names), reason)
+        changes = ops.apply(ctx.gc, op, list(names), reason)
         if as_json:
             print_json(ctx.console, [c.__dict__ for c in changes])
             return
@@ -201,7 +194,7 @@ def pool_create(ctx: Ctx, name: str, sku: str, gpus: int) -> None:
 
     Example: gpuctl pool create llm-team --sku h100-sxm-8 --gpus 64
     """
-    pools.create_pool(ctx.paths.db_url, name, sku, gpus)
+    pools.create_pool(ctx.gc, name, sku, gpus)
     ctx.console.print(f"pool {escape(name)}: {gpus} {escape(sku)} GPUs")
 
 
@@ -216,7 +209,7 @@ def pool_assign(ctx: Ctx, name: str, nodes: tuple[str, ...], gpus: int | None) -
 
     Example: gpuctl pool assign vision-team gpu017 --gpus 4
     """
-    done = pools.assign(ctx.paths.db_url, name, list(nodes), gpus)
+    done = pools.assign(ctx.gc, name, list(nodes), gpus)
     ctx.console.print(f"pool {escape(name)} += " + escape(", ".join(done)))
 
 
@@ -229,7 +222,7 @@ def pool_release(ctx: Ctx, name: str, nodes: tuple[str, ...]) -> None:
 
     Example: gpuctl pool release vision-team gpu017
     """
-    freed = pools.release(ctx.paths.db_url, name, list(nodes))
+    freed = pools.release(ctx.gc, name, list(nodes))
     ctx.console.print(f"pool {escape(name)}: released {freed} GPUs")
 
 
@@ -238,7 +231,7 @@ def pool_release(ctx: Ctx, name: str, nodes: tuple[str, ...]) -> None:
 @pass_ctx
 def pool_delete(ctx: Ctx, name: str) -> None:
     """Delete a pool and its allocations."""
-    pools.delete_pool(ctx.paths.db_url, name)
+    pools.delete_pool(ctx.gc, name)
     ctx.console.print(f"pool {escape(name)} deleted")
 
 
@@ -247,20 +240,11 @@ def pool_delete(ctx: Ctx, name: str) -> None:
 @pass_ctx
 def pool_list(ctx: Ctx, as_json: bool) -> None:
     """Pools, what each holds and on which nodes."""
-    with session_scope(ctx.paths.db_url) as session:
-        views = pools.list_pools(session)
+    views = pools.list_pools(ctx.gc)
     if as_json:
         print_json(ctx.console, [v.to_dict() for v in views])
         return
-    table = Table(title=f"{len(views)} pools", title_justify="left")
-    for c in ("POOL", "SKU", "ASSIGNED", "USABLE", "SLICES"):
-        table.add_column(c, overflow="fold")
-    for v in views:
-        table.add_row(escape(v.name), escape(v.sku), f"{v.assigned}/{v.gpus}", str(v.usable),
-                      escape(", ".join(f"{a['node']}[{a['gpu_indices']}]"
-                                       + ("" if a["state"] in pools.USABLE else
-                                          f" ({a['state']})") for a in v.allocations)))
-    ctx.console.print(table)
+    ctx.console.print(pools_table(views))
 
 
 def _handoff_options(func: click.decorators.FC) -> click.decorators.FC:
@@ -279,16 +263,13 @@ def handoff() -> None:
 
 def _run_handoff(ctx: Ctx, target: str, nodes: tuple[str, ...], sku: str | None,
                  dry_run: bool, write: Writer) -> None:
-    with session_scope(ctx.paths.db_url) as session:
-        chosen, skipped = ho.select_handoff(session, list(nodes), sku)
-        for line in skipped:
-            ctx.err.print(f"skipped {escape(line)}")
-        if not chosen and target != "prometheus":
-            raise InputError("no certified node to hand off (burn nodes in first)")
-        written = write(session, chosen)
-        moved = 0 if dry_run else ho.mark_in_service(session, chosen, target, current_actor())
-    ctx.err.print(f"{target}: {len(chosen)} nodes{' -> ' + str(written) if written else ''}; "
-                  f"{moved} moved to in-service", markup=False, highlight=False)
+    result = ho.hand_off(ctx.gc, target, list(nodes), sku, dry_run=dry_run, write=write)
+    for line in result.skipped:
+        ctx.err.print(f"skipped {escape(line)}")
+    written = result.written
+    ctx.err.print(f"{target}: {len(result.nodes)} nodes{' -> ' + written if written else ''}; "
+                  f"{result.moved} moved to in-service (run {result.run_id})", markup=False,
+                  highlight=False)
 
 
 @handoff.command("slurm")
@@ -305,8 +286,8 @@ def handoff_slurm(ctx: Ctx, nodes: tuple[str, ...], sku: str | None, dry_run: bo
 
     Example: gpuctl handoff slurm -o /etc/slurm/gpuctl --partition h100
     """
-    def write(_session: Session, chosen: list[ho.HandoffNode]) -> str:
-        for name, text in ho.render_slurm(chosen, partition).items():
+    def write(doc: ho.HandoffInput) -> str:
+        for name, text in ho.render_slurm(doc.nodes, partition).items():
             write_atomically(output_dir / name, text)
         return f"{output_dir}/slurm.conf, {output_dir}/gres.conf"
     _run_handoff(ctx, "slurm", nodes, sku, dry_run, write)
@@ -320,8 +301,8 @@ def _single_file(target: str, default: str, render: Writer, help_text: str) -> c
     @pass_ctx
     def command(ctx: Ctx, nodes: tuple[str, ...], sku: str | None, dry_run: bool,
                 output: Path | None) -> None:
-        def write(session: Session, chosen: list[ho.HandoffNode]) -> str:
-            text = render(session, chosen)
+        def write(doc: ho.HandoffInput) -> str:
+            text = render(doc)
             if output is None:
                 click.echo(text, nl=False)
                 return ""
@@ -332,17 +313,17 @@ def _single_file(target: str, default: str, render: Writer, help_text: str) -> c
 
 
 handoff_k8s = _single_file(
-    "k8s", "gpu-node-labels.yaml", lambda s, n: ho.render_k8s(n),
+    "k8s", "gpu-node-labels.yaml", lambda doc: ho.render_k8s(doc.nodes),
     "Node labels as GPU Feature Discovery names them (nvidia.com/gpu.product, .count, "
     ".memory, ...) plus gpuctl.io/certified, as YAML for `kubectl apply -f`.\n\n"
     "Example: gpuctl handoff k8s -o labels.yaml && kubectl apply -f labels.yaml")
 handoff_ansible = _single_file(
-    "ansible", "in-service.yml", lambda s, n: ho.render_ansible(n),
+    "ansible", "in-service.yml", lambda doc: ho.render_ansible(doc.nodes),
     "An Ansible YAML inventory of the handed-off nodes (group gpuctl_in_service, children "
     "per SKU).\n\nExample: gpuctl handoff ansible -o in-service.yml")
 handoff_prometheus = _single_file(
     "prometheus", "/var/lib/node_exporter/textfile/gpuctl.prom",
-    lambda s, n: ho.render_prometheus(s, n),
+    lambda doc: ho.render_prometheus(doc.fleet, doc.nodes),
     "A node-exporter textfile: every node's state, certificate age and expiry, burn-in "
     "figures.\n\nExample: gpuctl handoff prometheus -o "
     "/var/lib/node_exporter/textfile/gpuctl.prom")

@@ -9,7 +9,7 @@ import click
 from provisioner.cli.common import Ctx, json_option, pass_ctx
 from provisioner.lab.faults import FAULTS, parse_fault
 from provisioner.lab.nodes import Lab
-from provisioner.lab.profiles import PROFILES
+from provisioner.lab.profiles import profile_names
 from provisioner.lab.registration import register_lab_nodes, unregister_lab_nodes
 from provisioner.ui.render import lab_table, print_json
 
@@ -22,7 +22,7 @@ def lab() -> None:
 @lab.command("up")
 @click.option("--nodes", "count", default=4, show_default=True)
 @click.option("--profile", default="h100-sxm-8", show_default=True,
-              type=click.Choice(sorted(PROFILES)))
+              type=click.Choice(profile_names()))
 @click.option("--smi-xml", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Replay a real `nvidia-smi -q -x` capture instead of a profile.")
 @click.option("--fault", "faults", multiple=True, metavar="NODE:KIND",
@@ -41,11 +41,11 @@ def up(ctx: Ctx, count: int, profile: str, smi_xml: Path | None, faults: tuple[s
     Example: gpuctl lab up --nodes 4 --fault gpu-node-03:pcie-downgrade
     """
     parsed = [parse_fault(f) for f in faults]
-    the_lab = Lab(ctx.paths)
+    the_lab = Lab(ctx.gc.paths)
     started = the_lab.up(count, profile=profile, smi_xml=smi_xml, faults=parsed,
                          first_address=first_address, port=port, driver=driver)
     if not no_register:
-        register_lab_nodes(ctx.paths, started, str(the_lab.client_key))
+        register_lab_nodes(ctx.gc, started, str(the_lab.client_key))
     if as_json:
         print_json(ctx.console, [n.to_dict() for n in started])
         return
@@ -59,7 +59,7 @@ def up(ctx: Ctx, count: int, profile: str, smi_xml: Path | None, faults: tuple[s
 @pass_ctx
 def status(ctx: Ctx, as_json: bool) -> None:
     """Show the lab's nodes and whether they run."""
-    nodes = Lab(ctx.paths).status()
+    nodes = Lab(ctx.gc.paths).status()
     if as_json:
         print_json(ctx.console, [n.to_dict() for n in nodes])
     else:
@@ -75,7 +75,7 @@ def fault(ctx: Ctx, node: str, kind: str) -> None:
 
     Example: gpuctl lab fault gpu-node-02 gpu-missing
     """
-    Lab(ctx.paths).fault(node, kind)
+    Lab(ctx.gc.paths).fault(node, kind)
     ctx.console.print(f"{node}: {kind} ({FAULTS[kind]})")
 
 
@@ -84,9 +84,9 @@ def fault(ctx: Ctx, node: str, kind: str) -> None:
 @pass_ctx
 def down(ctx: Ctx, keep_nodes: bool) -> None:
     """Stop every lab node and remove its files, mounts and processes."""
-    the_lab = Lab(ctx.paths)
+    the_lab = Lab(ctx.gc.paths)
     nodes = the_lab.status()
     if not keep_nodes:
-        unregister_lab_nodes(ctx.paths, nodes)
+        unregister_lab_nodes(ctx.gc, nodes)
     gone = the_lab.down()
     ctx.console.print(f"lab down: {len(gone)} nodes stopped")

@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from provisioner.cli.common import Ctx, json_option, pass_ctx
-from provisioner.db.engine import get_engine, redact_url
+from provisioner.db.engine import redact_url
 from provisioner.inventory import registry
+from provisioner.inventory.importers import import_nodes
 from provisioner.inventory.lifecycle import State
 from provisioner.inventory.validate import parse_label
 from provisioner.ui.render import node_detail, nodes_table, print_json
@@ -25,9 +26,9 @@ def init(ctx: Ctx) -> None:
 
     Example: gpuctl init
     """
-    ctx.paths.ensure()
-    get_engine(ctx.paths.db_url)
-    ctx.console.print(f"data dir {ctx.paths.home}\ndatabase {redact_url(ctx.paths.db_url)}")
+    ctx.gc.paths.ensure()
+    ctx.gc.engine  # noqa: B018  (creates and migrates the database)
+    ctx.console.print(f"data dir {ctx.gc.paths.home}\ndatabase {redact_url(ctx.gc.db_url)}")
 
 
 @click.group()
@@ -53,7 +54,7 @@ def add(ctx: Ctx, host: str, address: str | None, port: int, user: str, key_path
     """
     spec = registry.NodeSpec(name=host, address=address, port=port, user=user,
                              key_path=key_path, labels=_labels(labels), sku=sku)
-    registry.add_nodes(ctx.paths.db_url, [spec], replace=replace)
+    registry.add_nodes(ctx.gc, [spec], replace=replace)
     ctx.console.print(f"registered {host}")
 
 
@@ -66,7 +67,7 @@ def import_(ctx: Ctx, file: Path, replace: bool) -> None:
 
     Example: gpuctl nodes import inventory/hosts.ini
     """
-    names = registry.import_nodes(ctx.paths.db_url, file, replace=replace)
+    names = import_nodes(ctx.gc, file, replace=replace)
     ctx.console.print(f"imported {len(names)} nodes from {file}")
 
 
@@ -82,7 +83,7 @@ def list_(ctx: Ctx, state: str | None, sku: str | None, labels: tuple[str, ...],
 
     Example: gpuctl nodes list --state quarantined --json
     """
-    views = registry.list_nodes(ctx.paths.db_url, state=state, sku=sku, labels=_labels(labels))
+    views = registry.list_nodes(ctx.gc, state=state, sku=sku, labels=_labels(labels))
     if as_json:
         print_json(ctx.console, [v.to_dict() for v in views])
     else:
@@ -99,7 +100,7 @@ def show(ctx: Ctx, node: str, events: int, as_json: bool) -> None:
 
     Example: gpuctl nodes show gpu-node-03
     """
-    detail = registry.show_node(ctx.paths.db_url, node, events=events)
+    detail = registry.show_node(ctx.gc, node, events=events)
     if as_json:
         print_json(ctx.console, detail.to_dict())
     else:
@@ -117,7 +118,7 @@ def remove(ctx: Ctx, names: tuple[str, ...], yes: bool) -> None:
     """
     if not yes:
         click.confirm(f"Remove {len(names)} node(s) and their history?", abort=True)
-    registry.remove_nodes(ctx.paths.db_url, list(names))
+    registry.remove_nodes(ctx.gc, list(names))
     ctx.console.print(f"removed {', '.join(names)}")
 
 
@@ -133,7 +134,7 @@ def label(ctx: Ctx, names: tuple[str, ...], set_: tuple[str, ...],
 
     Example: gpuctl nodes label gpu017 gpu018 --set rack=r12 --remove pool
     """
-    views = registry.label_nodes(ctx.paths.db_url, list(names), _labels(set_), list(remove_keys))
+    views = registry.label_nodes(ctx.gc, list(names), _labels(set_), list(remove_keys))
     if as_json:
         print_json(ctx.console, [v.to_dict() for v in views])
     else:
@@ -151,6 +152,6 @@ def forget_hostkey(ctx: Ctx, node: str) -> None:
     The next `gpuctl scan NODE --accept-new` records the key it then sees.
     Example: gpuctl nodes forget-hostkey gpu017
     """
-    had = registry.forget_hostkey(ctx.paths, node)
+    had = registry.forget_hostkey(ctx.gc, node)
     ctx.console.print(f"{node}: host key {'forgotten' if had else 'was not on file'}; scan with "
                       "--accept-new to record the new one")

@@ -48,14 +48,14 @@ def provision(ctx: Ctx, nodes: tuple[str, ...], all_nodes: bool, retry_failed: b
 
     if as_json:
         summary = provision_nodes(
-            ctx.paths, list(nodes), all_nodes=all_nodes, retry_failed=retry_failed, tags=tags,
+            ctx.gc, list(nodes), all_nodes=all_nodes, retry_failed=retry_failed, tags=tags,
             check=check, diff=diff, forks=forks, allow_control_host=allow_control_host,
             vault_password_file=vault_password_file)
         print_json(ctx.console, summary.to_dict())
     else:
         with live:
             summary = provision_nodes(
-                ctx.paths, list(nodes), all_nodes=all_nodes, retry_failed=retry_failed,
+                ctx.gc, list(nodes), all_nodes=all_nodes, retry_failed=retry_failed,
                 tags=tags, check=check, diff=diff, forks=forks,
                 allow_control_host=allow_control_host,
                 vault_password_file=vault_password_file, on_progress=on_progress)
@@ -79,4 +79,4 @@ def export(ctx: Ctx, fmt: str, state: str | None) -> None:
 
     Example: gpuctl inventory export --format yaml > hosts.yml
     """
-    click.echo(export_inventory(ctx.paths, fmt, state=state), nl=False)
+    click.echo(export_inventory(ctx.gc, fmt, state=state), nl=False)

@@ -10,11 +10,10 @@ import click
 from rich.console import Console
 
 from provisioner.cli.common import Ctx, pass_ctx
-from provisioner.db.engine import session_scope
 from provisioner.fsutil import write_atomically
 from provisioner.report.data import report_data
-from provisioner.report.html import render_html
-from provisioner.report.render import render_json, render_junit, render_markdown, render_term
+from provisioner.ui.report import render_json, render_junit, render_markdown, render_term
+from provisioner.ui.report_html import render_html
 
 FORMATS = ("term", "md", "html", "json", "junit")
 
@@ -35,8 +34,7 @@ def report(ctx: Ctx, run_id: int | None, node: str | None, fmt: str, output: Pat
 
     Examples: gpuctl report --format html; gpuctl report 12 --format junit -o burnin.xml
     """
-    with session_scope(ctx.paths.db_url) as session:
-        doc = report_data(session, run_id, node)
+    doc = report_data(ctx.gc, run_id, node)
     if fmt == "term" and output is None:
         render_term(doc, ctx.console, full=all_tests)
         return

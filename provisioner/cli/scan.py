@@ -42,7 +42,7 @@ def scan(ctx: Ctx, nodes: tuple[str, ...], all_nodes: bool, parallel: int, accep
         progress.advance(task)
 
     with progress:
-        summary = scan_nodes(ctx.paths, list(nodes), all_nodes=all_nodes, parallel=parallel,
+        summary = scan_nodes(ctx.gc, list(nodes), all_nodes=all_nodes, parallel=parallel,
                              accept_new=accept_new, connect_timeout=connect_timeout,
                              command_timeout=command_timeout,
                              on_start=lambda total: progress.update(task, total=total),

@@ -79,9 +79,26 @@ def migrate(engine: Engine) -> None:
 
     cfg = Config(str(MIGRATIONS / "alembic.ini"))
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    sqlite = engine.dialect.name == "sqlite"
+    if sqlite:
+        # SQLite changes a table's constraints by rebuilding it; with foreign keys on,
+        # dropping the old table would delete (or cascade to) the rows that refer to
+        # it. Its documented procedure: foreign keys off, rebuild, check, on again.
+        engine = create_engine(engine.url, connect_args={"timeout": 30,
+                                                         "isolation_level": None})
+        event.listen(engine, "begin", _begin_immediate)
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall() \
+                if sqlite else []
+            if broken:
+                raise GpuctlError(f"migration left {len(broken)} rows with dangling "
+                                  f"references (first: {broken[0]}); nothing was changed")
+    finally:
+        if sqlite:
+            engine.dispose()
 
 
 def _one_line(error: object) -> str:

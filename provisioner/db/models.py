@@ -42,18 +42,23 @@ class Node(SQLModel, table=True):
 
 class Run(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
-    kind: str = Field(index=True, max_length=16)  # scan | provision | burnin
+    kind: str = Field(index=True, max_length=16)  # scan | provision | burnin | handoff
     actor: str = Field(max_length=128)
     args_json: str = "{}"
-    status: str = Field(default="running", max_length=16)
+    # running | ok | partial | failed | interrupted | abandoned (provisioner.runs)
+    status: str = Field(default="running", max_length=16, index=True)
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
     summary_json: str = "{}"
+    # Where the run's process lives and its last sign of life, for crash recovery.
+    host: str | None = Field(default=None, max_length=253)
+    pid: int | None = None
+    heartbeat_at: datetime | None = None
 
 
 class HardwareSnapshot(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
-    node_id: int = Field(foreign_key="node.id", index=True)
+    node_id: int = Field(foreign_key="node.id", index=True, ondelete="CASCADE")
     run_id: int | None = Field(default=None, foreign_key="run.id")
     taken_at: datetime = Field(default_factory=utcnow)
     hostname: str | None = None
@@ -77,8 +82,9 @@ class HardwareSnapshot(SQLModel, table=True):
 
 class Gpu(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
-    snapshot_id: int = Field(foreign_key="hardwaresnapshot.id", index=True)
-    node_id: int = Field(foreign_key="node.id", index=True)
+    snapshot_id: int = Field(foreign_key="hardwaresnapshot.id", index=True,
+                             ondelete="CASCADE")
+    node_id: int = Field(foreign_key="node.id", index=True, ondelete="CASCADE")
     index: int
     uuid: str | None = Field(default=None, index=True)
     serial: str | None = None
@@ -109,7 +115,8 @@ class Gpu(SQLModel, table=True):
 
 class Nic(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
-    snapshot_id: int = Field(foreign_key="hardwaresnapshot.id", index=True)
+    snapshot_id: int = Field(foreign_key="hardwaresnapshot.id", index=True,
+                             ondelete="CASCADE")
     name: str
     kind: str = "ethernet"  # ethernet | infiniband
     mac: str | None = None
@@ -123,7 +130,8 @@ class Nic(SQLModel, table=True):
 
 class Disk(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
-    snapshot_id: int = Field(foreign_key="hardwaresnapshot.id", index=True)
+    snapshot_id: int = Field(foreign_key="hardwaresnapshot.id", index=True,
+                             ondelete="CASCADE")
     name: str
     model: str | None = None
     serial: str | None = None
@@ -135,7 +143,7 @@ class Event(SQLModel, table=True):
     """Append-only history: state transitions, drift, faults, host-key problems."""
 
     id: int | None = Field(default=None, primary_key=True)
-    node_id: int = Field(foreign_key="node.id", index=True)
+    node_id: int = Field(foreign_key="node.id", index=True, ondelete="CASCADE")
     run_id: int | None = Field(default=None, foreign_key="run.id")
     at: datetime = Field(default_factory=utcnow)
     actor: str = Field(max_length=128)
@@ -151,7 +159,7 @@ class TaskResult(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)
-    node_id: int = Field(foreign_key="node.id", index=True)
+    node_id: int = Field(foreign_key="node.id", index=True, ondelete="CASCADE")
     task: str = Field(max_length=256)
     role: str | None = Field(default=None, max_length=64)
     action: str | None = Field(default=None, max_length=128)
@@ -164,7 +172,7 @@ class TaskResult(SQLModel, table=True):
 class NodeLock(SQLModel, table=True):
     """A node held by a running provision/burn-in; the primary key makes it exclusive."""
 
-    node_id: int = Field(foreign_key="node.id", primary_key=True)
+    node_id: int = Field(foreign_key="node.id", primary_key=True, ondelete="CASCADE")
     run_id: int = Field(foreign_key="run.id")
     holder: str = Field(max_length=256)  # user@host pid N
     acquired_at: datetime = Field(default_factory=utcnow)
@@ -175,7 +183,7 @@ class BurninResult(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)
-    node_id: int = Field(foreign_key="node.id", index=True)
+    node_id: int = Field(foreign_key="node.id", index=True, ondelete="CASCADE")
     gpu_index: int | None = None
     test: str = Field(max_length=64)
     value: float | None = None
@@ -190,7 +198,7 @@ class Certificate(SQLModel, table=True):
     """Proof that a node passed burn-in: what was tested, against what, on what software."""
 
     id: int | None = Field(default=None, primary_key=True)
-    node_id: int = Field(foreign_key="node.id", index=True)
+    node_id: int = Field(foreign_key="node.id", index=True, ondelete="CASCADE")
     run_id: int = Field(foreign_key="run.id")
     profile: str = Field(max_length=64)
     level: str = Field(max_length=16)
@@ -208,7 +216,7 @@ class BurninArtifact(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)
-    node_id: int = Field(foreign_key="node.id", index=True)
+    node_id: int = Field(foreign_key="node.id", index=True, ondelete="CASCADE")
     kind: str = Field(max_length=16)
     content_json: str = "{}"
 
@@ -228,8 +236,8 @@ class PoolAllocation(SQLModel, table=True):
     """``gpus`` GPUs of one node given to one pool (a slice: 8, 4, 2 or 1 GPUs)."""
 
     id: int | None = Field(default=None, primary_key=True)
-    pool_id: int = Field(foreign_key="pool.id", index=True)
-    node_id: int = Field(foreign_key="node.id", index=True)
+    pool_id: int = Field(foreign_key="pool.id", index=True, ondelete="CASCADE")
+    node_id: int = Field(foreign_key="node.id", index=True, ondelete="CASCADE")
     gpus: int
     first_gpu: int = 0  # GPU indices first_gpu .. first_gpu+gpus-1
     assigned_at: datetime = Field(default_factory=utcnow)

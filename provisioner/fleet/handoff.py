@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 from sqlmodel import Session, col, func, select
 
+from provisioner.catalogue import Sku
 from provisioner.db.models import (
     BurninResult,
     Certificate,
@@ -23,9 +25,11 @@ from provisioner.db.models import (
     Node,
     as_utc,
 )
+from provisioner.errors import InputError
 from provisioner.fleet.status import SERVING, latest_certificates
+from provisioner.handle import Gpuctl
 from provisioner.inventory.lifecycle import State, transition
-from provisioner.skus import SKUS
+from provisioner.runs import RunScope, recover_abandoned
 
 # Slurm keeps RealMemory a little under MemTotal so a node is never drained for "low
 # RealMemory" after a kernel update takes a few MiB more.
@@ -54,9 +58,62 @@ class HandoffNode:
     cert_run: int
     # The burn-in measurements behind the certificate: (test, GPU index, value, unit).
     results: list[tuple[str, int | None, float, str]] = field(default_factory=list)
+    # From the SKU's catalogue file ("" for a SKU the catalogue does not know).
+    gres_type: str = ""
+    family: str = ""
+    compute: str = ""
 
 
-def select_handoff(session: Session, names: list[str], sku: str | None,
+@dataclass
+class HandoffInput:
+    """What a hand-off writer renders: the nodes handed off, and (for Prometheus) every
+    node's (name, SKU, state)."""
+
+    nodes: list[HandoffNode]
+    fleet: list[tuple[str, str | None, str]]
+
+
+@dataclass
+class HandoffResult:
+    target: str
+    run_id: int
+    nodes: list[str]
+    skipped: list[str]
+    written: str
+    moved: int
+
+
+def hand_off(gc: Gpuctl, target: str, names: list[str], sku: str | None, *,
+             dry_run: bool, write: Callable[[HandoffInput], str]) -> HandoffResult:
+    """Hand the certified nodes (``names``, or all; one SKU with ``sku``) to ``target``:
+    ``write`` renders and stores the output, then the nodes move to in-service (unless
+    ``dry_run``), in one run that holds their locks.
+
+    Raises:
+        InputError: no node to hand off (Prometheus is written even then: it lists every
+            node's state).
+        NodeBusyError: a run holds one of the nodes.
+    """
+    recover_abandoned(gc)
+    with gc.session() as session:
+        chosen, skipped = select_handoff(session, gc.skus(), names, sku)
+        fleet = [tuple(r) for r in session.exec(select(Node.name, Node.sku, Node.state)
+                                                .order_by(col(Node.name))).all()]
+        rows = list(session.exec(select(Node).where(
+            col(Node.name).in_([n.name for n in chosen])).order_by(col(Node.name))))
+    if not chosen and target != "prometheus":
+        raise InputError("no certified node to hand off (burn nodes in first)" + (
+            ": " + "; ".join(skipped[:5]) if skipped else ""))
+    args = {"target": target, "nodes": [n.name for n in chosen], "dry_run": dry_run}
+    with RunScope(gc, "handoff", args, rows) as run:
+        written = write(HandoffInput(chosen, fleet))  # type: ignore[arg-type]
+        moved = 0 if dry_run else mark_in_service(gc, chosen, target, run.run_id)
+        run.summary = {"handed_off": [n.name for n in chosen], "moved": moved,
+                       "written": written}
+    return HandoffResult(target, run.run_id, [n.name for n in chosen], skipped, written, moved)
+
+
+def select_handoff(session: Session, skus: dict[str, Sku], names: list[str], sku: str | None,
                    now: datetime | None = None) -> tuple[list[HandoffNode], list[str]]:
     """Certified and in-service nodes with a valid certificate (optionally only ``names``
     or one SKU); returns them and a line for each named node that was left out."""
@@ -100,7 +157,7 @@ def select_handoff(session: Session, names: list[str], sku: str | None,
     for node, cert, snap in valid:
         facts = json.loads(snap.facts_json) if snap and snap.facts_json else {}
         gpu = gpus.get(snap.id) if snap and snap.id is not None else None
-        sku_info = SKUS.get(node.sku or "")
+        sku_info = skus.get(node.sku or "")
         out.append(HandoffNode(
             name=node.name, address=node.address, sku=node.sku or "unknown",
             state=node.state, cpus=facts.get("cpu_threads") or (snap.cpu_cores if snap else
@@ -116,7 +173,10 @@ def select_handoff(session: Session, names: list[str], sku: str | None,
             labels=json.loads(node.labels_json or "{}"), cert_issued=as_utc(cert.issued_at),
             cert_expires=as_utc(cert.expires_at) if cert.expires_at else None,
             cert_profile=cert.profile, cert_run=cert.run_id,
-            results=results.get(node.id, [])))
+            results=results.get(node.id, []),
+            gres_type=sku_info.gres_type if sku_info else "",
+            family=sku_info.family if sku_info else "",
+            compute=sku_info.compute if sku_info else ""))
     found = {n.name for n in out} | {s.split(":")[0] for s in skipped}
     for name in names:
         if name not in found:
@@ -126,16 +186,17 @@ def select_handoff(session: Session, names: list[str], sku: str | None,
     return out, skipped
 
 
-def mark_in_service(session: Session, nodes: list[HandoffNode], target: str,
-                    actor: str) -> int:
+def mark_in_service(gc: Gpuctl, nodes: list[HandoffNode], target: str,
+                    run_id: int | None = None) -> int:
     """Certified nodes become in-service; returns how many moved."""
     moved = 0
-    for node in session.exec(select(Node).where(
-            col(Node.name).in_([h.name for h in nodes]),
-            Node.state == State.CERTIFIED.value).order_by(col(Node.name))):
-        transition(session, node, State.IN_SERVICE, actor=actor,
-                   reason=f"handed off to {target}")
-        moved += 1
+    with gc.session() as session:
+        for node in session.exec(select(Node).where(
+                col(Node.name).in_([h.name for h in nodes]),
+                Node.state == State.CERTIFIED.value).order_by(col(Node.name))):
+            transition(session, node, State.IN_SERVICE, actor=gc.actor, run_id=run_id,
+                       reason=f"handed off to {target}")
+            moved += 1
     return moved
 
 
@@ -152,8 +213,7 @@ def render_slurm(nodes: list[HandoffNode], partition: str | None = None) -> dict
             "GresTypes=gpu"]
     gres = ["# Generated by gpuctl: GPU devices of certified nodes."]
     for n in nodes:
-        sku = SKUS.get(n.sku)
-        gtype = sku.gres_type if sku and sku.gres_type else _slurm_word(n.sku).lower()
+        gtype = n.gres_type or _slurm_word(n.sku).lower()
         features = [gtype, _slurm_word(n.sku)] + [
             _slurm_word(f"{k}_{v}") for k, v in sorted(n.labels.items())
             if not k.startswith("lab")]
@@ -193,15 +253,14 @@ def _k8s_value(text: str) -> str:
 
 
 def k8s_labels(n: HandoffNode) -> dict[str, str]:
-    sku = SKUS.get(n.sku)
     labels = {"nvidia.com/gpu.present": "true", "nvidia.com/gpu.count": str(n.gpus)}
     if n.gpu_model:
         labels["nvidia.com/gpu.product"] = _k8s_value(n.gpu_model)
     if n.gpu_memory_mib:
         labels["nvidia.com/gpu.memory"] = str(n.gpu_memory_mib)
-    if sku and sku.family:
-        labels["nvidia.com/gpu.family"] = sku.family
-        major, minor = sku.compute.split(".")
+    if n.family and n.compute:
+        labels["nvidia.com/gpu.family"] = n.family
+        major, minor = n.compute.split(".")
         labels["nvidia.com/gpu.compute.major"] = major
         labels["nvidia.com/gpu.compute.minor"] = minor
     if n.driver and n.driver.count(".") >= 1:
@@ -237,15 +296,14 @@ def _esc(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render_prometheus(session: Session, nodes: list[HandoffNode],
+def render_prometheus(fleet: list[tuple[str, str | None, str]], nodes: list[HandoffNode],
                       now: datetime | None = None) -> str:
     """A node-exporter textfile: every node's state, and for handed-off nodes the
     certificate's age and expiry and their burn-in figures."""
     now = now or datetime.now(UTC)
     lines = ["# HELP gpuctl_node_state 1 for the node's current gpuctl lifecycle state.",
              "# TYPE gpuctl_node_state gauge"]
-    for name, sku, state in session.exec(select(Node.name, Node.sku, Node.state)
-                                         .order_by(col(Node.name))).all():
+    for name, sku, state in fleet:
         lines.append(f'gpuctl_node_state{{node="{_esc(name)}",sku="{_esc(sku or "")}",'
                      f'state="{_esc(state)}"}} 1')
     lines += ["# HELP gpuctl_certificate_age_seconds Seconds since the node's burn-in "

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 from sqlmodel import col, delete, select
 
-from provisioner.db.engine import session_scope
 from provisioner.db.models import Event, NodeLock, PoolAllocation
 from provisioner.errors import InputError, TransitionError
-from provisioner.inventory.lifecycle import ALLOWED, State, transition
-from provisioner.inventory.registry import current_actor, get_node
+from provisioner.handle import Gpuctl
+from provisioner.inventory.lifecycle import ALLOWED, State, get_node, transition
+from provisioner.runs import recover_abandoned
 
 # Operation -> target state (undrain's target is the state the node was drained from).
 TARGET = {"drain": State.DRAINED, "retire": State.RETIRED, "quarantine": State.QUARANTINED,
@@ -30,7 +30,7 @@ class Change:
     to_state: str
 
 
-def apply(db_url: str, op: str, names: list[str], reason: str | None = None) -> list[Change]:
+def apply(gc: Gpuctl, op: str, names: list[str], reason: str | None = None) -> list[Change]:
     """Run lifecycle operation ``op`` on ``names``.
 
     Raises:
@@ -42,10 +42,11 @@ def apply(db_url: str, op: str, names: list[str], reason: str | None = None) -> 
         raise InputError(f"name the nodes to {op}")
     if op in NEEDS_REASON and not (reason or "").strip():
         raise InputError(f"{op} needs --reason (it goes into the node's history)")
-    actor = current_actor()
+    actor = gc.actor
     why = (reason or "").strip()[:500] or f"{op} by {actor}"
     changes = []
-    with session_scope(db_url) as session:
+    recover_abandoned(gc)
+    with gc.session() as session:
         nodes = [get_node(session, n) for n in dict.fromkeys(names)]
         held = dict(session.exec(select(NodeLock.node_id, NodeLock.run_id).where(
             col(NodeLock.node_id).in_([n.id for n in nodes]))).all())

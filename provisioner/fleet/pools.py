@@ -9,12 +9,10 @@ from typing import Any
 
 from sqlmodel import Session, col, delete, func, select
 
-from provisioner.db.engine import session_scope
 from provisioner.db.models import HardwareSnapshot, Node, Pool, PoolAllocation
 from provisioner.errors import InputError, NotFoundError
-from provisioner.inventory.lifecycle import State
-from provisioner.inventory.registry import current_actor, get_node
-from provisioner.skus import SKUS
+from provisioner.handle import Gpuctl
+from provisioner.inventory.lifecycle import State, get_node
 
 USABLE = (State.CERTIFIED.value, State.IN_SERVICE.value)
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")
@@ -41,31 +39,31 @@ def _pool(session: Session, name: str) -> Pool:
     return pool
 
 
-def create_pool(db_url: str, name: str, sku: str, gpus: int) -> None:
+def create_pool(gc: Gpuctl, name: str, sku: str, gpus: int) -> None:
     """Raises: InputError for a bad name, unknown SKU, non-positive size or a duplicate."""
     if not _NAME.match(name):
         raise InputError(f"pool name {name[:70]!r} must be lower-case letters, digits and "
                          "dashes (at most 64)")
-    if sku not in SKUS:
-        raise InputError(f"unknown SKU {sku[:40]!r}; known: {', '.join(sorted(SKUS))}")
+    if gc.sku(sku) is None:
+        raise InputError(f"unknown SKU {sku[:40]!r}; known: {', '.join(sorted(gc.skus()))}")
     if gpus < 1:
         raise InputError("--gpus must be at least 1")
-    with session_scope(db_url) as session:
+    with gc.session() as session:
         if session.exec(select(Pool).where(Pool.name == name)).first():
             raise InputError(f"pool {name} exists")
-        session.add(Pool(name=name, sku=sku, gpus=gpus, actor=current_actor()))
+        session.add(Pool(name=name, sku=sku, gpus=gpus, actor=gc.actor))
 
 
-def _node_gpus(session: Session, node: Node) -> int:
+def _node_gpus(gc: Gpuctl, session: Session, node: Node) -> int:
     snap = session.get(HardwareSnapshot, node.last_snapshot_id) if node.last_snapshot_id \
         else None
-    sku = SKUS.get(node.sku or "")
+    sku = gc.sku(node.sku)
     return (snap.gpu_count if snap and snap.gpu_count else 0) or (sku.gpu_count if sku else 0)
 
 
-def _free_slots(session: Session, node: Node, size: int) -> int | None:
+def _free_slots(gc: Gpuctl, session: Session, node: Node, size: int) -> int | None:
     """The first GPU index of a free, aligned slice of ``size`` GPUs on ``node``."""
-    total = _node_gpus(session, node)
+    total = _node_gpus(gc, session, node)
     taken: set[int] = set()
     for a in session.exec(select(PoolAllocation).where(PoolAllocation.node_id == node.id)):
         taken.update(range(a.first_gpu, a.first_gpu + a.gpus))
@@ -75,7 +73,7 @@ def _free_slots(session: Session, node: Node, size: int) -> int | None:
     return None
 
 
-def assign(db_url: str, pool_name: str, nodes: list[str], gpus: int | None) -> list[str]:
+def assign(gc: Gpuctl, pool_name: str, nodes: list[str], gpus: int | None) -> list[str]:
     """Give the pool slices of ``gpus`` GPUs (default: whole nodes) on the named nodes,
     or, with no nodes named, on certified nodes of its SKU until the pool is full.
     Returns what was assigned, as ``node[first-last]``.
@@ -83,9 +81,9 @@ def assign(db_url: str, pool_name: str, nodes: list[str], gpus: int | None) -> l
     Raises:
         InputError: a bad slice size, a node of another SKU or not certified, no room.
     """
-    with session_scope(db_url) as session:
+    with gc.session() as session:
         pool = _pool(session, pool_name)
-        sku = SKUS.get(pool.sku)
+        sku = gc.sku(pool.sku)
         size = gpus or (sku.gpu_count if sku else 8)
         if size not in SLICES:
             raise InputError(f"--gpus must be one of {', '.join(map(str, SLICES))}")
@@ -110,7 +108,7 @@ def assign(db_url: str, pool_name: str, nodes: list[str], gpus: int | None) -> l
                     raise InputError(f"pool {pool.name} has {pool.gpus - have} of {pool.gpus} "
                                      f"GPUs left; a {size}-GPU slice does not fit")
                 break
-            first = _free_slots(session, node, size)
+            first = _free_slots(gc, session, node, size)
             if first is None:
                 if nodes:
                     raise InputError(f"{node.name} has no free {size}-GPU slice")
@@ -127,10 +125,10 @@ def assign(db_url: str, pool_name: str, nodes: list[str], gpus: int | None) -> l
     return done
 
 
-def release(db_url: str, pool_name: str, nodes: list[str]) -> int:
+def release(gc: Gpuctl, pool_name: str, nodes: list[str]) -> int:
     """Take the named nodes' slices (all, with no nodes named) back from the pool.
     Returns how many GPUs were released."""
-    with session_scope(db_url) as session:
+    with gc.session() as session:
         pool = _pool(session, pool_name)
         query = select(PoolAllocation).where(PoolAllocation.pool_id == pool.id)
         if nodes:
@@ -143,14 +141,18 @@ def release(db_url: str, pool_name: str, nodes: list[str]) -> int:
     return freed
 
 
-def delete_pool(db_url: str, name: str) -> None:
-    with session_scope(db_url) as session:
-        pool = _pool(session, name)
-        session.exec(delete(PoolAllocation).where(col(PoolAllocation.pool_id) == pool.id))
-        session.delete(pool)
+def delete_pool(gc: Gpuctl, name: str) -> None:
+    with gc.session() as session:
+        session.delete(_pool(session, name))  # its allocations go with it (cascade)
 
 
-def list_pools(session: Session, detail: bool = True) -> list[PoolView]:
+def list_pools(gc: Gpuctl) -> list[PoolView]:
+    """Every pool with what it holds and on which nodes."""
+    with gc.session() as session:
+        return pool_views(session)
+
+
+def pool_views(session: Session, detail: bool = True) -> list[PoolView]:
     """Every pool with what it holds; GPUs on nodes that left service count as not usable."""
     pools = list(session.exec(select(Pool).order_by(Pool.name)))
     rows = session.exec(select(PoolAllocation, Node.name, Node.state).join(

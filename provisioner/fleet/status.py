@@ -18,8 +18,10 @@ from provisioner.db.models import (
     as_utc,
     iso_utc,
 )
-from provisioner.fleet.pools import list_pools
+from provisioner.fleet.pools import pool_views
+from provisioner.handle import Gpuctl
 from provisioner.inventory.lifecycle import State
+from provisioner.runs import recover_abandoned
 
 SERVING = (State.CERTIFIED.value, State.IN_SERVICE.value)
 BAD = (State.QUARANTINED.value, State.FAILED.value)
@@ -31,8 +33,18 @@ def latest_certificates() -> Any:
             .group_by(col(Certificate.node_id)).subquery())
 
 
-def fleet_status(session: Session, now: datetime | None = None, expiring_days: int = 14,
+def fleet_status(gc: Gpuctl, now: datetime | None = None, expiring_days: int = 14,
                  attention_limit: int = 12) -> dict[str, Any]:
+    """The ``gpuctl status`` document. Runs whose process died are recovered first, so
+    their nodes show as failed (needing attention), not as in progress."""
+    recover_abandoned(gc)
+    with gc.session() as session:
+        return status_document(session, now, expiring_days, attention_limit)
+
+
+def status_document(session: Session, now: datetime | None = None, expiring_days: int = 14,
+                    attention_limit: int = 12) -> dict[str, Any]:
+    """``fleet_status`` within a session the caller holds."""
     now = as_utc(now or datetime.now(UTC))
     soon = now + timedelta(days=expiring_days)
     states = dict(session.exec(select(Node.state, func.count(col(Node.id)))
@@ -86,7 +98,7 @@ def fleet_status(session: Session, now: datetime | None = None, expiring_days: i
             runs[kind] = {"id": run.id, "status": run.status, "actor": run.actor,
                           "started_at": iso_utc(run.started_at),
                           "finished_at": iso_utc(run.finished_at)}
-    pools = [p.to_dict() for p in list_pools(session, detail=False)]
+    pools = [p.to_dict() for p in pool_views(session, detail=False)]
     total_nodes = sum(states.values())
     return {
         "generated_at": iso_utc(now), "nodes": total_nodes,

@@ -18,7 +18,8 @@ from pathlib import Path
 import yaml
 
 from provisioner.errors import InputError
-from provisioner.inventory.registry import NodeSpec
+from provisioner.handle import Gpuctl
+from provisioner.inventory.registry import NodeSpec, add_nodes
 from provisioner.inventory.validate import SECRET_VARS, check_port, parse_label
 
 MAX_INVENTORY_BYTES = 10 * 1024 * 1024
@@ -338,3 +339,12 @@ def parse_inventory_file(path: Path) -> list[NodeSpec]:
     if not specs:
         raise InputError(f"{path}: no hosts found")
     return specs
+
+
+def import_nodes(gc: Gpuctl, path: Path, *, replace: bool = False) -> list[str]:
+    """Parse an Ansible INI/YAML or CSV inventory and register every host in it.
+
+    Raises:
+        InputError: the file is unreadable or any line is bad; nothing is imported.
+    """
+    return add_nodes(gc, parse_inventory_file(path), replace=replace)

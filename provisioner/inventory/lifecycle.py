@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from provisioner.db.models import Event, Node
-from provisioner.errors import TransitionError
+from provisioner.errors import NotFoundError, TransitionError
 
 
 class State(StrEnum):
@@ -42,6 +42,14 @@ ALLOWED: dict[State, frozenset[State]] = {
     S.DRAINED: frozenset({S.DISCOVERED, S.CERTIFIED, S.IN_SERVICE, S.QUARANTINED, S.RETIRED}),
     S.RETIRED: frozenset(),
 }
+
+
+def get_node(session: Session, name: str) -> Node:
+    """Raises NotFoundError naming the node when there is none by that name."""
+    node = session.exec(select(Node).where(Node.name == name)).first()
+    if node is None:
+        raise NotFoundError(f"no node named {name!r} (see `gpuctl nodes list`)")
+    return node
 
 
 def transition(

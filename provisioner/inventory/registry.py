@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import getpass
 import json
-import socket
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
-from provisioner.db.engine import session_scope
 from provisioner.db.models import (
-    BurninArtifact,
     BurninResult,
     Certificate,
     Disk,
@@ -25,26 +20,14 @@ from provisioner.db.models import (
     Nic,
     Node,
     NodeLock,
-    PoolAllocation,
     Run,
-    TaskResult,
     utcnow,
 )
-from provisioner.errors import InputError, NotFoundError
+from provisioner.errors import InputError, TransitionError
+from provisioner.handle import Gpuctl
 from provisioner.inventory import validate
-from provisioner.inventory.lifecycle import State, record_event
-
-if TYPE_CHECKING:
-    from provisioner.ssh.exec import Target
-
-
-def current_actor() -> str:
-    """Who is acting, as ``user@host``, for the event log."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
+from provisioner.inventory.lifecycle import State, get_node, record_event
+from provisioner.runs import recover_abandoned
 
 
 @dataclass
@@ -115,6 +98,12 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") if value else None
 
 
+def gpus_seen(gpu_count: int | None, pci_gpu_count: int | None) -> int | None:
+    """The node's GPUs as ``nodes list`` and ``nodes show`` both report them: those the
+    driver sees, or before a driver is installed, those on the PCI bus."""
+    return gpu_count or pci_gpu_count
+
+
 def _view(node: Node, gpus: int | None) -> NodeView:
     return NodeView(
         name=node.name, address=node.address, port=node.port, user=node.user,
@@ -123,22 +112,7 @@ def _view(node: Node, gpus: int | None) -> NodeView:
     )
 
 
-def target_of(node: Node) -> Target:
-    """Where and how to reach ``node`` over SSH."""
-    from provisioner.ssh.exec import Target  # noqa: PLC0415  (paramiko: load when used)
-
-    return Target(node.name, node.address, node.port, node.user, node.key_path)
-
-
-def get_node(session: Session, name: str) -> Node:
-    """Raises NotFoundError naming the node when there is none by that name."""
-    node = session.exec(select(Node).where(Node.name == name)).first()
-    if node is None:
-        raise NotFoundError(f"no node named {name!r} (see `gpuctl nodes list`)")
-    return node
-
-
-def add_nodes(db_url: str, specs: list[NodeSpec], *, replace: bool = False) -> list[str]:
+def add_nodes(gc: Gpuctl, specs: list[NodeSpec], *, replace: bool = False) -> list[str]:
     """Register nodes in one transaction: all are added, or none.
 
     Args:
@@ -152,8 +126,8 @@ def add_nodes(db_url: str, specs: list[NodeSpec], *, replace: bool = False) -> l
         if spec.name in seen:
             raise InputError(f"node {spec.name} is listed twice")
         seen.add(spec.name)
-    actor = current_actor()
-    with session_scope(db_url) as session:
+    actor = gc.actor
+    with gc.session() as session:
         existing = {
             n.name: n for n in session.exec(select(Node).where(col(Node.name).in_(seen)))
         }
@@ -179,26 +153,15 @@ def add_nodes(db_url: str, specs: list[NodeSpec], *, replace: bool = False) -> l
     return [s.name for s in specs]
 
 
-def import_nodes(db_url: str, path: Path, *, replace: bool = False) -> list[str]:
-    """Parse an Ansible INI/YAML or CSV inventory and register every host in it.
-
-    Raises:
-        InputError: the file is unreadable or any line is bad; nothing is imported.
-    """
-    from provisioner.inventory.importers import parse_inventory_file
-
-    return add_nodes(db_url, parse_inventory_file(path), replace=replace)
-
-
 def list_nodes(
-    db_url: str,
+    gc: Gpuctl,
     *,
     state: str | None = None,
     sku: str | None = None,
     labels: dict[str, str] | None = None,
 ) -> list[NodeView]:
     """Nodes matching every filter given, ordered by name."""
-    with session_scope(db_url) as session:
+    with gc.session() as session:
         # Columns, not ORM objects: 10,000 nodes list in a fraction of the time.
         query = select(Node.name, Node.address, Node.port, Node.user,  # type: ignore[call-overload]
                        Node.state, Node.sku, Node.labels_json, Node.last_scan_at,
@@ -211,18 +174,18 @@ def list_nodes(
         if sku:
             query = query.where(Node.sku == sku)
         rows = session.exec(query.order_by(Node.name)).all()
-    # GPUs the driver sees; before a driver is installed, those on the PCI bus.
     views = [NodeView(name=r[0], address=r[1], port=r[2], user=r[3], state=r[4], sku=r[5],
-                      labels=json.loads(r[6]), gpus=r[9] or r[10], last_scan=_iso(r[7]),
+                      labels=json.loads(r[6]), gpus=gpus_seen(r[9], r[10]),
+                      last_scan=_iso(r[7]),
                       hostkey_mismatch=r[8]) for r in rows]
     if labels:
         views = [v for v in views if all(v.labels.get(k) == val for k, val in labels.items())]
     return views
 
 
-def show_node(db_url: str, name: str, *, events: int = 50) -> NodeDetail:
+def show_node(gc: Gpuctl, name: str, *, events: int = 50) -> NodeDetail:
     """The node, its latest hardware snapshot and its most recent events."""
-    with session_scope(db_url) as session:
+    with gc.session() as session:
         node = get_node(session, name)
         snap = session.get(HardwareSnapshot, node.last_snapshot_id) if node.last_snapshot_id \
             else None
@@ -246,7 +209,7 @@ def show_node(db_url: str, name: str, *, events: int = 50) -> NodeDetail:
              "to": e.to_state, "reason": e.reason, "actor": e.actor, "run": e.run_id}
             for e in reversed(history)
         ]
-        view = _view(node, snap.gpu_count if snap else None)
+        view = _view(node, gpus_seen(snap.gpu_count, snap.pci_gpu_count) if snap else None)
         burnin, cert = _burnin_summary(session, node)
     return NodeDetail(node=view, snapshot=snap_dict, gpus=gpus, nics=nics, disks=disks,
                       events=evs, burnin=burnin, certificate=cert)
@@ -279,44 +242,32 @@ def _burnin_summary(session: Session, node: Node
     return burnin, cert
 
 
-def remove_nodes(db_url: str, names: list[str]) -> list[str]:
-    """Delete nodes with their snapshots and history, all or none.
+def remove_nodes(gc: Gpuctl, names: list[str]) -> list[str]:
+    """Delete nodes with their snapshots and history (the schema cascades), all or none.
 
     Raises:
         NotFoundError: any name is unknown; nothing is removed.
+        TransitionError: a run holds one of the nodes; nothing is removed.
     """
-    with session_scope(db_url) as session:
-        nodes = [get_node(session, n) for n in names]
+    recover_abandoned(gc)
+    with gc.session() as session:
+        nodes = [get_node(session, n) for n in dict.fromkeys(names)]
         for node in nodes:
-            snaps = session.exec(
-                select(HardwareSnapshot).where(HardwareSnapshot.node_id == node.id)).all()
-            for model in (Gpu, Nic, Disk):
-                for snap in snaps:
-                    for row in session.exec(select(model).where(
-                            model.snapshot_id == snap.id)):
-                        session.delete(row)
-            session.flush()
-            for table in (Event, TaskResult, NodeLock, BurninResult, BurninArtifact,
-                          Certificate, PoolAllocation):
-                for row in session.exec(select(table).where(
-                        table.node_id == node.id)):
-                    session.delete(row)
-            node.last_snapshot_id = None
-            session.add(node)
-            session.flush()
-            for snap in snaps:
-                session.delete(snap)
-            session.flush()
+            lock = session.get(NodeLock, node.id)
+            if lock is not None:
+                raise TransitionError(f"{node.name} is held by run {lock.run_id}; wait for "
+                                      "it to finish (or stop it) first")
+        for node in nodes:
             session.delete(node)
     return names
 
 
 def label_nodes(
-    db_url: str, names: list[str], set_labels: dict[str, str], remove: list[str]
+    gc: Gpuctl, names: list[str], set_labels: dict[str, str], remove: list[str]
 ) -> list[NodeView]:
     """Set and remove labels on nodes; records one event per node."""
-    actor = current_actor()
-    with session_scope(db_url) as session:
+    actor = gc.actor
+    with gc.session() as session:
         out = []
         for name in names:
             node = get_node(session, name)
@@ -332,49 +283,16 @@ def label_nodes(
     return out
 
 
-def forget_hostkey(paths: Any, name: str) -> bool:
+def forget_hostkey(gc: Gpuctl, name: str) -> bool:
     """Drop the node's known host key and clear its host-key-changed mark, so that the
     next ``scan --accept-new`` records the key it then sees. True if a key was on file."""
     from provisioner.ssh.hostkeys import KnownHosts  # noqa: PLC0415
 
-    with session_scope(paths.db_url) as session:
+    with gc.session() as session:
         node = get_node(session, name)
-        had = KnownHosts(paths.known_hosts).forget(node.address, node.port)
+        had = KnownHosts(gc.paths.known_hosts).forget(node.address, node.port)
         node.hostkey_mismatch = False
         session.add(node)
         record_event(session, node, "hostkey", "host key forgotten by an admin",
-                     actor=current_actor())
+                     actor=gc.actor)
     return had
-
-
-def select_nodes(session: Session, names: list[str], all_nodes: bool,
-                 eligible: set[State], verb: str, hint: str) -> list[Node]:
-    """The nodes a run acts on: those named (each must be in an ``eligible`` state, have
-    been scanned and have an unchanged host key) or, with ``all_nodes``, every eligible
-    node.
-
-    Raises:
-        InputError: nothing selected, or any named node is not ready (all are listed).
-    """
-    if all_nodes:
-        nodes = list(session.exec(select(Node).where(
-            col(Node.state).in_([s.value for s in eligible]),
-            col(Node.hostkey_mismatch).is_(False)).order_by(col(Node.name))))
-    elif names:
-        nodes = [get_node(session, n) for n in dict.fromkeys(names)]
-    else:
-        raise InputError(f"name the nodes to {verb}, or pass --all")
-    bad = []
-    for node in nodes:
-        if node.state == State.REGISTERED:
-            bad.append(f"{node.name} was never scanned (run `gpuctl scan {node.name} "
-                       "--accept-new` first so its host key is known)")
-        elif State(node.state) not in eligible:
-            bad.append(f"{node.name} is {node.state}")
-        elif node.hostkey_mismatch:
-            bad.append(f"{node.name} has a changed host key")
-    if bad:
-        raise InputError(f"cannot {verb}: " + "; ".join(bad) + f" ({hint})")
-    if not nodes:
-        raise InputError(f"no node is ready to {verb} ({hint})")
-    return nodes

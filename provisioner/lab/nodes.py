@@ -22,11 +22,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from provisioner.catalogue import catalogue, infer_sku
 from provisioner.errors import LabError, NotFoundError
 from provisioner.lab.faults import REPO_VARIANTS, apply_fault
 from provisioner.lab.keys import write_ed25519
 from provisioner.lab.packages import REPO_IN_NODE, build_repo
-from provisioner.lab.profiles import PROFILES, gpus_for
+from provisioner.lab.profiles import get_profile, gpus_for
 from provisioner.lab.render import node_files, render_sysfs
 from provisioner.paths import Paths
 
@@ -56,6 +57,7 @@ class LabNode:
     address: str
     port: int
     profile: str
+    sku: str | None
     gpus: int
     faults: list[str]
     running: bool
@@ -133,8 +135,7 @@ class Lab:
         if self.names():
             raise LabError(f"a lab is already up in {self.dir} ({len(self.names())} nodes); "
                            "run `gpuctl lab down` first")
-        if profile not in PROFILES:
-            raise LabError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+        lab_profile = get_profile(profile)
         if not 1 <= count <= 200:
             raise LabError("--nodes must be between 1 and 200")
         try:
@@ -153,6 +154,10 @@ class Lab:
                 raise LabError(f"fault for {node!r}, which is not one of {names[0]}..{names[-1]}")
             fault_map.setdefault(node, []).append(kind)
         replay_gpus = _gpus_from_capture(smi_xml) if smi_xml else None
+        # A replayed capture is whatever GPUs it holds: its SKU comes from them (None when
+        # no SKU of the catalogue matches), not from --profile.
+        sku = infer_sku(catalogue(), [g["model"] for g in replay_gpus]) \
+            if replay_gpus is not None else lab_profile.sku
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for variant, flags in REPO_BUILD.items():
             build_repo(self.dir / "repos" / variant, **flags)
@@ -162,7 +167,7 @@ class Lab:
             for i, name in enumerate(names):
                 spec = {
                     "name": name, "hostname": name, "index": i + 1,
-                    "address": str(first + i), "port": port, "profile": profile,
+                    "address": str(first + i), "port": port, "profile": profile, "sku": sku,
                     "smi_xml": str(smi_xml.resolve()) if smi_xml else None, "driver": driver,
                     # A bare server loads nouveau; one with the driver had it blacklisted.
                     "nouveau": not driver, "repo": "good", "python": sys.executable,
@@ -170,7 +175,7 @@ class Lab:
                     "sshd": True, "faults": [], "kmsg": [],
                     "system_serial": f"S{abs(hash(name)) % 10**9:09d}",
                     "gpus": [dict(g) for g in replay_gpus] if replay_gpus is not None
-                    else gpus_for(PROFILES[profile], name),
+                    else gpus_for(lab_profile, name),
                 }
                 if replay_gpus is not None and replay_gpus:
                     spec["driver_version"], spec["cuda_version"] = _versions(smi_xml)
@@ -316,7 +321,8 @@ class Lab:
         spec = self.spec(name)
         pid = self.holder_pid(name)
         return LabNode(name=name, address=spec["address"], port=spec["port"],
-                       profile=spec["profile"], gpus=len(spec["gpus"]), faults=spec["faults"],
+                       profile=spec["profile"], sku=spec.get("sku"), gpus=len(spec["gpus"]),
+                       faults=spec["faults"],
                        running=pid is not None, sshd=spec["sshd"], pid=pid)
 
     def status(self) -> list[LabNode]:

@@ -1,10 +1,20 @@
-"""GPU node profiles for lab nodes: what the simulated hardware reports."""
+"""GPU node profiles for lab nodes: what the simulated hardware reports.
+
+A profile is a SKU's ``lab`` part in the catalogue (``inventory/skus/<sku>.yml``), so a
+lab node of a SKU is described in the same file as the SKU's real requirements.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
 from typing import Any
+
+from provisioner.catalogue import Sku, catalogue
+from provisioner.errors import LabError
+
+# ``--profile none``: a node without GPUs (the cpu-only SKU), as earlier versions named it.
+ALIASES = {"none": "cpu-only"}
 
 
 @dataclass(frozen=True)
@@ -21,43 +31,49 @@ class Profile:
     bus_ids: tuple[str, ...]
     mig: bool
     nvswitch: bool
+    nvlinks: int  # NVLink links per GPU
     remapped_rows: bool
     ib_ports: int
     ib_rate_gbps: int
     system_vendor: str
     system_product: str
-    driver_version: str = "550.90.07"
-    cuda_version: str = "12.4"
-    # NVSwitch chips on the PCI bus (class 0x0680): HGX H100/H200 have 4, HGX A100 6.
-    nvswitches: tuple[str, ...] = ()
-    nvswitch_device: str = ""
+    driver_version: str
+    cuda_version: str
+    nvswitches: tuple[str, ...]  # NVSwitch chips on the PCI bus (class 0x0680)
+    nvswitch_device: str
 
 
-HGX = ("0000:18:00.0", "0000:2a:00.0", "0000:3a:00.0", "0000:5d:00.0",
-       "0000:9a:00.0", "0000:ab:00.0", "0000:ba:00.0", "0000:db:00.0")
-DGX_A100 = ("0000:07:00.0", "0000:0f:00.0", "0000:47:00.0", "0000:4e:00.0",
-            "0000:87:00.0", "0000:90:00.0", "0000:b7:00.0", "0000:bd:00.0")
+def _profile(sku: Sku) -> Profile:
+    lab = sku.lab
+    return Profile(
+        name=sku.name, sku=sku.name, model=str(lab["model"]),
+        architecture=str(lab["architecture"]), device_id=str(lab["device_id"]),
+        memory_mib=int(lab["memory_mib"]), pcie_gen=int(lab["pcie_gen"]),
+        power_limit_w=float(lab["power_limit_w"]), vbios=str(lab["vbios"]),
+        bus_ids=tuple(str(b) for b in lab["bus_ids"]), mig=bool(lab["mig"]),
+        nvswitch=sku.nvswitch, nvlinks=int(sku.fabric["nvlink_links"] or 0),
+        remapped_rows=bool(lab["remapped_rows"]), ib_ports=int(lab["ib_ports"]),
+        ib_rate_gbps=int(lab["ib_rate_gbps"]), system_vendor=str(lab["system_vendor"]),
+        system_product=str(lab["system_product"]),
+        driver_version=str(lab["driver_version"]), cuda_version=str(lab["cuda_version"]),
+        nvswitches=tuple(str(b) for b in lab["nvswitches"] or ()),
+        nvswitch_device=str(lab["nvswitch_device"] or ""))
 
-HGX_SWITCHES = ("0000:05:00.0", "0000:06:00.0", "0000:07:00.0", "0000:08:00.0")
 
-PROFILES: dict[str, Profile] = {p.name: p for p in [
-    Profile("h100-sxm-8", "h100-sxm-8", "NVIDIA H100 80GB HBM3", "Hopper", "0x2330", 81559, 5,
-            700.0, "96.00.74.00.0B", HGX, False, True, True, 8, 400, "Supermicro",
-            "SYS-821GE-TNHR", nvswitches=HGX_SWITCHES, nvswitch_device="0x22a3"),
-    Profile("h200-sxm-8", "h200-sxm-8", "NVIDIA H200", "Hopper", "0x2335", 143771, 5, 700.0,
-            "96.00.99.00.01", HGX, False, True, True, 8, 400, "Supermicro", "SYS-821GE-TNHR",
-            "570.124.06", "12.8", HGX_SWITCHES, "0x22a3"),
-    Profile("a100-sxm4-8", "a100-sxm4-8", "NVIDIA A100-SXM4-80GB", "Ampere", "0x20b2", 81920, 4,
-            400.0, "92.00.36.00.02", DGX_A100, True, True, True, 8, 200, "NVIDIA",
-            "DGXA100 920-23687-2530-000", "535.54.03", "12.2",
-            ("0000:c4:00.0", "0000:c5:00.0", "0000:c6:00.0", "0000:c7:00.0", "0000:c8:00.0",
-             "0000:c9:00.0"), "0x1af1"),
-    Profile("l40s-4", "l40s-4", "NVIDIA L40S", "Ada Lovelace", "0x26b9", 46068, 4, 350.0,
-            "95.02.66.00.02", HGX[:4], False, False, True, 0, 0, "Dell Inc.",
-            "PowerEdge R760xa"),
-    Profile("none", "cpu-only", "", "", "", 0, 0, 0.0, "", (), False, False, False, 0, 0,
-            "QEMU", "Standard PC (Q35 + ICH9, 2009)"),
-]}
+def profile_names() -> list[str]:
+    return sorted(catalogue()) + sorted(ALIASES)
+
+
+def get_profile(name: str) -> Profile:
+    """The lab profile of SKU ``name`` (or an alias).
+
+    Raises:
+        LabError: no SKU of that name.
+    """
+    sku = catalogue().get(ALIASES.get(name, name))
+    if sku is None:
+        raise LabError(f"unknown profile {name!r}; known: {', '.join(profile_names())}")
+    return _profile(sku)
 
 
 def _hex(seed: str, n: int) -> str:
@@ -80,9 +96,6 @@ def gpus_for(profile: Profile, node: str) -> list[dict[str, Any]]:
             "power_limit_w": profile.power_limit_w, "temperature_c": 31 + i % 4,
             "mig": profile.mig, "ecc_dram_uncorrectable": 0,
             "remapped_rows": profile.remapped_rows, "remap_unc": 0, "remap_failure": False,
-            "thermal_slowdown": False,
-            # NVLink links per GPU: 18 on HGX H100/H200, 12 on HGX A100, none on PCIe.
-            "nvlinks": (18 if profile.architecture == "Hopper" else 12) if profile.nvswitch
-            else 0,
+            "thermal_slowdown": False, "nvlinks": profile.nvlinks,
         })
     return out

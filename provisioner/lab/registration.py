@@ -5,11 +5,10 @@ from __future__ import annotations
 import sys
 
 from provisioner.errors import NotFoundError
+from provisioner.handle import Gpuctl
 from provisioner.inventory.registry import NodeSpec, add_nodes, remove_nodes
 from provisioner.lab.nodes import LabNode
 from provisioner.lab.packages import REPO_IN_NODE
-from provisioner.lab.profiles import PROFILES
-from provisioner.paths import Paths
 from provisioner.ssh.hostkeys import KnownHosts
 
 # What an admin would set for these machines: the system Python (this image's PATH has a
@@ -22,29 +21,31 @@ LAB_HOST_VARS = {
     "reboot_boot_time_command": "cat /run/gpuctl-lab/boot_id",
     "reboot_timeout": "120",
     # Burn-in: the agent runs on the CPU (gloo) with this machine's torch, which the
-    # nodes see through their overlay; real nodes get a Python with torch installed.
+    # nodes see through their overlay; real nodes get a Python with torch installed. The
+    # node is judged by its SKU's profile (inventory, memory, health, NVLink) with the
+    # throughput floors replaced by those measured for the CPU lab.
     "gpuctl_burnin_python": sys.executable,
-    "gpuctl_burnin_profile": "cpu-lab",
+    "gpuctl_burnin_floors": "cpu-lab",
     # Lab nodes share this machine's loopback: gloo's cross-node traffic goes over lo.
     "gpuctl_burnin_env": "GLOO_SOCKET_IFNAME=lo",
 }
 
 
-def register_lab_nodes(paths: Paths, nodes: list[LabNode], key_path: str) -> list[str]:
+def register_lab_nodes(gc: Gpuctl, nodes: list[LabNode], key_path: str) -> list[str]:
     """Register (or update) every lab node with the lab's client key."""
     specs = [NodeSpec(name=n.name, address=n.address, port=n.port, user="root",
-                      key_path=key_path, sku=PROFILES[n.profile].sku,
+                      key_path=key_path, sku=n.sku,
                       labels={"lab": "true", "profile": n.profile},
                       ansible_vars=LAB_HOST_VARS) for n in nodes]
-    return add_nodes(paths.db_url, specs, replace=True)
+    return add_nodes(gc, specs, replace=True)
 
 
-def unregister_lab_nodes(paths: Paths, nodes: list[LabNode]) -> None:
+def unregister_lab_nodes(gc: Gpuctl, nodes: list[LabNode]) -> None:
     """Forget the nodes' host keys and remove them from the inventory if present."""
-    known = KnownHosts(paths.known_hosts)
+    known = KnownHosts(gc.paths.known_hosts)
     for node in nodes:
         known.forget(node.address, node.port)
         try:
-            remove_nodes(paths.db_url, [node.name])
+            remove_nodes(gc, [node.name])
         except NotFoundError:
             continue

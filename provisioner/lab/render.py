@@ -9,7 +9,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
-from provisioner.lab.profiles import PROFILES
+from provisioner.lab.profiles import get_profile
 
 STANDIN_SMI = Path(__file__).with_name("standin_smi.py")
 DMESG = """#!/bin/sh
@@ -47,7 +47,7 @@ def render_sysfs(sys_dir: Path, spec: dict[str, Any],
             _write(sys_dir / "module/nouveau/initstate", "live\n")
         if modules.get("nvidia"):
             _write(sys_dir / "module/nvidia/version", f"{modules['nvidia']}\n")
-    profile = PROFILES[spec["profile"]]
+    profile = get_profile(spec["profile"])
     dmi = sys_dir / "class/dmi/id"
     for key, value in {"sys_vendor": profile.system_vendor,
                        "product_name": profile.system_product,
@@ -161,7 +161,7 @@ ID=fedora
 
 def driver_json(spec: dict[str, Any]) -> bytes:
     """What a preinstalled driver package would have written (``lab up --driver``)."""
-    profile = PROFILES[spec["profile"]]
+    profile = get_profile(spec["profile"])
     return json.dumps({"version": spec.get("driver_version") or profile.driver_version,
                        "cuda": spec.get("cuda_version") or profile.cuda_version,
                        "flavor": "open", "branch": profile.driver_version.split(".")[0]}
@@ -170,7 +170,7 @@ def driver_json(spec: dict[str, Any]) -> bytes:
 
 def node_files(spec: dict[str, Any]) -> dict[str, tuple[bytes, int]]:
     """Files the node must have under its root: path -> (content, mode)."""
-    profile = PROFILES[spec["profile"]]
+    profile = get_profile(spec["profile"])
     state = {
         "gpus": spec["gpus"], "nvswitch": profile.nvswitch, "ib_ports": profile.ib_ports,
         "faults": spec["faults"], "garbage": "garbage-output" in spec["faults"],

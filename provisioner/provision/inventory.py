@@ -16,12 +16,12 @@ import jinja2
 from sqlmodel import col, select
 
 from provisioner import __version__
-from provisioner.db.engine import redact_url, session_scope
+from provisioner.db.engine import redact_url
 from provisioner.db.models import Node
 from provisioner.errors import InputError
+from provisioner.handle import Gpuctl
 from provisioner.paths import Paths
 from provisioner.project import project_dir
-from provisioner.skus import SKUS
 
 FORMATS = ("ini", "yaml", "json")
 
@@ -50,9 +50,9 @@ def known_hosts_args(paths: Paths) -> str:
     return f"-o UserKnownHostsFile={paths.known_hosts} -o StrictHostKeyChecking=yes"
 
 
-def build_inventory(paths: Paths, nodes: list[Node],
+def build_inventory(gc: Gpuctl, nodes: list[Node],
                     extra_all_vars: dict[str, Any] | None = None) -> Inventory:
-    inv = Inventory(all_vars={"ansible_ssh_common_args": known_hosts_args(paths),
+    inv = Inventory(all_vars={"ansible_ssh_common_args": known_hosts_args(gc.paths),
                               **(extra_all_vars or {})})
     for node in nodes:
         hv: dict[str, Any] = {"ansible_host": node.address, "ansible_port": node.port,
@@ -61,8 +61,9 @@ def build_inventory(paths: Paths, nodes: list[Node],
             hv["ansible_ssh_private_key_file"] = node.key_path
         if node.sku:
             hv["gpuctl_sku"] = node.sku
-            if node.sku in SKUS:
-                hv["gpuctl_expected_gpus"] = SKUS[node.sku].gpu_count
+            sku = gc.sku(node.sku)
+            if sku is not None:
+                hv["gpuctl_expected_gpus"] = sku.gpu_count
         hv.update(json.loads(node.vars_json or "{}"))
         inv.hostvars[node.name] = hv
         inv.add("gpuctl", node.name)
@@ -104,11 +105,11 @@ def render_inventory(inv: Inventory, fmt: str, source: str = "gpuctl") -> str:
                            hostvars=inv.hostvars, all_vars=inv.all_vars)
 
 
-def export_inventory(paths: Paths, fmt: str, *, state: str | None = None) -> str:
+def export_inventory(gc: Gpuctl, fmt: str, *, state: str | None = None) -> str:
     """Render every node (or those in ``state``) as an inventory."""
-    with session_scope(paths.db_url) as session:
+    with gc.session() as session:
         query = select(Node).order_by(col(Node.name))
         if state:
             query = query.where(Node.state == state)
         nodes = list(session.exec(query))
-    return render_inventory(build_inventory(paths, nodes), fmt, redact_url(paths.db_url))
+    return render_inventory(build_inventory(gc, nodes), fmt, redact_url(gc.db_url))

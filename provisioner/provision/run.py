@@ -14,22 +14,20 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import yaml
 from sqlmodel import col, select
 
 from provisioner import __version__
-from provisioner.db.engine import session_scope
-from provisioner.db.models import Node, Run, TaskResult, utcnow
+from provisioner.db.models import Event, Node, Run, TaskResult
 from provisioner.errors import InputError, NodesFailedError
-from provisioner.inventory.lifecycle import State, record_event, transition
-from provisioner.inventory.registry import current_actor, get_node, select_nodes
-from provisioner.paths import Paths
+from provisioner.handle import Gpuctl
+from provisioner.inventory.lifecycle import State, get_node, record_event, transition
 from provisioner.project import project_dir
-from provisioner.provision import locks
-from provisioner.provision.inventory import build_inventory, render_inventory
+from provisioner.provision.inventory import build_inventory, group_name, render_inventory
 from provisioner.provision.runner import RunnerJob, TaskEvent
+from provisioner.runs import RunScope, RunStatus, recover_abandoned, select_nodes
 
-ELIGIBLE = {State.DISCOVERED, State.PROVISIONED, State.FAILED, State.CERTIFIED,
-            State.PROVISIONING}
+ELIGIBLE = {State.DISCOVERED, State.PROVISIONED, State.FAILED, State.CERTIFIED}
 BECOME_ENV = "GPUCTL_BECOME_PASSWORD"
 
 
@@ -87,41 +85,53 @@ def _control_machine_id() -> str:
     return ""
 
 
-def last_failed_nodes(db_url: str) -> list[str]:
-    """Nodes that failed in the most recent provision run that was not a dry run."""
-    with session_scope(db_url) as session:
+def last_failed_nodes(gc: Gpuctl) -> list[str]:
+    """Nodes the most recent provision run (not a dry run) left failed: by a task, by an
+    interruption, or because its process died and the run was recovered as abandoned.
+
+    Raises:
+        InputError: there was no such run.
+    """
+    with gc.session() as session:
         runs = session.exec(select(Run).where(Run.kind == "provision")
                             .order_by(col(Run.id).desc())).all()
         run = next((r for r in runs if not json.loads(r.args_json).get("check")
-                    and r.status != "refused"), None)
+                    and r.status != RunStatus.RUNNING), None)
         if run is None:
             raise InputError("no earlier provision run to retry")
-        return list(json.loads(run.summary_json).get("failed", []))
+        rows = session.exec(select(Node.name).join(Event, col(Event.node_id) == Node.id)
+                            .where(Event.run_id == run.id, Event.to_state == State.FAILED,
+                                   Node.state == State.FAILED)).all()
+        return sorted(set(rows))
 
 
-def _prepare_run_dir(paths: Paths, run_id: int, nodes: list[Node],
+def _prepare_run_dir(gc: Gpuctl, run_id: int, nodes: list[Node],
                      all_vars: dict[str, Any]) -> tuple[Path, Path]:
-    run_dir = paths.runs_dir / f"provision-{run_id}"
+    run_dir = gc.paths.runs_dir / f"provision-{run_id}"
     inv_dir = run_dir / "inventory"
     inv_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     group_vars = inv_dir / "group_vars"
     shutil.copytree(project_dir() / "inventory/group_vars", group_vars, dirs_exist_ok=True)
-    site = paths.home / "group_vars"
+    # Each SKU's pins are the ``provision`` part of its catalogue file: group sku_<name>.
+    for sku in gc.skus().values():
+        (group_vars / f"{group_name('sku_' + sku.name)}.yml").write_text(
+            f"# From {sku.source} (provision)\n" + yaml.safe_dump(sku.provision, sort_keys=True))
+    site = gc.paths.home / "group_vars"
     if site.is_dir():
         shutil.copytree(site, group_vars, dirs_exist_ok=True)
     hosts = inv_dir / "hosts.yml"
-    hosts.write_text(render_inventory(build_inventory(paths, nodes, all_vars), "yaml",
+    hosts.write_text(render_inventory(build_inventory(gc, nodes, all_vars), "yaml",
                                       f"provision run {run_id}"))
     return run_dir, hosts
 
 
-def _store(db_url: str, run_id: int, node_ids: dict[str, int], batch: list[TaskEvent]) -> None:
+def _store(gc: Gpuctl, run_id: int, node_ids: dict[str, int], batch: list[TaskEvent]) -> None:
     rows = [TaskResult(run_id=run_id, node_id=node_ids[e.host], task=e.task[:256],
                        role=e.role, action=e.action, status=e.status, message=e.message,
                        seconds=e.seconds) for e in batch
             if e.status != "started" and e.host in node_ids]
     if rows:
-        with session_scope(db_url) as session:
+        with gc.session() as session:
             session.add_all(rows)
 
 
@@ -142,11 +152,11 @@ def _apply(progress: dict[str, NodeProgress], event: TaskEvent) -> None:
         node.failed += 1
         node.status = event.status
         # The last failure decides (a rescue explains the failure before it); one line.
-        node.reason = " ".join(f"{event.task}: {event.message}".split())[:500]
+        node.reason = " ".join(f"{event.message} (task: {event.task})".split())[:500]
 
 
 def provision_nodes(
-    paths: Paths,
+    gc: Gpuctl,
     names: list[str],
     *,
     all_nodes: bool = False,
@@ -164,93 +174,87 @@ def provision_nodes(
     Raises:
         InputError: bad selection or options; nothing runs.
         NodeBusyError: another run holds one of the nodes; nothing runs.
-        NodesFailedError: the run finished (results stored) but some nodes failed.
+        NodesFailedError: the run was interrupted (results received are kept).
     """
-    db_url = paths.db_url
+    recover_abandoned(gc)
     if retry_failed:
         if names or all_nodes:
             raise InputError("--retry-failed picks the nodes itself; name no nodes")
-        names = last_failed_nodes(db_url)
+        names = last_failed_nodes(gc)
         if not names:
             raise InputError("no node failed in the last provision run")
     if not 1 <= forks <= 500:
         raise InputError("--forks must be between 1 and 500")
-    with session_scope(db_url) as session:
+    with gc.session() as session:
         nodes = select_nodes(session, names, all_nodes, ELIGIBLE, "provision",
                              "scan nodes first; release quarantined ones")
-    actor = current_actor()
     # Secrets never reach the database, the run directory or Ansible's environment.
     become_password = os.environ.pop(BECOME_ENV, None)
     args = {"nodes": [n.name for n in nodes], "tags": tags, "check": check, "diff": diff,
             "forks": forks, "retry_failed": retry_failed, "versions": _versions(),
             "become_password": "from environment" if become_password else None}
-    with session_scope(db_url) as session:
-        run = Run(kind="provision", actor=actor, args_json=json.dumps(args))
-        session.add(run)
-        session.flush()
-        assert run.id is not None
-        run_id = run.id
-    node_ids = {n.name: n.id for n in nodes if n.id is not None}
-    try:
-        locks.acquire(db_url, {i: n for n, i in node_ids.items()}, run_id,
-                      locks.holder_id(actor))
-    except locks.NodeBusyError:
-        _finish(db_url, run_id, "refused", {})
-        raise
     progress = {n.name: NodeProgress(n.name) for n in nodes}
-    status = "failed"
-    try:
-        if not check:
-            with session_scope(db_url) as session:
-                for name in node_ids:
-                    node = get_node(session, name)
-                    if node.state != State.PROVISIONING:
-                        transition(session, node, State.PROVISIONING, actor=actor,
-                                   reason="provision started", run_id=run_id)
-        all_vars = {"preflight_control_machine_id": _control_machine_id(),
-                    "preflight_allow_control_host": allow_control_host}
-        run_dir, hosts = _prepare_run_dir(paths, run_id, nodes, all_vars)
-        job = RunnerJob(run_dir=run_dir, project=project_dir() / "playbooks",
-                        playbook="provision.yml", inventory=hosts, limit=list(node_ids),
-                        tags=tags, forks=forks, check=check, diff=diff,
-                        become_password=become_password,
-                        vault_password_file=vault_password_file)
+    status = "not started"  # ansible-runner's final status once it ran
+    with RunScope(gc, "provision", args, nodes,
+                  busy=None if check else State.PROVISIONING,
+                  start_reason="provision started") as run:
+        node_ids = {n.name: n.id for n in nodes if n.id is not None}
         try:
-            job.start()
-            status = _drain(job, db_url, run_id, node_ids, progress, on_progress)
+            all_vars = {"preflight_control_machine_id": _control_machine_id(),
+                        "preflight_allow_control_host": allow_control_host}
+            run_dir, hosts = _prepare_run_dir(gc, run.run_id, nodes, all_vars)
+            job = RunnerJob(run_dir=run_dir, project=project_dir() / "playbooks",
+                            playbook="provision.yml", inventory=hosts, limit=list(node_ids),
+                            tags=tags, forks=forks, check=check, diff=diff,
+                            become_password=become_password,
+                            vault_password_file=vault_password_file)
+            try:
+                job.start()
+                status = _drain(job, gc, run.run_id, node_ids, progress, on_progress)
+            finally:
+                job.cleanup()
+            if status == "failed" and not any(p.status != "pending"
+                                              for p in progress.values()):
+                detail = job.stdout_tail().strip().splitlines()[-1:] or ["no output"]
+                for p in progress.values():
+                    p.status = "failed"
+                    p.reason = f"ansible-playbook failed: {detail[0][:300]}"
         finally:
-            job.cleanup()
-        if status == "failed" and not any(p.status != "pending" for p in progress.values()):
-            detail = job.stdout_tail().strip().splitlines()[-1:] or ["no output"]
-            for p in progress.values():
-                p.status, p.reason = "failed", f"ansible-playbook failed: {detail[0][:300]}"
-    finally:
-        for p in progress.values():
-            if p.status in ("pending", "running"):
-                if status == "interrupted":
-                    p.status, p.reason = "failed", "interrupted before the playbook finished"
-                elif status in ("successful", "failed"):
-                    p.status = "ok" if status == "successful" or p.failed == 0 else "failed"
-                    if p.status == "failed" and not p.reason:
-                        p.reason = "no result from Ansible"
-                else:
-                    p.status, p.reason = "failed", f"ansible-runner ended {status}"
-        _settle_nodes(db_url, run_id, actor, progress, check)
-        locks.release(db_url, run_id)
-        run_status = {"successful": "ok", "interrupted": "interrupted"}.get(
-            status, "partial" if any(p.status == "ok" for p in progress.values()) else "failed")
-        if run_status == "ok" and any(p.status != "ok" for p in progress.values()):
-            run_status = "partial"
-        _finish(db_url, run_id, run_status, progress)
-    summary = ProvisionSummary(run_id, run_status, check, list(progress.values()))
+            _close_progress(progress, status)
+            _settle_nodes(gc, run.run_id, progress, check)
+            run.node_ok = {p.name: p.status == "ok" for p in progress.values()}
+            run.summary = {"ok": [n for n, p in progress.items() if p.status == "ok"],
+                           "failed": [n for n, p in progress.items() if p.status != "ok"],
+                           "changed": sum(p.changed for p in progress.values())}
+            if status == "interrupted":
+                run.status = RunStatus.INTERRUPTED
+    summary = ProvisionSummary(run.run_id, str(run.status), check, list(progress.values()))
     if status == "interrupted":
-        raise NodesFailedError(f"provision interrupted: run {run_id} marked interrupted, "
+        raise NodesFailedError(f"provision interrupted: run {run.run_id} marked interrupted, "
                                f"{sum(p.ok + p.failed for p in progress.values())} task "
                                "results kept")
     return summary
 
 
-def _drain(job: RunnerJob, db_url: str, run_id: int, node_ids: dict[str, int],
+def _close_progress(progress: dict[str, NodeProgress], status: str) -> None:
+    """Give every node still pending or running its final status and reason."""
+    for p in progress.values():
+        if p.status not in ("pending", "running"):
+            continue
+        if status == "interrupted":
+            p.status, p.reason = "failed", "interrupted before the playbook finished"
+        elif p.status == "pending":
+            # Ansible reported nothing for this node: it was never provisioned.
+            p.status, p.reason = "failed", f"no task ran on this node (ansible-runner {status})"
+        elif status in ("successful", "failed"):
+            p.status = "ok" if status == "successful" or p.failed == 0 else "failed"
+            if p.status == "failed" and not p.reason:
+                p.reason = "no result from Ansible"
+        else:
+            p.status, p.reason = "failed", f"ansible-runner ended {status}"
+
+
+def _drain(job: RunnerJob, gc: Gpuctl, run_id: int, node_ids: dict[str, int],
            progress: dict[str, NodeProgress],
            on_progress: Callable[[list[NodeProgress]], None] | None) -> str:
     interrupted = False
@@ -266,7 +270,7 @@ def _drain(job: RunnerJob, db_url: str, run_id: int, node_ids: dict[str, int],
                         break
             for event in batch:
                 _apply(progress, event)
-            _store(db_url, run_id, node_ids, batch)
+            _store(gc, run_id, node_ids, batch)
             if on_progress:
                 on_progress(list(progress.values()))
             if not job.alive() and job.events.empty():
@@ -280,34 +284,20 @@ def _drain(job: RunnerJob, db_url: str, run_id: int, node_ids: dict[str, int],
     return job.status
 
 
-def _settle_nodes(db_url: str, run_id: int, actor: str, progress: dict[str, NodeProgress],
+def _settle_nodes(gc: Gpuctl, run_id: int, progress: dict[str, NodeProgress],
                   check: bool) -> None:
-    with session_scope(db_url) as session:
+    with gc.session() as session:
         for p in progress.values():
             node = get_node(session, p.name)
             if check:
                 record_event(session, node, "note", f"provision dry run (--check): {p.status}"
-                             f", {p.changed} would change", actor=actor, run_id=run_id)
+                             f", {p.changed} would change", actor=gc.actor, run_id=run_id)
                 continue
             if node.state != State.PROVISIONING:
                 continue
             if p.status == "ok":
-                transition(session, node, State.PROVISIONED, actor=actor, run_id=run_id,
+                transition(session, node, State.PROVISIONED, actor=gc.actor, run_id=run_id,
                            reason=f"provisioned: {p.ok} ok, {p.changed} changed")
             else:
-                transition(session, node, State.FAILED, actor=actor, run_id=run_id,
+                transition(session, node, State.FAILED, actor=gc.actor, run_id=run_id,
                            reason=p.reason or p.status)
-
-
-def _finish(db_url: str, run_id: int, status: str, progress: dict[str, NodeProgress]) -> None:
-    with session_scope(db_url) as session:
-        run = session.get(Run, run_id)
-        assert run is not None
-        run.status = status
-        run.finished_at = utcnow()
-        run.summary_json = json.dumps({
-            "ok": [n for n, p in progress.items() if p.status == "ok"],
-            "failed": [n for n, p in progress.items() if p.status != "ok"],
-            "changed": sum(p.changed for p in progress.values()),
-        })
-        session.add(run)

@@ -19,7 +19,8 @@ from provisioner.db.models import (
     iso_utc,
 )
 from provisioner.errors import InputError
-from provisioner.inventory.registry import get_node
+from provisioner.handle import Gpuctl
+from provisioner.inventory.lifecycle import get_node
 
 
 def _find_run(session: Session, run_id: int | None, node: Node | None) -> Run:
@@ -42,7 +43,7 @@ def _find_run(session: Session, run_id: int | None, node: Node | None) -> Run:
     return run
 
 
-def report_data(session: Session, run_id: int | None = None,
+def report_data(gc: Gpuctl, run_id: int | None = None,
                 node_name: str | None = None) -> dict[str, Any]:
     """The report document for burn-in run ``run_id`` (default: the latest), for every
     node in it or only ``node_name`` (default run: that node's latest).
@@ -50,6 +51,11 @@ def report_data(session: Session, run_id: int | None = None,
     Raises:
         InputError: no such run or node, or no burn-in yet.
     """
+    with gc.session() as session:
+        return _report(session, run_id, node_name)
+
+
+def _report(session: Session, run_id: int | None, node_name: str | None) -> dict[str, Any]:
     only = get_node(session, node_name) if node_name else None
     run = _find_run(session, run_id, only)
     args = json.loads(run.args_json or "{}")

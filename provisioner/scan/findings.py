@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provisioner.probe.facts import HardwareFacts
-from provisioner.skus import SKUS
+
+if TYPE_CHECKING:
+    from provisioner.catalogue import Sku
 
 # XIDs that mean the GPU or its memory needs a person, per NVIDIA's XID catalogue:
 # 48 DBE ECC, 63/64 row remapping, 74 NVLink, 79 fallen off the bus, 92 high SBE rate,
@@ -26,14 +28,15 @@ def _gpu_name(gpu: Any) -> str:
     return f"GPU {gpu['index']} ({gpu['pci_bus_id']})"
 
 
-def health_findings(facts: HardwareFacts, sku: str | None) -> list[Finding]:
-    """Faults visible in one snapshot, with no history needed."""
+def health_findings(facts: HardwareFacts, sku: Sku | None) -> list[Finding]:
+    """Faults visible in one snapshot, with no history needed (``sku``: the node's
+    catalogue entry, None when its SKU is unknown)."""
     out: list[Finding] = []
-    expected = SKUS[sku].gpu_count if sku in SKUS else None
+    expected = sku.gpu_count if sku is not None else None
     pci = len(facts.pci_gpus)
-    if expected is not None and pci < expected:
+    if sku is not None and expected is not None and pci < expected:
         out.append(Finding("gpu-missing", "critical",
-                           f"{pci} of {expected} GPUs on the PCI bus for SKU {sku}"))
+                           f"{pci} of {expected} GPUs on the PCI bus for SKU {sku.name}"))
     if facts.smi_status == "ok" and len(facts.gpus) < pci:
         seen = {g.pci_bus_id[-12:] for g in facts.gpus}
         lost = [p["bus_id"] for p in facts.pci_gpus if p["bus_id"][-12:] not in seen]

@@ -11,16 +11,15 @@ from typing import Any
 
 from sqlmodel import col, select
 
-from provisioner.db.engine import session_scope
-from provisioner.db.models import HardwareSnapshot, Node, Run, utcnow
-from provisioner.errors import GpuctlError, InputError
-from provisioner.inventory.lifecycle import State, record_event
-from provisioner.inventory.registry import current_actor, get_node, target_of
-from provisioner.paths import Paths
+from provisioner.catalogue import infer_sku
+from provisioner.db.models import HardwareSnapshot, Node
+from provisioner.errors import GpuctlError, InputError, NotFoundError
+from provisioner.handle import Gpuctl
+from provisioner.inventory.lifecycle import State, get_node, record_event
 from provisioner.probe.facts import HardwareFacts, parse_probe_output, probe_command, probe_script
+from provisioner.runs import RunScope, RunStatus, recover_abandoned
 from provisioner.scan.findings import Finding, drift_findings, health_findings, new_only
 from provisioner.scan.store import apply_findings, store_snapshot
-from provisioner.skus import infer_sku
 from provisioner.ssh.exec import AuthFailed, Target, Unreachable, run_on_node
 from provisioner.ssh.hostkeys import HostKeyChanged, HostKeyError, KnownHosts
 
@@ -88,9 +87,18 @@ def _classify(exc: GpuctlError) -> str:
     return "unreachable" if isinstance(exc, Unreachable) else "error"
 
 
-def _record(db_url: str, probe: _Probe, run_id: int, actor: str) -> NodeScanResult:
+def _record(gc: Gpuctl, probe: _Probe, run_id: int) -> NodeScanResult:
     name = probe.target.name
-    with session_scope(db_url) as session:
+    try:
+        return _store_probe(gc, probe, run_id)
+    except NotFoundError:
+        return NodeScanResult(name, "error", "node was removed during the scan; nothing "
+                              "stored", seconds=probe.seconds)
+
+
+def _store_probe(gc: Gpuctl, probe: _Probe, run_id: int) -> NodeScanResult:
+    name, actor = probe.target.name, gc.actor
+    with gc.session() as session:
         node = get_node(session, name)
         if probe.error is not None:
             outcome = _classify(probe.error)
@@ -110,9 +118,10 @@ def _record(db_url: str, probe: _Probe, run_id: int, actor: str) -> NodeScanResu
             if node.last_snapshot_id else None
         prev = json.loads(prev_snap.facts_json) if prev_snap else None
         if node.sku is None:
-            node.sku = infer_sku([g.model for g in facts.gpus]) if facts.smi_status == "ok" \
+            node.sku = infer_sku(gc.skus(), [g.model for g in facts.gpus]) \
+                if facts.smi_status == "ok" \
                 or not facts.pci_gpus else None
-        findings = health_findings(facts, node.sku)
+        findings = health_findings(facts, gc.sku(node.sku))
         if prev:
             findings = new_only(prev, findings, facts) + drift_findings(prev, facts)
         store_snapshot(session, node, facts, run_id, findings)
@@ -126,21 +135,21 @@ def _record(db_url: str, probe: _Probe, run_id: int, actor: str) -> NodeScanResu
         return NodeScanResult(name, outcome, message, findings, gpus, probe.seconds)
 
 
-def select_targets(db_url: str, names: list[str], all_nodes: bool) -> list[Target]:
+def select_targets(gc: Gpuctl, names: list[str], all_nodes: bool) -> list[Target]:
     """The nodes to act on: ``names`` (all must exist) or every node not retired."""
     if not names and not all_nodes:
         raise InputError("name the nodes to scan, or pass --all")
-    with session_scope(db_url) as session:
+    with gc.session() as session:
         if all_nodes:
             nodes = list(session.exec(select(Node).where(Node.state != State.RETIRED)
                                       .order_by(col(Node.name))))
         else:
             nodes = [get_node(session, n) for n in dict.fromkeys(names)]
-        return [target_of(n) for n in nodes]
+        return [Target.of(n) for n in nodes]
 
 
 def scan_nodes(
-    paths: Paths,
+    gc: Gpuctl,
     names: list[str],
     *,
     all_nodes: bool = False,
@@ -162,21 +171,14 @@ def scan_nodes(
     """
     if not 1 <= parallel <= 1024:
         raise InputError(f"--parallel {parallel} must be between 1 and 1024")
-    db_url = paths.db_url
-    targets = select_targets(db_url, names, all_nodes)
+    recover_abandoned(gc)
+    targets = select_targets(gc, names, all_nodes)
     if on_start:
         on_start(len(targets))
-    actor = current_actor()
-    with session_scope(db_url) as session:
+    with gc.session() as session:
         mismatched = {n.name for n in session.exec(
             select(Node).where(col(Node.hostkey_mismatch).is_(True)))}
-        run = Run(kind="scan", actor=actor, args_json=json.dumps(
-            {"nodes": names, "all": all_nodes, "parallel": parallel, "accept_new": accept_new}))
-        session.add(run)
-        session.flush()
-        assert run.id is not None
-        run_id = run.id
-    known_hosts = KnownHosts(paths.known_hosts)
+    known_hosts = KnownHosts(gc.paths.known_hosts)
     results: list[NodeScanResult] = []
 
     def deliver(result: NodeScanResult) -> None:
@@ -184,35 +186,34 @@ def scan_nodes(
         if on_result:
             on_result(result)
 
-    status = "done"
-    pool = ThreadPoolExecutor(max_workers=min(parallel, max(1, len(targets))))
-    try:
-        futures: list[Future[_Probe]] = []
-        for target in targets:
-            if target.name in mismatched:
-                deliver(NodeScanResult(target.name, "refused", "host key changed earlier; "
-                        f"verify it, then `gpuctl nodes forget-hostkey {target.name}`"))
-                continue
-            futures.append(pool.submit(_probe_node, target, known_hosts, accept_new,
-                                       connect_timeout, command_timeout))
-        for fut in as_completed(futures):
-            deliver(_record(db_url, fut.result(), run_id, actor))
-    except KeyboardInterrupt:
-        status = "interrupted"
-        pool.shutdown(wait=False, cancel_futures=True)
+    interrupted = False
+    args = {"nodes": names, "all": all_nodes, "parallel": parallel, "accept_new": accept_new}
+    with RunScope(gc, "scan", args) as run:
+        pool = ThreadPoolExecutor(max_workers=min(parallel, max(1, len(targets))))
+        try:
+            futures: list[Future[_Probe]] = []
+            for target in targets:
+                if target.name in mismatched:
+                    deliver(NodeScanResult(target.name, "refused", "host key changed earlier; "
+                            f"verify it, then `gpuctl nodes forget-hostkey {target.name}`"))
+                    continue
+                futures.append(pool.submit(_probe_node, target, known_hosts, accept_new,
+                                           connect_timeout, command_timeout))
+            for fut in as_completed(futures):
+                deliver(_record(gc, fut.result(), run.run_id))
+        except KeyboardInterrupt:
+            interrupted = True
+            pool.shutdown(wait=False, cancel_futures=True)
+        finally:
+            pool.shutdown(wait=not interrupted)
+        summary = ScanSummary(run.run_id, "", sorted(results, key=lambda r: r.name))
+        failed = {r.name for r in summary.failed}
+        run.node_ok = {t.name: t.name not in failed for t in targets}
+        run.summary = {**summary.counts(), "failed": sorted(failed)}
+        if interrupted:
+            run.status = RunStatus.INTERRUPTED
+    summary.status = str(run.status)
+    if interrupted:
         raise GpuctlError(f"scan interrupted: {len(results)} of {len(targets)} nodes stored "
-                          f"(run {run_id})") from None
-    finally:
-        pool.shutdown(wait=status != "interrupted")
-        summary = ScanSummary(run_id, status, sorted(results, key=lambda r: r.name))
-        with session_scope(db_url) as session:
-            stored = session.get(Run, run_id)
-            assert stored is not None
-            run = stored
-            run.status = status if status == "interrupted" else (
-                "partial" if summary.failed else "ok")
-            run.finished_at = utcnow()
-            run.summary_json = json.dumps(summary.counts())
-            session.add(run)
-    summary.status = run.status
+                          f"(run {run.run_id})")
     return summary

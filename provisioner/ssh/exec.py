@@ -13,11 +13,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import paramiko
 
 from provisioner.errors import GpuctlError
 from provisioner.ssh.hostkeys import KnownHosts
+
+if TYPE_CHECKING:
+    from provisioner.db.models import Node
 
 # paramiko logs a traceback for every peer that is not an SSH server; the one-line
 # Unreachable error below already says what happened.
@@ -54,6 +58,11 @@ class Target:
     port: int = 22
     user: str = "root"
     key_path: str | None = None
+
+    @classmethod
+    def of(cls, node: Node) -> Target:
+        """Where and how to reach a registered node."""
+        return cls(node.name, node.address, node.port, node.user, node.key_path)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
 from rich.markup import escape
@@ -11,6 +11,9 @@ from rich.table import Table
 from rich.text import Text
 
 from provisioner.ui.style import STATE_STYLE, styled
+
+if TYPE_CHECKING:
+    from provisioner.fleet.pools import PoolView
 
 
 def _bar(value: int, total: int, width: int = 24) -> str:
@@ -110,3 +113,18 @@ def status_panel(s: dict[str, Any], footer: str, selected: int | None = None,
                  width: int = 160) -> Panel:
     return Panel(status_view(s, footer, selected, width - 4), title="gpuctl status --watch",
                  border_style="blue")
+
+
+def pools_table(views: list[PoolView]) -> Table:
+    """``gpuctl pool list``: each pool, what it holds and on which nodes."""
+    from provisioner.fleet.pools import USABLE  # noqa: PLC0415
+
+    table = Table(title=f"{len(views)} pools", title_justify="left")
+    for c in ("POOL", "SKU", "ASSIGNED", "USABLE", "SLICES"):
+        table.add_column(c, overflow="fold")
+    for v in views:
+        table.add_row(escape(v.name), escape(v.sku), f"{v.assigned}/{v.gpus}", str(v.usable),
+                      escape(", ".join(f"{a['node']}[{a['gpu_indices']}]"
+                                       + ("" if a["state"] in USABLE else
+                                          f" ({a['state']})") for a in v.allocations)))
+    return table

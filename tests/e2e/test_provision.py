@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from provisioner.provision.locks import held_nodes
 from sqlmodel import col, select
 
 from provisioner.db.engine import session_scope
 from provisioner.db.models import Run, TaskResult
-from provisioner.provision.locks import held_nodes
 from tests.e2e.conftest import scan_json
 
 pytestmark = pytest.mark.e2e

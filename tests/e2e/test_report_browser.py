@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.report.html import render_html
+from provisioner.ui.report_html import render_html
 from tests.browser import PageCheck, assert_page_ok, open_page
 from tests.report_fixtures import sample_doc
 

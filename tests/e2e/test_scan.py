@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from provisioner.handle import Gpuctl
 from provisioner.inventory.registry import NodeSpec, add_nodes
 from provisioner.ssh.exec import OutputTooLarge, Target, run_on_node
 from provisioner.ssh.hostkeys import KnownHosts
@@ -178,7 +179,7 @@ def half_dead(lab) -> Iterator[list[str]]:  # type: ignore[no-untyped-def]
 def test_half_dead_nodes_do_not_stop_the_others(lab, gpuctl, paths, half_dead) -> None:  # type: ignore[no-untyped-def]
     lab.up(1)
     key = str(paths.lab_dir / "id_ed25519")
-    add_nodes(paths.db_url, [NodeSpec(name="silent", address=half_dead[0], key_path=key),
+    add_nodes(Gpuctl(paths), [NodeSpec(name="silent", address=half_dead[0], key_path=key),
                              NodeSpec(name="garbage", address=half_dead[1], key_path=key),
                              NodeSpec(name="closed", address=lab.address(7), key_path=key),
                              NodeSpec(name="nokey", address=lab.address(0),
@@ -211,7 +212,7 @@ def test_huge_command_output_is_cut_off(lab, paths) -> None:  # type: ignore[no-
 def test_sigint_marks_run_interrupted_and_keeps_results(lab, gpuctl, paths, half_dead) -> None:  # type: ignore[no-untyped-def]
     lab.up(2)
     key = str(paths.lab_dir / "id_ed25519")
-    add_nodes(paths.db_url, [NodeSpec(name="silent", address=half_dead[0], key_path=key)])
+    add_nodes(Gpuctl(paths), [NodeSpec(name="silent", address=half_dead[0], key_path=key)])
     proc = subprocess.Popen([sys.executable, "-m", "provisioner", "scan", "--all",
                              "--accept-new", "--connect-timeout", "4"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

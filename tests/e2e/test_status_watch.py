@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.fleet import ops
+from provisioner.handle import Gpuctl
 from provisioner.paths import Paths
 from tests.fleet_fixtures import fill_fleet
 
@@ -62,7 +63,7 @@ def test_status_watch_in_tmux(paths: Paths, session: str, tmp_path: Path) -> Non
     assert re.search(r"drained\s+│\s+2\b", screen), screen
     assert "q quits" in screen
     # Another gpuctl drains a node: the dashboard follows.
-    ops.apply(paths.db_url, "drain", ["gpu00001"], "PSU swap")
+    ops.apply(Gpuctl(paths), "drain", ["gpu00001"], "PSU swap")
     screen = _wait_for(session, lambda s: re.search(r"drained\s+│\s+3\b", s) is not None)
     (tmp_path / "status-watch.txt").write_text(screen)
     capture = os.environ.get("GPUCTL_SCREEN_CAPTURE")  # for docs: where to keep the screen

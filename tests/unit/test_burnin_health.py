@@ -259,15 +259,22 @@ def test_inventory_checks_count_model_and_memory() -> None:
     from provisioner.burnin.run import _inventory_verdict
     from provisioner.db.models import Node
 
+    from provisioner.catalogue import get_sku
+
     node = Node(name="n", address="127.0.0.1", sku="h100-sxm-8")
+    sku = get_sku(None, "h100-sxm-8")
     profile = {"tests": {}, "gpu_memory_mib_min": 81000}
     h100 = {"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559}
-    assert _inventory_verdict(node, {"inventory": [h100] * 8}, profile).passed
-    v = _inventory_verdict(node, {"inventory": [h100] * 7}, profile)
+    assert _inventory_verdict(node, sku, {"inventory": [h100] * 8}, profile).passed
+    v = _inventory_verdict(node, sku, {"inventory": [h100] * 7}, profile)
     assert v.reason == "inventory: 7 GPUs, SKU h100-sxm-8 has 8"
     small = {"name": "NVIDIA H100 80GB HBM3", "memory_mib": 65536}
-    v = _inventory_verdict(node, {"inventory": [h100] * 5 + [small] + [h100] * 2}, profile)
+    v = _inventory_verdict(node, sku, {"inventory": [h100] * 5 + [small] + [h100] * 2}, profile)
     assert v.reason == "inventory: GPU 5 has 65536 MiB, below 81000"
-    v = _inventory_verdict(node, {"inventory": [{"name": "NVIDIA A100-SXM4-80GB",
+    v = _inventory_verdict(node, sku, {"inventory": [{"name": "NVIDIA A100-SXM4-80GB",
                                                  "memory_mib": 81920}] * 8}, profile)
     assert v.reason == "inventory: unexpected model NVIDIA A100-SXM4-80GB"
+    # An 8x H100 PCIe box is not an HGX H100 (the catalogue excludes PCIe and NVL parts).
+    v = _inventory_verdict(node, sku, {"inventory": [{"name": "NVIDIA H100 PCIe",
+                                                      "memory_mib": 81559}] * 8}, profile)
+    assert v.reason == "inventory: unexpected model NVIDIA H100 PCIe"

@@ -13,13 +13,12 @@ import pytest
 import yaml
 from sqlmodel import select
 
-from provisioner.db.engine import session_scope
 from provisioner.db.models import Event, Node, NodeLock, Run
 from provisioner.errors import InputError, TransitionError
 from provisioner.fleet import handoff as ho
 from provisioner.fleet import ops, pools
 from provisioner.fleet.status import fleet_status
-from provisioner.paths import Paths
+from provisioner.handle import Gpuctl
 from tests.fleet_fixtures import fill_fleet
 
 # fill_fleet cycles states: gpu00000 in-service, 01 certified, 02 quarantined,
@@ -27,29 +26,29 @@ from tests.fleet_fixtures import fill_fleet
 
 
 @pytest.fixture
-def fleet(paths: Paths) -> str:
-    fill_fleet(paths.db_url, 12, expired_every=6)  # gpu00000 and gpu00006 expired
-    return paths.db_url
+def fleet(gc: Gpuctl) -> Gpuctl:
+    fill_fleet(gc.db_url, 12, expired_every=6)  # gpu00000 and gpu00006 expired
+    return gc
 
 
-def _state(url: str, name: str) -> str:
-    with session_scope(url) as session:
+def _state(gc: Gpuctl, name: str) -> str:
+    with gc.session() as session:
         return session.exec(select(Node.state).where(Node.name == name)).one()
 
 
-def test_drain_and_undrain_return_to_the_previous_state(fleet: str) -> None:
+def test_drain_and_undrain_return_to_the_previous_state(fleet: Gpuctl) -> None:
     assert [c.to_state for c in ops.apply(fleet, "drain", ["gpu00001", "gpu00006"],
                                           "PSU swap")] == ["drained", "drained"]
     ops.apply(fleet, "undrain", ["gpu00001", "gpu00006"])
     assert _state(fleet, "gpu00001") == "certified"
     assert _state(fleet, "gpu00006") == "in-service"
-    with session_scope(fleet) as session:
+    with fleet.session() as session:
         reasons = session.exec(select(Event.reason).where(
             Event.to_state == "drained", Event.actor != "fixture")).all()
     assert all(r == "drain: PSU swap" for r in reasons) and len(reasons) == 2
 
 
-def test_illegal_transitions_are_refused_listing_the_allowed_ones(fleet: str) -> None:
+def test_illegal_transitions_are_refused_listing_the_allowed_ones(fleet: Gpuctl) -> None:
     with pytest.raises(TransitionError, match=r"gpu00004 cannot drain from failed \(to "
                        r"drained\); allowed from failed: burning-in, discovered, "):
         ops.apply(fleet, "drain", ["gpu00001", "gpu00004"])
@@ -61,7 +60,7 @@ def test_illegal_transitions_are_refused_listing_the_allowed_ones(fleet: str) ->
         ops.apply(fleet, "release", ["gpu00003"], "oops")
 
 
-def test_quarantine_and_release_need_a_reason(fleet: str) -> None:
+def test_quarantine_and_release_need_a_reason(fleet: Gpuctl) -> None:
     with pytest.raises(InputError, match="quarantine needs --reason"):
         ops.apply(fleet, "quarantine", ["gpu00001"], "  ")
     ops.apply(fleet, "quarantine", ["gpu00001"], "users report NaNs on GPU 3")
@@ -70,8 +69,8 @@ def test_quarantine_and_release_need_a_reason(fleet: str) -> None:
     assert _state(fleet, "gpu00001") == "discovered"
 
 
-def test_nodes_held_by_a_run_are_refused(fleet: str) -> None:
-    with session_scope(fleet) as session:
+def test_nodes_held_by_a_run_are_refused(fleet: Gpuctl) -> None:
+    with fleet.session() as session:
         node = session.exec(select(Node).where(Node.name == "gpu00001")).one()
         run = Run(kind="burnin", actor="t")
         session.add(run)
@@ -81,7 +80,7 @@ def test_nodes_held_by_a_run_are_refused(fleet: str) -> None:
         ops.apply(fleet, "drain", ["gpu00001"])
 
 
-def test_pools_slice_certified_capacity(fleet: str) -> None:
+def test_pools_slice_certified_capacity(fleet: Gpuctl) -> None:
     pools.create_pool(fleet, "llm", "h100-sxm-8", 16)
     pools.create_pool(fleet, "vision", "h100-sxm-8", 6)
     for bad, msg in ((("Bad_Name", "h100-sxm-8", 8), "lower-case"),
@@ -100,23 +99,20 @@ def test_pools_slice_certified_capacity(fleet: str) -> None:
         pools.assign(fleet, "vision", ["gpu00007"], 3)
     # A quarantined node's slices stop counting as usable; retiring frees them.
     ops.apply(fleet, "quarantine", ["gpu00001"], "fan failure")
-    with session_scope(fleet) as session:
-        views = {p.name: p for p in pools.list_pools(session)}
+    views = {p.name: p for p in pools.list_pools(fleet)}
     assert (views["llm"].assigned, views["llm"].usable) == (16, 8)
     assert (views["vision"].assigned, views["vision"].usable) == (6, 6)
     ops.apply(fleet, "retire", ["gpu00001"], "fan failure")
     assert pools.release(fleet, "vision", ["gpu00006"]) == 6
-    with session_scope(fleet) as session:
-        views = {p.name: p for p in pools.list_pools(session)}
-        status = fleet_status(session)
+    views = {p.name: p for p in pools.list_pools(fleet)}
+    status = fleet_status(fleet)
     assert views["llm"].assigned == 8 and views["vision"].assigned == 0
     assert [(p["name"], p["assigned"], p["usable"]) for p in status["pools"]] == [
         ("llm", 8, 8), ("vision", 0, 0)]
 
 
-def test_status_counts_and_flags_expired_certificates(fleet: str) -> None:
-    with session_scope(fleet) as session:
-        s = fleet_status(session, now=datetime.now(UTC))
+def test_status_counts_and_flags_expired_certificates(fleet: Gpuctl) -> None:
+    s = fleet_status(fleet, now=datetime.now(UTC))
     assert s["nodes"] == 12 and s["gpus"] == 96
     assert s["states"] == {"in-service": 2, "certified": 2, "quarantined": 2,
                            "provisioned": 2, "failed": 2, "drained": 2}
@@ -127,12 +123,12 @@ def test_status_counts_and_flags_expired_certificates(fleet: str) -> None:
     assert s["attention"]["total"] == 6
     assert attention["gpu00000"].startswith("certificate expired")
     assert attention["gpu00002"] == "burn-in failed: xid on GPU 3: XID 79"
-    assert s["last_runs"]["burnin"]["status"] == "done"
+    assert s["last_runs"]["burnin"]["status"] == "ok"
 
 
-def test_slurm_handoff(fleet: str, tmp_path: Path) -> None:
-    with session_scope(fleet) as session:
-        chosen, skipped = ho.select_handoff(session, [], None)
+def test_slurm_handoff(fleet: Gpuctl, tmp_path: Path) -> None:
+    with fleet.session() as session:
+        chosen, skipped = ho.select_handoff(session, fleet.skus(), [], None)
     # gpu00000 and gpu00006 have expired certificates: left out, with the reason.
     assert [n.name for n in chosen] == ["gpu00001", "gpu00007"]
     assert [s.split(":")[0] for s in skipped] == ["gpu00000", "gpu00006"]
@@ -150,7 +146,7 @@ def test_slurm_handoff(fleet: str, tmp_path: Path) -> None:
     assert "NodeName=gpu00007 Name=gpu Type=h100 File=/dev/nvidia[0-7]" in files["gres.conf"]
 
 
-def test_handoff_cli_moves_certified_nodes_in_service(fleet: str, gpuctl, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_handoff_cli_moves_certified_nodes_in_service(fleet: Gpuctl, gpuctl, tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "slurm"
     result = gpuctl("handoff", "slurm", "-o", str(out), "--dry-run")
     assert result.code == 0 and (out / "slurm.conf").is_file()
@@ -160,7 +156,7 @@ def test_handoff_cli_moves_certified_nodes_in_service(fleet: str, gpuctl, tmp_pa
     assert "2 nodes" in result.err and "2 moved to in-service" in result.err
     assert _state(fleet, "gpu00001") == "in-service"
     result = gpuctl("handoff", "k8s", "gpu00002")
-    assert result.code == 1 and "skipped gpu00002: quarantined, not certified" in result.err
+    assert result.code == 1 and "gpu00002: quarantined, not certified" in result.err
 
 
 LABEL_NAME = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
@@ -168,9 +164,9 @@ LABEL_NAME = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
-def test_k8s_labels_are_valid_kubernetes_labels(fleet: str) -> None:
-    with session_scope(fleet) as session:
-        chosen, _ = ho.select_handoff(session, [], None)
+def test_k8s_labels_are_valid_kubernetes_labels(fleet: Gpuctl) -> None:
+    with fleet.session() as session:
+        chosen, _ = ho.select_handoff(session, fleet.skus(), [], None)
     chosen[0].gpu_model = "NVIDIA H100 80GB HBM3 (weird/name) " + "x" * 80
     doc = yaml.safe_load(ho.render_k8s(chosen))
     assert doc["kind"] == "List" and [i["kind"] for i in doc["items"]] == ["Node", "Node"]
@@ -186,9 +182,9 @@ def test_k8s_labels_are_valid_kubernetes_labels(fleet: str) -> None:
                 (key, value)
 
 
-def test_ansible_handoff_is_accepted_by_ansible_inventory(fleet: str, tmp_path: Path) -> None:
-    with session_scope(fleet) as session:
-        chosen, _ = ho.select_handoff(session, [], None)
+def test_ansible_handoff_is_accepted_by_ansible_inventory(fleet: Gpuctl, tmp_path: Path) -> None:
+    with fleet.session() as session:
+        chosen, _ = ho.select_handoff(session, fleet.skus(), [], None)
     path = tmp_path / "in-service.yml"
     path.write_text(ho.render_ansible(chosen))
     tool = shutil.which("ansible-inventory") or str(Path(__file__).parents[2] /
@@ -202,17 +198,19 @@ def test_ansible_handoff_is_accepted_by_ansible_inventory(fleet: str, tmp_path: 
     assert "[WARNING]" not in proc.stderr
 
 
-def test_prometheus_textfile_passes_promtool(fleet: str, tmp_path: Path) -> None:
+def test_prometheus_textfile_passes_promtool(fleet: Gpuctl, tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool is not installed (scripts/test.sh installs prometheus)")
-    with session_scope(fleet) as session:
+    with fleet.session() as session:
         node = session.exec(select(Node).where(Node.name == "gpu00003")).one()
         node.sku = 'we"ird\\sku'  # hostile text in a label value must be escaped
         session.add(node)
         session.flush()
-        chosen, _ = ho.select_handoff(session, [], None)
-        text = ho.render_prometheus(session, chosen)
+        chosen, _ = ho.select_handoff(session, fleet.skus(), [], None)
+        states = [tuple(r) for r in session.exec(select(Node.name, Node.sku, Node.state)
+                                                 .order_by(Node.name)).all()]
+        text = ho.render_prometheus(states, chosen)  # type: ignore[arg-type]
     proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
                           text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -227,7 +225,7 @@ def test_prometheus_textfile_passes_promtool(fleet: str, tmp_path: Path) -> None
     assert bad.returncode != 0
 
 
-def test_bad_input_gives_one_line_errors_and_changes_nothing(fleet: str, gpuctl) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_gives_one_line_errors_and_changes_nothing(fleet: Gpuctl, gpuctl) -> None:  # type: ignore[no-untyped-def]
     result = gpuctl("handoff", "slurm", "-o", "/proc/gpuctl-nope")
     assert result.code == 1
     assert result.err.strip().splitlines()[-1].startswith("Error: cannot write /proc/")

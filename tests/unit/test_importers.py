@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from provisioner.errors import InputError
-from provisioner.inventory.importers import expand_host_pattern, parse_inventory_file
-from provisioner.inventory.registry import import_nodes, list_nodes
-from provisioner.paths import Paths
+from provisioner.handle import Gpuctl
+from provisioner.inventory.importers import expand_host_pattern, import_nodes, parse_inventory_file
+from provisioner.inventory.registry import list_nodes
 from tests.conftest import DATA
 
 INV = DATA / "inventories"
@@ -65,11 +65,11 @@ def test_every_bad_line_is_listed_with_its_number(name: str, lines: list[int]) -
     assert listed == lines, message
 
 
-def test_bad_file_imports_nothing_and_keeps_existing(paths: Paths, tmp_path: Path) -> None:
-    import_nodes(paths.db_url, INV / "good.csv")
+def test_bad_file_imports_nothing_and_keeps_existing(gc: Gpuctl, tmp_path: Path) -> None:
+    import_nodes(gc, INV / "good.csv")
     with pytest.raises(InputError):
-        import_nodes(paths.db_url, INV / "bad.ini")
-    assert [v.name for v in list_nodes(paths.db_url)] == ["gpu101", "gpu102"]
+        import_nodes(gc, INV / "bad.ini")
+    assert [v.name for v in list_nodes(gc)] == ["gpu101", "gpu102"]
 
 
 @pytest.mark.parametrize("content, words", [

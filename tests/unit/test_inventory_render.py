@@ -1,26 +1,22 @@
-"""Rendering the Ansible inventory from the database, and node locks."""
+"""Rendering the Ansible inventory from the database."""
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 
 import pytest
 import yaml
 
-from provisioner.db.engine import session_scope
-from provisioner.db.models import Node, NodeLock, Run
 from provisioner.errors import InputError
+from provisioner.handle import Gpuctl
 from provisioner.inventory.registry import NodeSpec, add_nodes
 from provisioner.paths import Paths
-from provisioner.provision import locks
 from provisioner.provision.inventory import export_inventory, group_name, render_inventory
 from provisioner.provision.runner import to_task_event
 
 
 def _nodes(paths: Paths) -> None:
-    add_nodes(paths.db_url, [
+    add_nodes(Gpuctl(paths), [
         NodeSpec(name="gpu017", address="127.0.0.17", sku="h100-sxm-8",
                  labels={"rack": "r12", "gpuctl.io/pool": "team-a"},
                  ansible_vars={"ansible_python_interpreter": "/usr/bin/python3"}),
@@ -30,7 +26,7 @@ def _nodes(paths: Paths) -> None:
 
 def test_yaml_inventory_groups_and_hostvars(paths: Paths) -> None:
     _nodes(paths)
-    doc = yaml.safe_load(export_inventory(paths, "yaml"))
+    doc = yaml.safe_load(export_inventory(Gpuctl(paths), "yaml"))
     children = doc["all"]["children"]
     assert set(children) == {"gpuctl", "sku_h100_sxm_8", "rack_r12",
                              "gpuctl_io_pool_team_a", "state_registered"}
@@ -44,10 +40,10 @@ def test_yaml_inventory_groups_and_hostvars(paths: Paths) -> None:
 
 def test_json_matches_ansible_inventory_list_shape(paths: Paths) -> None:
     _nodes(paths)
-    doc = json.loads(export_inventory(paths, "json"))
+    doc = json.loads(export_inventory(Gpuctl(paths), "json"))
     assert doc["rack_r12"] == {"hosts": ["gpu017"]}
     assert doc["_meta"]["hostvars"]["gpu018"]["ansible_ssh_private_key_file"] == "/k"
-    assert json.loads(export_inventory(paths, "json", state="failed"))["all"]["children"] == []
+    assert json.loads(export_inventory(Gpuctl(paths), "json", state="failed"))["all"]["children"] == []
 
 
 def test_group_names_are_ansible_safe() -> None:
@@ -55,34 +51,6 @@ def test_group_names_are_ansible_safe() -> None:
     assert group_name("9rack") == "g_9rack"
     with pytest.raises(InputError, match="unknown inventory format"):
         render_inventory(None, "toml")  # type: ignore[arg-type]
-
-
-def _run(paths: Paths) -> int:
-    with session_scope(paths.db_url) as session:
-        run = Run(kind="provision", actor="t")
-        session.add(run)
-        session.flush()
-        assert run.id is not None
-        return run.id
-
-
-def test_locks_exclusive_released_and_stale_taken_over(paths: Paths) -> None:
-    _nodes(paths)
-    first, second = _run(paths), _run(paths)
-    me = f"root@{socket.gethostname()}"
-    locks.acquire(paths.db_url, {1: "gpu017"}, first, f"{me} pid {os.getpid()}")
-    with pytest.raises(locks.NodeBusyError, match=f"gpu017 is held by provision run {first}"):
-        locks.acquire(paths.db_url, {1: "gpu017", 2: "gpu018"}, second, "x")
-    assert locks.held_nodes(paths.db_url) == {"gpu017": first}  # all or none
-    locks.release(paths.db_url, first)
-    assert locks.held_nodes(paths.db_url) == {}
-    # A lock left by a dead process on this host is taken over.
-    with session_scope(paths.db_url) as session:
-        session.add(NodeLock(node_id=1, run_id=first, holder=f"{me} pid 999999999"))
-    locks.acquire(paths.db_url, {1: "gpu017"}, second, f"{me} pid {os.getpid()}")
-    assert locks.held_nodes(paths.db_url) == {"gpu017": second}
-    with session_scope(paths.db_url) as session:
-        assert session.get(Node, 1) is not None
 
 
 def test_runner_events_become_task_results() -> None:

@@ -8,8 +8,9 @@ from sqlmodel import select
 from provisioner.db.engine import session_scope
 from provisioner.db.models import Event
 from provisioner.errors import TransitionError
-from provisioner.inventory.lifecycle import ALLOWED, State, transition
-from provisioner.inventory.registry import NodeSpec, add_nodes, get_node
+from provisioner.handle import Gpuctl
+from provisioner.inventory.lifecycle import ALLOWED, State, get_node, transition
+from provisioner.inventory.registry import NodeSpec, add_nodes
 from provisioner.paths import Paths
 
 
@@ -23,7 +24,7 @@ def test_every_state_has_rules_and_retired_is_final() -> None:
 
 
 def test_transition_appends_event_and_illegal_one_lists_allowed(paths: Paths) -> None:
-    add_nodes(paths.db_url, [NodeSpec(name="gpu1", address="127.0.0.1")])
+    add_nodes(Gpuctl(paths), [NodeSpec(name="gpu1", address="127.0.0.1")])
     with session_scope(paths.db_url) as session:
         node = get_node(session, "gpu1")
         transition(session, node, State.DISCOVERED, actor="t", reason="scanned", run_id=None)

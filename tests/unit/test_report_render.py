@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 
-from provisioner.report.html import render_html
-from provisioner.report.render import render_json, render_junit, render_markdown
+from provisioner.ui.report import render_json, render_junit, render_markdown
+from provisioner.ui.report_html import render_html
 from tests.report_fixtures import sample_doc
 
 

@@ -6,28 +6,29 @@ import pytest
 
 from provisioner.burnin.thresholds import evaluate, fleet_medians, load_profile
 from provisioner.errors import InputError
+from provisioner.handle import Gpuctl
 from provisioner.paths import Paths
 
 
 def test_shipped_profiles_gate_every_throughput_test(paths: Paths) -> None:
-    h100 = load_profile(paths, "h100-sxm-8")
+    h100 = load_profile(Gpuctl(paths), "h100-sxm-8")
     assert h100["tests"]["all_reduce_busbw"]["min"] == 460
     assert h100["tests"]["h2d_bandwidth"]["min"] == 48
     assert h100["tests"]["p2p_bandwidth"]["min"] == 335
-    a100 = load_profile(paths, "a100-sxm4-8")
+    a100 = load_profile(Gpuctl(paths), "a100-sxm4-8")
     assert (a100["tests"]["h2d_bandwidth"]["min"], a100["tests"]["p2p_bandwidth"]["min"],
             a100["tests"]["all_reduce_busbw"]["min"]) == (21, 235, 228)
     for name in ("h100-sxm-8", "a100-sxm4-8", "l40s-4", "cpu-lab"):
-        tests = load_profile(paths, name)["tests"]
+        tests = load_profile(Gpuctl(paths), name)["tests"]
         assert all(isinstance(t["min"], int | float) and t["min"] > 0 for t in tests.values())
 
 
 def test_site_override_and_unknown_profile(paths: Paths) -> None:
     (paths.home / "thresholds").mkdir(parents=True)
     (paths.home / "thresholds/cpu-lab.yml").write_text("tests:\n  gemm_float32: {min: 7}\n")
-    assert load_profile(paths, "cpu-lab")["tests"] == {"gemm_float32": {"min": 7}}
+    assert load_profile(Gpuctl(paths), "cpu-lab")["tests"] == {"gemm_float32": {"min": 7}}
     with pytest.raises(InputError, match="no threshold profile 'h900'"):
-        load_profile(paths, "h900")
+        load_profile(Gpuctl(paths), "h900")
 
 
 PROFILE = {"fleet_outlier_fraction": 0.9,
@@ -66,7 +67,7 @@ CPU_ONLY_SKIPS = {"h2d_bandwidth", "d2h_bandwidth", "p2p_bandwidth"}  # CUDA-onl
 
 @pytest.mark.parametrize("name", ["h100-sxm-8", "a100-sxm4-8", "l40s-4", "cpu-lab"])
 def test_every_throughput_test_is_gated_on_a_number(paths: Paths, name: str) -> None:
-    profile = load_profile(paths, name)
+    profile = load_profile(Gpuctl(paths), name)
     wanted = THROUGHPUT_TESTS - (CPU_ONLY_SKIPS if name == "cpu-lab" else set())
     floors = {t for t, spec in profile["tests"].items() if spec.get("min") is not None}
     assert wanted <= floors, wanted - floors

@@ -10,7 +10,7 @@ import jinja2
 from markupsafe import Markup, escape
 
 from provisioner.project import project_dir
-from provisioner.report.render import LOWER_IS_BETTER, fmt_threshold, fmt_value, test_label
+from provisioner.ui.report import LOWER_IS_BETTER, fmt_threshold, fmt_value, test_label
 
 # Throughput tests plotted against their floors, in report order.
 PLOTTED = ("gemm_bfloat16", "gemm_float16", "gemm_tf32", "gemm_float32", "memory_bandwidth",

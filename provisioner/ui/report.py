@@ -11,7 +11,7 @@ from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
 
-from provisioner.ui.render import styled
+from provisioner.ui.style import styled
 
 VERDICT_STYLE = {"pass": "green", "fail": "bold red", "error": "red"}
 

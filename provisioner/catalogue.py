@@ -1,0 +1,145 @@
+"""The SKU catalogue: one YAML file per SKU says everything gpuctl knows about it.
+
+``inventory/skus/<name>.yml`` holds what a scan expects (GPU model, count, memory,
+NVSwitch, NVLink links), the provisioning pins (Ansible group variables of group
+``sku_<name>``), the burn-in floors, the Slurm GRES type and GPU Feature Discovery
+family, and the lab's simulated hardware. A file of the same name under
+``<data dir>/skus/`` replaces the shipped one, and a new file there adds a SKU: an admin
+adds a SKU by writing one file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from provisioner.errors import InputError
+from provisioner.paths import Paths
+from provisioner.project import project_dir
+
+# Every part a SKU file must have, and the keys each part must hold.
+PARTS: dict[str, tuple[str, ...]] = {
+    "gpu": ("model_match", "model_exclude", "count", "memory_mib_min", "family", "compute"),
+    "fabric": ("nvswitch", "nvlink_links"),
+    "slurm": ("gres_type",),
+    "provision": (),
+    "burnin": ("fleet_outlier_fraction", "tests", "telemetry"),
+    "lab": ("model", "architecture", "device_id", "memory_mib", "pcie_gen", "power_limit_w",
+            "vbios", "bus_ids", "mig", "remapped_rows", "ib_ports", "ib_rate_gbps",
+            "system_vendor", "system_product", "driver_version", "cuda_version",
+            "nvswitches", "nvswitch_device"),
+}
+
+
+@dataclass(frozen=True)
+class Sku:
+    """One SKU as its catalogue file describes it."""
+
+    name: str
+    description: str
+    source: str  # the file it came from
+    gpu: dict[str, Any]
+    fabric: dict[str, Any]
+    slurm: dict[str, Any]
+    provision: dict[str, Any]
+    burnin: dict[str, Any]
+    lab: dict[str, Any]
+
+    @property
+    def gpu_count(self) -> int:
+        return int(self.gpu["count"])
+
+    @property
+    def nvswitch(self) -> bool:
+        return bool(self.fabric["nvswitch"])
+
+    @property
+    def gres_type(self) -> str:
+        return str(self.slurm["gres_type"] or "")
+
+    @property
+    def family(self) -> str:
+        return str(self.gpu["family"] or "")
+
+    @property
+    def compute(self) -> str:
+        return str(self.gpu["compute"] or "")
+
+    def matches_model(self, model: str | None) -> bool:
+        """Whether a GPU's product name (nvidia-smi's product_name) is this SKU's."""
+        text = model or ""
+        return str(self.gpu["model_match"]) in text and not any(
+            str(x) in text for x in self.gpu.get("model_exclude") or [])
+
+    def threshold_profile(self) -> dict[str, Any]:
+        """The burn-in profile: the ``burnin`` part plus what it shares with the rest
+        (memory floor and NVLink links come from ``gpu`` and ``fabric``, said once)."""
+        telemetry = dict(self.burnin.get("telemetry") or {})
+        if self.fabric.get("nvlink_links"):
+            telemetry["nvlink_links"] = int(self.fabric["nvlink_links"])
+        return {**self.burnin, "telemetry": telemetry,
+                "gpu_memory_mib_min": self.gpu.get("memory_mib_min") or None}
+
+
+def _parse(path: Path) -> Sku:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"{path}: not a readable YAML file ({' '.join(str(exc).split())})"
+                         ) from None
+    if not isinstance(doc, dict):
+        raise InputError(f"{path}: a SKU file is a mapping")
+    missing = [part for part in PARTS if not isinstance(doc.get(part), dict)]
+    missing += [f"{part}.{key}" for part, keys in PARTS.items()
+                if isinstance(doc.get(part), dict) for key in keys if key not in doc[part]]
+    if doc.get("name") != path.stem:
+        missing.append(f"name (must be {path.stem!r}, the file's name)")
+    if missing:
+        raise InputError(f"{path}: missing {', '.join(missing)}")
+    if not isinstance(doc["burnin"]["tests"], dict):
+        raise InputError(f"{path}: burnin.tests must be a mapping")
+    return Sku(name=path.stem, description=str(doc.get("description") or ""),
+               source=str(path), **{part: doc[part] for part in PARTS})
+
+
+@cache
+def _load(files: tuple[tuple[str, Path, float], ...]) -> dict[str, Sku]:
+    return {name: _parse(path) for name, path, _ in files}
+
+
+def catalogue(paths: Paths | None = None) -> dict[str, Sku]:
+    """Every SKU: the shipped files, replaced or extended by ``<data dir>/skus/``.
+
+    Raises:
+        InputError: a SKU file is unreadable or lacks a part (the message names it).
+    """
+    dirs = [project_dir() / "inventory/skus"]
+    if paths is not None:
+        dirs.append(paths.home / "skus")
+    found: dict[str, Path] = {}
+    for base in dirs:  # a site file replaces the shipped file of the same name
+        for path in sorted(base.glob("*.yml")) if base.is_dir() else []:
+            found[path.stem] = path
+    # Parsed once per process unless a file changes (keyed by modification time).
+    return _load(tuple((name, path, path.stat().st_mtime)
+                       for name, path in sorted(found.items())))
+
+
+def get_sku(paths: Paths | None, name: str | None) -> Sku | None:
+    """The SKU called ``name``, or None for an unknown or missing name."""
+    return catalogue(paths).get(name or "")
+
+
+def infer_sku(skus: dict[str, Sku], models: list[str | None]) -> str | None:
+    """The SKU whose model and GPU count match the GPUs seen (None if none does):
+    no GPUs is ``cpu-only``."""
+    if not models:
+        return "cpu-only" if "cpu-only" in skus else None
+    for sku in skus.values():
+        if sku.gpu_count == len(models) and all(sku.matches_model(m) for m in models):
+            return sku.name
+    return None
