@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from provisioner.errors import InputError
+from provisioner.errors import InputError, NotFoundError
 from provisioner.paths import Paths
 from provisioner.project import project_dir
 
@@ -143,3 +143,11 @@ def infer_sku(skus: dict[str, Sku], models: list[str | None]) -> str | None:
         if sku.gpu_count == len(models) and all(sku.matches_model(m) for m in models):
             return sku.name
     return None
+
+
+def require_sku(skus: dict[str, Sku], name: str) -> Sku:
+    """Raises NotFoundError (listing the known SKUs) when there is no SKU ``name``."""
+    sku = skus.get(name)
+    if sku is None:
+        raise NotFoundError(f"no SKU {name[:60]!r}; known: {', '.join(skus)}")
+    return sku

@@ -54,6 +54,23 @@ class Gpuctl:
         return self.paths.db_url
 
     @property
+    def db_display(self) -> str:
+        """The database URL as it may be printed (password hidden)."""
+        from provisioner.db.engine import redact_url  # noqa: PLC0415
+
+        return redact_url(self.db_url)
+
+    def init(self) -> None:
+        """Create the data directory and the database, migrated to the newest schema
+        (``gpuctl init``; safe to run again).
+
+        Raises:
+            GpuctlError: the database cannot be opened or migrated.
+        """
+        self.paths.ensure()
+        self.engine  # noqa: B018  (creating the engine migrates the database)
+
+    @property
     def engine(self) -> Engine:
         """The migrated engine (one per database URL per process)."""
         from provisioner.db.engine import get_engine  # noqa: PLC0415  (alembic: lazily)

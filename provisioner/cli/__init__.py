@@ -22,7 +22,7 @@ COMMANDS = {
     "burnin": "burnin:burnin", "report": "report:report", "status": "fleet:status",
     "drain": "fleet:drain", "undrain": "fleet:undrain", "quarantine": "fleet:quarantine",
     "release": "fleet:release", "retire": "fleet:retire", "pool": "fleet:pool",
-    "handoff": "fleet:handoff",
+    "handoff": "fleet:handoff", "runs": "runs:runs", "skus": "runs:skus",
 }
 
 
@@ -59,6 +59,10 @@ def cli(ctx: click.Context, db: str | None) -> None:
       gpuctl report --format html
       gpuctl handoff slurm -o /etc/slurm/gpuctl
       gpuctl status --watch
+
+    \b
+    Also: gpuctl runs list (every run; `runs recover` after a crash),
+          gpuctl skus list (the SKU catalogue)
     """
     ctx.obj = Ctx(gc=Gpuctl.from_env(db), console=Console(emoji=False, highlight=False),
                   err=Console(stderr=True, emoji=False, highlight=False))

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from provisioner.cli.common import Ctx, json_option, pass_ctx
-from provisioner.db.engine import redact_url
 from provisioner.inventory import registry
 from provisioner.inventory.importers import import_nodes
 from provisioner.inventory.lifecycle import State
@@ -26,9 +25,8 @@ def init(ctx: Ctx) -> None:
 
     Example: gpuctl init
     """
-    ctx.gc.paths.ensure()
-    ctx.gc.engine  # noqa: B018  (creates and migrates the database)
-    ctx.console.print(f"data dir {ctx.gc.paths.home}\ndatabase {redact_url(ctx.gc.db_url)}")
+    ctx.gc.init()
+    ctx.console.print(f"data dir {ctx.gc.paths.home}\ndatabase {ctx.gc.db_display}")
 
 
 @click.group()

@@ -12,14 +12,18 @@ import time
 from pathlib import Path
 
 import pytest
-from provisioner.provision.locks import held_nodes
 from sqlmodel import col, select
 
 from provisioner.db.engine import session_scope
-from provisioner.db.models import Run, TaskResult
+from provisioner.db.models import NodeLock, Run, TaskResult
 from tests.e2e.conftest import scan_json
 
 pytestmark = pytest.mark.e2e
+
+
+def held_nodes(db_url: str) -> list[int]:
+    with session_scope(db_url) as session:
+        return list(session.exec(select(NodeLock.run_id)))
 
 
 def provision_json(gpuctl, *args):  # type: ignore[no-untyped-def]
@@ -157,7 +161,7 @@ def test_second_run_on_same_node_is_refused(lab, gpuctl, paths) -> None:  # type
     assert "gpu-node-01 is held by provision run" in second.err and "pid" in second.err
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, (out, err)
-    assert held_nodes(paths.db_url) == {}
+    assert held_nodes(paths.db_url) == []
 
 
 def test_sigint_stops_ansible_and_keeps_results(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
@@ -179,7 +183,7 @@ def test_sigint_stops_ansible_and_keeps_results(lab, gpuctl, paths) -> None:  # 
         assert run.status == "interrupted"
         assert len(session.exec(select(TaskResult)).all()) >= 5
     assert states(gpuctl) == {"gpu-node-01": "failed"}
-    assert held_nodes(paths.db_url) == {}
+    assert held_nodes(paths.db_url) == []
     leftovers = subprocess.run(["pgrep", "-f", f"provision-{run.id}/inventory"],
                                capture_output=True, text=True, check=False).stdout
     assert leftovers == ""

@@ -257,9 +257,8 @@ def test_nvml_paths(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_inventory_checks_count_model_and_memory() -> None:
     from provisioner.burnin.run import _inventory_verdict
-    from provisioner.db.models import Node
-
     from provisioner.catalogue import get_sku
+    from provisioner.db.models import Node
 
     node = Node(name="n", address="127.0.0.1", sku="h100-sxm-8")
     sku = get_sku(None, "h100-sxm-8")

@@ -43,7 +43,8 @@ def test_json_matches_ansible_inventory_list_shape(paths: Paths) -> None:
     doc = json.loads(export_inventory(Gpuctl(paths), "json"))
     assert doc["rack_r12"] == {"hosts": ["gpu017"]}
     assert doc["_meta"]["hostvars"]["gpu018"]["ansible_ssh_private_key_file"] == "/k"
-    assert json.loads(export_inventory(Gpuctl(paths), "json", state="failed"))["all"]["children"] == []
+    failed = json.loads(export_inventory(Gpuctl(paths), "json", state="failed"))
+    assert failed["all"]["children"] == []
 
 
 def test_group_names_are_ansible_safe() -> None:

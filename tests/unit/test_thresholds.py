@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from provisioner.burnin.thresholds import evaluate, fleet_medians, load_profile
+from provisioner.catalogue import catalogue
 from provisioner.errors import InputError
 from provisioner.handle import Gpuctl
 from provisioner.paths import Paths
@@ -18,7 +19,7 @@ def test_shipped_profiles_gate_every_throughput_test(paths: Paths) -> None:
     a100 = load_profile(Gpuctl(paths), "a100-sxm4-8")
     assert (a100["tests"]["h2d_bandwidth"]["min"], a100["tests"]["p2p_bandwidth"]["min"],
             a100["tests"]["all_reduce_busbw"]["min"]) == (21, 235, 228)
-    for name in ("h100-sxm-8", "a100-sxm4-8", "l40s-4", "cpu-lab"):
+    for name in (*GPU_SKUS, "cpu-lab"):
         tests = load_profile(Gpuctl(paths), name)["tests"]
         assert all(isinstance(t["min"], int | float) and t["min"] > 0 for t in tests.values())
 
@@ -27,6 +28,9 @@ def test_site_override_and_unknown_profile(paths: Paths) -> None:
     (paths.home / "thresholds").mkdir(parents=True)
     (paths.home / "thresholds/cpu-lab.yml").write_text("tests:\n  gemm_float32: {min: 7}\n")
     assert load_profile(Gpuctl(paths), "cpu-lab")["tests"] == {"gemm_float32": {"min": 7}}
+    # A site file replaces a SKU's catalogue profile too.
+    (paths.home / "thresholds/h100-sxm-8.yml").write_text("tests: {}\n")
+    assert load_profile(Gpuctl(paths), "h100-sxm-8") == {"tests": {}}
     with pytest.raises(InputError, match="no threshold profile 'h900'"):
         load_profile(Gpuctl(paths), "h900")
 
@@ -65,9 +69,29 @@ THROUGHPUT_TESTS = {"gemm_bfloat16", "gemm_float16", "gemm_tf32", "gemm_float32"
 CPU_ONLY_SKIPS = {"h2d_bandwidth", "d2h_bandwidth", "p2p_bandwidth"}  # CUDA-only tests
 
 
-@pytest.mark.parametrize("name", ["h100-sxm-8", "a100-sxm4-8", "l40s-4", "cpu-lab"])
+GPU_SKUS = sorted(n for n, s in catalogue().items() if s.gpu_count > 0)
+
+
+@pytest.mark.parametrize("name", GPU_SKUS + ["cpu-lab"])
 def test_every_throughput_test_is_gated_on_a_number(paths: Paths, name: str) -> None:
     profile = load_profile(Gpuctl(paths), name)
     wanted = THROUGHPUT_TESTS - (CPU_ONLY_SKIPS if name == "cpu-lab" else set())
     floors = {t for t, spec in profile["tests"].items() if spec.get("min") is not None}
     assert wanted <= floors, wanted - floors
+
+
+def test_nodes_are_judged_by_their_sku_an_unknown_one_by_generic(paths: Paths) -> None:
+    from provisioner.burnin.thresholds import node_profile
+
+    gc = Gpuctl(paths)
+    name, h200 = node_profile(gc, "h200-sxm-8", {})
+    assert name == "h200-sxm-8" and h200["tests"]["all_reduce_busbw"]["min"] == 431
+    assert h200["gpu_memory_mib_min"] == 143000 and h200["telemetry"]["nvlink_links"] == 18
+    # The lab: the SKU's rules with the CPU's throughput floors.
+    name, lab = node_profile(gc, "h200-sxm-8", {"gpuctl_burnin_floors": "cpu-lab"})
+    assert name == "h200-sxm-8+cpu-lab" and lab["fleet_outlier_fraction"] == 0.30
+    assert lab["tests"]["gemm_float32"]["min"] == 0.0005
+    assert lab["gpu_memory_mib_min"] == 143000 and lab["telemetry"]["max_temp_c"] == 87
+    assert node_profile(gc, None, {})[0] == "generic"
+    assert node_profile(gc, "no-such-sku", {})[0] == "generic"
+    assert node_profile(gc, "h100-sxm-8", {}, "a100-sxm4-8")[0] == "a100-sxm4-8"
