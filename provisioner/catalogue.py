@@ -102,6 +102,10 @@ def _parse(path: Path) -> Sku:
         raise InputError(f"{path}: missing {', '.join(missing)}")
     if not isinstance(doc["burnin"]["tests"], dict):
         raise InputError(f"{path}: burnin.tests must be a mapping")
+    for key in ("bus_ids", "nvswitches"):
+        if not all(isinstance(b, str) for b in doc["lab"][key] or []):
+            raise InputError(f"{path}: lab.{key}: quote PCI addresses (\"0000:18:00.0\"); "
+                             "unquoted, YAML reads them as numbers")
     return Sku(name=path.stem, description=str(doc.get("description") or ""),
                source=str(path), **{part: doc[part] for part in PARTS})
 

@@ -292,8 +292,12 @@ def select_nodes(session: Session, names: list[str], all_nodes: bool,
     else:
         raise InputError(f"name the nodes to {verb}, or pass --all")
     bad = []
+    held = {lk.node_id: lk for lk in session.exec(select(NodeLock).where(
+        col(NodeLock.node_id).in_([n.id for n in nodes if State(n.state) in IN_PROGRESS])))}
     for node in nodes:
-        if node.state == State.REGISTERED:
+        if node.id in held:
+            bad.append(_describe_lock(session, held[node.id], node.name))
+        elif node.state == State.REGISTERED:
             bad.append(f"{node.name} was never scanned (run `gpuctl scan {node.name} "
                        "--accept-new` first so its host key is known)")
         elif State(node.state) not in eligible:

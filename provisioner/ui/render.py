@@ -24,16 +24,26 @@ SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "dim"}
 
 
 def nodes_table(views: list[NodeView]) -> Table:
+    """``gpuctl nodes list``. Names and states are never wrapped (an admin copies
+    names and scans states); on a narrow terminal the other columns fold or are cut,
+    and the last scan is shown to the minute."""
     table = Table(title=f"{len(views)} nodes", title_justify="left")
-    for col in ("NODE", "ADDRESS", "STATE", "SKU", "GPUS", "LABELS", "LAST SCAN"):
-        table.add_column(col, overflow="fold")
+    for col, opts in (("NODE", {"no_wrap": True, "min_width": 4}),
+                      ("ADDRESS", {"overflow": "fold"}),
+                      ("STATE", {"no_wrap": True}),
+                      ("SKU", {"overflow": "fold"}),
+                      ("GPUS", {"no_wrap": True, "justify": "right"}),
+                      ("LABELS", {"overflow": "fold", "ratio": 1}),
+                      ("LAST SCAN", {"no_wrap": True, "overflow": "ellipsis"})):
+        table.add_column(col, **opts)
     for v in views:
         state = styled(v.state, STATE_STYLE.get(v.state)) + (
             " [magenta](host key!)[/]" if v.hostkey_mismatch else "")
-        table.add_row(v.name, f"{v.address}:{v.port}", state, v.sku or "-",
+        scanned = v.last_scan[:16].replace("T", " ") if v.last_scan else "never"
+        table.add_row(escape(v.name), f"{v.address}:{v.port}", state, escape(v.sku or "-"),
                       "-" if v.gpus is None else str(v.gpus),
-                      ",".join(f"{k}={val}" for k, val in sorted(v.labels.items())) or "-",
-                      v.last_scan or "never")
+                      escape(",".join(f"{k}={val}" for k, val in sorted(v.labels.items()))
+                             or "-"), scanned)
     return table
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,3 +49,37 @@ def scan_json(gpuctl: Any, *args: str) -> tuple[int, dict[str, Any]]:
 
 def by_node(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {r["name"]: r for r in summary["results"]}
+
+
+class _HalfDeadServer:
+    """A TCP listener that never speaks SSH (mode 'silent') or speaks garbage."""
+
+    def __init__(self, address: str, mode: str) -> None:
+        self.sock = socket.create_server((address, 22))
+        self.mode, self.conns = mode, []  # type: ignore[var-annotated]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            if self.mode == "garbage":
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n" + os.urandom(4096))
+                conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+@pytest.fixture
+def half_dead(lab) -> Iterator[list[str]]:  # type: ignore[no-untyped-def]
+    servers = [_HalfDeadServer(lab.address(5), "silent"),
+               _HalfDeadServer(lab.address(6), "garbage")]
+    yield [lab.address(5), lab.address(6)]
+    for server in servers:
+        server.close()

@@ -47,7 +47,8 @@ def test_burnin_certifies_and_quarantines(lab, gpuctl, paths) -> None:  # type: 
         certs = session.exec(select(Certificate)).all()
         rows = session.exec(select(BurninResult)).all()
     assert sorted(c.node_id for c in certs) == [1, 2]
-    assert all(c.profile == "cpu-lab" and len(c.results_digest) == 64 and c.expires_at
+    # Judged by the SKU's rules with the CPU lab's throughput floors.
+    assert all(c.profile == "h100-sxm-8+cpu-lab" and len(c.results_digest) == 64 and c.expires_at
                and c.driver_version is None for c in certs)  # last scan was pre-driver
     tests = {r.test for r in rows if r.node_id == 1}
     assert {"inventory_match", "gemm_float32", "memory_test", "all_reduce_busbw"} <= tests
@@ -100,7 +101,7 @@ def test_gpu_health_faults_fail_burnin_and_report(lab, gpuctl, paths, tmp_path) 
     doc = json.loads((tmp_path / "report.json").read_text())
     assert doc["summary"] == {"nodes": 5, "passed": 1, "failed": 4}
     healthy_doc = next(n for n in doc["nodes"] if n["name"] == "gpu-node-05")
-    assert healthy_doc["certificate"]["profile"] == "cpu-lab"
+    assert healthy_doc["certificate"]["profile"] == "h100-sxm-8+cpu-lab"
     assert len(healthy_doc["telemetry"]) >= 16  # 8 GPUs, sampled before and after at least
     assert healthy_doc["dcgm"]["output"]["DCGM GPU Diagnostic"]["version"] == "3.3.9"
     assert "nvlink on GPU 4: link 3 inactive" in (tmp_path / "report.junit").read_text()

@@ -20,8 +20,8 @@ pytestmark = pytest.mark.e2e
 WRITER = """
 import sys
 from provisioner.inventory.registry import NodeSpec, add_nodes, label_nodes
-from provisioner.paths import Paths
-url = Paths.from_env().db_url
+from provisioner.handle import Gpuctl
+url = Gpuctl.from_env()
 who, count = sys.argv[1], int(sys.argv[2])
 for i in range(count):
     name = f"{who}-{i:03d}"

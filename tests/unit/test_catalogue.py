@@ -3,6 +3,7 @@ admin adds a SKU with one file."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,9 @@ def test_gpu_sku_parts_agree(name: str) -> None:
     assert infer_sku(SKUS, [g["model"] for g in gpus]) == name
     assert all(g["memory_mib"] >= sku.gpu["memory_mib_min"] for g in gpus)
     assert profile.nvswitch == sku.nvswitch and profile.nvlinks == sku.fabric["nvlink_links"]
+    # PCI addresses stay strings (unquoted, YAML 1.1 reads 0000:18:00.0 as a number).
+    pci = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
+    assert all(pci.fullmatch(b) for b in profile.bus_ids + profile.nvswitches), profile
 
 
 def test_skus_are_told_apart() -> None:

@@ -81,3 +81,35 @@ def test_bad_database_url_is_one_line(gpuctl, tmp_path) -> None:  # type: ignore
     target.mkdir()
     result = gpuctl("--db", str(target), "nodes", "list")
     assert result.code == 1 and result.err.startswith("Error: cannot open database"), result
+
+
+def test_nodes_list_at_80_columns_keeps_names_and_states_whole(gpuctl, gc, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from tests.fleet_fixtures import fill_fleet
+
+    fill_fleet(gc.db_url, 6, prefix="gpu-rack12-node-")
+    monkeypatch.setenv("COLUMNS", "80")
+    table = gpuctl("nodes", "list").out
+    assert max(len(line) for line in table.splitlines()) <= 80, table
+    for i, state in enumerate(("in-service", "certified", "quarantined", "provisioned",
+                               "failed", "drained")):
+        row = next(line for line in table.splitlines() if f"gpu-rack12-node-0000{i}" in line)
+        assert f" {state} " in row, (state, table)
+
+
+def test_list_and_show_count_gpus_the_same_way(gpuctl, gc) -> None:  # type: ignore[no-untyped-def]
+    """Before a driver, both count the GPUs on the PCI bus (list said 2 where show said
+    0 for the same node)."""
+    from provisioner.db.models import HardwareSnapshot, Node
+
+    assert gpuctl("nodes", "add", "gpu1", "--address", "127.0.0.21").code == 0
+    with gc.session() as session:
+        node = session.exec(Node.__table__.select()).first()  # type: ignore[attr-defined]
+        snap = HardwareSnapshot(node_id=node.id, gpu_count=0, pci_gpu_count=2)
+        session.add(snap)
+        session.flush()
+        stored = session.get(Node, node.id)
+        stored.last_snapshot_id = snap.id  # type: ignore[union-attr]
+        session.add(stored)
+    listed = json.loads(gpuctl("nodes", "list", "--json").out)[0]["gpus"]
+    shown = json.loads(gpuctl("nodes", "show", "gpu1", "--json").out)["node"]["gpus"]
+    assert listed == shown == 2
