@@ -29,9 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.console import Console  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from provisioner.db.engine import get_engine, session_scope  # noqa: E402
+from provisioner.db.engine import get_engine  # noqa: E402
 from provisioner.fleet.status import fleet_status  # noqa: E402
+from provisioner.handle import Gpuctl  # noqa: E402
 from provisioner.inventory.registry import list_nodes  # noqa: E402
+from provisioner.paths import Paths  # noqa: E402
 from provisioner.ui.fleet import status_view  # noqa: E402
 from tests.fleet_fixtures import fill_fleet  # noqa: E402
 
@@ -63,20 +65,20 @@ def main() -> int:
     print(f"filled {args.nodes} nodes x {args.gpus} GPUs in {time.perf_counter() - start:.1f} s"
           f" ({url.split('://')[0]})")
     engine = get_engine(url)
+    gc = Gpuctl(Paths(Path(tmp), url))
 
     def count() -> None:
         with engine.connect() as conn:
             conn.execute(text("SELECT count(*) FROM node")).scalar()
 
     def status_inproc() -> None:
-        with session_scope(url) as session:
-            doc = fleet_status(session)
+        doc = fleet_status(gc)
         Console(file=io.StringIO(), width=160).print(status_view(doc))
 
     def list_inproc() -> None:
         import json  # noqa: PLC0415
 
-        json.dumps([v.to_dict() for v in list_nodes(url)])
+        json.dumps([v.to_dict() for v in list_nodes(gc)])
 
     def cli(*argv: str) -> None:
         subprocess.run([str(GPUCTL), *argv], env=env, check=True, stdout=subprocess.DEVNULL)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up, then run the pipeline end to end on a lab of simulated 8xH100 nodes:
 # lab up -> scan -> provision -> re-scan -> provision again (no-op) -> burn-in -> report
-# -> drift -> hand-off to Slurm -> pools -> status.
+# -> drift -> hand-off to Slurm -> pools -> status -> the runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -44,6 +44,8 @@ cat "$GPUCTL_HOME/handoff/slurm/slurm.conf" "$GPUCTL_HOME/handoff/slurm/gres.con
 g pool create vision-team --sku h100-sxm-8 --gpus 4
 g pool assign vision-team --gpus 4
 g status
+echo; echo "# every run of the demo, with its outcome"
+g runs list --limit 12
 echo
 echo "The lab is still up. Explore with: export GPUCTL_HOME=$GPUCTL_HOME; .venv/bin/gpuctl --help"
 echo "Stop it with: GPUCTL_HOME=$GPUCTL_HOME .venv/bin/gpuctl lab down"

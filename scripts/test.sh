@@ -25,8 +25,9 @@ run_pytest() {
 echo "== pytest (SQLite)"
 run_pytest "$@"
 if [ $# -eq 0 ]; then
-  # The end-to-end tests (and the schema check) once more, against a real PostgreSQL
-  # server the suite starts itself.
+  # The end-to-end tests (and the schema check and the run scaffold's recovery) once
+  # more, against a real PostgreSQL server the suite starts itself.
   echo "== pytest (PostgreSQL)"
-  GPUCTL_TEST_DB=postgresql run_pytest tests/e2e tests/unit/test_migrations.py
+  GPUCTL_TEST_DB=postgresql run_pytest tests/e2e tests/unit/test_migrations.py \
+    tests/unit/test_runs.py
 fi

@@ -35,7 +35,6 @@ import torch.multiprocessing as mp
 GEMM_TOLERANCE = {"float32": 1e-5, "tf32": 5e-3, "float16": 5e-3, "bfloat16": 2e-2}
 DTYPES = {"float32": torch.float32, "tf32": torch.float32, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
-LEVELS = {"quick": 1.0, "standard": 15.0, "extended": 120.0}  # x the base durations
 
 
 @dataclass
@@ -533,12 +532,12 @@ def _gemm_on(dtype: str, n: int, seconds: float, cuda: bool, i: int,
 
 
 def run_level(level: str, seconds: float | None = None, ranks: int | None = None,
-              small: bool | None = None) -> dict[str, Any]:
-    """Run every test at ``level``; returns the JSON-able result document."""
+              small: bool | None = None, scale: float = 1.0) -> dict[str, Any]:
+    """Run every test at ``level`` (each ``scale`` x its base duration, or ``seconds``
+    each); returns the JSON-able result document."""
     devs = devices()
     cuda = devs[0].type == "cuda"
     small = (not cuda) if small is None else small
-    scale = LEVELS[level]
     base = seconds if seconds is not None else (0.5 if small else 5.0) * scale
     n = 256 if small else 8192
     mem_mb = 64 if small else 2048
@@ -639,7 +638,9 @@ def multinode_worker(sizes: list[int], iters: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="gpuctl burn-in agent")
-    parser.add_argument("--level", choices=sorted(LEVELS), default="quick")
+    parser.add_argument("--level", default="quick", help="the level's name, for the record")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="x each test's base duration (the control host's level table)")
     parser.add_argument("--seconds", type=float, help="per-test duration (default by level)")
     parser.add_argument("--ranks", type=int, help="collective ranks (default: GPUs, or 2)")
     parser.add_argument("--multinode", action="store_true",
@@ -650,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         small = args.small or not torch.cuda.is_available()
         sizes = [1 << 16, 1 << 20, 1 << 24] if small else [1 << 20, 1 << 26, 1 << 32]
         return multinode_worker(sizes, 5 if small else 20)
-    json.dump(run_level(args.level, args.seconds, args.ranks), sys.stdout)
+    json.dump(run_level(args.level, args.seconds, args.ranks, scale=args.scale), sys.stdout)
     sys.stdout.write("\n")
     return 0
 

@@ -17,14 +17,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from provisioner.burnin.levels import LEVELS
 from provisioner.burnin.thresholds import Verdict
-
-# gpuctl's levels and DCGM's run levels: 1 quick (~1 min), 2 medium, 3 long.
-DCGM_LEVEL = {"quick": 1, "standard": 2, "extended": 3}
 
 
 def dcgm_command(level: str) -> str:
-    return f"dcgmi diag -r {DCGM_LEVEL[level]} --json"
+    return f"dcgmi diag -r {LEVELS[level].dcgm} --json"
 
 
 def _slug(name: str) -> str:

@@ -15,8 +15,9 @@ from datetime import timedelta
 from importlib import resources
 from typing import Any
 
-from provisioner.burnin.dcgm import DCGM_LEVEL, dcgm_command, dcgm_verdicts
+from provisioner.burnin.dcgm import dcgm_command, dcgm_verdicts
 from provisioner.burnin.health import as_dict, health_verdicts
+from provisioner.burnin.levels import LEVELS
 from provisioner.burnin.thresholds import Verdict, evaluate, fleet_medians, node_profile
 from provisioner.catalogue import Sku
 from provisioner.db.models import (
@@ -38,7 +39,6 @@ ELIGIBLE = {State.PROVISIONED, State.CERTIFIED, State.FAILED}
 # --all takes only nodes ready for burn-in; failed or interrupted ones must be named.
 ELIGIBLE_ALL = {State.PROVISIONED, State.CERTIFIED}
 DEFAULT_PYTHON = "/opt/gpuctl/burnin/bin/python3"
-LEVEL_TIMEOUT = {"quick": 900.0, "standard": 3600.0, "extended": 6 * 3600.0}
 CERTIFICATE_DAYS = 90
 MAX_SAMPLES_PER_GPU = 720  # telemetry kept for reports: evenly thinned to this many
 
@@ -103,7 +103,8 @@ def _with_agent_file(env: dict[str, str] | None, command: str) -> str:
 
 def _agent_command(python: str, level: str, seconds: float | None,
                    env: dict[str, str] | None = None) -> str:
-    args = f"--level {level}" + (f" --seconds {seconds:g}" if seconds else "")
+    args = f"--level {level} --scale {LEVELS[level].scale:g}" + (
+        f" --seconds {seconds:g}" if seconds else "")
     return _with_agent_file(env, f'{shlex.quote(python)} "$d/agent.py" {args}')
 
 
@@ -150,7 +151,7 @@ def burnin_nodes(
         InputError: bad selection or options; NodeBusyError: a node is held by a run.
         NodesFailedError: interrupted (the agents were stopped, the nodes marked failed).
     """
-    if level not in LEVEL_TIMEOUT:
+    if level not in LEVELS:
         raise InputError(f"unknown level {level!r}; use quick, standard or extended")
     recover_abandoned(gc)
     with gc.session() as session:
@@ -213,7 +214,7 @@ def _run_agents(gc: Gpuctl, nodes: list[Node], level: str, seconds: float | None
         try:
             res = run_on_node(target, _agent_command(python, level, seconds, env),
                               known_hosts=known, stdin_data=script,
-                              command_timeout=LEVEL_TIMEOUT[level], max_output=64 << 20)
+                              command_timeout=LEVELS[level].timeout_s, max_output=64 << 20)
         except GpuctlError as exc:
             return str(exc).removeprefix(f"{node.name}: "), {}
         if res.exit_code != 0:
@@ -270,7 +271,7 @@ def _run_dcgm(target: Target, known: KnownHosts, level: str) -> dict[str, Any]:
     """``dcgmi diag -r <level> --json`` on the node: DCGM's own JSON, or why there is none."""
     try:
         res = run_on_node(target, dcgm_command(level), known_hosts=known,
-                          command_timeout=LEVEL_TIMEOUT[level], max_output=16 << 20)
+                          command_timeout=LEVELS[level].timeout_s, max_output=16 << 20)
     except GpuctlError as exc:
         return {"error": str(exc).removeprefix(f"{target.name}: ")[:300]}
     text = res.stdout.decode("utf-8", "replace")
@@ -280,7 +281,7 @@ def _run_dcgm(target: Target, known: KnownHosts, level: str) -> dict[str, Any]:
         parsed = json.loads(text[text.find("{"):] if "{" in text else text)
     except ValueError:
         tail = (text.strip() or res.stderr.decode("utf-8", "replace").strip())
-        return {"error": f"dcgmi diag -r {DCGM_LEVEL[level]} exited {res.exit_code} "
+        return {"error": f"dcgmi diag -r {LEVELS[level].dcgm} exited {res.exit_code} "
                          f"without JSON: {tail.splitlines()[-1][:200] if tail else ''}"}
     return {"exit_code": res.exit_code, "output": parsed}
 
@@ -385,7 +386,7 @@ def _multinode(gc: Gpuctl, nodes: list[Node],
         target = Target.of(node)
         try:
             res = run_on_node(target, cmd, known_hosts=known, stdin_data=script,
-                              command_timeout=LEVEL_TIMEOUT[level], max_output=16 << 20)
+                              command_timeout=LEVELS[level].timeout_s, max_output=16 << 20)
         except GpuctlError as exc:
             return str(exc).removeprefix(f"{node.name}: "), None
         text = res.stdout.decode("utf-8", "replace")

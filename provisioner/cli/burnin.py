@@ -6,7 +6,8 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from provisioner.burnin.run import CERTIFICATE_DAYS, LEVEL_TIMEOUT, NodeBurnin, burnin_nodes
+from provisioner.burnin.levels import LEVELS
+from provisioner.burnin.run import CERTIFICATE_DAYS, NodeBurnin, burnin_nodes
 from provisioner.cli.common import Ctx, json_option, pass_ctx
 from provisioner.errors import NodesFailedError
 from provisioner.ui.render import print_json, styled
@@ -17,7 +18,7 @@ VERDICT_STYLE = {"pass": "green", "fail": "bold red", "error": "red"}
 @click.command()
 @click.argument("nodes", nargs=-1)
 @click.option("--all", "all_nodes", is_flag=True, help="Every provisioned or certified node.")
-@click.option("--level", type=click.Choice(list(LEVEL_TIMEOUT)), default="quick",
+@click.option("--level", type=click.Choice(list(LEVELS)), default="quick",
               show_default=True, help="Like DCGM's diag levels: quick ~1 min, standard, extended.")
 @click.option("--duration", "seconds", type=float, help="Seconds per test (overrides the level).")
 @click.option("--profile", help="Threshold profile (default: the node's SKU).")
