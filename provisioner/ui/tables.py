@@ -74,19 +74,17 @@ def recovered_lines(recovered: list[Recovered]) -> list[str]:
 
 
 def skus_table(skus: dict[str, Sku]) -> Table:
-    """``gpuctl skus list``."""
+    """``gpuctl skus list`` (``skus show`` names each SKU's file)."""
     table = Table(title=f"{len(skus)} SKUs", title_justify="left")
-    for c in ("SKU", "GPUS", "MODEL", "NVSWITCH", "DRIVER", "GRES", "FLOORS", "SOURCE"):
-        table.add_column(c, no_wrap=c in ("SKU", "GPUS"), overflow="fold")
+    for c in ("SKU", "GPUS", "MODEL", "NVSWITCH", "DRIVER", "GRES", "FLOORS"):
+        table.add_column(c, no_wrap=c not in ("MODEL", "DRIVER"), overflow="fold")
     for s in skus.values():
         branch = s.provision.get("driver_branch")
         table.add_row(escape(s.name), str(s.gpu_count), escape(str(s.gpu["model_match"])),
                       "yes" if s.nvswitch else "no",
                       escape(f"{branch} {s.provision.get('driver_kernel_modules', '')}")
                       if branch else "-", escape(s.gres_type or "-"),
-                      str(len(s.burnin.get("tests") or {})), escape(s.source.rsplit("/", 2)[-2]
-                                                                    + "/" + s.source
-                                                                    .rsplit("/", 1)[-1]))
+                      str(len(s.burnin.get("tests") or {})))
     return table
 
 
