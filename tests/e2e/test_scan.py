@@ -12,6 +12,7 @@ import time
 import pytest
 
 from provisioner.handle import Gpuctl
+from provisioner.lab.profiles import get_profile
 from provisioner.inventory.registry import NodeSpec, add_nodes
 from provisioner.ssh.exec import OutputTooLarge, Target, run_on_node
 from provisioner.ssh.hostkeys import KnownHosts
@@ -129,6 +130,9 @@ def test_profiles_and_real_capture_replay(lab, gpuctl) -> None:  # type: ignore[
 @pytest.mark.parametrize("profile, gpus, mig, sku", [
     ("a100-sxm4-8", 8, "Enabled", "a100-sxm4-8"),
     ("l40s-4", 4, "Disabled", "l40s-4"),
+    ("h200-sxm-8", 8, "Disabled", "h200-sxm-8"),
+    ("b200-8", 8, "Disabled", "b200-8"),
+    ("h100-pcie-8", 8, "Disabled", "h100-pcie-8"),
     ("none", 0, None, "cpu-only"),
 ])
 def test_profiles(lab, gpuctl, profile, gpus, mig, sku) -> None:  # type: ignore[no-untyped-def]
@@ -141,7 +145,10 @@ def test_profiles(lab, gpuctl, profile, gpus, mig, sku) -> None:  # type: ignore
     if gpus:
         assert {g["mig_mode"] for g in detail["gpus"]} == {mig}
         ib = [n for n in detail["nics"] if n["kind"] == "infiniband" and n["ib_device"]]
-        assert len(ib) == (8 if profile == "a100-sxm4-8" else 0)
+        assert len(ib) == get_profile(profile).ib_ports
+        # The scan holds the node to its SKU's catalogue entry: nothing is missing.
+        assert not [f for f in summary["results"][0]["findings"]
+                    if f["kind"] == "gpu-missing"], summary
     assert detail["snapshot"]["secure_boot"] == "disabled"
 
 
