@@ -12,8 +12,8 @@ import time
 import pytest
 
 from provisioner.handle import Gpuctl
-from provisioner.lab.profiles import get_profile
 from provisioner.inventory.registry import NodeSpec, add_nodes
+from provisioner.lab.profiles import get_profile
 from provisioner.ssh.exec import OutputTooLarge, Target, run_on_node
 from provisioner.ssh.hostkeys import KnownHosts
 from tests.conftest import DATA
