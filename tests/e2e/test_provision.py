@@ -49,7 +49,10 @@ def test_provision_failures_rescan_and_second_run(lab, gpuctl, paths) -> None:  
     nodes = {n["name"]: n for n in summary["nodes"]}
     assert nodes["gpu-node-01"]["status"] == "ok" and nodes["gpu-node-01"]["changed"] > 5
     assert nodes["gpu-node-02"]["status"] == "failed"
-    assert "nvidia-driver-570-open failed to install" in nodes["gpu-node-02"]["reason"]
+    # The reason comes first, the task that gave it last.
+    assert nodes["gpu-node-02"]["reason"].startswith("nvidia-driver-570-open failed to install")
+    assert nodes["gpu-node-02"]["reason"].endswith(")") and "(task: " in \
+        nodes["gpu-node-02"]["reason"]
     assert "Bad return status for module build" in nodes["gpu-node-02"]["reason"]
     assert nodes["gpu-node-03"]["status"] == "failed"
     assert "unsupported OS Fedora Linux 40 (supported: Ubuntu" in nodes["gpu-node-03"]["reason"]
@@ -60,8 +63,8 @@ def test_provision_failures_rescan_and_second_run(lab, gpuctl, paths) -> None:  
                               "gpu-node-03": "failed", "gpu-node-04": "failed",
                               "gpu-node-05": "failed"}
     history = json.loads(gpuctl("nodes", "show", "gpu-node-03", "--json").out)["events"]
-    assert history[-1]["to"] == "failed" and "Refuse an unsupported operating system" in \
-        history[-1]["reason"]
+    assert history[-1]["to"] == "failed" and history[-1]["reason"].startswith("unsupported OS")
+    assert "(task: Refuse an unsupported operating system" in history[-1]["reason"]
 
     with session_scope(paths.db_url) as session:
         run = session.get(Run, summary["run_id"])

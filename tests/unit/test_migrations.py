@@ -74,3 +74,55 @@ def test_sqlite_database_uses_wal(paths: Paths) -> None:
     engine = get_engine(paths.db_url)
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_removing_a_node_cascades_in_the_schema(paths: Paths) -> None:
+    """Migration 0008: what belongs to a node goes with it, by the database's own
+    foreign keys (the registry no longer lists the tables by hand)."""
+    from sqlmodel import select
+
+    from provisioner.db.models import (
+        BurninResult,
+        Certificate,
+        Event,
+        Gpu,
+        HardwareSnapshot,
+        Node,
+        Pool,
+        PoolAllocation,
+        Run,
+    )
+    from provisioner.handle import Gpuctl
+    from provisioner.inventory.registry import NodeSpec, add_nodes, remove_nodes
+
+    gc = Gpuctl(paths)
+    add_nodes(gc, [NodeSpec(name="n1", address="127.0.0.21"),
+                   NodeSpec(name="n2", address="127.0.0.22")])
+    with gc.session() as session:
+        run = Run(kind="burnin", actor="t", status="ok")
+        pool = Pool(name="p", sku="h100-sxm-8", gpus=8)
+        session.add_all([run, pool])
+        session.flush()
+        for node in session.exec(select(Node)):
+            snap = HardwareSnapshot(node_id=node.id)  # type: ignore[arg-type]
+            session.add(snap)
+            session.flush()
+            node.last_snapshot_id = snap.id
+            session.add_all([
+                node, Gpu(snapshot_id=snap.id, node_id=node.id, index=0),  # type: ignore[arg-type]
+                BurninResult(run_id=run.id, node_id=node.id, test="t", verdict="pass"),  # type: ignore[arg-type]
+                Certificate(node_id=node.id, run_id=run.id, profile="x", level="quick",  # type: ignore[arg-type]
+                            results_digest="0" * 64),
+                PoolAllocation(pool_id=pool.id, node_id=node.id, gpus=8)])  # type: ignore[arg-type]
+    remove_nodes(gc, ["n1"])
+    with gc.session() as session:
+        left = {model.__name__: {r.node_id for r in session.exec(select(model))}
+                for model in (HardwareSnapshot, Gpu, BurninResult, Certificate,
+                              PoolAllocation, Event)}
+        assert [n.name for n in session.exec(select(Node))] == ["n2"]
+        assert session.exec(select(Run)).one().status == "ok"  # runs stay
+    assert all(ids == {2} for ids in left.values()), left
+    with gc.session() as session:
+        session.delete(session.exec(select(Pool)).one())
+    with gc.session() as session:
+        assert session.exec(select(PoolAllocation)).all() == []

@@ -57,4 +57,7 @@ def test_html_is_self_contained_escaped_and_has_every_plot() -> None:
     # 4 throughput charts, per node: temperature, power, P2P heatmap.
     assert html.count('<svg class="plot"') == 4 + 2 * 3
     assert 'data-marks="0"' not in html
+    # Node names and states in the summary table are never wrapped.
+    assert "td.name, td.state { white-space: nowrap; }" in html
+    assert html.count('<td class="name">') == len(doc["nodes"])
     assert "<td>4</td><td>17 of 18</td>" in html.replace("\n", "").replace("      ", "")
