@@ -24,7 +24,7 @@ from provisioner.cli.common import Ctx, json_option, pass_ctx
 from provisioner.fleet import handoff as ho
 from provisioner.fleet import ops, pools
 from provisioner.fleet.status import fleet_status
-from provisioner.fsutil import write_atomically
+from provisioner.fsutil import may_replace, write_atomically
 from provisioner.ui.fleet import pools_table, status_panel, status_view
 from provisioner.ui.style import print_json
 
@@ -249,6 +249,8 @@ def pool_list(ctx: Ctx, as_json: bool) -> None:
 
 def _handoff_options(func: click.decorators.FC) -> click.decorators.FC:
     func = click.argument("nodes", nargs=-1)(func)
+    func = click.option("--force", is_flag=True,
+                        help="Replace output files gpuctl did not write (kept as .bak).")(func)
     func = click.option("--sku", help="Only nodes of this SKU.")(func)
     func = click.option("--dry-run", is_flag=True,
                         help="Write the output but leave the nodes' states alone.")(func)
@@ -280,15 +282,18 @@ def _run_handoff(ctx: Ctx, target: str, nodes: tuple[str, ...], sku: str | None,
 @click.option("--partition", help="Also write a PartitionName line with these nodes.")
 @pass_ctx
 def handoff_slurm(ctx: Ctx, nodes: tuple[str, ...], sku: str | None, dry_run: bool,
-                  output_dir: Path, partition: str | None) -> None:
+                  force: bool, output_dir: Path, partition: str | None) -> None:
     """slurm.conf NodeName lines (CPUs, RealMemory, Gres=gpu:<type>:<n>, Features) and
     gres.conf, to include in the cluster's configuration.
 
     Example: gpuctl handoff slurm -o /etc/slurm/gpuctl --partition h100
     """
     def write(doc: ho.HandoffInput) -> str:
-        for name, text in ho.render_slurm(doc.nodes, partition).items():
-            write_atomically(output_dir / name, text)
+        files = ho.render_slurm(doc.nodes, partition)
+        for name, text in files.items():  # both may be written, or neither
+            may_replace(output_dir / name, text, force=force)
+        for name, text in files.items():
+            write_atomically(output_dir / name, text, force=force)
         return f"{output_dir}/slurm.conf, {output_dir}/gres.conf"
     _run_handoff(ctx, "slurm", nodes, sku, dry_run, write)
 
@@ -300,13 +305,13 @@ def _single_file(target: str, default: str, render: Writer, help_text: str) -> c
                   help=f"Write here (atomically) instead of stdout; e.g. {default}.")
     @pass_ctx
     def command(ctx: Ctx, nodes: tuple[str, ...], sku: str | None, dry_run: bool,
-                output: Path | None) -> None:
+                force: bool, output: Path | None) -> None:
         def write(doc: ho.HandoffInput) -> str:
             text = render(doc)
             if output is None:
                 click.echo(text, nl=False)
                 return ""
-            write_atomically(output, text)
+            write_atomically(output, text, force=force)
             return str(output)
         _run_handoff(ctx, target, nodes, sku, dry_run, write)
     return command

@@ -25,9 +25,10 @@ FORMATS = ("term", "md", "html", "json", "junit")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write to this file (html default: gpuctl-burnin-run<RUN>.html).")
 @click.option("--all-tests", is_flag=True, help="term: list passing tests too.")
+@click.option("--force", is_flag=True, help="Replace an existing output file (kept as .bak).")
 @pass_ctx
 def report(ctx: Ctx, run_id: int | None, node: str | None, fmt: str, output: Path | None,
-           all_tests: bool) -> None:
+           all_tests: bool, force: bool) -> None:
     """Report a burn-in run (default: the latest): per node and test, value, threshold,
     verdict and reason; HTML adds plots (throughput vs thresholds, temperature and power
     over time, the P2P matrix).
@@ -46,7 +47,7 @@ def report(ctx: Ctx, run_id: int | None, node: str | None, fmt: str, output: Pat
     if output is None:
         click.echo(text, nl=False)
         return
-    write_atomically(output, text)
+    write_atomically(output, text, force=force)
     ctx.err.print(f"wrote {fmt} report of run {doc['run']['id']} to {output}", markup=False,
                   highlight=False)
 

@@ -12,11 +12,13 @@ import re
 
 from provisioner.errors import InputError
 
-_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_LABEL_KEY = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_./-]{0,62})$")
-_LABEL_VALUE = re.compile(r"^[A-Za-z0-9_.:/-]{0,63}$")
-_SKU = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+# Every pattern is applied with fullmatch: "$" alone also matches before a final
+# newline, and "gpu01\n" would then pass as a hostname and split generated files.
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_LABEL_KEY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_./-]{0,62})")
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9_.:/-]{0,63}")
+_SKU = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
 
 def _shown(value: str) -> str:
@@ -37,7 +39,7 @@ def check_hostname(name: str, what: str = "hostname") -> str:
     if len(name) > 253:
         raise InputError(f"{what} {_shown(name)} is {len(name)} characters long (at most 253)")
     labels = name.rstrip(".").split(".")
-    if not all(_LABEL.match(label) for label in labels):
+    if not all(_LABEL.fullmatch(label) for label in labels):
         raise InputError(
             f"{what} {_shown(name)} is not a valid hostname "
             "(letters, digits, '-' inside labels and '.' between them only)"
@@ -51,10 +53,28 @@ def check_address(address: str) -> str:
     Raises:
         InputError: anything else.
     """
+    if address != address.strip():
+        raise InputError(f"address {_shown(address)} has surrounding white space")
     try:
         return str(ipaddress.ip_address(address))
     except ValueError:
         return check_hostname(address, "address")
+
+
+def check_stored_node(name: str, address: str) -> None:
+    """Generated files are line-oriented: a name stored by an older gpuctl (or written
+    into the database by hand) with a newline or a space would split a NodeName line or
+    add a host to an inventory. Writers check what they read too, naming the node.
+
+    Raises:
+        InputError: the stored name or address is not a valid hostname/address.
+    """
+    try:
+        check_hostname(name, "node name")
+        check_address(address)
+    except InputError as exc:
+        raise InputError(f"stored node {_shown(name)}: {exc}; fix it with `gpuctl nodes "
+                         "remove` and `nodes add`") from None
 
 
 def check_port(port: int | str) -> int:
@@ -68,7 +88,7 @@ def check_port(port: int | str) -> int:
 
 
 def check_user(user: str) -> str:
-    if not _USER.match(user):
+    if not _USER.fullmatch(user):
         raise InputError(f"user {_shown(user)} is not a valid login name")
     return user
 
@@ -80,12 +100,12 @@ def check_key_path(path: str) -> str:
 
 
 def check_sku(sku: str) -> str:
-    if not _SKU.match(sku):
+    if not _SKU.fullmatch(sku):
         raise InputError(f"SKU {_shown(sku)} must be lower-case letters, digits, '.', '_', '-'")
     return sku
 
 
-_VAR_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
+_VAR_NAME = re.compile(r"[a-z_][a-z0-9_]{0,63}")
 # Host variables that hold secrets are never stored (use the environment or ansible-vault).
 SECRET_VARS = frozenset({"ansible_password", "ansible_ssh_pass", "ansible_become_password",
                          "ansible_become_pass", "ansible_sudo_pass", "ansible_ssh_password"})
@@ -94,7 +114,7 @@ SECRET_VARS = frozenset({"ansible_password", "ansible_ssh_pass", "ansible_become
 def check_ansible_var(name: str, value: str) -> None:
     """Raises InputError for a bad variable name, a secret, or a value with control
     characters or Jinja2 markup (which Ansible would evaluate)."""
-    if not _VAR_NAME.match(name):
+    if not _VAR_NAME.fullmatch(name):
         raise InputError(f"host variable name {_shown(name)} is not valid")
     if name in SECRET_VARS:
         raise InputError(f"host variable {name} is a secret and is never stored")
@@ -111,8 +131,8 @@ def parse_label(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise InputError(f"label {_shown(text)} must be key=value")
     key, value = text.split("=", 1)
-    if not _LABEL_KEY.match(key):
+    if not _LABEL_KEY.fullmatch(key):
         raise InputError(f"label key {_shown(key)} is not valid")
-    if not _LABEL_VALUE.match(value):
+    if not _LABEL_VALUE.fullmatch(value):
         raise InputError(f"label value {_shown(value)} is not valid")
     return key, value

@@ -20,6 +20,7 @@ from provisioner.db.engine import redact_url
 from provisioner.db.models import Node
 from provisioner.errors import InputError
 from provisioner.handle import Gpuctl
+from provisioner.inventory.validate import check_stored_node
 from provisioner.paths import Paths
 from provisioner.project import project_dir
 
@@ -55,6 +56,7 @@ def build_inventory(gc: Gpuctl, nodes: list[Node],
     inv = Inventory(all_vars={"ansible_ssh_common_args": known_hosts_args(gc.paths),
                               **(extra_all_vars or {})})
     for node in nodes:
+        check_stored_node(node.name, node.address)
         hv: dict[str, Any] = {"ansible_host": node.address, "ansible_port": node.port,
                               "ansible_user": node.user}
         if node.key_path:
