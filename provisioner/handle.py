@@ -67,8 +67,10 @@ class Gpuctl:
         Raises:
             GpuctlError: the database cannot be opened or migrated.
         """
+        from provisioner.db.engine import get_engine  # noqa: PLC0415
+
         self.paths.ensure()
-        self.engine  # noqa: B018  (creating the engine migrates the database)
+        get_engine(self.db_url, create=True)
 
     @property
     def engine(self) -> Engine:

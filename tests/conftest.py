@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,14 +37,36 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer | N
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def template_db(tmp_path_factory: pytest.TempPathFactory,
+                pg_server: PgServer | None) -> str:
+    """A database made once by ``gpuctl init`` (migrated to the newest schema) that every
+    test starts from, as an admin's would after `gpuctl init`: an SQLite file to copy, or
+    a PostgreSQL template database."""
+    from provisioner.db.engine import get_engine
+
+    if pg_server is not None:
+        url = pg_server.create_database("gpuctl_template")
+        get_engine(url, create=True).dispose()
+        return "gpuctl_template"
+    home = tmp_path_factory.mktemp("template-db")
+    Gpuctl(Paths(home)).init()
+    get_engine(f"sqlite:///{home / 'gpuctl.db'}").dispose()
+    return str(home / "gpuctl.db")
+
+
 @pytest.fixture(autouse=True)
 def gpuctl_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                pg_server: PgServer | None) -> Iterator[Path]:
+                pg_server: PgServer | None, template_db: str) -> Iterator[Path]:
     home = tmp_path / "gpuctl-home"
+    home.mkdir(mode=0o700)
     monkeypatch.setenv("GPUCTL_HOME", str(home))
     monkeypatch.delenv("GPUCTL_DB", raising=False)
     if pg_server is not None:
-        monkeypatch.setenv("GPUCTL_DB", pg_server.create_database(f"t{next(_databases)}"))
+        monkeypatch.setenv("GPUCTL_DB", pg_server.create_database(
+            f"t{next(_databases)}", template=template_db))
+    else:
+        shutil.copyfile(template_db, home / "gpuctl.db")
     monkeypatch.setenv("COLUMNS", "200")
     yield home
 

@@ -31,7 +31,7 @@ def fill_fleet(db_url: str, nodes: int, gpus_per_node: int = 8, *, sku: str = "h
     certificate (every ``expired_every``-th expired) and burn-in results. Bulk inserts,
     so 10,000 nodes take seconds."""
     now = now or datetime.now(UTC)
-    engine = get_engine(db_url)
+    engine = get_engine(db_url, create=True)
     with Session(engine) as session:
         run = Run(kind="burnin", actor="fixture", args_json=json.dumps({"level": "quick"}),
                   status="ok", finished_at=now)

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import DatabaseError, OperationalError, ProgrammingError
 from sqlmodel import Session, create_engine
 
 from provisioner.errors import GpuctlError
@@ -34,28 +34,101 @@ def _begin_immediate(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def get_engine(url: str) -> Engine:
-    """Return a migrated engine for ``url`` (one per URL per process).
+SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
+INIT_HINT = "run `gpuctl init` to create one"
+
+
+def _check_url(url: str) -> Path | None:
+    """The SQLite file ``url`` names (None for PostgreSQL).
 
     Raises:
-        GpuctlError: the database cannot be opened or migrated.
+        GpuctlError: a scheme gpuctl does not speak, or a malformed URL.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in SCHEMES or not rest:
+        raise GpuctlError(f"unsupported database URL {redact_url(url)[:80]!r}: use an SQLite "
+                          "file (sqlite:///PATH or a plain path) or "
+                          "postgresql+psycopg://USER@HOST/DB")
+    if scheme == "sqlite":
+        if not rest.startswith("/") or rest == "/":
+            raise GpuctlError(f"database URL {url[:80]!r} names no file (sqlite:///PATH)")
+        return Path(url.removeprefix("sqlite:///"))
+    return None
+
+
+def _damaged(path: Path, exc: DatabaseError) -> GpuctlError:
+    return GpuctlError(f"database {path} is damaged or not a gpuctl database "
+                       f"({_one_line(exc.orig)}); it was left as it is: restore a backup "
+                       "(`gpuctl db backup` makes them), or move it aside and run "
+                       "`gpuctl init`")
+
+
+def get_engine(url: str, *, create: bool = False) -> Engine:
+    """Return a migrated engine for ``url`` (one per URL per process).
+
+    Only ``create`` (``gpuctl init``) makes a new database; every other command refuses
+    a missing, empty or foreign one, so a typo in ``--db`` never creates a stray file.
+
+    Raises:
+        GpuctlError: the URL is unsupported, or the database is missing, empty, damaged
+            or cannot be opened or migrated (one line, naming it).
     """
     if url in _engines:
         return _engines[url]
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    path = _check_url(url)
+    if path is not None:
+        if path.is_dir():
+            raise GpuctlError(f"database {path} is a directory, not a database file")
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        elif not path.is_file():
+            raise GpuctlError(f"no database at {path}; {INIT_HINT}")
+        elif path.stat().st_size == 0:
+            raise GpuctlError(f"database {path} is empty (0 bytes), not a gpuctl database; "
+                              f"restore a backup, or {INIT_HINT}")
         engine = create_engine(url, connect_args={"timeout": 30, "isolation_level": None})
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _begin_immediate)
     else:
         engine = create_engine(url, pool_pre_ping=True)
     try:
+        if not create and _schema_version(engine) is None:
+            engine.dispose()
+            raise GpuctlError(f"database {redact_url(url)} has no gpuctl schema; {INIT_HINT}")
         migrate(engine)
     except OperationalError as exc:
+        engine.dispose()
+        if path is not None and _is_corruption(exc):
+            raise _damaged(path, exc) from None
         raise GpuctlError(f"cannot open database {redact_url(url)}: {_one_line(exc.orig)}"
-                          ) from exc
+                          ) from None
+    except DatabaseError as exc:
+        engine.dispose()
+        if path is not None:
+            raise _damaged(path, exc) from None
+        raise GpuctlError(f"database {redact_url(url)}: {_one_line(exc.orig)}") from None
     _engines[url] = engine
     return engine
+
+
+def _is_corruption(exc: DatabaseError) -> bool:
+    text = str(exc.orig).lower()
+    return any(word in text for word in ("malformed", "not a database", "corrupt",
+                                         "disk image", "file is encrypted"))
+
+
+def _schema_version(engine: Engine) -> str | None:
+    """The database's alembic revision; None for a database with no gpuctl schema."""
+    try:
+        with engine.connect() as conn:
+            value = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except ProgrammingError:
+        return None  # PostgreSQL: no such table
+    except OperationalError as exc:
+        if "no such table" in str(exc.orig):
+            return None
+        raise
+    return str(value) if value else None
 
 
 def head_revision() -> str:
@@ -123,9 +196,12 @@ def session_scope(url: str) -> Iterator[Session]:
         try:
             yield session
             session.commit()
-        except OperationalError as exc:
+        except DatabaseError as exc:
             session.rollback()
-            # Locked for longer than the busy timeout, server gone, disk full: not a bug.
+            # Locked for longer than the busy timeout, server gone, disk full, a page
+            # found corrupt mid-query: not a bug, and one line.
+            if url.startswith("sqlite:///") and _is_corruption(exc):
+                raise _damaged(Path(url.removeprefix("sqlite:///")), exc) from None
             raise GpuctlError(f"database {redact_url(url)}: {_one_line(exc.orig)}") from exc
         except BaseException:
             session.rollback()

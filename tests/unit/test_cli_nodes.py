@@ -80,7 +80,9 @@ def test_bad_database_url_is_one_line(gpuctl, tmp_path) -> None:  # type: ignore
     target = tmp_path / "dir-not-db"
     target.mkdir()
     result = gpuctl("--db", str(target), "nodes", "list")
-    assert result.code == 1 and result.err.startswith("Error: cannot open database"), result
+    assert result.code == 1 and result.err.startswith(f"Error: database {target} is a "
+                                                      "directory"), result
+    assert len(result.err.strip().splitlines()) == 1
 
 
 def test_nodes_list_at_80_columns_keeps_names_and_states_whole(gpuctl, gc, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -84,3 +84,87 @@ def test_report_and_handoff_never_overwrite_silently(gc: Gpuctl, gpuctl, tmp_pat
     assert gpuctl("report", "--format", "json", "-o", str(report), "--force").code == 0
     assert json.loads(report.read_text())["run"]["id"] == 1
     assert report.stat().st_mode & 0o777 == 0o600 and (tmp_path / "report.json.bak").exists()
+
+
+def _one_line_error(result) -> str:  # type: ignore[no-untyped-def]
+    assert result.code == 1, result
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in \
+        result.err, result
+    return str(lines[0])
+
+
+def test_only_init_creates_a_database(gpuctl, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    line = _one_line_error(gpuctl("--db", "garbage", "status"))
+    assert f"no database at {tmp_path / 'garbage'}" in line and "gpuctl init" in line
+    assert not (tmp_path / "garbage").exists()
+    line = _one_line_error(gpuctl("--db", "sqlite:////nonexistent/dir/x.db", "status"))
+    assert "no database at /nonexistent/dir/x.db" in line
+    assert not Path("/nonexistent").exists()
+    for url in ("://", "http://example", "mysql://u:pw@127.0.0.1/db", "sqlite://rel.db"):
+        line = _one_line_error(gpuctl("--db", url, "nodes", "list"))
+        assert "unsupported database URL" in line or "names no file" in line, line
+        assert "pw" not in line
+    (tmp_path / "empty.db").write_bytes(b"")
+    line = _one_line_error(gpuctl("--db", str(tmp_path / "empty.db"), "status"))
+    assert "is empty (0 bytes)" in line and (tmp_path / "empty.db").stat().st_size == 0
+    # init makes it; then it works.
+    assert gpuctl("--db", str(tmp_path / "new.db"), "init").code == 0
+    assert gpuctl("--db", str(tmp_path / "new.db"), "status", "--json").code == 0
+
+
+def _corruptions(good: bytes) -> dict[str, bytes]:
+    page = 4096
+    return {
+        "random bytes": os.urandom(len(good)),
+        "truncated": good[:1000],
+        "header overwritten": b"NOT SQLITE AT ALL" + good[17:],
+        "pages overwritten": good[:page] + os.urandom(len(good) - page),
+        "text file": b"gpu-node-01 127.0.0.10\n" * 100,
+    }
+
+
+def test_a_damaged_database_is_one_line_and_left_alone(gc: Gpuctl, gpuctl, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+    import sqlite3
+
+    if not gc.db_url.startswith("sqlite"):
+        pytest.skip("SQLite files")
+    fill_fleet(gc.db_url, 40)
+    good = gc.paths.db_file.read_bytes()
+    for kind, data in _corruptions(good).items():
+        path = tmp_path / f"{kind.replace(' ', '-')}.db"
+        path.write_bytes(data)
+        digest = hashlib.sha256(data).hexdigest()
+        for command in (["status"], ["nodes", "list", "--json"], ["runs", "list"]):
+            line = _one_line_error(gpuctl("--db", str(path), *command))
+            assert str(path) in line and ("restore a backup" in line or "gpuctl init" in line), \
+                (kind, line)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, kind
+    # An SQLite database of something else is not taken over either.
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE notes (x)")
+    line = _one_line_error(gpuctl("--db", str(other), "status"))
+    assert "has no gpuctl schema" in line
+
+
+def test_db_backup_is_a_consistent_copy(gc: Gpuctl, gpuctl, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+
+    if not gc.db_url.startswith("sqlite"):
+        pytest.skip("SQLite's backup API")
+    fill_fleet(gc.db_url, 12)
+    result = gpuctl("db", "backup", "-o", str(tmp_path / "b.db"))
+    assert result.code == 0, result
+    with sqlite3.connect(tmp_path / "b.db") as conn:
+        assert conn.execute("SELECT count(*) FROM node").fetchone()[0] == 12
+    assert (tmp_path / "b.db").stat().st_mode & 0o777 == 0o600
+    line = _one_line_error(gpuctl("db", "backup", "-o", str(tmp_path / "b.db")))
+    assert "exists" in line
+    assert gpuctl("db", "backup").code == 0
+    assert len(list((gc.paths.home / "backups").glob("gpuctl-*.db"))) == 1
+    line = _one_line_error(gpuctl("--db", "postgresql+psycopg://u:pw@127.0.0.1:1/x", "db",
+                                  "backup"))
+    assert "pg_dump" in line and "pw" not in line

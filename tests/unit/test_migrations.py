@@ -37,9 +37,14 @@ def test_upgrade_keeps_existing_rows(paths: Paths) -> None:
 
     from provisioner.db.engine import MIGRATIONS, migrate
 
-    if paths.db_url.startswith("sqlite"):
-        paths.db_file.parent.mkdir(parents=True, exist_ok=True)
+    # Start from nothing (every test gets a database gpuctl init made).
     engine = create_engine(paths.db_url)
+    if paths.db_url.startswith("sqlite"):
+        paths.db_file.unlink()
+    else:
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
     cfg = Config(str(MIGRATIONS / "alembic.ini"))
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
@@ -61,6 +66,7 @@ def test_upgrade_keeps_existing_rows(paths: Paths) -> None:
             conn.exec_driver_sql("PRAGMA foreign_keys=ON")
     migrate(get_engine(paths.db_url))
     with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM node")).scalar() == 1
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == \
             head_revision()
         assert conn.execute(text("SELECT count(*) FROM gpu")).scalar() == 1

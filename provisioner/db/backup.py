@@ -1,0 +1,53 @@
+"""``gpuctl db backup``: a consistent copy of the database while gpuctl may be running."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+from provisioner.db.engine import get_engine, redact_url
+from provisioner.errors import GpuctlError, InputError
+from provisioner.handle import Gpuctl
+
+
+def backup_database(gc: Gpuctl, output: Path | None = None) -> Path:
+    """Copy the SQLite database with SQLite's online backup API (consistent even while
+    other gpuctl processes write) to ``output``, default
+    ``<data dir>/backups/gpuctl-<UTC time>.db``. Restore: stop gpuctl, copy the backup
+    over the database file.
+
+    Raises:
+        InputError: ``output`` exists (a backup never overwrites).
+        GpuctlError: the database is PostgreSQL (use pg_dump: the message says how), or
+            it cannot be read.
+    """
+    url = gc.db_url
+    if not url.startswith("sqlite:///"):
+        raise GpuctlError(f"{redact_url(url)} is PostgreSQL: back it up with the server's "
+                          "own tool, e.g. `pg_dump --format=custom --file gpuctl.dump "
+                          "'postgresql://USER@HOST/DB'` (restore with pg_restore)")
+    get_engine(url)  # refuses a missing, empty or damaged database with its reason
+    source = Path(url.removeprefix("sqlite:///"))
+    if output is None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        output = gc.paths.home / "backups" / f"gpuctl-{stamp}.db"
+    if output.exists():
+        raise InputError(f"{output} exists; a backup never overwrites a file")
+    output.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True,
+                                                timeout=30)) as src, \
+                contextlib.closing(sqlite3.connect(output)) as dst:
+            src.backup(dst)
+            check = dst.execute("PRAGMA integrity_check").fetchone()[0]
+    except sqlite3.Error as exc:
+        output.unlink(missing_ok=True)
+        raise GpuctlError(f"cannot back up {source}: {exc}") from None
+    if check != "ok":
+        output.unlink(missing_ok=True)
+        raise GpuctlError(f"the copy of {source} fails SQLite's integrity check ({check}); "
+                          "the database itself may be damaged")
+    output.chmod(0o600)
+    return output
