@@ -24,8 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
+from provisioner.catalogue import catalogue
 from provisioner.cli import main as _gpuctl
 from provisioner.project import project_dir
+from provisioner.provision.inventory import group_name
 from provisioner.provision.run import _control_machine_id
 
 
@@ -38,6 +42,7 @@ def gpuctl(argv: list[str]) -> tuple[int, str]:
 
 def lab(home: Path, nodes: int, block: int) -> None:
     os.environ["GPUCTL_HOME"] = str(home)
+    assert gpuctl(["init"])[0] == 0, "init failed"
     code, _ = gpuctl(["lab", "up", "--nodes", str(nodes), "--first-address",
                       f"127.0.{block}.10", "--json"])
     assert code == 0, "lab up failed"
@@ -48,6 +53,9 @@ def lab(home: Path, nodes: int, block: int) -> None:
 def plain_ansible(home: Path, forks: int) -> float:
     inv_dir = home / "plain-inventory"
     shutil.copytree(project_dir() / "inventory/group_vars", inv_dir / "group_vars")
+    for sku in catalogue().values():  # the SKU pins gpuctl renders (group sku_<name>)
+        (inv_dir / "group_vars" / f"{group_name('sku_' + sku.name)}.yml").write_text(
+            yaml.safe_dump(sku.provision))
     code, text = gpuctl(["inventory", "export", "--format", "yaml"])
     assert code == 0
     (inv_dir / "hosts.yml").write_text(text)

@@ -83,6 +83,8 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gpuctl-bench-"))
     os.environ["GPUCTL_HOME"] = str(work / "home")
+    if gpuctl(["init"]) != 0:
+        return 1
     try:
         print(f"lab up: {args.nodes} h100-sxm-8 nodes with the driver (so the probe runs "
               "nvidia-smi -q -x)", flush=True)
