@@ -30,10 +30,10 @@ from provisioner.db.models import (
 )
 from provisioner.errors import GpuctlError, InputError, NodesFailedError
 from provisioner.handle import Gpuctl
-from provisioner.inventory.lifecycle import State, get_node, transition
+from provisioner.inventory.lifecycle import State, get_node, mark_hostkey_changed, transition
 from provisioner.runs import RunScope, RunStatus, recover_abandoned, select_nodes
 from provisioner.ssh.exec import Target, run_on_node
-from provisioner.ssh.hostkeys import KnownHosts
+from provisioner.ssh.hostkeys import HostKeyChanged, KnownHosts
 
 ELIGIBLE = {State.PROVISIONED, State.CERTIFIED, State.FAILED}
 # --all takes only nodes ready for burn-in; failed or interrupted ones must be named.
@@ -215,6 +215,12 @@ def _run_agents(gc: Gpuctl, nodes: list[Node], level: str, seconds: float | None
             res = run_on_node(target, _agent_command(python, level, seconds, env),
                               known_hosts=known, stdin_data=script,
                               command_timeout=LEVELS[level].timeout_s, max_output=64 << 20)
+        except HostKeyChanged as exc:
+            why = str(exc).removeprefix(f"{node.name}: ")
+            with gc.session() as session:
+                mark_hostkey_changed(session, get_node(session, node.name),
+                                     f"burn-in refused by SSH: {why}", actor=gc.actor)
+            return why, {}
         except GpuctlError as exc:
             return str(exc).removeprefix(f"{node.name}: "), {}
         if res.exit_code != 0:

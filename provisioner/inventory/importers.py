@@ -23,6 +23,23 @@ from provisioner.inventory.registry import NodeSpec, add_nodes
 from provisioner.inventory.validate import SECRET_VARS, check_port, parse_label
 
 MAX_INVENTORY_BYTES = 10 * 1024 * 1024
+MAX_HOSTS = 100_000
+MAX_GROUP_DEPTH = 64
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases: ``*anchor`` lets 1 KB expand to gigabytes (each level of
+    aliases multiplies the next) or refer to itself, and an inventory has no need of
+    them. The composer refuses the first one, with its line."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not accepted in an inventory",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
 CONNECTION_VARS = frozenset({"ansible_host", "ansible_port", "ansible_user",
                              "ansible_ssh_private_key_file"})
 _RANGE = re.compile(r"\[([0-9]+|[a-z]):([0-9]+|[a-z])\]")
@@ -48,17 +65,38 @@ class _Errors:
         if not self.items:
             return
         items = sorted(self.items)
-        head = f"{self.source}: {len(items)} bad line{'s' if len(items) > 1 else ''}, " \
-               "nothing imported"
-        raise InputError(head + "".join(f"\n  line {n}: {msg}" for n, msg in items))
+        if len(items) == 1:  # one problem, one line
+            raise InputError(f"{self.source}: line {items[0][0]}: {items[0][1]}; nothing "
+                             "imported")
+        # Several: every bad line listed, so one fix-up pass repairs the file.
+        head = f"{self.source}: {len(items)} bad lines, nothing imported"
+        raise InputError(head + "".join(f"\n  line {n}: {msg}" for n, msg in items[:50]) + (
+            f"\n  (+{len(items) - 50} more)" if len(items) > 50 else ""))
+
+
+MAX_PATTERN_HOSTS = 10000
 
 
 def expand_host_pattern(pattern: str) -> list[str]:
     """Expand Ansible ranges: ``gpu[01:03]`` -> gpu01, gpu02, gpu03.
 
     Raises:
-        InputError: a malformed or reversed range, or one that expands past 10,000 hosts.
+        InputError: a malformed or reversed range, or ranges that together expand past
+            10,000 hosts (``gpu[0:9999][0:9999]`` is refused before expanding anything).
     """
+    total = 1
+    for start, end in _RANGE.findall(pattern):
+        if start.isdigit() and end.isdigit():
+            total *= max(0, int(end) - int(start) + 1)
+        elif not start.isdigit() and not end.isdigit():
+            total *= max(0, ord(end) - ord(start) + 1)
+        if total > MAX_PATTERN_HOSTS:
+            raise InputError(f"host pattern {pattern[:60]!r} expands past "
+                             f"{MAX_PATTERN_HOSTS} hosts")
+    return _expand(pattern)
+
+
+def _expand(pattern: str) -> list[str]:
     match = _RANGE.search(pattern)
     if not match:
         return [pattern]
@@ -67,8 +105,8 @@ def expand_host_pattern(pattern: str) -> list[str]:
         raise InputError(f"range [{start}:{end}] mixes letters and numbers")
     if start.isdigit():
         lo, hi, width = int(start), int(end), len(start)
-        if hi < lo or hi - lo >= 10000:
-            raise InputError(f"range [{start}:{end}] is reversed or larger than 10000 hosts")
+        if hi < lo:
+            raise InputError(f"range [{start}:{end}] is reversed")
         values = [str(i).zfill(width) for i in range(lo, hi + 1)]
     else:
         if end < start:
@@ -77,7 +115,7 @@ def expand_host_pattern(pattern: str) -> list[str]:
     prefix, suffix = pattern[: match.start()], pattern[match.end():]
     out: list[str] = []
     for value in values:
-        out.extend(expand_host_pattern(prefix + value + suffix))
+        out.extend(_expand(prefix + value + suffix))
     return out
 
 
@@ -128,12 +166,15 @@ def _build_specs(
     children: dict[str, list[str]],
     errors: _Errors,
 ) -> list[NodeSpec]:
+    if len(hosts) > MAX_HOSTS:
+        raise InputError(f"{errors.source}: {len(hosts)} hosts; at most {MAX_HOSTS} per "
+                         "import (split the file)")
+    closures = {group: _group_closure(children, group) for group in group_vars}
     specs = []
     for name, host in hosts.items():
         merged: dict[str, str] = {}
         for group, gvars in group_vars.items():
-            members = _group_closure(children, group)
-            if group == "all" or members & set(host.groups):
+            if group == "all" or closures[group] & set(host.groups):
                 merged.update(gvars)
         merged.update(host.vars)
         try:
@@ -220,7 +261,11 @@ def parse_yaml(text: str, source: str = "inventory") -> list[NodeSpec]:
     """Parse an Ansible YAML inventory (``all: {hosts:, children:, vars:}``)."""
     errors = _Errors(source)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_NoAliasLoader)
+    except RecursionError:
+        errors.add(1, "nested too deeply")
+        errors.raise_if_any()
+        return []
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         errors.add(mark.line + 1 if mark else 1, f"not valid YAML ({getattr(exc, 'problem', exc)})")
@@ -230,7 +275,9 @@ def parse_yaml(text: str, source: str = "inventory") -> list[NodeSpec]:
     group_vars: dict[str, dict[str, str]] = {}
     children: dict[str, list[str]] = {}
 
-    def walk_group(name: str, node: yaml.Node) -> None:
+    def walk_group(name: str, node: yaml.Node, depth: int = 0) -> None:
+        if depth > MAX_GROUP_DEPTH:
+            raise InputError(f"groups nested more than {MAX_GROUP_DEPTH} deep")
         for key_node, value_node in _mapping(node):
             line = key_node.start_mark.line + 1
             try:
@@ -252,7 +299,7 @@ def parse_yaml(text: str, source: str = "inventory") -> list[NodeSpec]:
                     for child_key, child_val in _mapping(value_node):
                         child = _scalar(child_key)
                         children.setdefault(name, []).append(child)
-                        walk_group(child, child_val)
+                        walk_group(child, child_val, depth + 1)
                 else:
                     errors.add(line, f"unknown key {key[:40]!r} in group {name!r} "
                                      "(expected hosts, vars or children)")
@@ -314,21 +361,38 @@ def parse_csv(text: str, source: str = "inventory") -> list[NodeSpec]:
     return specs
 
 
+def read_bounded(path: Path, limit: int = MAX_INVENTORY_BYTES) -> bytes:
+    """At most ``limit`` bytes of ``path``, whatever it is (a file, /dev/stdin, a pipe,
+    /dev/zero): the cap applies to what is read, not to what stat() says.
+
+    Raises:
+        InputError: more than ``limit`` bytes, or unreadable.
+    """
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise InputError(f"{path}: more than {limit // (1024 * 1024)} MiB is too large for "
+                         "an inventory")
+    return data
+
+
 def parse_inventory_file(path: Path) -> list[NodeSpec]:
     """Read ``path`` and parse it by extension (.ini/.cfg/none, .yml/.yaml, .csv).
 
     Raises:
         InputError: unreadable, too large, not text, or any bad line.
     """
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, not an inventory file")
     try:
-        size = path.stat().st_size
-        if size > MAX_INVENTORY_BYTES:
-            raise InputError(f"{path}: {size} bytes is too large for an inventory (max 10 MiB)")
-        text = path.read_bytes().decode("utf-8")
+        text = read_bounded(path).decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    if "\x00" in text:
+        raise InputError(f"{path}: not a text file (NUL bytes)")
     suffix = path.suffix.lower()
     if suffix in (".yml", ".yaml"):
         specs = parse_yaml(text, str(path))

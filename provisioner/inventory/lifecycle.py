@@ -28,7 +28,8 @@ S = State
 ALLOWED: dict[State, frozenset[State]] = {
     S.REGISTERED: frozenset({S.DISCOVERED, S.FAILED, S.QUARANTINED, S.RETIRED}),
     S.DISCOVERED: frozenset({S.PROVISIONING, S.QUARANTINED, S.DRAINED, S.FAILED, S.RETIRED}),
-    S.PROVISIONING: frozenset({S.PROVISIONED, S.FAILED, S.QUARANTINED}),
+    # Back to certified when a provision changed nothing a certificate depends on.
+    S.PROVISIONING: frozenset({S.PROVISIONED, S.CERTIFIED, S.FAILED, S.QUARANTINED}),
     S.PROVISIONED: frozenset(
         {S.BURNING_IN, S.PROVISIONING, S.QUARANTINED, S.DRAINED, S.FAILED, S.RETIRED}
     ),
@@ -101,3 +102,15 @@ def record_event(
     )
     session.add(ev)
     return ev
+
+
+def mark_hostkey_changed(session: Session, node: Node, message: str, *, actor: str,
+                         run_id: int | None = None) -> None:
+    """The node answered with another SSH host key than the one on file: flag it (every
+    later scan, provision and burn-in refuses it until an admin runs ``gpuctl nodes
+    forget-hostkey``) and log a critical event. Whichever SSH path saw it calls this."""
+    if not node.hostkey_mismatch:
+        node.hostkey_mismatch = True
+        session.add(node)
+    record_event(session, node, "hostkey", message, actor=actor, run_id=run_id,
+                 severity="critical")

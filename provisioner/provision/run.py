@@ -21,7 +21,13 @@ from provisioner import __version__
 from provisioner.db.models import Event, Node, Run, TaskResult
 from provisioner.errors import InputError, NodesFailedError
 from provisioner.handle import Gpuctl
-from provisioner.inventory.lifecycle import State, get_node, record_event, transition
+from provisioner.inventory.lifecycle import (
+    State,
+    get_node,
+    mark_hostkey_changed,
+    record_event,
+    transition,
+)
 from provisioner.project import project_dir
 from provisioner.provision.inventory import build_inventory, group_name, render_inventory
 from provisioner.provision.runner import RunnerJob, TaskEvent
@@ -29,6 +35,12 @@ from provisioner.runs import RunScope, RunStatus, recover_abandoned, select_node
 
 ELIGIBLE = {State.DISCOVERED, State.PROVISIONED, State.FAILED, State.CERTIFIED}
 BECOME_ENV = "GPUCTL_BECOME_PASSWORD"
+# A certificate says what burn-in measured on a driver, CUDA and fabric manager: a
+# provision run that changes any of them (or reboots into a new module) voids it; one
+# that changes nothing there leaves a certified node certified.
+INVALIDATES_CERTIFICATE = frozenset({"driver", "cuda", "fabricmanager", "nouveau", "reboot"})
+# What OpenSSH prints when the node's key differs from the one in gpuctl's known_hosts.
+HOSTKEY_CHANGED = "REMOTE HOST IDENTIFICATION HAS CHANGED"
 
 
 @dataclass
@@ -41,6 +53,7 @@ class NodeProgress:
     failed: int = 0
     skipped: int = 0
     reason: str = ""
+    changed_roles: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -148,6 +161,8 @@ def _apply(progress: dict[str, NodeProgress], event: TaskEvent) -> None:
         setattr(node, event.status, getattr(node, event.status) + 1)
         if event.status == "changed":
             node.ok += 1
+            if event.role and event.role not in node.changed_roles:
+                node.changed_roles.append(event.role)
     else:
         node.failed += 1
         node.status = event.status
@@ -194,6 +209,7 @@ def provision_nodes(
             "forks": forks, "retry_failed": retry_failed, "versions": _versions(),
             "become_password": "from environment" if become_password else None}
     progress = {n.name: NodeProgress(n.name) for n in nodes}
+    certified = {n.name for n in nodes if n.state == State.CERTIFIED}
     status = "not started"  # ansible-runner's final status once it ran
     with RunScope(gc, "provision", args, nodes,
                   busy=None if check else State.PROVISIONING,
@@ -221,7 +237,7 @@ def provision_nodes(
                     p.reason = f"ansible-playbook failed: {detail[0][:300]}"
         finally:
             _close_progress(progress, status)
-            _settle_nodes(gc, run.run_id, progress, check)
+            _settle_nodes(gc, run.run_id, progress, check, certified)
             run.node_ok = {p.name: p.status == "ok" for p in progress.values()}
             run.summary = {"ok": [n for n, p in progress.items() if p.status == "ok"],
                            "failed": [n for n, p in progress.items() if p.status != "ok"],
@@ -285,7 +301,7 @@ def _drain(job: RunnerJob, gc: Gpuctl, run_id: int, node_ids: dict[str, int],
 
 
 def _settle_nodes(gc: Gpuctl, run_id: int, progress: dict[str, NodeProgress],
-                  check: bool) -> None:
+                  check: bool, certified: set[str]) -> None:
     with gc.session() as session:
         for p in progress.values():
             node = get_node(session, p.name)
@@ -295,9 +311,19 @@ def _settle_nodes(gc: Gpuctl, run_id: int, progress: dict[str, NodeProgress],
                 continue
             if node.state != State.PROVISIONING:
                 continue
-            if p.status == "ok":
+            if p.status == "unreachable" and HOSTKEY_CHANGED in p.reason:
+                mark_hostkey_changed(session, node, f"provision refused by SSH: {p.reason}"
+                                     [:500], actor=gc.actor, run_id=run_id)
+            voiding = sorted(set(p.changed_roles) & INVALIDATES_CERTIFICATE)
+            if p.status == "ok" and p.name in certified and not voiding:
+                transition(session, node, State.CERTIFIED, actor=gc.actor, run_id=run_id,
+                           reason=f"provisioned: {p.changed} changed, none in the driver, "
+                           "CUDA or fabric manager: certificate kept")
+            elif p.status == "ok":
+                why = f"; {', '.join(voiding)} changed: burn in again to certify" \
+                    if p.name in certified else ""
                 transition(session, node, State.PROVISIONED, actor=gc.actor, run_id=run_id,
-                           reason=f"provisioned: {p.ok} ok, {p.changed} changed")
+                           reason=f"provisioned: {p.ok} ok, {p.changed} changed{why}")
             else:
                 transition(session, node, State.FAILED, actor=gc.actor, run_id=run_id,
                            reason=p.reason or p.status)

@@ -99,6 +99,10 @@ class RunnerJob:
             inventory=str(inventory), limit=",".join(limit), tags=tags, forks=forks,
             cmdline=" ".join(cmdline) or None, quiet=True,
             envvars={"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                     # ansible-runner sets this to False unless it is given: Ansible then
+                     # passes -o StrictHostKeyChecking=no ahead of gpuctl's =yes, and
+                     # OpenSSH takes the first, so a changed host key went through.
+                     "ANSIBLE_HOST_KEY_CHECKING": "True",
                      "ANSIBLE_LOCAL_TEMP": str(run_dir / "tmp"), "ANSIBLE_RETRY_FILES_ENABLED":
                      "False", "ANSIBLE_FORCE_COLOR": "False", "ANSIBLE_NOCOLOR": "True"},
             settings={"suppress_ansible_output": True, "job_timeout": 0},

@@ -15,7 +15,7 @@ from provisioner.catalogue import infer_sku
 from provisioner.db.models import HardwareSnapshot, Node
 from provisioner.errors import GpuctlError, InputError, NotFoundError
 from provisioner.handle import Gpuctl
-from provisioner.inventory.lifecycle import State, get_node, record_event
+from provisioner.inventory.lifecycle import State, get_node, mark_hostkey_changed, record_event
 from provisioner.probe.facts import HardwareFacts, parse_probe_output, probe_command, probe_script
 from provisioner.runs import RunScope, RunStatus, recover_abandoned
 from provisioner.scan.findings import Finding, drift_findings, health_findings, new_only
@@ -104,10 +104,7 @@ def _store_probe(gc: Gpuctl, probe: _Probe, run_id: int) -> NodeScanResult:
             outcome = _classify(probe.error)
             message = str(probe.error).removeprefix(f"{name}: ")
             if isinstance(probe.error, HostKeyChanged):
-                node.hostkey_mismatch = True
-                session.add(node)
-                record_event(session, node, "hostkey", message, actor=actor, run_id=run_id,
-                             severity="critical")
+                mark_hostkey_changed(session, node, message, actor=actor, run_id=run_id)
             else:
                 record_event(session, node, "scan", f"{outcome}: {message}", actor=actor,
                              run_id=run_id, severity="warning")

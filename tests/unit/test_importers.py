@@ -95,5 +95,7 @@ def test_missing_and_huge_files(tmp_path: Path) -> None:
 def test_host_ranges() -> None:
     assert expand_host_pattern("gpu[08:10]") == ["gpu08", "gpu09", "gpu10"]
     assert expand_host_pattern("r[a:b]n[1:2]") == ["ran1", "ran2", "rbn1", "rbn2"]
-    with pytest.raises(InputError, match="reversed or larger"):
+    with pytest.raises(InputError, match="expands past 10000 hosts"):
         expand_host_pattern("gpu[0:99999]")
+    with pytest.raises(InputError, match="expands past 10000 hosts"):
+        expand_host_pattern("gpu[0:9999][0:9999]")  # each range small, the product not
