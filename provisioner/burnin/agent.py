@@ -11,10 +11,12 @@ whose failure is a fact, not a threshold.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -636,6 +638,44 @@ def multinode_worker(sizes: list[int], iters: int) -> int:
     return 0
 
 
+def start_watchdog(watch_stdin: bool, deadline_s: float | None) -> None:
+    """End the whole burn-in on the node (this process, its collective workers, torchrun,
+    the wrapping shell: the SSH session's process group) when the control host is gone or
+    the level's time is up, whichever comes first. A stress test must not keep a GPU busy
+    for an admin who killed gpuctl, or behind a dead SSH session.
+
+    With ``watch_stdin``, stdin is the SSH channel that gpuctl keeps open for the whole
+    run: it reads end-of-file once gpuctl exits or dies, or the node's sshd does."""
+
+    def stop(why: str) -> None:
+        # stderr may lead nowhere by now (sshd gone): the message is best effort, the
+        # stopping is not.
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(f"gpuctl burn-in agent: {why}; stopping every process of the "
+                             "run\n")
+            sys.stderr.flush()
+        os.killpg(os.getpgrp(), signal.SIGTERM)
+        time.sleep(10)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    def watch() -> None:
+        # The raw descriptor, not sys.stdin: a daemon thread blocked in a buffered read
+        # holds its lock, and the interpreter aborts at exit (SIGABRT) waiting for it.
+        try:
+            while os.read(0, 65536):
+                pass
+        except OSError:
+            pass
+        stop("the SSH session closed (gpuctl or the node's sshd is gone)")
+
+    if watch_stdin:
+        threading.Thread(target=watch, name="gpuctl-watchdog-stdin", daemon=True).start()
+    if deadline_s:
+        timer = threading.Timer(deadline_s, stop, (f"the level's {deadline_s:g} s are up",))
+        timer.daemon = True
+        timer.start()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="gpuctl burn-in agent")
     parser.add_argument("--level", default="quick", help="the level's name, for the record")
@@ -646,7 +686,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--multinode", action="store_true",
                         help="be one rank of a cross-node all-reduce (under torchrun)")
     parser.add_argument("--small", action="store_true", help="CPU-sized messages")
+    parser.add_argument("--watch-stdin", action="store_true",
+                        help="stop everything when stdin (the SSH channel) closes")
+    parser.add_argument("--deadline", type=float, help="stop everything after this many s")
     args = parser.parse_args(argv)
+    start_watchdog(args.watch_stdin, args.deadline)
     if args.multinode:
         small = args.small or not torch.cuda.is_available()
         sizes = [1 << 16, 1 << 20, 1 << 24] if small else [1 << 20, 1 << 26, 1 << 32]

@@ -91,21 +91,24 @@ def burnin_env(host_vars: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _with_agent_file(env: dict[str, str] | None, command: str) -> str:
-    """A shell command that saves the agent (sent on stdin) to a private temp dir on the
-    node, runs ``command`` there with ``env`` set ("$d/agent.py" is the agent: its
-    collectives start worker processes that re-import it from its file), then removes
-    the dir and exits with the command's status."""
+def _with_agent_file(env: dict[str, str] | None, command: str, size: int) -> str:
+    """A shell command that saves the agent (the first ``size`` bytes sent on stdin) to a
+    private temp dir on the node, runs ``command`` there with ``env`` set ("$d/agent.py"
+    is the agent: its collectives start worker processes that re-import it from its
+    file), then removes the dir and exits with the command's status. The rest of stdin
+    stays open for the whole run: the agent's watchdog ends the run when it closes."""
     exports = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted((env or {}).items()))
-    return ('d=$(mktemp -d /tmp/gpuctl-burnin.XXXXXX) && cat > "$d/agent.py" && cd "$d" && '
-            f'{exports}{command}; rc=$?; cd /; rm -rf "$d"; exit $rc')
+    return ('d=$(mktemp -d /tmp/gpuctl-burnin.XXXXXX) && trap \'rm -rf "$d"\' EXIT && '
+            "trap 'exit 143' TERM HUP INT && "
+            f'head -c {size} > "$d/agent.py" && cd "$d" && {exports}{command}')
 
 
 def _agent_command(python: str, level: str, seconds: float | None,
-                   env: dict[str, str] | None = None) -> str:
-    args = f"--level {level} --scale {LEVELS[level].scale:g}" + (
-        f" --seconds {seconds:g}" if seconds else "")
-    return _with_agent_file(env, f'{shlex.quote(python)} "$d/agent.py" {args}')
+                   env: dict[str, str] | None = None, size: int = 0) -> str:
+    lv = LEVELS[level]
+    args = f"--level {level} --scale {lv.scale:g} --watch-stdin --deadline {lv.timeout_s:g}" \
+        + (f" --seconds {seconds:g}" if seconds else "")
+    return _with_agent_file(env, f'{shlex.quote(python)} "$d/agent.py" {args}', size)
 
 
 def _inventory_verdict(node: Node, sku: Sku | None, doc: dict[str, Any],
@@ -212,8 +215,9 @@ def _run_agents(gc: Gpuctl, nodes: list[Node], level: str, seconds: float | None
         except InputError as exc:
             return str(exc), {}
         try:
-            res = run_on_node(target, _agent_command(python, level, seconds, env),
-                              known_hosts=known, stdin_data=script,
+            res = run_on_node(target, _agent_command(python, level, seconds, env,
+                                                     len(script)),
+                              known_hosts=known, stdin_data=script, keep_stdin_open=True,
                               command_timeout=LEVELS[level].timeout_s, max_output=64 << 20)
         except HostKeyChanged as exc:
             why = str(exc).removeprefix(f"{node.name}: ")
@@ -355,14 +359,17 @@ def _backend_verdict(sku: Sku | None, doc: dict[str, Any], host_vars: dict[str, 
 
 
 def _torchrun_command(python: str, nodes: int, procs: int, endpoint: str, is_host: bool,
-                      local_addr: str, run_id: int, env: dict[str, str]) -> str:
+                      local_addr: str, run_id: int, env: dict[str, str], size: int,
+                      deadline_s: float) -> str:
+    # torchrun's workers may not inherit the SSH channel as stdin, so they stop on the
+    # level's deadline only (and gpuctl's Ctrl-C handler pkills them).
     return _with_agent_file(env, (
         f"{shlex.quote(python)} -m torch.distributed.run "
         f"--nnodes={nodes} --nproc-per-node={procs} --rdzv-backend=c10d "
         f"--rdzv-endpoint={shlex.quote(endpoint)} --rdzv-id=gpuctl-burnin-{run_id} "
         f"--rdzv-conf=is_host={int(is_host)},join_timeout=120 "
         f"--local-addr={shlex.quote(local_addr)} --max-restarts=0 "
-        '"$d/agent.py" --multinode'))
+        f'"$d/agent.py" --multinode --deadline {deadline_s:g}'), size)
 
 
 def _multinode(gc: Gpuctl, nodes: list[Node],
@@ -388,7 +395,7 @@ def _multinode(gc: Gpuctl, nodes: list[Node],
         cmd = _torchrun_command(vars_.get("gpuctl_burnin_python", DEFAULT_PYTHON), len(ok),
                                 procs, endpoint, node is first,
                                 vars_.get("gpuctl_fabric_address") or node.address, run_id,
-                                burnin_env(vars_))
+                                burnin_env(vars_), len(script), LEVELS[level].timeout_s)
         target = Target.of(node)
         try:
             res = run_on_node(target, cmd, known_hosts=known, stdin_data=script,

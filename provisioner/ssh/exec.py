@@ -126,12 +126,17 @@ def run_on_node(
     *,
     known_hosts: KnownHosts,
     stdin_data: bytes = b"",
+    keep_stdin_open: bool = False,
     accept_new: bool = False,
     connect_timeout: float = 10.0,
     command_timeout: float = 120.0,
     max_output: int = 16 * 1024 * 1024,
 ) -> ExecResult:
     """Connect, verify the host key, authenticate with the node's key, run ``command``.
+
+    With ``keep_stdin_open`` the command's stdin stays open after ``stdin_data`` until
+    the command ends or this process dies: the remote side reads end-of-file exactly
+    when gpuctl is gone (the burn-in agent's watchdog).
 
     Raises:
         Unreachable: TCP connect or SSH handshake failed or timed out.
@@ -174,7 +179,8 @@ def run_on_node(
             chan.exec_command(command)
             if stdin_data:
                 chan.sendall(stdin_data)
-            chan.shutdown_write()
+            if not keep_stdin_open:
+                chan.shutdown_write()
             stdout, stderr = _read_capped(chan, max_output, deadline, name)
             code = chan.recv_exit_status()
         except (paramiko.SSHException, EOFError, OSError) as exc:

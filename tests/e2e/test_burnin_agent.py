@@ -31,3 +31,44 @@ def test_agent_quick_level_on_cpu() -> None:
     assert ar["value"] == largest["busbw"] == pytest.approx(largest["algbw"] * 1.0)
     assert ar["detail"]["backend"] == "gloo" and ar["detail"]["ranks"] == 2
     assert doc["telemetry"]["available"] is False
+
+
+def _agent_process(*args: str) -> subprocess.Popen[bytes]:
+    import os
+    import subprocess
+    import sys
+
+    from provisioner.burnin import agent
+
+    # Its own session, as sshd gives a command: the watchdog ends the process group.
+    return subprocess.Popen([sys.executable, agent.__file__, "--level", "quick",
+                             "--seconds", "30", "--ranks", "1", *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+
+
+def test_the_agent_stops_when_its_ssh_channel_closes() -> None:
+    import time
+
+    proc = _agent_process("--watch-stdin")
+    time.sleep(3)  # torch imported, tests running
+    assert proc.poll() is None
+    start = time.monotonic()
+    assert proc.stdin is not None
+    proc.stdin.close()  # what the node sees when gpuctl (or sshd) dies
+    proc.wait(timeout=20)
+    assert time.monotonic() - start < 5
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert b"the SSH session closed" in err and proc.returncode != 0
+
+
+def test_the_agent_stops_at_its_deadline() -> None:
+    import time
+
+    start = time.monotonic()
+    proc = _agent_process("--deadline", "3")
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - start < 10
+    assert b"the level's 3 s are up" in err and proc.returncode != 0

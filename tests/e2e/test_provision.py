@@ -89,9 +89,16 @@ def test_provision_failures_rescan_and_second_run(lab, gpuctl, paths) -> None:  
     assert detail["snapshot"]["gpu_count"] == 8
     assert not detail["snapshot"]["nouveau_loaded"]
 
+    # Certified, then provisioned again: nothing changes, so the certificate stands (a
+    # provision --all no longer strips the fleet's certificates).
+    result = gpuctl("burnin", "gpu-node-01", "--duration", "0.1", "--json")
+    assert result.code == 0, result
     code, summary = provision_json(gpuctl, "gpu-node-01")
     assert code == 0 and summary["changed"] == 0
-
+    assert states(gpuctl)["gpu-node-01"] == "certified"
+    history = json.loads(gpuctl("nodes", "show", "gpu-node-01", "--json").out)["events"]
+    assert history[-1]["reason"].endswith("none in the driver, CUDA or fabric manager: "
+                                          "certificate kept"), history[-1]
 
 
 def test_fabric_manager_version_mismatch_is_refused(lab, gpuctl) -> None:  # type: ignore[no-untyped-def]

@@ -101,3 +101,4 @@ def test_memory_test_finds_a_flipped_bit(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(torch.Tensor, "copy_", flaky_copy)
     m = agent.memory_test(torch.device("cpu"), 64)
     assert not m.ok and m.detail["errors"] == 4  # one per 4 Mi-word block of 64 MiB
+

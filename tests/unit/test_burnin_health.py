@@ -185,7 +185,8 @@ def test_burnin_env_is_validated_and_quoted() -> None:
     for bad in ("lower=x", "NOEQUALS", "$(reboot)=1"):
         with pytest.raises(InputError, match="is not NAME=value"):
             burnin_env({"gpuctl_burnin_env": bad})
-    cmd = _torchrun_command("/opt/py", 3, 8, "127.0.0.1:29401", False, "127.0.0.2", 7, {})
+    cmd = _torchrun_command("/opt/py", 3, 8, "127.0.0.1:29401", False, "127.0.0.2", 7, {},
+                            1000, 900)
     assert "--nnodes=3 --nproc-per-node=8 --rdzv-backend=c10d" in cmd
     assert "--rdzv-conf=is_host=0,join_timeout=120 --local-addr=127.0.0.2" in cmd
 
