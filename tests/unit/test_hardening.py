@@ -168,3 +168,33 @@ def test_db_backup_is_a_consistent_copy(gc: Gpuctl, gpuctl, tmp_path: Path) -> N
     line = _one_line_error(gpuctl("--db", "postgresql+psycopg://u:pw@127.0.0.1:1/x", "db",
                                   "backup"))
     assert "pg_dump" in line and "pw" not in line
+
+
+def test_provision_never_reports_success_for_a_node_it_did_not_touch(gc: Gpuctl, gpuctl) -> None:  # type: ignore[no-untyped-def]
+    """Stored bad data that would make the rendered inventory unparsable: the run fails
+    with the reason and every node of it is failed, none `provisioned`."""
+    from provisioner.inventory.lifecycle import State, transition
+
+    fill_fleet(gc.db_url, 4, states=("provisioned",))
+    with gc.session() as session:
+        node = session.exec(select(Node).where(Node.name == "gpu00001")).one()
+        node.name = "gpu00001\n"
+        session.add(node)
+        for n in session.exec(select(Node)):
+            transition(session, n, State.FAILED, actor="t", reason="set-up")
+    result = gpuctl("provision", "gpu00000", "gpu00001\n", "gpu00002")
+    assert result.code == 1 and "stored node 'gpu00001\\n'" in result.err, result
+    listed = {n["name"]: n["state"] for n in json.loads(gpuctl("nodes", "list", "--json").out)}
+    assert set(listed.values()) == {"failed"}, listed
+    runs = json.loads(gpuctl("runs", "list", "--json").out)
+    assert runs[0]["kind"] == "provision" and runs[0]["status"] == "failed"
+
+
+def test_a_node_ansible_reported_nothing_for_fails() -> None:
+    from provisioner.provision.run import NodeProgress, _close_progress
+
+    progress = {"a": NodeProgress("a", status="running", ok=3), "b": NodeProgress("b")}
+    _close_progress(progress, "successful")
+    assert progress["a"].status == "ok"
+    assert (progress["b"].status, progress["b"].reason) == (
+        "failed", "no task ran on this node (ansible-runner successful)")
