@@ -25,9 +25,14 @@ run_pytest() {
 echo "== pytest (SQLite)"
 run_pytest "$@"
 if [ $# -eq 0 ]; then
-  # The end-to-end tests (and the schema check and the run scaffold's recovery) once
-  # more, against a real PostgreSQL server the suite starts itself.
+  # What touches the database once more, against a real PostgreSQL server the suite
+  # starts itself: the end-to-end runs (scan, provision, burn-in, crash recovery with
+  # two control hosts, concurrent writers, hardening), the schema and the run scaffold.
+  # Left out, as they read or write no more than on SQLite: the agent alone, the lab
+  # alone, the report in a browser, the dashboard in tmux, hostile input files.
   echo "== pytest (PostgreSQL)"
-  GPUCTL_TEST_DB=postgresql run_pytest tests/e2e tests/unit/test_migrations.py \
-    tests/unit/test_runs.py
+  GPUCTL_TEST_DB=postgresql run_pytest tests/e2e/test_scan.py tests/e2e/test_provision.py \
+    tests/e2e/test_burnin.py tests/e2e/test_recovery.py tests/e2e/test_db_concurrent.py \
+    tests/e2e/test_hardening.py tests/unit/test_migrations.py tests/unit/test_runs.py \
+    tests/unit/test_fleet.py
 fi
