@@ -245,10 +245,10 @@ class RunScope:
         self._settle(status, why)
 
     def _derived(self) -> RunStatus:
+        """From the per-node outcomes the body reported (none reported: ok)."""
         oks = list(self.node_ok.values())
-        if not oks or all(oks):
-            return RunStatus.OK if len(oks) == len(self.nodes) or not self.nodes \
-                else RunStatus.PARTIAL
+        if all(oks):
+            return RunStatus.OK
         return RunStatus.PARTIAL if any(oks) else RunStatus.FAILED
 
     def _settle(self, status: str, why: str) -> None:

@@ -109,6 +109,7 @@ def hand_off(gc: Gpuctl, target: str, names: list[str], sku: str | None, *,
     with RunScope(gc, "handoff", args, rows) as run:
         written = write(HandoffInput(chosen, fleet))  # type: ignore[arg-type]
         moved = 0 if dry_run else mark_in_service(gc, chosen, target, run.run_id)
+        run.node_ok = {n.name: True for n in chosen}
         run.summary = {"handed_off": [n.name for n in chosen], "moved": moved,
                        "written": written}
     return HandoffResult(target, run.run_id, [n.name for n in chosen], skipped, written, moved)

@@ -155,6 +155,8 @@ def test_handoff_cli_moves_certified_nodes_in_service(fleet: Gpuctl, gpuctl, tmp
     assert "skipped gpu00000: certificate expired" in result.err
     assert "2 nodes" in result.err and "2 moved to in-service" in result.err
     assert _state(fleet, "gpu00001") == "in-service"
+    runs = json.loads(gpuctl("runs", "list", "--kind", "handoff", "--json").out)
+    assert [(r["status"], r["summary"]["moved"]) for r in runs] == [("ok", 2), ("ok", 0)]
     result = gpuctl("handoff", "k8s", "gpu00002")
     assert result.code == 1 and "gpu00002: quarantined, not certified" in result.err
 
