@@ -417,24 +417,39 @@ class Telemetry:
             self.sample()
 
 
-def kernel_xid_lines() -> list[str]:
-    """The kernel log's ``NVRM: Xid`` lines (the last 1000), from dmesg or the journal."""
+def kernel_log() -> dict[str, Any]:
+    """The kernel log's ``NVRM: Xid`` lines (the last 1000), from dmesg or the journal,
+    with the source that answered; ``source`` None, and why, when neither could be read.
+
+    A kernel log is never empty on a booted machine, so an answer with no line in it
+    (``journalctl`` without a journal prints "No journal files were found" and exits 0)
+    counts as unreadable: the control host then fails the XID check instead of passing
+    an empty list."""
+    tried = []
     for cmd in (["dmesg"], ["journalctl", "-k", "-b", "-o", "short-monotonic", "--no-pager"]):
         try:
             proc = subprocess.run(cmd, capture_output=True, timeout=60, check=False)
-        except (OSError, subprocess.TimeoutExpired):
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            tried.append(f"{cmd[0]}: {type(exc).__name__}: {exc}"[:200])
             continue
-        if proc.returncode == 0:
-            text = proc.stdout[-(32 << 20):].decode("utf-8", "replace")
-            return [line for line in text.splitlines() if "NVRM: Xid" in line][-1000:]
-    return []
+        text = proc.stdout[-(32 << 20):].decode("utf-8", "replace")
+        lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("-- ")]
+        if proc.returncode == 0 and lines and "No journal files were found" not in text:
+            return {"source": cmd[0], "lines": len(lines),
+                    "xid_lines": [ln for ln in lines if "NVRM: Xid" in ln][-1000:]}
+        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [
+            "no kernel messages" if proc.returncode == 0 else f"exit {proc.returncode}"]
+        tried.append(f"{cmd[0]}: {err[0]}"[:200])
+    return {"source": None, "error": "; ".join(tried), "xid_lines": []}
 
 
 def health_snapshot() -> dict[str, Any]:
     """What the control host compares before and after the tests: ``nvidia-smi -q -x``
     (ECC counters, row remapping, throttle reasons, temperatures; parsed there, not here)
-    and the kernel's XID lines."""
-    return {"t": time.time(), "smi_xml": _smi(["-q", "-x"], 120), "xid_lines": kernel_xid_lines()}
+    and the kernel's XID lines (with where they came from)."""
+    log = kernel_log()
+    return {"t": time.time(), "smi_xml": _smi(["-q", "-x"], 120),
+            "xid_lines": log.pop("xid_lines"), "kernel_log": log}
 
 
 NVLINK_MAX_LINKS = 18  # NVML_NVLINK_MAX_LINKS

@@ -46,6 +46,21 @@ def throttle_names(mask: int) -> list[str]:
     return [name for bit, name in BAD_THROTTLE.items() if mask & bit]
 
 
+def _kernel_log_verdicts(health: dict[str, Any]) -> list[Verdict]:
+    """The XID check reads the kernel log before and after the tests; if either could not
+    be read, the check fails with why (it never passes on an empty list it did not see)."""
+    broken = []
+    for when in ("before", "after"):
+        log = as_dict(as_dict(health.get(when)).get("kernel_log"))
+        if not log.get("source"):
+            broken.append(f"{when}: {log.get('error') or 'the agent reported no kernel log'}")
+    if not broken:
+        return []
+    return [Verdict("kernel_log", None, None, "", None, False,
+                    "kernel_log on node: the kernel log could not be read, so XIDs cannot be "
+                    "checked (" + "; ".join(broken)[:300] + ")")]
+
+
 def health_verdicts(doc: dict[str, Any], profile: dict[str, Any]) -> list[Verdict]:
     """Verdicts per GPU from the agent document's ``health``, ``telemetry`` and ``nvlink``
     sections. A node without an NVIDIA driver (no snapshot) gets none."""
@@ -58,6 +73,7 @@ def health_verdicts(doc: dict[str, Any], profile: dict[str, Any]) -> list[Verdic
                                "gpu_health on node: nvidia-smi stopped answering during "
                                "burn-in"))
         return out
+    out += _kernel_log_verdicts(health)
     limits = profile.get("telemetry") or {}
     max_temp = limits.get("max_temp_c")
     by_bus = {bus_key(g.pci_bus_id): g.index for g in after}

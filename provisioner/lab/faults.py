@@ -25,6 +25,8 @@ FAULTS = {
     "sdc": "every third matrix product on the node comes out with one wrong element",
     "slow-gpu": "matrix products on the node run far slower than on its peers",
     "nvlink-down": "NVLink link 3 of GPU 4 is inactive",
+    "kernel-log-unreadable": "dmesg is refused (as under kernel.dmesg_restrict) and there "
+                             "is no journal to read instead",
 }
 # Which repository copy a node gets: faults that change what the node's repo serves.
 REPO_VARIANTS = {"package-install-failure": "fail-build",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import sysconfig
 from pathlib import Path
@@ -13,9 +14,22 @@ from provisioner.lab.profiles import get_profile
 
 STANDIN_SMI = Path(__file__).with_name("standin_smi.py")
 DMESG = """#!/bin/sh
-# gpuctl lab stand-in dmesg: the node's own kernel log, not the host's.
+# gpuctl lab stand-in dmesg: the node's own kernel log, not the host's. With the
+# kernel-log-unreadable fault it fails as util-linux's dmesg does for a user that
+# kernel.dmesg_restrict keeps out.
+if [ -e /etc/gpuctl-lab/kmsg-unreadable ]; then
+    echo "dmesg: read kernel buffer failed: Operation not permitted" >&2
+    exit 1
+fi
 cat /etc/gpuctl-lab/kmsg 2>/dev/null
 """
+NO_JOURNAL = """#!/bin/sh
+echo "No journal files were found." >&2
+echo "-- No entries --"
+"""
+# A booted kernel's log is never empty: its first lines, as every kernel prints them.
+BOOT_LOG = ("Linux version {release} (gpuctl lab node)",
+            "Command line: BOOT_IMAGE=/boot/vmlinuz-{release} root=/dev/sda1 ro quiet")
 GEN_SPEED = {1: "2.5 GT/s PCIe", 2: "5.0 GT/s PCIe", 3: "8.0 GT/s PCIe", 4: "16.0 GT/s PCIe",
              5: "32.0 GT/s PCIe", 6: "64.0 GT/s PCIe"}
 
@@ -178,9 +192,11 @@ def node_files(spec: dict[str, Any]) -> dict[str, tuple[bytes, int]]:
     }
     files: dict[str, tuple[bytes, int]] = {
         "/etc/gpuctl-lab/gpus.json": (json.dumps(state, indent=1).encode(), 0o644),
-        "/etc/gpuctl-lab/kmsg": ("".join(
+        "/etc/gpuctl-lab/kmsg": (("".join(
+            f"[    0.00000{i}] {line.format(release=platform.release())}\n"
+            for i, line in enumerate(BOOT_LOG)) + "".join(
             f"[{1000 + i * 7}.123456] {line}\n" for i, line in enumerate(spec["kmsg"])
-        ).encode(), 0o644),
+        )).encode(), 0o644),
         "/usr/bin/dmesg": (DMESG.encode(), 0o755),
         "/etc/machine-id": (spec["machine_id"].encode() + b"\n", 0o444),
         "/var/lib/dbus/machine-id": (spec["machine_id"].encode() + b"\n", 0o444),
@@ -201,6 +217,11 @@ def node_files(spec: dict[str, Any]) -> dict[str, tuple[bytes, int]]:
             files[f"{site}/sitecustomize.py"] = (
                 COMPUTE_FAULT.format(kind=kind, bus=bus).encode(), 0o644)
             break
+    if "kernel-log-unreadable" in spec["faults"]:
+        files["/etc/gpuctl-lab/kmsg-unreadable"] = (b"", 0o644)
+        # And no journal to fall back on, as on a host without a persistent journal:
+        # what systemd's journalctl prints there (and exits 0).
+        files["/usr/bin/journalctl"] = (NO_JOURNAL.encode(), 0o755)
     if "unsupported-os" in spec["faults"]:
         files["/etc/os-release"] = (UNSUPPORTED_OS.encode(), 0o644)
     if spec.get("smi_xml"):

@@ -145,3 +145,20 @@ def test_removal_respects_runs_and_a_scan_reports_a_vanished_node(  # type: igno
         names = [n.name for n in session.exec(select(Node))]
         run = session.exec(select(Run).where(Run.kind == "scan")).all()[-1]
     assert names == ["gpu-node-01"] and run.status == "partial"
+
+
+def test_an_unreadable_kernel_log_fails_the_xid_check(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
+    """Neither dmesg nor the journal can be read: the XID check fails with why (it used
+    to pass on the empty list it never saw)."""
+    lab.up(1, "--driver", "--fault", "gpu-node-01:kernel-log-unreadable")
+    assert gpuctl("scan", "--all", "--accept-new").code == 0
+    _provisioned(paths, "gpu-node-01")
+    result = gpuctl("burnin", "gpu-node-01", "--duration", "0.1", "--json")
+    assert result.code == 3, result
+    [node] = json.loads(result.out)["nodes"]
+    failures = " ".join(node["failures"])
+    assert node["verdict"] == "fail" and "kernel_log on node: the kernel log could not be " \
+        "read" in failures, failures
+    assert "dmesg: read kernel buffer failed: Operation not permitted" in failures
+    assert "journalctl: No journal files were found." in failures
+    assert _nodes(gpuctl)["gpu-node-01"]["state"] == "quarantined"

@@ -42,8 +42,11 @@ def _doc(before: list[dict[str, Any]], after: list[dict[str, Any]] | None = None
          xid_before: list[str] | None = None, xid_after: list[str] | None = None,
          samples: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     after = before if after is None else after
-    return {"health": {"before": {"smi_xml": _xml(before), "xid_lines": xid_before or []},
-                       "after": {"smi_xml": _xml(after), "xid_lines": xid_after or []}},
+    log = {"source": "dmesg", "lines": 900}  # a readable kernel log
+    return {"health": {"before": {"smi_xml": _xml(before), "xid_lines": xid_before or [],
+                                  "kernel_log": log},
+                       "after": {"smi_xml": _xml(after), "xid_lines": xid_after or [],
+                                 "kernel_log": log}},
             "telemetry": {"samples": samples or []}, "nvlink": None}
 
 
@@ -278,3 +281,15 @@ def test_inventory_checks_count_model_and_memory() -> None:
     v = _inventory_verdict(node, sku, {"inventory": [{"name": "NVIDIA H100 PCIe",
                                                       "memory_mib": 81559}] * 8}, profile)
     assert v.reason == "inventory: unexpected model NVIDIA H100 PCIe"
+
+
+def test_an_unreadable_kernel_log_fails_closed() -> None:
+    doc = _doc([_gpu(0), _gpu(1)])
+    assert _failures(doc) == []
+    doc["health"]["after"]["kernel_log"] = {"source": None, "error": "dmesg: denied"}
+    bad = [v for v in health_verdicts(doc, PROFILE) if not v.passed]
+    assert [v.test for v in bad] == ["kernel_log"]
+    assert bad[0].reason.endswith("XIDs cannot be checked (after: dmesg: denied)")
+    del doc["health"]["before"]["kernel_log"]  # an agent that said nothing about it
+    assert "before: the agent reported no kernel log" in " ".join(
+        v.reason for v in health_verdicts(doc, PROFILE) if not v.passed)
