@@ -15,20 +15,23 @@ TESTS = {
     2: [("Integration", ["PCIe"]), ("Hardware", ["GPU Memory"])],
     3: [("Stress", ["Targeted Stress", "Targeted Power", "Memory Bandwidth"]),
         ("Hardware", ["Diagnostic"])],
+    # Level 4 (extended) adds DCGM's memtest and pulse test.
+    4: [("Hardware", ["Memtest"]), ("Stress", ["Pulse Test"])],
 }
 
 
 def gpu_result(test, g):
     """Pass, or Fail with DCGM-like warnings, for one GPU."""
     fail = None
-    if test in ("GPU Memory", "Page Retirement/Row Remap") and (
+    if test in ("GPU Memory", "Page Retirement/Row Remap", "Memtest") and (
             g.get("ecc_dram_uncorrectable") or g.get("remap_failure")):
         fail = (95, "Uncorrectable DRAM ECC errors or row remap failure detected on GPU %d"
                 % g["index"])
     elif test == "PCIe" and g["pcie_width_current"] < g["pcie_width_max"]:
         fail = (8, "GPU %d PCIe link width x%d is below its maximum x%d"
                 % (g["index"], g["pcie_width_current"], g["pcie_width_max"]))
-    elif test in ("Targeted Stress", "Targeted Power", "Diagnostic") and g["thermal_slowdown"]:
+    elif test in ("Targeted Stress", "Targeted Power", "Diagnostic", "Pulse Test") and \
+            g["thermal_slowdown"]:
         fail = (43, "Thermal violations totaling 12.5 seconds for GPU %d" % g["index"])
     out = {"gpu_id": str(g["index"]), "status": "Fail" if fail else "Pass"}
     if fail:
@@ -40,7 +43,10 @@ def diag(level, as_json):
     with open(STATE) as fh:
         gpus = json.load(fh)["gpus"]
     cats = []
-    for lvl in range(1, min(level, 3) + 1):
+    if level not in TESTS:
+        print("Error: invalid run level %s (1-4)" % level, file=sys.stderr)
+        return 1
+    for lvl in range(1, level + 1):
         for cat, names in TESTS[lvl]:
             tests = []
             for name in names:

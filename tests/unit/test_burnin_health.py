@@ -293,3 +293,25 @@ def test_an_unreadable_kernel_log_fails_closed() -> None:
     del doc["health"]["before"]["kernel_log"]  # an agent that said nothing about it
     assert "before: the agent reported no kernel log" in " ".join(
         v.reason for v in health_verdicts(doc, PROFILE) if not v.passed)
+
+
+def test_extended_runs_dcgm_level_4_and_the_stand_in_answers_it(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import io
+    import json as json_
+    from contextlib import redirect_stdout
+
+    from provisioner.burnin.dcgm import dcgm_command
+    from provisioner.lab import standin_dcgmi
+
+    assert [dcgm_command(lv) for lv in ("quick", "standard", "extended")] == [
+        "dcgmi diag -r 1 --json", "dcgmi diag -r 2 --json", "dcgmi diag -r 4 --json"]
+    state = tmp_path / "gpus.json"
+    state.write_text(json_.dumps({"gpus": [_gpu(0), _gpu(1, ecc_dram_uncorrectable=2)]}))
+    monkeypatch.setattr(standin_dcgmi, "STATE", str(state))
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert standin_dcgmi.main(["diag", "-r", "4", "--json"]) == 226
+    verdicts = dcgm_verdicts({"exit_code": 226, "output": json_.loads(out.getvalue())})
+    failed = {(v.test, v.device) for v in verdicts if not v.passed}
+    assert ("dcgm_memtest", 1) in failed and ("dcgm_pulse_test", 0) not in failed
+    assert standin_dcgmi.main(["diag", "-r", "5", "--json"]) == 1
