@@ -23,7 +23,8 @@ from provisioner.project import project_dir
 
 # Every part a SKU file must have, and the keys each part must hold.
 PARTS: dict[str, tuple[str, ...]] = {
-    "gpu": ("model_match", "model_exclude", "count", "memory_mib_min", "family", "compute"),
+    "gpu": ("model_match", "model_exclude", "count", "memory_mib_min", "family", "compute",
+            "ecc_required"),
     "fabric": ("nvswitch", "nvlink_links"),
     "slurm": ("gres_type",),
     "provision": (),
@@ -82,7 +83,8 @@ class Sku:
         if self.fabric.get("nvlink_links"):
             telemetry["nvlink_links"] = int(self.fabric["nvlink_links"])
         return {**self.burnin, "telemetry": telemetry,
-                "gpu_memory_mib_min": self.gpu.get("memory_mib_min") or None}
+                "gpu_memory_mib_min": self.gpu.get("memory_mib_min") or None,
+                "ecc_required": bool(self.gpu.get("ecc_required"))}
 
 
 def _parse(path: Path) -> Sku:

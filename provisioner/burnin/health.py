@@ -99,6 +99,13 @@ def health_verdicts(doc: dict[str, Any], profile: dict[str, Any]) -> list[Verdic
 
     for g in after:
         i = g.index
+        if profile.get("ecc_required"):
+            modes = {g.ecc_mode, g.ecc_mode_pending}
+            ok = modes == {"Enabled"}
+            out.append(Verdict("ecc_mode", i, None, str(g.ecc_mode), None, ok,
+                               "" if ok else f"ecc_mode on GPU {i}: ECC is {g.ecc_mode} "
+                               f"(pending {g.ecc_mode_pending}); its SKU requires it on: "
+                               "`nvidia-smi -i N -e 1`, then reset the GPU or reboot"))
         mine = xids.pop(i, [])
         out.append(Verdict("xid", i, float(len(mine)), "events", 0.0, not mine,
                            "" if not mine else f"xid on GPU {i}: XID {mine[0]['xid']} during "

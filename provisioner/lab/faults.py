@@ -25,13 +25,14 @@ FAULTS = {
     "sdc": "every third matrix product on the node comes out with one wrong element",
     "slow-gpu": "matrix products on the node run far slower than on its peers",
     "nvlink-down": "NVLink link 3 of GPU 4 is inactive",
+    "ecc-disabled": "GPU 5 runs with ECC disabled (current and pending)",
     "kernel-log-unreadable": "dmesg is refused (as under kernel.dmesg_restrict) and there "
                              "is no journal to read instead",
 }
 # Which repository copy a node gets: faults that change what the node's repo serves.
 REPO_VARIANTS = {"package-install-failure": "fail-build",
                  "fabricmanager-mismatch": "fm-skew", "repo-unreachable": None}
-GPU_FAULTS = {"gpu-missing", "pcie-downgrade", "xid", "ecc-uncorrectable",
+GPU_FAULTS = {"gpu-missing", "pcie-downgrade", "xid", "ecc-uncorrectable", "ecc-disabled",
               "row-remap-failure", "thermal-throttle", "garbage-output", "sdc", "slow-gpu",
               "nvlink-down"}
 
@@ -74,6 +75,8 @@ def apply_fault(spec: dict[str, Any], kind: str) -> None:
                             "GPU has fallen off the bus.")
     elif kind == "ecc-uncorrectable":
         gpu(1)["ecc_dram_uncorrectable"] = 2
+    elif kind == "ecc-disabled":
+        gpu(5)["ecc_mode"] = "Disabled"
     elif kind == "row-remap-failure":
         g = gpu(2)
         g.update(remapped_rows=True, remap_failure=True, remap_unc=1)

@@ -101,7 +101,10 @@ def gpu_xml(g, st):
             <free>{g['memory_mib']} MiB</free>
         </fb_memory_usage>
         <compute_mode>Default</compute_mode>
-        <ecc_mode><current_ecc>Enabled</current_ecc><pending_ecc>Enabled</pending_ecc></ecc_mode>
+        <ecc_mode>
+            <current_ecc>{g.get('ecc_mode', 'Enabled')}</current_ecc>
+            <pending_ecc>{g.get('ecc_mode', 'Enabled')}</pending_ecc>
+        </ecc_mode>
         <ecc_errors>
             <volatile>
                 <sram_correctable>0</sram_correctable>

@@ -53,6 +53,7 @@ class SmiGpu:
     power_limit_w: float | None
     thermal_slowdown: bool | None
     mig_devices: int = 0
+    ecc_mode_pending: str | None = None  # what ECC will be after the next reset
 
 
 @dataclass
@@ -136,6 +137,7 @@ def _gpu(index: int, gpu: Element) -> SmiGpu:
         pcie_width_current=_int(link, "link_widths/current_link_width"),
         pcie_width_max=_int(link, "link_widths/max_link_width"),
         ecc_mode=_text(gpu, "ecc_mode/current_ecc"),
+        ecc_mode_pending=_text(gpu, "ecc_mode/pending_ecc"),
         mig_mode=_text(gpu, "mig_mode/current_mig"),
         retired_pages_sbe=_int(gpu, "retired_pages/multiple_single_bit_retirement/retired_count"),
         retired_pages_dbe=_int(gpu, "retired_pages/double_bit_retirement/retired_count"),

@@ -34,7 +34,9 @@ def store_snapshot(session: Session, node: Node, facts: HardwareFacts, run_id: i
     session.flush()
     assert snap.id is not None
     for gpu in facts.gpus:
-        fields = {k: v for k, v in gpu.__dict__.items() if k != "mig_devices"}
+        # Facts the burn-in reads but the Gpu table does not keep.
+        fields = {k: v for k, v in gpu.__dict__.items()
+                  if k not in ("mig_devices", "ecc_mode_pending")}
         session.add(Gpu(snapshot_id=snap.id, node_id=node.id,
                         driver_version=facts.driver_version, **fields))
     for nic in facts.nics:

@@ -147,18 +147,23 @@ def test_removal_respects_runs_and_a_scan_reports_a_vanished_node(  # type: igno
     assert names == ["gpu-node-01"] and run.status == "partial"
 
 
-def test_an_unreadable_kernel_log_fails_the_xid_check(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
+def test_health_checks_fail_closed(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
     """Neither dmesg nor the journal can be read: the XID check fails with why (it used
-    to pass on the empty list it never saw)."""
-    lab.up(1, "--driver", "--fault", "gpu-node-01:kernel-log-unreadable")
+    to pass on the empty list it never saw). A GPU with ECC off fails on a SKU that
+    requires it (it used to read as 0 errors and pass)."""
+    lab.up(2, "--driver", "--fault", "gpu-node-01:kernel-log-unreadable",
+           "--fault", "gpu-node-02:ecc-disabled")
     assert gpuctl("scan", "--all", "--accept-new").code == 0
-    _provisioned(paths, "gpu-node-01")
-    result = gpuctl("burnin", "gpu-node-01", "--duration", "0.1", "--json")
+    _provisioned(paths, "gpu-node-01", "gpu-node-02")
+    result = gpuctl("burnin", "--all", "--duration", "0.1", "--parallel", "1", "--json")
     assert result.code == 3, result
-    [node] = json.loads(result.out)["nodes"]
-    failures = " ".join(node["failures"])
-    assert node["verdict"] == "fail" and "kernel_log on node: the kernel log could not be " \
-        "read" in failures, failures
-    assert "dmesg: read kernel buffer failed: Operation not permitted" in failures
-    assert "journalctl: No journal files were found." in failures
-    assert _nodes(gpuctl)["gpu-node-01"]["state"] == "quarantined"
+    nodes = {n["name"]: n for n in json.loads(result.out)["nodes"]}
+    log = " ".join(nodes["gpu-node-01"]["failures"])
+    assert "kernel_log on node: the kernel log could not be read" in log, log
+    assert "dmesg: read kernel buffer failed: Operation not permitted" in log
+    assert "journalctl: No journal files were found." in log
+    assert nodes["gpu-node-02"]["failures"] == [
+        "ecc_mode on GPU 5: ECC is Disabled (pending Disabled); its SKU requires it on: "
+        "`nvidia-smi -i N -e 1`, then reset the GPU or reboot"], nodes["gpu-node-02"]
+    states = {n: v["state"] for n, v in _nodes(gpuctl).items()}
+    assert states == {"gpu-node-01": "quarantined", "gpu-node-02": "quarantined"}

@@ -315,3 +315,12 @@ def test_extended_runs_dcgm_level_4_and_the_stand_in_answers_it(tmp_path, monkey
     failed = {(v.test, v.device) for v in verdicts if not v.passed}
     assert ("dcgm_memtest", 1) in failed and ("dcgm_pulse_test", 0) not in failed
     assert standin_dcgmi.main(["diag", "-r", "5", "--json"]) == 1
+
+
+def test_ecc_must_be_on_now_and_after_the_next_reset() -> None:
+    doc = _doc([_gpu(0), _gpu(1, ecc_mode="Disabled")])
+    strict = {**PROFILE, "ecc_required": True}
+    bad = [v for v in health_verdicts(doc, strict) if not v.passed]
+    assert [(v.test, v.device) for v in bad] == [("ecc_mode", 1)]
+    assert bad[0].reason.startswith("ecc_mode on GPU 1: ECC is Disabled (pending Disabled)")
+    assert not [v for v in health_verdicts(doc, PROFILE) if v.test == "ecc_mode"]
