@@ -7,7 +7,8 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -39,6 +40,17 @@ def lab(gpuctl: Any, paths: Paths) -> Iterator[LabHandle]:
     handle = LabHandle(gpuctl, paths)
     yield handle
     handle.lab.down()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 120,
+             interval: float = 0.1) -> None:
+    """Poll ``predicate`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting")
 
 
 def scan_json(gpuctl: Any, *args: str) -> tuple[int, dict[str, Any]]:

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,18 +20,11 @@ from provisioner.db.models import Node, Run, TaskResult
 from provisioner.handle import Gpuctl
 from provisioner.inventory.lifecycle import State, get_node, transition
 from provisioner.inventory.registry import NodeSpec, add_nodes
+from tests.e2e.conftest import wait_for
 
 pytestmark = pytest.mark.e2e
 AGENTS = "[/]tmp/gpuctl-burnin[.]"  # the agents' temp dirs in their command lines
 
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting")
 
 
 def _provisioned(paths: Any, *names: str) -> None:
@@ -93,12 +85,12 @@ def test_agents_stop_when_gpuctl_is_killed(lab, gpuctl, paths) -> None:  # type:
                              "--duration", "120"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, "GPUCTL_HOME": str(paths.home)})
-    _wait_for(lambda: bool(_agents()))
+    wait_for(lambda: bool(_agents()))
     time.sleep(2)  # well into its tests
     proc.send_signal(signal.SIGKILL)  # gpuctl only: the agent runs on the node
     proc.wait(timeout=30)
     start = time.monotonic()
-    _wait_for(lambda: not _agents(), timeout=30)
+    wait_for(lambda: not _agents(), timeout=30)
     assert time.monotonic() - start < 15
     assert gpuctl("runs", "recover").code == 0
 
@@ -112,7 +104,7 @@ def test_removal_respects_runs_and_a_scan_reports_a_vanished_node(  # type: igno
                              "--duration", "1", "--json"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "GPUCTL_HOME": str(paths.home)})
-    _wait_for(lambda: _nodes(gpuctl)["gpu-node-01"]["state"] == "burning-in")
+    wait_for(lambda: _nodes(gpuctl)["gpu-node-01"]["state"] == "burning-in")
     result = gpuctl("nodes", "remove", "gpu-node-01", "--yes")
     assert result.code == 1 and "gpu-node-01 is held by run" in result.err
     out, err = proc.communicate(timeout=300)
@@ -133,7 +125,7 @@ def test_removal_respects_runs_and_a_scan_reports_a_vanished_node(  # type: igno
             return bool(session.exec(select(Run).where(Run.kind == "scan",
                                                        Run.status == "running")).all())
 
-    _wait_for(scan_running)
+    wait_for(scan_running)
     assert gpuctl("nodes", "remove", "silent", "--yes").code == 0
     out, err = scan.communicate(timeout=60)
     assert scan.returncode == 3, err

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from sqlmodel import col, select
 
 from provisioner.db.engine import session_scope
 from provisioner.db.models import NodeLock, Run, TaskResult
-from tests.e2e.conftest import scan_json
+from tests.e2e.conftest import scan_json, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -152,20 +151,12 @@ def _start(paths: Path, *args: str) -> subprocess.Popen[str]:
                             env={**os.environ, "GPUCTL_HOME": str(paths)})
 
 
-def _wait_for(predicate, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting")
-
 
 def test_second_run_on_same_node_is_refused(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
     lab.up(1)
     scan_json(gpuctl, "--all", "--accept-new")
     first = _start(paths.home, "gpu-node-01")
-    _wait_for(lambda: held_nodes(paths.db_url))
+    wait_for(lambda: held_nodes(paths.db_url))
     second = gpuctl("provision", "gpu-node-01")
     assert second.code == 1, second
     assert "gpu-node-01 is held by provision run" in second.err and "pid" in second.err
@@ -183,7 +174,7 @@ def test_sigint_stops_ansible_and_keeps_results(lab, gpuctl, paths) -> None:  # 
         with session_scope(paths.db_url) as session:
             return len(session.exec(select(TaskResult)).all()) >= 5
 
-    _wait_for(some_results)
+    wait_for(some_results)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 3, (out, err)

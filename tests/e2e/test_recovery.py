@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,18 +23,11 @@ from provisioner.db.engine import session_scope
 from provisioner.db.models import Node, NodeLock, Run, TaskResult
 from provisioner.handle import Gpuctl
 from provisioner.inventory.registry import NodeSpec, add_nodes
+from tests.e2e.conftest import wait_for
 
 pytestmark = pytest.mark.e2e
 IN_PROGRESS = {"provisioning", "burning-in"}
 
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting")
 
 
 class Killable:
@@ -100,7 +92,7 @@ def test_sigkill_mid_scan_provision_and_burnin_then_recovery(lab, gpuctl, paths,
     def two_stored() -> bool:
         return list(_rows(paths)[0].values()).count("discovered") == 2
 
-    _wait_for(two_stored)
+    wait_for(two_stored)
     run_id = _running(paths, "scan")
     assert run_id
     proc.kill()
@@ -115,7 +107,7 @@ def test_sigkill_mid_scan_provision_and_burnin_then_recovery(lab, gpuctl, paths,
         with session_scope(paths.db_url) as session:
             return len(session.exec(select(TaskResult)).all()) >= 2
 
-    _wait_for(provisioning)
+    wait_for(provisioning)
     assert set(_rows(paths)[0].values()) == {"provisioning"}
     run_id = _running(paths, "provision")
     proc.kill()
@@ -153,7 +145,7 @@ def test_sigkill_mid_scan_provision_and_burnin_then_recovery(lab, gpuctl, paths,
 
     # Mid-burn-in, then `gpuctl runs recover`.
     proc = Killable(paths, ["burnin", "gpu-node-01", "gpu-node-02", "--duration", "5"])
-    _wait_for(lambda: set(_rows(paths)[0].values()) == {"burning-in"})
+    wait_for(lambda: set(_rows(paths)[0].values()) == {"burning-in"})
     run_id = _running(paths, "burnin")
     proc.kill()
     result = gpuctl("runs", "recover")
@@ -174,7 +166,7 @@ def test_a_run_dead_on_another_control_host_is_recovered_after_its_lease(
         with session_scope(paths.db_url) as session:
             return len(session.exec(select(TaskResult)).all()) >= 1
 
-    _wait_for(provisioning)
+    wait_for(provisioning)
     proc.kill()
     run = [r for r in _rows(paths)[2] if r.kind == "provision"][-1]
     assert run.host == "ctl-b" and run.status == "running"
