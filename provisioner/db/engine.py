@@ -92,10 +92,12 @@ def get_engine(url: str, *, create: bool = False) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True)
     try:
-        if not create and _schema_version(engine) is None:
+        version = _schema_version(engine)
+        if not create and version is None:
             engine.dispose()
             raise GpuctlError(f"database {redact_url(url)} has no gpuctl schema; {INIT_HINT}")
-        migrate(engine)
+        if version != head_revision():  # one query when current (every command opens it)
+            migrate(engine)
     except OperationalError as exc:
         engine.dispose()
         if path is not None and _is_corruption(exc):
