@@ -135,11 +135,6 @@ def catalogue(paths: Paths | None = None) -> dict[str, Sku]:
                        for name, path in sorted(found.items())))
 
 
-def get_sku(paths: Paths | None, name: str | None) -> Sku | None:
-    """The SKU called ``name``, or None for an unknown or missing name."""
-    return catalogue(paths).get(name or "")
-
-
 def infer_sku(skus: dict[str, Sku], models: list[str | None]) -> str | None:
     """The SKU whose model and GPU count match the GPUs seen (None if none does):
     no GPUs is ``cpu-only``."""

@@ -43,6 +43,7 @@ class Gpuctl:
     paths: Paths
     actor: str = field(default_factory=current_actor)
     host: str = field(default_factory=socket.gethostname)
+    _skus: dict[str, Sku] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_env(cls, db: str | None = None) -> Gpuctl:
@@ -80,10 +81,13 @@ class Gpuctl:
         return get_engine(self.db_url)
 
     def skus(self) -> dict[str, Sku]:
-        """The SKU catalogue, site files included (see ``provisioner.catalogue``)."""
-        from provisioner.catalogue import catalogue  # noqa: PLC0415  (yaml: lazily)
+        """The SKU catalogue, site files included (see ``provisioner.catalogue``). Read
+        once per handle: a scan asks for it for every node it stores."""
+        if self._skus is None:
+            from provisioner.catalogue import catalogue  # noqa: PLC0415  (yaml: lazily)
 
-        return catalogue(self.paths)
+            self._skus = catalogue(self.paths)
+        return self._skus
 
     def sku(self, name: str | None) -> Sku | None:
         """The SKU called ``name``; None when the node's SKU is unknown."""

@@ -261,11 +261,11 @@ def test_nvml_paths(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_inventory_checks_count_model_and_memory() -> None:
     from provisioner.burnin.run import _inventory_verdict
-    from provisioner.catalogue import get_sku
+    from provisioner.catalogue import catalogue
     from provisioner.db.models import Node
 
     node = Node(name="n", address="127.0.0.1", sku="h100-sxm-8")
-    sku = get_sku(None, "h100-sxm-8")
+    sku = catalogue()["h100-sxm-8"]
     profile = {"tests": {}, "gpu_memory_mib_min": 81000}
     h100 = {"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559}
     assert _inventory_verdict(node, sku, {"inventory": [h100] * 8}, profile).passed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from provisioner.catalogue import get_sku
+from provisioner.catalogue import catalogue
 from provisioner.probe.facts import HardwareFacts, parse_probe_output
 from provisioner.scan.findings import drift_findings, health_findings, new_only
 from tests.conftest import DATA
@@ -29,13 +29,13 @@ def kinds(findings: list[Any], severity: str | None = None) -> list[str]:
 
 
 def test_row_remap_failure_is_critical() -> None:
-    found = health_findings(facts(), get_sku(None, "h100-sxm-8"))
+    found = health_findings(facts(), catalogue()["h100-sxm-8"])
     assert kinds(found, "critical") == ["row-remap-failure"]
     assert "GPU 2 (00000000:3a:00.0)" in found[0].message
 
 
 def test_gpu_missing_from_pci_versus_sku() -> None:
-    found = health_findings(facts(buses=BUSES[:7]), get_sku(None, "h100-sxm-8"))
+    found = health_findings(facts(buses=BUSES[:7]), catalogue()["h100-sxm-8"])
     assert "7 of 8 GPUs on the PCI bus" in [f.message for f in found
                                            if f.kind == "gpu-missing"][0]
 
@@ -43,7 +43,7 @@ def test_gpu_missing_from_pci_versus_sku() -> None:
 def test_gpu_on_pci_but_not_seen_by_driver() -> None:
     xml = H100_XML.replace('<gpu id="00000000:DB:00.0">', '<gpux id="gone">', 1)
     xml = xml.replace("</gpu>\n</nvidia_smi_log>", "</gpux>\n</nvidia_smi_log>")
-    found = health_findings(facts(xml=xml), get_sku(None, "h100-sxm-8"))
+    found = health_findings(facts(xml=xml), catalogue()["h100-sxm-8"])
     assert any(f.kind == "gpu-missing" and "0000:db:00.0" in f.message for f in found)
 
 
@@ -52,7 +52,7 @@ def test_pcie_width_downgrade_critical_gen_only_warning() -> None:
                            "<current_link_width>8x</current_link_width>", 1)
     xml = xml.replace("<current_link_gen>5</current_link_gen>",
                       "<current_link_gen>1</current_link_gen>", 2)
-    found = [f for f in health_findings(facts(xml=xml), get_sku(None, "h100-sxm-8"))
+    found = [f for f in health_findings(facts(xml=xml), catalogue()["h100-sxm-8"])
              if f.kind == "pcie-downgrade"]
     assert [(f.severity, f.message.split(")")[0]) for f in found] == [
         ("critical", "GPU 0 (00000000:18:00.0"), ("warning", "GPU 0 (00000000:18:00.0"),
@@ -62,9 +62,9 @@ def test_pcie_width_downgrade_critical_gen_only_warning() -> None:
 def test_xids_reported_once() -> None:
     line = "[1.0] NVRM: Xid (PCI:0000:18:00): 79, pid=1, GPU has fallen off the bus."
     first = facts(xid_lines=[line])
-    found = health_findings(first, get_sku(None, "h100-sxm-8"))
+    found = health_findings(first, catalogue()["h100-sxm-8"])
     assert ("xid", "critical") in [(f.kind, f.severity) for f in found]
-    again = new_only(first.to_dict(), health_findings(first, get_sku(None, "h100-sxm-8")), first)
+    again = new_only(first.to_dict(), health_findings(first, catalogue()["h100-sxm-8"]), first)
     assert "xid" not in kinds(again)
 
 
@@ -90,4 +90,4 @@ def test_no_drift_between_identical_scans() -> None:
 
 def test_cpu_only_node_is_healthy() -> None:
     doc = (DATA / "probe-debian12-vm.json").read_bytes()
-    assert health_findings(parse_probe_output(doc), get_sku(None, "cpu-only")) == []
+    assert health_findings(parse_probe_output(doc), catalogue()["cpu-only"]) == []
