@@ -13,30 +13,47 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import hashlib
 import json
 import math
 import os
+import queue
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
-import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+# CUDA numbers GPUs fastest first by default; nvidia-smi, NVML and the kernel log name
+# them in PCI bus order. Set before torch initialises CUDA, so GPU i here is GPU i there
+# (CUDA Programming Guide, "CUDA Environment Variables": CUDA_DEVICE_ORDER).
+os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
 
-# Relative error of a GEMM block against a float64 reference that a correct GPU stays
-# well inside (accumulation in fp32; inputs rounded to the dtype).
-GEMM_TOLERANCE = {"float32": 1e-5, "tf32": 5e-3, "float16": 5e-3, "bfloat16": 2e-2}
+import torch  # noqa: E402  (after CUDA_DEVICE_ORDER)
+import torch.distributed as dist  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
+
+# Unit roundoff of each GEMM's output (2^-p for a p-bit significand), and of its inputs
+# where the tensor cores round them (TF32 keeps 10 explicit mantissa bits of an fp32).
+# The SDC checks' tolerances are multiples of these, so a check is as tight as the
+# arithmetic allows: bit-exact where results must repeat, a few roundoffs where they are
+# compared with a float64 reference.
+UNIT_ROUNDOFF = {"float32": 2.0 ** -24, "tf32": 2.0 ** -24, "float16": 2.0 ** -11,
+                 "bfloat16": 2.0 ** -8}
+INPUT_ROUNDOFF = {"float32": 0.0, "tf32": 2.0 ** -11, "float16": 0.0, "bfloat16": 0.0}
+ACCUMULATE_ROUNDOFF = 2.0 ** -24  # fp32 accumulation (reduced-precision reductions off)
+REFERENCE_ROWS = 64  # rows of one product checked element by element against float64
 DTYPES = {"float32": torch.float32, "tf32": torch.float32, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
+DTYPE_ORDER = ("bfloat16", "float16", "tf32", "float32")
 
 
 @dataclass
@@ -44,15 +61,18 @@ class Measurement:
     test: str
     value: float | None
     unit: str
-    device: int | None = None  # GPU index; None for node-wide tests
+    device: int | None = None  # GPU index (nvidia-smi's, PCI bus order); None: node-wide
     ok: bool = True  # correctness; thresholds are applied by the control host
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-def devices() -> list[torch.device]:
+def devices(cpu_devices: int = 1) -> list[torch.device]:
+    """The GPUs, in PCI bus order (CUDA_DEVICE_ORDER above), or ``cpu_devices`` logical
+    devices on the CPU: the lab's stand-ins for a node's GPUs, so that every per-GPU check
+    (cross-GPU comparison, the slowest GPU against its peers) runs there too."""
     if torch.cuda.is_available():
         return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
-    return [torch.device("cpu")]
+    return [torch.device("cpu")] * max(1, cpu_devices)
 
 
 def sync(device: torch.device) -> None:
@@ -60,53 +80,163 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def gemm(device: torch.device, dtype_name: str, n: int, seconds: float,
-         index: int | None = None) -> Measurement:
-    """Sustained matmul throughput, and two silent-data-corruption checks: the same
-    product repeated must be bit-identical, and a block must match a float64 reference
-    computed on the CPU (a different algorithm on different hardware)."""
-    dtype = DTYPES[dtype_name]
-    if device.type == "cpu" and dtype_name in ("float16", "tf32"):
-        dtype_name_used = "float32" if dtype_name == "tf32" else dtype_name
-    else:
-        dtype_name_used = dtype_name
-    gen = torch.Generator(device="cpu").manual_seed(1234 + n)
+def product_checksum(t: torch.Tensor) -> torch.Tensor:
+    """The sum of the output's raw bits read as 64-bit integers (wrapping). One flipped
+    bit anywhere changes it by +-2^k (mod 2^64, never 0), so comparing two checksums is a
+    bit-exact comparison of two products at the cost of one read of the output (the GEMM
+    is O(n^3), this is O(n^2)). Words of 64 bits, summed natively: on an H200 a sum of
+    the 16-bit words converted to int64 cost 16% of the bf16 GEMM's throughput."""
+    flat = t.reshape(-1)
+    if flat.numel() * flat.element_size() % 8 == 0:
+        return flat.view(torch.int64).sum()
+    return flat.view(torch.int16 if t.element_size() == 2 else torch.int32).sum(
+        dtype=torch.int64)
+
+
+def product_digest(t: torch.Tensor) -> str:
+    """A digest of one product's exact bits, per row, for comparing GPUs (once per test)."""
+    rows = t.view(torch.int16 if t.element_size() == 2 else torch.int32).sum(
+        dim=1, dtype=torch.int64)
+    return hashlib.sha256(rows.cpu().numpy().tobytes()).hexdigest()[:32]
+
+
+def _gemm_inputs(n: int, dtype: torch.dtype, device: torch.device, seed: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator(device="cpu").manual_seed(seed)
     a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    x = torch.randn(n, generator=gen, dtype=torch.float64).to(device)
+    return a, b, x
+
+
+def freivalds(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, x: torch.Tensor,
+              dtype_name: str) -> tuple[float, int]:
+    """Freivalds' check of C = A.B in float64: C.x against A.(B.x), O(n^2). Returns the
+    worst row's error as a multiple of its rounding bound (<= 1 passes) and the number
+    of rows over it. The bound per row is 8 x the rounding a correct GEMM can make there:
+    the output's roundoff on each element, and the accumulation (and TF32 input) roundoff,
+    which grows with sqrt(n) and the element's natural scale |a_i|.|b_j|/sqrt(n)."""
+    n = a.shape[1]
+    a64, b64, c64 = a.double(), b.double(), c.double()
+    err = (c64 @ x - a64 @ (b64 @ x)).abs()
+    out_term = UNIT_ROUNDOFF[dtype_name] * (c64.square() @ x.square()).sqrt()
+    calc = 2 * INPUT_ROUNDOFF[dtype_name] + ACCUMULATE_ROUNDOFF * math.sqrt(n)
+    calc_term = calc / math.sqrt(n) * a64.norm(dim=1) * (
+        b64.norm(dim=0).square() @ x.square()).sqrt()
+    ratio = err / (8 * (out_term + calc_term) + 1e-300)
+    return float(ratio.max()), int((ratio > 1).sum())
+
+
+def reference_block(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, dtype_name: str,
+                    start: int) -> tuple[float, int, float]:
+    """``REFERENCE_ROWS`` rows of C from ``start``, element by element, against a float64
+    product computed on the CPU (other hardware, other algorithm). Returns the worst
+    element's error over its bound, the elements over it, and the block's relative
+    error. Each element's bound: 2 output roundoffs of its value plus 8 x the
+    accumulation (and TF32 input) roundoff of its natural scale sqrt(sum a_ik^2 b_kj^2)."""
+    n = a.shape[1]
+    rows = slice(start, min(n, start + REFERENCE_ROWS))
+    a64, b64 = a[rows].double().cpu(), b.double().cpu()
+    ref = a64 @ b64
+    got = c[rows].double().cpu()
+    scale = (a64.square() @ b64.square()).sqrt()
+    calc = 2 * INPUT_ROUNDOFF[dtype_name] + ACCUMULATE_ROUNDOFF * math.sqrt(n)
+    bound = 2 * UNIT_ROUNDOFF[dtype_name] * ref.abs() + 8 * calc * scale + 1e-300
+    ratio = (got - ref).abs() / bound
+    rel = float((got - ref).norm() / ref.norm())
+    return float(ratio.max()), int((ratio > 1).sum()), rel
+
+
+def gemm(device: torch.device, dtype_name: str, n: int, seconds: float,
+         index: int | None = None, seed: int = 0, check: bool = True) -> Measurement:
+    """Sustained matmul throughput, with three silent-data-corruption checks:
+
+    - every product is compared bit for bit with the first (``product_checksum``): a
+      transient error in any product, anywhere in it, fails;
+    - the first product passes Freivalds' check against a float64 A.(B.x) and a
+      rotating block of ``REFERENCE_ROWS`` rows passes an element-wise float64 check
+      computed on the CPU: a persistent error (the same wrong answer every time) fails;
+    - its digest goes to ``cross_gpu_check``: GPUs of one model given the same seed
+      must agree bit for bit (cuBLAS guarantees bit-wise identical results on GPUs of
+      the same architecture and SM count: cuBLAS Library User Guide, "Results
+      reproducibility"), so a small persistent error on one GPU fails too.
+
+    Inputs come from ``seed`` (the control host varies it per run and records it), which
+    also picks the reference block. ``check=False`` runs the bare loop, for measuring
+    what the checks cost (benchmarks/sdc.py)."""
+    dtype = DTYPES[dtype_name]
+    dtype_name_used = "float32" if device.type == "cpu" and dtype_name == "tf32" else dtype_name
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = dtype_name == "tf32"
+        # Reductions in fp32, as the tolerances above assume (torch's default allows
+        # fp16/bf16 partial sums in split-K GEMMs).
+        torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+    a, b, x = _gemm_inputs(n, dtype, device, seed)
     first = torch.matmul(a, b)
-    sync(device)
-    iters, mismatches, checks, start = 0, 0, 0, time.perf_counter()
-    deadline = start + seconds
+    expected = product_checksum(first)
+    mismatched = torch.zeros((), dtype=torch.int64, device=device)
     out = torch.empty_like(first)
+    sync(device)
+    iters, start = 0, time.perf_counter()
+    deadline = start + seconds
     while True:
         torch.matmul(a, b, out=out)
         iters += 1
+        if check:
+            mismatched += product_checksum(out) != expected
         if iters % 8 == 0:
-            # The same product must come out bit-identical every time; comparing is
-            # O(n^2) against the GEMM's O(n^3), so every 8th product is checked.
-            checks += 1
-            mismatches += not bool(torch.equal(out, first))
+            sync(device)  # bounds the queue of launched work, so the clock is honest
             if time.perf_counter() >= deadline:
                 break
     sync(device)
     elapsed = time.perf_counter() - start
     tflops = 2 * n ** 3 * iters / elapsed / 1e12
-    checks += 1
-    mismatches += not bool(torch.equal(out, first))
-    repeat_equal = mismatches == 0
-    rows = slice(0, min(n, 64))
-    ref = a[rows].double().cpu() @ b.double().cpu()
-    got = first[rows].double().cpu()
-    rel_err = float((got - ref).norm() / ref.norm())
-    tol = GEMM_TOLERANCE[dtype_name]
-    ok = repeat_equal and math.isfinite(rel_err) and rel_err <= tol
-    return Measurement(f"gemm_{dtype_name}", tflops, "TFLOPS", index, ok, {
-        "n": n, "iterations": iters, "seconds": round(elapsed, 3), "dtype": dtype_name_used,
-        "repeat_bit_identical": repeat_equal, "repeat_mismatches": mismatches,
-        "repeat_checks": checks, "relative_error": rel_err, "tolerance": tol,
-    })
+    detail: dict[str, Any] = {"n": n, "iterations": iters, "seconds": round(elapsed, 3),
+                              "dtype": dtype_name_used, "seed": seed}
+    if not check:
+        return Measurement(f"gemm_{dtype_name}", tflops, "TFLOPS", index, True, detail)
+    mismatches = int(mismatched.item())
+    f_ratio, f_rows = freivalds(a, b, first, x, dtype_name_used)
+    block = (seed * REFERENCE_ROWS) % max(1, n - REFERENCE_ROWS + 1)
+    b_ratio, b_bad, rel_err = reference_block(a, b, first, dtype_name_used, block)
+    digest = product_digest(first)
+    ok = mismatches == 0 and f_rows == 0 and b_bad == 0 and math.isfinite(f_ratio + b_ratio)
+    detail.update({
+        "repeat_bit_identical": mismatches == 0, "repeat_mismatches": mismatches,
+        "repeat_checks": iters, "freivalds_ratio": f_ratio, "freivalds_rows": f_rows,
+        "reference_rows": [block, block + min(n, REFERENCE_ROWS)],
+        "reference_ratio": b_ratio, "reference_elements": b_bad,
+        "relative_error": rel_err, "product_digest": digest})
+    return Measurement(f"gemm_{dtype_name}", tflops, "TFLOPS", index, ok, detail)
+
+
+def cross_gpu_check(results: list[Measurement], identities: list[dict[str, Any]]) -> None:
+    """GPUs of one model (same name and SM count) ran the same seeded product: their
+    digests must agree. A GPU outvoted by the others fails; with no majority (two GPUs,
+    or a split), every disagreeing GPU fails, as there is no telling which is right."""
+    groups: dict[tuple[Any, ...], list[Measurement]] = {}
+    for m in results:
+        if m.device is None or "product_digest" not in m.detail:
+            continue
+        ident = identities[m.device] if m.device < len(identities) else {}
+        key = (m.test, ident.get("name"), ident.get("multiprocessors"), m.detail.get("n"))
+        groups.setdefault(key, []).append(m)
+    for members in groups.values():
+        votes = Counter(m.detail["product_digest"] for m in members)
+        if len(members) < 2 or len(votes) == 1:
+            continue
+        (top, count), = votes.most_common(1)
+        majority = top if count > len(members) / 2 else None
+        for m in members:
+            if m.detail["product_digest"] == majority:
+                continue
+            others = [o.device for o in members if o is not m]
+            m.ok = False
+            m.detail["cross_gpu_mismatch"] = (
+                f"its product differs from {count} of {len(members)} GPUs of its model"
+                if majority else f"GPUs {', '.join(str(d) for d in [m.device, *others])} of "
+                "one model disagree and no majority says which is right")
 
 
 def memory_bandwidth(device: torch.device, megabytes: int, seconds: float,
@@ -128,26 +258,47 @@ def memory_bandwidth(device: torch.device, megabytes: int, seconds: float,
 
 
 PATTERNS = (0x00000000, 0xFFFFFFFF, 0xAAAAAAAA, 0x55555555)
+MEMTEST_CHUNK = 1 << 26  # words written or compared at a time (256 MiB): bounds temporaries
 
 
-MEMTEST_CHUNK = 1 << 26  # words compared at a time (256 MiB): bounds the temporaries
+def _constant(value: int, start: int, end: int) -> int:
+    return value
 
 
-def memory_test(device: torch.device, megabytes: int, index: int | None = None) -> Measurement:
-    """Write patterns (all zeros, all ones, alternating bits, walking ones, a seeded random
-    fill) over ``megabytes`` of memory and read every word back. Comparisons go chunk by
-    chunk, so the test can cover most of a GPU's memory without running out of it."""
+def _as_int32(value: int) -> int:
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def memory_test(device: torch.device, megabytes: int, index: int | None = None,
+                seed: int = 7) -> Measurement:
+    """Write patterns over ``megabytes`` of memory and read every word back, as memtest86
+    and cuda_memtest do: solid zeros and ones, alternating bits, walking ones, a seeded
+    random fill, own address (each word holds its index, then the complement: catches
+    address lines that alias two words) and moving inversions (write a pattern, then
+    walking up, check each chunk and write its complement, then walking down, check and
+    restore: catches cells disturbed by writes to their neighbours). Comparisons go chunk
+    by chunk, so the test can cover most of a GPU's memory without running out of it."""
     elems = megabytes * 1024 * 1024 // 4
     buf = torch.empty(elems, dtype=torch.int32, device=device)
     errors, passes = 0, 0
-    fills = [torch.tensor(p, dtype=torch.int64).to(torch.int32).item() for p in PATTERNS]
-    fills += [1 << bit if bit < 31 else -(1 << 31) for bit in range(0, 32, 8)]
+    spans = [(s, min(elems, s + MEMTEST_CHUNK)) for s in range(0, elems, MEMTEST_CHUNK)]
+
+    def count(memory: torch.Tensor, expect: Callable[[int, int], Any]) -> int:
+        return sum(int((memory[s:e] != expect(s, e)).sum().item()) for s, e in spans)
+
+    def address(s: int, e: int) -> torch.Tensor:
+        return torch.arange(s, e, dtype=torch.int64, device=device).to(torch.int32)
+
+    def not_address(s: int, e: int) -> torch.Tensor:
+        return address(s, e).bitwise_not()
+
+    fills = [_as_int32(p) for p in PATTERNS]
+    fills += [_as_int32(1 << bit) for bit in range(0, 32, 8)]
     for value in fills:
         buf.fill_(value)
-        for start in range(0, elems, MEMTEST_CHUNK):
-            errors += int((buf[start:start + MEMTEST_CHUNK] != value).sum().item())
+        errors += count(buf, functools.partial(_constant, value))
         passes += 1
-    gen = torch.Generator(device="cpu").manual_seed(7)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
     rand = torch.randint(-(2 ** 31), 2 ** 31 - 1, (min(elems, 1 << 22),), generator=gen,
                          dtype=torch.int32).to(device)
     width = rand.numel()
@@ -156,53 +307,27 @@ def memory_test(device: torch.device, megabytes: int, index: int | None = None) 
     for start in range(0, elems - width + 1, width):
         errors += int((buf[start:start + width] != rand).sum().item())
     passes += 1
-    del buf
+
+    for expect in (address, not_address):  # own address, then its complement
+        for s, e in spans:
+            buf[s:e] = expect(s, e)
+        errors += count(buf, expect)
+        passes += 1
+    pattern = _as_int32(0x5A5A5A5A if seed % 2 else 0xA5A5A5A5)
+    buf.fill_(pattern)
+    for s, e in spans:  # moving inversions, upwards
+        errors += int((buf[s:e] != pattern).sum().item())
+        buf[s:e] = ~pattern
+    for s, e in reversed(spans):  # and downwards
+        errors += int((buf[s:e] != ~pattern).sum().item())
+        buf[s:e] = pattern
+    errors += count(buf, functools.partial(_constant, pattern))
+    passes += 1
+    del buf, rand
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return Measurement("memory_test", megabytes / 1024, "GiB", index, errors == 0,
                        {"errors": errors, "patterns": passes})
-
-
-def host_device_bandwidth(device: torch.device, megabytes: int, index: int) -> list[Measurement]:
-    """Pinned host <-> device copy bandwidth (CUDA only)."""
-    host = torch.empty(megabytes * 1024 * 1024, dtype=torch.uint8).pin_memory()
-    dev = torch.empty_like(host, device=device)
-    out = []
-    for name, dst, src in (("h2d_bandwidth", dev, host), ("d2h_bandwidth", host, dev)):
-        dst.copy_(src, non_blocking=True)
-        sync(device)
-        start, reps = time.perf_counter(), 10
-        for _ in range(reps):
-            dst.copy_(src, non_blocking=True)
-        sync(device)
-        out.append(Measurement(name, host.numel() * reps / (time.perf_counter() - start) / 1e9,
-                               "GB/s", index))
-    return out
-
-
-def p2p_matrix(megabytes: int) -> Measurement:
-    """GPU-to-GPU copy bandwidth for every ordered pair; the value is the lowest pair."""
-    devs = devices()
-    size = megabytes * 1024 * 1024
-    matrix: list[list[float | None]] = [[None] * len(devs) for _ in devs]
-    for i, src_dev in enumerate(devs):
-        src = torch.empty(size, dtype=torch.uint8, device=src_dev)
-        for j, dst_dev in enumerate(devs):
-            if i == j:
-                continue
-            dst = torch.empty(size, dtype=torch.uint8, device=dst_dev)
-            dst.copy_(src)
-            sync(src_dev)
-            sync(dst_dev)
-            start, reps = time.perf_counter(), 10
-            for _ in range(reps):
-                dst.copy_(src)
-            sync(src_dev)
-            sync(dst_dev)
-            matrix[i][j] = size * reps / (time.perf_counter() - start) / 1e9
-    values = [v for row in matrix for v in row if v is not None]
-    return Measurement("p2p_bandwidth", min(values) if values else None, "GB/s", None, True,
-                       {"matrix": matrix})
 
 
 # -- collectives -------------------------------------------------------------------------
@@ -216,23 +341,40 @@ def bus_factor(op: str, ranks: int) -> float:
     return 2 * (ranks - 1) / ranks if op == "all_reduce" else (ranks - 1) / ranks
 
 
+def collective_timeout(largest: int) -> float:
+    """Seconds any one collective may take before its ranks give up: 30 s, plus the
+    largest message at 0.1 GB/s (far below any working link, far above a hang)."""
+    return 30.0 + largest / 1e8
+
+
+def check_all_reduce(buf: torch.Tensor, rank: int, world: int) -> int:
+    """Every rank contributes ``rank + 1`` in every element (exact in fp32); after a sum
+    all-reduce every element must be ``world(world+1)/2``. Returns the wrong elements."""
+    buf.fill_(float(rank + 1))
+    dist.all_reduce(buf)
+    return int((buf != world * (world + 1) / 2).sum().item())
+
+
+def check_all_gather(out: torch.Tensor, chunk: torch.Tensor, rank: int, world: int
+                     ) -> list[int]:
+    """Every rank contributes a chunk of ``rank + 1``; gathered chunk k must hold k + 1.
+    Returns the ranks whose chunk arrived wrong (so the report names the sender)."""
+    chunk.fill_(float(rank + 1))
+    GATHER(out, chunk)
+    rows = out.view(world, -1)
+    expect = torch.arange(1, world + 1, device=out.device, dtype=out.dtype).unsqueeze(1)
+    return [int(k) for k in (rows != expect).any(dim=1).nonzero().flatten().tolist()]
+
+
 def _collective_worker(rank: int, world: int, port: int, sizes: list[int], iters: int,
                        backend: str, results: Any) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group(backend, rank=rank, world_size=world,
-                            timeout=timedelta(seconds=120))
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(
+        seconds=collective_timeout(max(sizes))))
     device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
     if backend == "nccl":
         torch.cuda.set_device(device)
     rows = []
-    # Correctness first, on small exact integers: every rank contributes rank + 1.
-    check = torch.full((1 << 16,), float(rank + 1), device=device)
-    dist.all_reduce(check)
-    bad = torch.tensor([0.0 if bool(torch.all(check == world * (world + 1) / 2)) else 1.0],
-                       device=device)
-    dist.all_reduce(bad)
-    wrong = bool(bad.item())
-    del check, bad
     for op in ("all_reduce", "all_gather"):
         for size in sizes:
             elems = max(world, size // 4 // world * world)
@@ -240,13 +382,11 @@ def _collective_worker(rank: int, world: int, port: int, sizes: list[int], iters
                 buf = torch.ones(elems, device=device)
                 call: Callable[[], Any] = functools.partial(dist.all_reduce, buf)
                 nbytes = elems * 4
-                keep: tuple[Any, ...] = (buf,)
             else:
                 chunk = torch.ones(elems // world, device=device)
                 out = torch.empty(elems, device=device)
                 call = functools.partial(GATHER, out, chunk)
                 nbytes = elems * 4  # nccl-tests counts the gathered (output) size
-                keep = (chunk, out)
             call()
             sync(device)
             dist.barrier()
@@ -255,17 +395,20 @@ def _collective_worker(rank: int, world: int, port: int, sizes: list[int], iters
                 call()
             sync(device)
             seconds = (time.perf_counter() - start) / iters
-            algbw = nbytes / seconds / 1e9
+            # Correctness on every size, the largest included (nccl-tests -c checks
+            # each size): a wrong result is a failure, not a bandwidth.
+            if op == "all_reduce":
+                wrong, senders = check_all_reduce(buf, rank, world), []
+            else:
+                senders = check_all_gather(out, chunk, rank, world)
+                wrong = len(senders)
             rows.append({"op": op, "bytes": nbytes, "time_us": seconds * 1e6,
-                         "algbw": algbw, "busbw": algbw * bus_factor(op, world)})
-            if op == "all_reduce" and wrong:
-                rows[-1]["wrong_result"] = True
-            del call, keep  # free the largest buffers before the next size
-            buf = chunk = out = None  # type: ignore[assignment]
+                         "wrong": wrong, "wrong_senders": senders})
+            call = None  # type: ignore[assignment]
+            buf = chunk = out = None  # type: ignore[assignment]  # free before the next size
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    if rank == 0:
-        results.put(rows)
+    results.put((rank, rows))
     dist.destroy_process_group()
 
 
@@ -277,9 +420,52 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def summarize_collectives(per_rank: dict[int, list[dict[str, Any]]], world: int,
+                          backend: str) -> list[Measurement]:
+    """Per op and size, the time averaged over the ranks (nccl-tests' default, ``-a 1``)
+    and busbw from it; gated on the largest message. Any wrong element on any rank, at
+    any size, fails the op and names the ranks that saw it (and, for all-gather, the
+    ranks whose contribution arrived wrong)."""
+    out = []
+    for op in ("all_reduce", "all_gather"):
+        by_size: dict[int, list[dict[str, Any]]] = {}
+        for rank_rows in per_rank.values():
+            for r in rank_rows:
+                if r["op"] == op:
+                    by_size.setdefault(r["bytes"], []).append(r)
+        sizes: list[dict[str, Any]] = []
+        bad_ranks: set[int] = set()
+        senders: set[int] = set()
+        for nbytes, rows in sorted(by_size.items()):
+            seconds = statistics.fmean(r["time_us"] for r in rows) / 1e6
+            algbw = nbytes / seconds / 1e9
+            sizes.append({"op": op, "bytes": nbytes, "time_us": seconds * 1e6,
+                          "algbw": algbw, "busbw": algbw * bus_factor(op, world),
+                          "wrong": sum(r["wrong"] for r in rows)})
+        for rank, rank_rows in per_rank.items():
+            for r in rank_rows:
+                if r["op"] == op and r["wrong"]:
+                    bad_ranks.add(rank)
+                    senders.update(r.get("wrong_senders") or [])
+        largest = max(sizes, key=lambda r: r["bytes"])
+        detail: dict[str, Any] = {"backend": backend, "ranks": world, "sizes": sizes,
+                                  "averaged_over_ranks": len(per_rank)}
+        if bad_ranks:
+            detail["error"] = (f"wrong {op} result on rank{'s' if len(bad_ranks) > 1 else ''}"
+                               f" {', '.join(map(str, sorted(bad_ranks)))}" + (
+                                   f" (contribution of rank {', '.join(map(str, sorted(senders)))}"
+                                   " arrived wrong)" if senders else ""))
+            detail["bad_ranks"] = sorted(senders or bad_ranks)
+        out.append(Measurement(f"{op}_busbw", largest["busbw"], "GB/s", None,
+                               not bad_ranks, detail))
+    return out
+
+
 def collectives(ranks: int, sizes: list[int], iters: int) -> list[Measurement]:
     """All-reduce and all-gather inside the node, one process per GPU (NCCL) or ``ranks``
-    processes on the CPU (gloo). Gated on the largest message, as nccl-tests users do."""
+    processes on the CPU (gloo). A rank that dies or hangs fails both ops within a
+    bounded time (``collective_timeout`` per collective), naming the rank, instead of
+    taking the whole agent down with it."""
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -289,21 +475,42 @@ def collectives(ranks: int, sizes: list[int], iters: int) -> list[Measurement]:
              for r in range(ranks)]
     for p in procs:
         p.start()
+    # A backstop only: a hung collective times out in its ranks (collective_timeout),
+    # which then exit with an error and are seen above within a second.
+    budget = 60.0 + 2 * len(sizes) * collective_timeout(max(sizes))
+    deadline = time.monotonic() + budget
+    per_rank: dict[int, list[dict[str, Any]]] = {}
+    why, bad = "", list[int]()
     try:
-        rows = results.get(timeout=600)
+        while len(per_rank) < ranks:
+            try:
+                rank, rows = results.get(timeout=1.0)
+                per_rank[rank] = rows
+                continue
+            except queue.Empty:
+                pass
+            dead = [(r, p.exitcode) for r, p in enumerate(procs)
+                    if p.exitcode not in (None, 0) and r not in per_rank]
+            if dead:
+                why = "; ".join(f"rank {r} died (exit code {code})" for r, code in dead)
+                bad = [r for r, _ in dead]
+                break
+            if time.monotonic() > deadline:
+                missing = [r for r in range(ranks) if r not in per_rank]
+                why = f"ranks {', '.join(map(str, missing))} did not finish in {budget:.0f} s"
+                bad = missing
+                break
     finally:
         for p in procs:
-            p.join(timeout=30)
+            p.join(timeout=0 if why else 30)
             if p.is_alive():
                 p.kill()
-    out = []
-    for op in ("all_reduce", "all_gather"):
-        mine = [r for r in rows if r["op"] == op]
-        largest = max(mine, key=lambda r: r["bytes"])
-        out.append(Measurement(f"{op}_busbw", largest["busbw"], "GB/s", None,
-                               not any(r.get("wrong_result") for r in mine),
-                               {"backend": backend, "ranks": ranks, "sizes": mine}))
-    return out
+                p.join(timeout=10)
+    if why:
+        return [Measurement(f"{op}_busbw", None, "GB/s", None, False,
+                            {"backend": backend, "ranks": ranks, "error": why,
+                             "bad_ranks": bad}) for op in ("all_reduce", "all_gather")]
+    return summarize_collectives(per_rank, ranks, backend)
 
 
 # -- telemetry ---------------------------------------------------------------------------
@@ -509,29 +716,163 @@ def parse_nvlink_status(text: str) -> list[dict[str, Any]]:
     return out
 
 
-def _nvml_name(nvml: Any, handle: Any) -> dict[str, Any]:
-    name = nvml.nvmlDeviceGetName(handle)
-    return {"name": name.decode() if isinstance(name, bytes) else name,
+def _nvml_ident(nvml: Any, handle: Any) -> dict[str, Any]:
+    def text(value: Any) -> str:
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    return {"index": nvml.nvmlDeviceGetIndex(handle),
+            "name": text(nvml.nvmlDeviceGetName(handle)),
+            "uuid": text(nvml.nvmlDeviceGetUUID(handle)),
+            "pci_bus_id": text(nvml.nvmlDeviceGetPciInfo(handle).busId),
             "memory_mib": nvml.nvmlDeviceGetMemoryInfo(handle).total >> 20}
 
 
 def gpu_inventory() -> list[dict[str, Any]]:
-    """The GPUs this node's driver reports (name, memory), via NVML or nvidia-smi; empty
-    when there is no driver. Independent of the backend the tests run on."""
-    found = _nvml_each_gpu(_nvml_name)
+    """The GPUs this node's driver reports (index, name, UUID, PCI bus id, memory), via
+    NVML or nvidia-smi; empty when there is no driver. Independent of the backend the
+    tests run on."""
+    found = _nvml_each_gpu(_nvml_ident)
     if found is not None:
         return found
+    text = _smi(["--query-gpu=index,name,uuid,pci.bus_id,memory.total",
+                 "--format=csv,noheader,nounits"], 60)
+    out = []
+    for line in (text or "").splitlines()[:64]:
+        cols = [c.strip() for c in line.split(",")]
+        if len(cols) == 5 and cols[0].isdigit():
+            out.append({"index": int(cols[0]), "name": cols[1], "uuid": cols[2],
+                        "pci_bus_id": cols[3],
+                        "memory_mib": int(cols[4]) if cols[4].isdigit() else None})
+    return out
+
+
+def identities(devs: list[torch.device], inventory: list[dict[str, Any]]
+               ) -> list[dict[str, Any]]:
+    """Which board each tested device is: its UUID and PCI bus id, so a failure names the
+    part to pull. On CUDA, matched to the driver's GPU by UUID (CUDA_DEVICE_ORDER is
+    PCI_BUS_ID, so ordinals follow nvidia-smi's indices; the UUID makes sure). On the
+    CPU, logical device i stands for the driver's GPU i (the lab)."""
+    out = []
+    for i, dev in enumerate(devs):
+        ident: dict[str, Any] = {"index": i, "uuid": None, "pci_bus_id": None,
+                                 "name": "cpu", "multiprocessors": None}
+        if dev.type == "cuda":
+            props = torch.cuda.get_device_properties(i)
+            raw = getattr(props, "uuid", None)
+            uuid = f"GPU-{raw}" if raw is not None else None
+            match = next((g for g in inventory if uuid and g.get("uuid") == uuid), None)
+            ident.update(name=props.name, multiprocessors=props.multi_processor_count,
+                         uuid=uuid)
+            if match is None and i < len(inventory) and uuid is None:
+                match = inventory[i]
+        else:
+            match = inventory[i] if i < len(inventory) else None
+        if match:
+            ident.update(uuid=match.get("uuid") or ident["uuid"],
+                         pci_bus_id=match.get("pci_bus_id"), driver_index=match.get("index"))
+        out.append(ident)
+    return out
+
+
+def numa_node(pci_bus_id: str | None) -> int | None:
+    """The NUMA node of a PCI device, from sysfs; None when unknown (-1 there)."""
+    if not pci_bus_id:
+        return None
+    bus = pci_bus_id.lower()
+    bus = bus[4:] if len(bus.split(":")[0]) == 8 else bus  # 00000000:18:00.0 -> 0000:18:00.0
     try:
-        proc = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total",
-                               "--format=csv,noheader,nounits"], capture_output=True,
-                              text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    if proc.returncode != 0:
-        return []
-    rows = [line.rsplit(",", 1) for line in proc.stdout.splitlines() if "," in line]
-    return [{"name": n.strip(), "memory_mib": int(m) if m.strip().isdigit() else None}
-            for n, m in rows]
+        with open(f"/sys/bus/pci/devices/{bus}/numa_node") as fh:
+            node = int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+    return node if node >= 0 else None
+
+
+def numa_cpus(node: int) -> set[int] | None:
+    """The CPUs of NUMA node ``node`` (sysfs cpulist: ``0-55,112-167``)."""
+    try:
+        with open(f"/sys/devices/system/node/node{node}/cpulist") as fh:
+            text = fh.read().strip()
+    except OSError:
+        return None
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        if lo.isdigit():
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus or None
+
+
+@contextlib.contextmanager
+def on_numa_node_of(ident: dict[str, Any]) -> Any:
+    """Run the block on the CPUs of the GPU's NUMA node, so pinned host buffers are
+    allocated there (nvbandwidth sets this affinity before its host-device copies; a
+    buffer on the far socket reads low on a healthy link)."""
+    node = numa_node(ident.get("pci_bus_id"))
+    cpus = numa_cpus(node) if node is not None else None
+    before = os.sched_getaffinity(0)
+    allowed = (cpus or set()) & before
+    if allowed:
+        os.sched_setaffinity(0, allowed)
+    try:
+        yield node
+    finally:
+        if allowed:
+            os.sched_setaffinity(0, before)
+
+
+def host_device_bandwidth(device: torch.device, megabytes: int, index: int,
+                          ident: dict[str, Any] | None = None) -> list[Measurement]:
+    """Pinned host <-> device copy bandwidth (CUDA only), host buffer on the GPU's NUMA
+    node."""
+    with on_numa_node_of(ident or {}) as node:
+        host = torch.empty(megabytes * 1024 * 1024, dtype=torch.uint8).pin_memory()
+        host.fill_(1)  # first touch: the pages land on this NUMA node
+    dev = torch.empty_like(host, device=device)
+    out = []
+    for name, dst, src in (("h2d_bandwidth", dev, host), ("d2h_bandwidth", host, dev)):
+        dst.copy_(src, non_blocking=True)
+        sync(device)
+        start, reps = time.perf_counter(), 10
+        for _ in range(reps):
+            dst.copy_(src, non_blocking=True)
+        sync(device)
+        out.append(Measurement(name, host.numel() * reps / (time.perf_counter() - start) / 1e9,
+                               "GB/s", index, True, {"numa_node": node}))
+    return out
+
+
+def p2p_matrix(megabytes: int) -> Measurement:
+    """GPU-to-GPU copy bandwidth for every ordered pair; the value is the lowest pair.
+    Pairs without peer access (``cudaDeviceCanAccessPeer``) are named: torch would copy
+    through host memory and report a slow link where P2P is in fact off."""
+    devs = devices()
+    size = megabytes * 1024 * 1024
+    matrix: list[list[float | None]] = [[None] * len(devs) for _ in devs]
+    no_peer = [(i, j) for i in range(len(devs)) for j in range(len(devs))
+               if i != j and not torch.cuda.can_device_access_peer(i, j)]
+    for i, src_dev in enumerate(devs):
+        src = torch.empty(size, dtype=torch.uint8, device=src_dev)
+        for j, dst_dev in enumerate(devs):
+            if i == j or (i, j) in no_peer:
+                continue
+            dst = torch.empty(size, dtype=torch.uint8, device=dst_dev)
+            dst.copy_(src)
+            sync(src_dev)
+            sync(dst_dev)
+            start, reps = time.perf_counter(), 10
+            for _ in range(reps):
+                dst.copy_(src)
+            sync(src_dev)
+            sync(dst_dev)
+            matrix[i][j] = size * reps / (time.perf_counter() - start) / 1e9
+    values = [v for row in matrix for v in row if v is not None]
+    detail: dict[str, Any] = {"matrix": matrix, "no_peer_access": no_peer}
+    if no_peer:
+        detail["error"] = (f"P2P disabled between {len(no_peer)} GPU pairs, first "
+                           f"{no_peer[0][0]}->{no_peer[0][1]}")
+    return Measurement("p2p_bandwidth", min(values) if values else None, "GB/s", None,
+                       not no_peer, detail)
 
 
 # -- main --------------------------------------------------------------------------------
@@ -543,70 +884,138 @@ def largest_message() -> int:
     return min(1 << 34, 1 << int(math.log2(total // 4)))
 
 
-def _gemm_on(dtype: str, n: int, seconds: float, cuda: bool, i: int,
-             dev: torch.device) -> Measurement:
-    return gemm(dev, dtype, n, seconds, i if cuda else None)
+def _error_text(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
+
+
+class DeviceRunner:
+    """Runs a test on every device, each in its own thread with its own error capture.
+
+    A test that raises on one GPU (a CUDA error, a GPU fallen off the bus) gives that GPU
+    a failed result naming it and the exception; the other GPUs go on. A test that does
+    not finish in time marks the GPU hung. Either way the GPU's later tests are reported
+    as not run, with why, and the agent still prints its document."""
+
+    def __init__(self, devs: list[torch.device], idents: list[dict[str, Any]]) -> None:
+        self.devs, self.idents = devs, idents
+        self.lost: dict[int, str] = {}
+        self.hung = False
+        self._pool = ThreadPoolExecutor(len(devs))
+
+    def _one(self, i: int, test: Callable[[int, torch.device], Any]) -> Any:
+        # The thread is named after the GPU it drives (the lab's faults act per GPU).
+        threading.current_thread().name = f"gpuctl-gpu{i}"
+        if self.devs[i].type == "cuda":
+            torch.cuda.set_device(self.devs[i])
+        return test(i, self.devs[i])
+
+    def run(self, name: str, unit: str, test: Callable[[int, torch.device], Any],
+            timeout: float, one_at_a_time: bool = False) -> list[Measurement]:
+        """``test(i, device)`` returns a Measurement or a list of them."""
+        futures: dict[int, Any] = {}
+        done: set[Any] = set()
+        for i in range(len(self.devs)):
+            if i in self.lost:
+                continue
+            futures[i] = self._pool.submit(self._one, i, test)
+            if one_at_a_time:  # each gated on its own link: no sharing of the host
+                done |= wait([futures[i]], timeout=timeout).done
+        if not one_at_a_time:
+            done = wait(list(futures.values()), timeout=timeout).done
+        out: list[Measurement] = []
+        for i, ident in enumerate(self.idents):
+            tag = {"uuid": ident.get("uuid"), "pci_bus_id": ident.get("pci_bus_id")}
+            fut = futures.get(i)
+            if fut is None:
+                ms = [Measurement(name, None, unit, i, False,
+                                  {"error": f"not run: {self.lost[i]}"})]
+            elif fut not in done:
+                self.lost[i] = f"GPU {i} hung in {name}"
+                self.hung = True
+                ms = [Measurement(name, None, unit, i, False,
+                                  {"error": f"did not finish within {timeout:.0f} s (hung)"})]
+            elif fut.exception() is not None:
+                why = _error_text(fut.exception())
+                self.lost[i] = f"GPU {i} failed in {name} ({why[:120]})"
+                ms = [Measurement(name, None, unit, i, False, {"error": why})]
+            else:
+                res = fut.result()
+                ms = res if isinstance(res, list) else [res]
+            for m in ms:
+                m.detail.update(tag)
+            out += ms
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=not self.hung, cancel_futures=True)
 
 
 def run_level(level: str, seconds: float | None = None, ranks: int | None = None,
-              small: bool | None = None, scale: float = 1.0) -> dict[str, Any]:
+              small: bool | None = None, scale: float = 1.0, seed: int = 0,
+              cpu_devices: int | None = None) -> dict[str, Any]:
     """Run every test at ``level`` (each ``scale`` x its base duration, or ``seconds``
-    each); returns the JSON-able result document."""
-    devs = devices()
+    each); returns the JSON-able result document. It always returns one: a test that
+    fails to run is a failed result, named."""
+    inventory = gpu_inventory()
+    devs = devices(cpu_devices if cpu_devices is not None
+                   else min(4, max(1, len(inventory))))
     cuda = devs[0].type == "cuda"
+    if not cuda and len(devs) > 1:
+        # One core each for the logical devices, so they run side by side as GPUs do
+        # and each one's throughput is its own.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // len(devs)))
     small = (not cuda) if small is None else small
     base = seconds if seconds is not None else (0.5 if small else 5.0) * scale
     n = 256 if small else 8192
     mem_mb = 64 if small else 2048
+    idents = identities(devs, inventory)
+    runner = DeviceRunner(devs, idents)
+    limit = max(120.0, 20 * base)
     results: list[Measurement] = []
 
-    def each_gpu(test: Callable[[int, torch.device], Measurement]) -> list[Measurement]:
-        """Run ``test`` on every device at once (one thread per GPU: the node is
-        stressed as a whole, as training will, and a level takes as long on 8 GPUs as on
-        one). Every thread runs the same test, so global switches such as TF32 agree."""
-        if len(devs) == 1:
-            return [test(0, devs[0])]
+    def memtest(i: int, dev: torch.device) -> Measurement:
+        if cuda:
+            torch.cuda.empty_cache()  # what the GEMMs cached is free memory too
+        test_mb = mem_mb if small or not cuda else int(
+            torch.cuda.mem_get_info(dev)[0] * 0.8 / 2**20)
+        return memory_test(dev, test_mb, i, seed)
 
-        def run(i: int) -> Measurement:
-            if devs[i].type == "cuda":
-                torch.cuda.set_device(devs[i])
-            return test(i, devs[i])
-
-        with ThreadPoolExecutor(len(devs)) as pool:
-            return list(pool.map(run, range(len(devs))))
-
-    def index(i: int) -> int | None:
-        return i if cuda else None
+    def node_wide(name: str, unit: str, test: Callable[[], list[Measurement]]
+                  ) -> list[Measurement]:
+        try:
+            return test()
+        except Exception as exc:  # reported as this test's failure, with the cause
+            return [Measurement(name, None, unit, None, False, {"error": _error_text(exc)})]
 
     before = health_snapshot()
-    with Telemetry() as telemetry:
-        for dtype in ("bfloat16", "float16", "tf32", "float32"):
-            results += each_gpu(functools.partial(_gemm_on, dtype, n, base, cuda))
-        results += each_gpu(lambda i, dev: memory_bandwidth(dev, mem_mb, base, index(i)))
-
-        def memtest(i: int, dev: torch.device) -> Measurement:
+    try:
+        with Telemetry() as telemetry:
+            for k, dtype in enumerate(DTYPE_ORDER):
+                batch = runner.run(f"gemm_{dtype}", "TFLOPS", functools.partial(
+                    _gemm_on, dtype, n, base, seed + k), limit)
+                cross_gpu_check(batch, idents)
+                results += batch
+            results += runner.run("memory_bandwidth", "GB/s", lambda i, dev: memory_bandwidth(
+                dev, mem_mb, base, i), limit)
+            results += runner.run("memory_test", "GiB", memtest, max(limit, 600.0))
             if cuda:
-                torch.cuda.empty_cache()  # what the GEMMs cached is free memory too
-            test_mb = mem_mb if small or not cuda else int(
-                torch.cuda.mem_get_info(dev)[0] * 0.8 / 2**20)
-            return memory_test(dev, test_mb, index(i))
-
-        results += each_gpu(memtest)
-        if cuda:  # one GPU at a time: each is gated on its own PCIe link
-            for i, dev in enumerate(devs):
-                results += host_device_bandwidth(dev, 256, i)
-        if cuda and len(devs) > 1:
-            results.append(p2p_matrix(256))
-        world = ranks or (len(devs) if cuda else 2)
-        if world > 1:
-            sizes = [1 << 16, 1 << 20, 1 << 24] if small else [1 << 20, 1 << 26,
-                                                               largest_message()]
-            results += collectives(world, sizes, iters=5 if small else 20)
+                results += runner.run("h2d_bandwidth", "GB/s", lambda i, dev: (
+                    host_device_bandwidth(dev, 256, i, idents[i])), limit, one_at_a_time=True)
+            if cuda and len(devs) > 1 and not runner.lost:
+                results += node_wide("p2p_bandwidth", "GB/s", lambda: [p2p_matrix(256)])
+            world = ranks or (len(devs) if cuda else 2)
+            if world > 1:
+                sizes = [1 << 16, 1 << 20, 1 << 24] if small else [1 << 20, 1 << 26,
+                                                                   largest_message()]
+                results += node_wide("all_reduce_busbw", "GB/s", lambda: collectives(
+                    world, sizes, iters=5 if small else 20))
+    finally:
+        runner.close()
     after = health_snapshot()
     return {
-        "agent_version": 2, "level": level, "backend": "cuda" if cuda else "cpu",
-        "torch": torch.__version__, "gpus": len(devs) if cuda else 0,
-        "inventory": gpu_inventory(),
+        "agent_version": 3, "level": level, "backend": "cuda" if cuda else "cpu",
+        "torch": torch.__version__, "gpus": len(devs) if cuda else 0, "seed": seed,
+        "devices": idents, "inventory": inventory, "hung": runner.hung,
         "results": [asdict(r) for r in results],
         "telemetry": {"available": telemetry.available, "source": telemetry.source,
                       "samples": telemetry.samples},
@@ -614,19 +1023,27 @@ def run_level(level: str, seconds: float | None = None, ranks: int | None = None
     }
 
 
+def _gemm_on(dtype: str, n: int, seconds: float, seed: int, i: int,
+             dev: torch.device) -> Measurement:
+    return gemm(dev, dtype, n, seconds, i, seed)
+
+
 def multinode_worker(sizes: list[int], iters: int) -> int:
     """One rank of the cross-node all-reduce, started by torchrun on every node (it sets
     RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous store). Global rank 0 prints the
-    result; busbw as nccl-tests defines it, gated on the largest message."""
+    result: busbw as nccl-tests defines it from the time averaged over all ranks, gated
+    on the largest message, which is also checked for a correct sum on every rank."""
     cuda = torch.cuda.is_available()
     backend = "nccl" if cuda else "gloo"
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, timeout=timedelta(seconds=300))
+    dist.init_process_group(backend, timeout=timedelta(seconds=collective_timeout(
+        max(sizes))))
     rank, world = dist.get_rank(), dist.get_world_size()
     rows: list[dict[str, Any]] = []
+    wrong = 0
     for size in sizes:
         elems = max(world, size // 4 // world * world)
         buf = torch.ones(elems, device=device)
@@ -637,18 +1054,28 @@ def multinode_worker(sizes: list[int], iters: int) -> int:
         for _ in range(iters):
             dist.all_reduce(buf)
         sync(device)
-        seconds = (time.perf_counter() - start) / iters
+        mine = torch.tensor([(time.perf_counter() - start) / iters], dtype=torch.float64,
+                            device=device)
+        dist.all_reduce(mine)
+        seconds = float(mine.item()) / world
+        if size == max(sizes):
+            wrong = check_all_reduce(buf, rank, world)
         algbw = elems * 4 / seconds / 1e9
         rows.append({"op": "all_reduce", "bytes": elems * 4, "time_us": seconds * 1e6,
                      "algbw": algbw, "busbw": algbw * bus_factor("all_reduce", world)})
+    bad = torch.tensor([float(wrong > 0)], device=device)
+    dist.all_reduce(bad)
     nodes = int(os.environ.get("GROUP_WORLD_SIZE", "0")) or None
     dist.destroy_process_group()
     if rank == 0:
         largest = max(rows, key=lambda r: r["bytes"])
-        json.dump({"agent_version": 2, "results": [asdict(Measurement(
-            "multinode_all_reduce_busbw", largest["busbw"], "GB/s", None, True,
-            {"backend": backend, "ranks": world, "nodes": nodes, "sizes": rows}))]},
-            sys.stdout)
+        detail: dict[str, Any] = {"backend": backend, "ranks": world, "nodes": nodes,
+                                  "sizes": rows, "averaged_over_ranks": world}
+        if bad.item():
+            detail["error"] = f"wrong all_reduce result on {int(bad.item())} ranks"
+        json.dump({"agent_version": 3, "results": [asdict(Measurement(
+            "multinode_all_reduce_busbw", largest["busbw"], "GB/s", None, not bad.item(),
+            detail))]}, sys.stdout)
         sys.stdout.write("\n")
     return 0
 
@@ -704,14 +1131,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--watch-stdin", action="store_true",
                         help="stop everything when stdin (the SSH channel) closes")
     parser.add_argument("--deadline", type=float, help="stop everything after this many s")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the GEMM inputs, the reference block and the memory "
+                             "test (the control host varies it per run and records it)")
+    parser.add_argument("--cpu-devices", type=int,
+                        help="logical devices on a CPU-only machine (default: the "
+                             "driver's GPUs, at most 4)")
     args = parser.parse_args(argv)
     start_watchdog(args.watch_stdin, args.deadline)
     if args.multinode:
         small = args.small or not torch.cuda.is_available()
         sizes = [1 << 16, 1 << 20, 1 << 24] if small else [1 << 20, 1 << 26, 1 << 32]
         return multinode_worker(sizes, 5 if small else 20)
-    json.dump(run_level(args.level, args.seconds, args.ranks, scale=args.scale), sys.stdout)
+    doc = run_level(args.level, args.seconds, args.ranks, scale=args.scale, seed=args.seed,
+                    cpu_devices=args.cpu_devices)
+    json.dump(doc, sys.stdout)
     sys.stdout.write("\n")
+    sys.stdout.flush()
+    if doc["hung"]:
+        # A thread stuck in a hung GPU's call would keep the interpreter from exiting;
+        # the document is out, so leave now.
+        os._exit(0)
     return 0
 
 

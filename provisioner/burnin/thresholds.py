@@ -87,11 +87,35 @@ def node_profile(gc: Gpuctl, sku: str | None, host_vars: dict[str, Any],
     floors_name = host_vars.get("gpuctl_burnin_floors")
     if floors_name:
         floors = load_profile(gc, str(floors_name))
-        profile = {**profile, "tests": floors["tests"],
-                   "fleet_outlier_fraction": floors.get(
-                       "fleet_outlier_fraction", profile.get("fleet_outlier_fraction"))}
+        profile = {**profile, "tests": floors["tests"], **{
+            key: floors[key] for key in ("fleet_outlier_fraction", "gpu_outlier_fraction",
+                                         "gpu_outlier_tests") if key in floors}}
         name = f"{name}+{floors_name}"
     return str(name), profile
+
+
+def failure_reason(detail: dict[str, Any]) -> str:
+    """Why the agent marked a measurement wrong, in words, naming the board."""
+    board = ", ".join(str(detail[k]) for k in ("uuid", "pci_bus_id") if detail.get(k))
+    board = f" [{board}]" if board else ""
+    if detail.get("error"):
+        return f"{str(detail['error'])[:300]}{board}"
+    if detail.get("repeat_bit_identical") is False:
+        return (f"silent data corruption: {detail.get('repeat_mismatches')} of "
+                f"{detail.get('repeat_checks')} products differ from the first "
+                f"(seed {detail.get('seed')}){board}")
+    if detail.get("freivalds_rows") or detail.get("reference_elements"):
+        return (f"silent data corruption: the product is wrong against a float64 reference "
+                f"({detail.get('freivalds_rows')} rows fail Freivalds' check, "
+                f"{detail.get('reference_elements')} elements of rows "
+                f"{detail.get('reference_rows')} exceed their bound; seed "
+                f"{detail.get('seed')}){board}")
+    if detail.get("cross_gpu_mismatch"):
+        return (f"silent data corruption: {detail['cross_gpu_mismatch']} (seed "
+                f"{detail.get('seed')}){board}")
+    if "errors" in detail:
+        return f"{detail.get('errors')} memory errors{board}"
+    return f"wrong result{board}"
 
 
 def evaluate(results: list[dict[str, Any]], profile: dict[str, Any],
@@ -106,13 +130,7 @@ def evaluate(results: list[dict[str, Any]], profile: dict[str, Any],
         limit = tests.get(name, {}).get("min")
         where = f"GPU {r['device']}" if r.get("device") is not None else "node"
         if not r.get("ok", True):
-            detail = r.get("detail", {})
-            why = ("silent data corruption: results differ between repeats"
-                   if detail.get("repeat_bit_identical") is False else
-                   f"silent data corruption: error {detail.get('relative_error'):.2e} > "
-                   f"{detail.get('tolerance')}" if "relative_error" in detail else
-                   f"{detail.get('errors')} memory errors" if "errors" in detail else
-                   "wrong result")
+            why = failure_reason(r.get("detail") or {})
             out.append(Verdict(name, r.get("device"), value, unit, limit, False,
                                f"{name} on {where}: {why}"))
             continue
@@ -128,6 +146,42 @@ def evaluate(results: list[dict[str, Any]], profile: dict[str, Any],
                                f"{fraction:.0%} of the fleet median {median:.4g}"))
             continue
         out.append(Verdict(name, r.get("device"), value, unit, limit, True, ""))
+    return out
+
+
+# Throughput tests compared GPU by GPU inside a node: one GPU well below its siblings
+# is a bad part however loaded the host or fast the fleet (a profile's
+# ``gpu_outlier_tests`` may narrow this list; the CPU lab's copies share memory).
+GPU_OUTLIER_TESTS = ("gemm_bfloat16", "gemm_float16", "gemm_tf32", "gemm_float32",
+                     "memory_bandwidth", "h2d_bandwidth", "d2h_bandwidth")
+
+
+def gpu_outlier_verdicts(results: list[dict[str, Any]], profile: dict[str, Any]
+                         ) -> list[Verdict]:
+    """One failed verdict per GPU that is below ``gpu_outlier_fraction`` (default 0.8)
+    of the median of its node's GPUs in a throughput test. The comparison needs no
+    floor and no other node, so it catches a slow part on an unknown SKU, in a run of
+    one node, and on a loaded host alike. Needs 3 or more GPUs with a value."""
+    fraction = float(profile.get("gpu_outlier_fraction", 0.8))
+    tests = profile.get("gpu_outlier_tests") or GPU_OUTLIER_TESTS
+    if fraction <= 0:
+        return []
+    out = []
+    for test in tests:
+        values = [(r["device"], float(r["value"])) for r in results
+                  if r.get("test") == test and r.get("device") is not None
+                  and isinstance(r.get("value"), (int, float))]
+        if len(values) < 3:
+            continue
+        median = statistics.median(v for _, v in values)
+        for device, value in values:
+            if value < fraction * median:
+                unit = next((r.get("unit", "") for r in results if r.get("test") == test),
+                            "")
+                out.append(Verdict(f"{test}_vs_node", device, value, unit, fraction * median,
+                                   False, f"{test} on GPU {device}: {value:.4g} {unit} is "
+                                   f"below {fraction:.0%} of its node's median GPU "
+                                   f"{median:.4g} (a slow part)"))
     return out
 
 
