@@ -84,7 +84,8 @@ class Sku:
             telemetry["nvlink_links"] = int(self.fabric["nvlink_links"])
         return {**self.burnin, "telemetry": telemetry,
                 "gpu_memory_mib_min": self.gpu.get("memory_mib_min") or None,
-                "ecc_required": bool(self.gpu.get("ecc_required"))}
+                "ecc_required": bool(self.gpu.get("ecc_required")),
+                "fabric_required": bool(self.fabric.get("state_required"))}
 
 
 def _parse(path: Path) -> Sku:

@@ -517,7 +517,8 @@ def collectives(ranks: int, sizes: list[int], iters: int) -> list[Measurement]:
 
 # nvidia-smi's --query-gpu fields for one telemetry sample; the throttle bitmask is the
 # same one NVML's nvmlDeviceGetCurrentClocksEventReasons returns.
-SMI_SAMPLE = ("index,temperature.gpu,power.draw,clocks.sm,clocks_throttle_reasons.active")
+SMI_SAMPLE = ("index,temperature.gpu,power.draw,clocks.sm,clocks_throttle_reasons.active,"
+              "pcie.link.gen.current,pcie.link.width.current")
 
 
 def _smi(args: list[str], timeout: float = 60.0, limit: int = 16 << 20) -> str | None:
@@ -591,18 +592,22 @@ class Telemetry:
                     "power_w": power / 1000 if power is not None else None,
                     "sm_mhz": self._query("nvmlDeviceGetClockInfo", h, 1),
                     "throttle": throttle,
+                    "pcie_gen": self._query("nvmlDeviceGetCurrPcieLinkGeneration", h),
+                    "pcie_width": self._query("nvmlDeviceGetCurrPcieLinkWidth", h),
                 })
         elif self.source == "nvidia-smi":
             out = _smi(["--query-gpu=" + SMI_SAMPLE, "--format=csv,noheader,nounits"], 30)
             for line in (out or "").splitlines()[:64]:
                 cols = [c.strip() for c in line.split(",")]
-                if len(cols) != 5 or not cols[0].isdigit():
+                if len(cols) != 7 or not cols[0].isdigit():
                     continue
-                throttle = _number(cols[4])
+                throttle, gen, width = _number(cols[4]), _number(cols[5]), _number(cols[6])
                 self.samples.append({
                     "t": now, "gpu": int(cols[0]), "temp_c": _number(cols[1]),
                     "power_w": _number(cols[2]), "sm_mhz": _number(cols[3]),
                     "throttle": int(throttle) if throttle is not None else None,
+                    "pcie_gen": int(gen) if gen is not None else None,
+                    "pcie_width": int(width) if width is not None else None,
                 })
 
     def _run(self) -> None:
@@ -643,11 +648,12 @@ def kernel_log() -> dict[str, Any]:
         lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("-- ")]
         if proc.returncode == 0 and lines and "No journal files were found" not in text:
             return {"source": cmd[0], "lines": len(lines),
-                    "xid_lines": [ln for ln in lines if "NVRM: Xid" in ln][-1000:]}
+                    "xid_lines": [ln for ln in lines if "NVRM: Xid" in ln][-1000:],
+                    "sxid_lines": [ln for ln in lines if ": SXid (" in ln][-1000:]}
         err = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [
             "no kernel messages" if proc.returncode == 0 else f"exit {proc.returncode}"]
         tried.append(f"{cmd[0]}: {err[0]}"[:200])
-    return {"source": None, "error": "; ".join(tried), "xid_lines": []}
+    return {"source": None, "error": "; ".join(tried), "xid_lines": [], "sxid_lines": []}
 
 
 def health_snapshot() -> dict[str, Any]:
@@ -656,7 +662,8 @@ def health_snapshot() -> dict[str, Any]:
     and the kernel's XID lines (with where they came from)."""
     log = kernel_log()
     return {"t": time.time(), "smi_xml": _smi(["-q", "-x"], 120),
-            "xid_lines": log.pop("xid_lines"), "kernel_log": log}
+            "xid_lines": log.pop("xid_lines"), "sxid_lines": log.pop("sxid_lines"),
+            "kernel_log": log}
 
 
 NVLINK_MAX_LINKS = 18  # NVML_NVLINK_MAX_LINKS

@@ -1,20 +1,30 @@
 """GPU health during a burn-in: what the agent saw before, during and after its tests.
 
-The agent ships raw facts (``nvidia-smi -q -x`` before and after, the kernel's XID lines,
-telemetry samples, NVLink link states); they are parsed and judged here, on the control
-host, with the same hardened parsers the scan uses. A GPU fails when, during the run, it
-logged a new XID, has uncorrectable ECC errors, has a row remap pending or failed, was
-slowed down for heat or power, ran hotter than its profile allows, or has an inactive
-NVLink link.
+The agent ships raw facts (``nvidia-smi -q -x`` before and after, the kernel's XID and
+SXid lines, telemetry samples, NVLink link states); they are parsed and judged here, on
+the control host, with the same hardened parsers the scan uses. A GPU fails when, during
+the run, it logged a new XID, has uncorrectable ECC errors, too many correctable SRAM
+errors or remapped rows, a row remap pending or failed, was slowed down for heat or
+power, ran hotter than its profile allows, trained its PCIe link below its maximum under
+load, is not registered with the NVSwitch fabric, or has an inactive NVLink link; the
+node fails on a new NVSwitch SXid. A check whose input could not be read fails.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Any
 
 from provisioner.burnin.thresholds import Verdict
 from provisioner.probe.smi_xml import SmiGpu, SmiParseError, parse_smi_xml, parse_xid_lines
+
+# Azure HPC node health checks (customTests/azure_gpu_ecc.nhc and its configs, e.g.
+# conf/nd96isr_h100_v5.conf "check_gpu_ecc 20000000 10000"): a GPU fails with more than
+# 10000 correctable SRAM ECC errors, or more than 512 rows remapped for uncorrectable
+# errors. A profile may set its own (``sram_correctable_max``, ``remapped_rows_max``).
+SRAM_CORRECTABLE_MAX = 10000
+REMAPPED_ROWS_MAX = 512
 
 # Clocks-event reasons (NVML's nvmlClocksEventReason* bits) that mean the GPU was slowed
 # by a fault or its environment. SW power cap (0x4) is not among them: a GPU running GEMM
@@ -80,15 +90,8 @@ def health_verdicts(doc: dict[str, Any], profile: dict[str, Any]) -> list[Verdic
     old_by_bus = {bus_key(g.pci_bus_id): g for g in before or []}
 
     # New XIDs: lines in the kernel log after the run that were not there before.
-    seen = Counter(as_dict(health.get("before")).get("xid_lines") or [])
-    new_lines = []
-    for line in as_dict(health.get("after")).get("xid_lines") or []:
-        if seen[line]:
-            seen[line] -= 1
-        else:
-            new_lines.append(line)
     xids: dict[int | None, list[dict[str, Any]]] = {}
-    for x in parse_xid_lines(new_lines):
+    for x in parse_xid_lines(_new_lines(health, "xid_lines")):
         xids.setdefault(by_bus.get(bus_key(x["pci"])), []).append(x)
 
     samples: dict[int, list[dict[str, Any]]] = {}
@@ -122,7 +125,13 @@ def health_verdicts(doc: dict[str, Any], profile: dict[str, Any]) -> list[Verdic
                            "" if not remap else f"row_remap on GPU {i}: row remapping "
                            f"{' and '.join(remap)} (reset the GPU; replace it if it fails "
                            "again)"))
+        out += _counter_verdicts(g, profile)
+        if profile.get("fabric_required"):
+            out.append(_fabric_verdict(g))
         mine_s = samples.get(i, [])
+        link = _pcie_under_load(g, mine_s)
+        if link is not None:
+            out.append(link)
         masks = [int(s["throttle"]) for s in mine_s if isinstance(s.get("throttle"), int)]
         reasons = sorted({n for m in masks for n in throttle_names(m)})
         if g.thermal_slowdown and "hw_thermal_slowdown" not in reasons:
@@ -150,7 +159,117 @@ def health_verdicts(doc: dict[str, Any], profile: dict[str, Any]) -> list[Verdic
                            False, f"gpu_health on node: {len(before) - len(after)} GPUs "
                            "disappeared during burn-in"))
     out += nvlink_verdicts(doc.get("nvlink"), profile)
+    out += _sxid_verdicts(health)
     return out
+
+
+def _new_lines(health: dict[str, Any], key: str) -> list[str]:
+    """Lines of ``key`` in the after-snapshot that were not in the before-snapshot."""
+    seen = Counter(as_dict(health.get("before")).get(key) or [])
+    new = []
+    for line in as_dict(health.get("after")).get(key) or []:
+        if seen[line]:
+            seen[line] -= 1
+        elif isinstance(line, str):
+            new.append(line)
+    return new
+
+
+def _counter_verdicts(g: SmiGpu, profile: dict[str, Any]) -> list[Verdict]:
+    """Correctable SRAM errors and rows remapped for uncorrectable errors, against the
+    profile's limits (Azure's public ones by default). Counters the GPU does not report
+    (older schemas, parts without row remapping) give no verdict."""
+    out = []
+    sram_max = int(profile.get("sram_correctable_max", SRAM_CORRECTABLE_MAX))
+    sram = max((v for v in (g.ecc_sram_correctable_volatile, g.ecc_sram_correctable_aggregate)
+                if v is not None), default=None)
+    if sram is not None:
+        ok = sram <= sram_max
+        out.append(Verdict("ecc_sram_correctable", g.index, float(sram), "errors",
+                           float(sram_max), ok, "" if ok else
+                           f"ecc_sram_correctable on GPU {g.index}: {sram} correctable SRAM "
+                           f"ECC errors > {sram_max}"))
+    rows_max = int(profile.get("remapped_rows_max", REMAPPED_ROWS_MAX))
+    rows = g.remapped_rows_uncorrectable
+    if rows is not None:
+        ok = rows <= rows_max
+        out.append(Verdict("remapped_rows", g.index, float(rows), "rows", float(rows_max), ok,
+                           "" if ok else f"remapped_rows on GPU {g.index}: {rows} rows "
+                           f"remapped for uncorrectable errors > {rows_max}"))
+    return out
+
+
+def _fabric_verdict(g: SmiGpu) -> Verdict:
+    """On NVSwitch SKUs every GPU must have completed its registration with the fabric
+    manager (``nvidia-smi -q``: Fabric State Completed, Status Success); until then NVLink
+    peer traffic through the switches does not work. Not readable is a failure too."""
+    state, status = g.fabric_state, g.fabric_status
+    ok = (state or "").lower() == "completed" and (status or "").lower() == "success"
+    why = ("nvidia-smi reports no fabric state" if state is None else
+           f"fabric state {state}, status {status or '?'}")
+    return Verdict("fabric", g.index, None, str(state), None, ok, "" if ok else
+                   f"fabric on GPU {g.index}: {why}; is nvidia-fabricmanager running "
+                   "(systemctl status nvidia-fabricmanager)?")
+
+
+def _pcie_under_load(g: SmiGpu, samples: list[dict[str, Any]]) -> Verdict | None:
+    """The PCIe link while the tests ran: an idle GPU may train its link down to save
+    power, so the scan's idle reading proves little; under load it must run at its
+    maximum width and generation. Needs samples with link fields (NVML or nvidia-smi)."""
+    widths = [int(s["pcie_width"]) for s in samples if isinstance(s.get("pcie_width"), int)]
+    gens = [int(s["pcie_gen"]) for s in samples if isinstance(s.get("pcie_gen"), int)]
+    if not widths or not g.pcie_width_max:
+        return None
+    low_width = min(widths) < g.pcie_width_max
+    low_gen = bool(gens and g.pcie_gen_max and max(gens) < g.pcie_gen_max)
+    ok = not low_width and not low_gen
+    value = f"x{min(widths)}" + (f" gen{max(gens)}" if gens else "")
+    want = f"x{g.pcie_width_max}" + (f" gen{g.pcie_gen_max}" if g.pcie_gen_max else "")
+    return Verdict("pcie_link", g.index, float(min(widths)), "lanes", float(g.pcie_width_max),
+                   ok, "" if ok else f"pcie_link on GPU {g.index}: {value} under load, its "
+                   f"maximum is {want} (reseat the board or check the riser)")
+
+
+# NVSwitch errors in the kernel log, as the nvswitch driver writes them, e.g.
+# "nvidia-nvswitch3: SXid (PCI:0000:05:00.0): 12028, Non-fatal, Link 32 egress ..."
+_SXID = re.compile(r"(nvidia-nvswitch\d*): SXid \(PCI:([0-9a-fA-F:.]+)\): (\d+),\s*(.*)")
+
+
+def _sxid_verdicts(health: dict[str, Any]) -> list[Verdict]:
+    """A new NVSwitch SXid during the run fails the node (the switch is not one GPU's)."""
+    found = [m for m in (_SXID.search(line) for line in _new_lines(health, "sxid_lines")) if m]
+    if not found:
+        return []
+    first = found[0]
+    return [Verdict("nvswitch_sxid", None, float(len(found)), "events", 0.0, False,
+                    f"nvswitch_sxid on node: {len(found)} new SXid during burn-in, first "
+                    f"{first.group(3)} on {first.group(1)} (PCI {first.group(2)}): "
+                    f"{first.group(4)[:120]}")]
+
+
+def health_evidence(doc: dict[str, Any]) -> dict[str, Any]:
+    """What a quarantine rests on, small enough to keep: the kernel log's new XID and
+    SXid lines, and each GPU's ECC, row-remap and fabric counters before and after."""
+    health = as_dict(doc.get("health"))
+
+    def counters(snapshot: Any) -> list[dict[str, Any]] | None:
+        gpus = _gpus(snapshot)
+        if gpus is None:
+            return None
+        return [{"index": g.index, "uuid": g.uuid, "pci_bus_id": g.pci_bus_id,
+                 "ecc_uncorrectable_volatile": g.ecc_uncorrectable_volatile,
+                 "ecc_uncorrectable_aggregate": g.ecc_uncorrectable_aggregate,
+                 "ecc_sram_correctable_aggregate": g.ecc_sram_correctable_aggregate,
+                 "remapped_rows_uncorrectable": g.remapped_rows_uncorrectable,
+                 "remapped_rows_pending": g.remapped_rows_pending,
+                 "remapped_rows_failure": g.remapped_rows_failure,
+                 "fabric_state": g.fabric_state} for g in gpus]
+
+    return {"new_xid_lines": _new_lines(health, "xid_lines")[:100],
+            "new_sxid_lines": _new_lines(health, "sxid_lines")[:100],
+            "kernel_log": {when: as_dict(as_dict(health.get(when)).get("kernel_log"))
+                           for when in ("before", "after")},
+            "before": counters(health.get("before")), "after": counters(health.get("after"))}
 
 
 def nvlink_verdicts(status: Any, profile: dict[str, Any]) -> list[Verdict]:

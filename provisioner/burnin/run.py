@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import re
+import secrets
 import shlex
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -16,9 +17,15 @@ from importlib import resources
 from typing import Any
 
 from provisioner.burnin.dcgm import dcgm_command, dcgm_verdicts
-from provisioner.burnin.health import as_dict, health_verdicts
+from provisioner.burnin.health import as_dict, health_evidence, health_verdicts
 from provisioner.burnin.levels import LEVELS
-from provisioner.burnin.thresholds import Verdict, evaluate, fleet_medians, node_profile
+from provisioner.burnin.thresholds import (
+    Verdict,
+    evaluate,
+    fleet_medians,
+    gpu_outlier_verdicts,
+    node_profile,
+)
 from provisioner.catalogue import Sku
 from provisioner.db.models import (
     BurninArtifact,
@@ -58,13 +65,14 @@ class BurninSummary:
     run_id: int
     level: str
     nodes: list[NodeBurnin]
+    seed: int = 0
 
     @property
     def failed(self) -> list[NodeBurnin]:
         return [n for n in self.nodes if n.verdict != "pass"]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "level": self.level,
+        return {"run_id": self.run_id, "level": self.level, "seed": self.seed,
                 "nodes": [asdict(n) for n in self.nodes]}
 
 
@@ -104,10 +112,10 @@ def _with_agent_file(env: dict[str, str] | None, command: str, size: int) -> str
 
 
 def _agent_command(python: str, level: str, seconds: float | None,
-                   env: dict[str, str] | None = None, size: int = 0) -> str:
+                   env: dict[str, str] | None = None, size: int = 0, seed: int = 0) -> str:
     lv = LEVELS[level]
     args = f"--level {level} --scale {lv.scale:g} --watch-stdin --deadline {lv.timeout_s:g}" \
-        + (f" --seconds {seconds:g}" if seconds else "")
+        + f" --seed {seed}" + (f" --seconds {seconds:g}" if seconds else "")
     return _with_agent_file(env, f'{shlex.quote(python)} "$d/agent.py" {args}', size)
 
 
@@ -146,6 +154,7 @@ def burnin_nodes(
     with_dcgm: bool = False,
     multinode: bool = False,
     certificate_days: int = CERTIFICATE_DAYS,
+    seed: int | None = None,
     on_result: Callable[[NodeBurnin], None] | None = None,
 ) -> BurninSummary:
     """Burn in the nodes and certify or quarantine each one.
@@ -163,14 +172,17 @@ def burnin_nodes(
                              "provision it first")
         snapshots = {n.name: session.get(HardwareSnapshot, n.last_snapshot_id)
                      if n.last_snapshot_id else None for n in nodes}
+    # Every node of the run computes the same seeded products (so nodes of one model can
+    # be compared), and every run other ones; the seed is kept with the run to replay it.
+    seed = secrets.randbelow(2**31) if seed is None else seed
     args = {"nodes": [n.name for n in nodes], "level": level, "seconds": seconds,
-            "profile": profile, "with_dcgm": with_dcgm, "multinode": multinode}
+            "profile": profile, "with_dcgm": with_dcgm, "multinode": multinode, "seed": seed}
     interrupted = False
     with RunScope(gc, "burnin", args, nodes, busy=State.BURNING_IN,
                   start_reason=f"burn-in ({level}) started") as run:
-        summary = BurninSummary(run.run_id, level, [])
+        summary = BurninSummary(run.run_id, level, [], seed)
         try:
-            outcomes = _run_agents(gc, nodes, level, seconds, parallel, with_dcgm)
+            outcomes = _run_agents(gc, nodes, level, seconds, parallel, with_dcgm, seed)
         except KeyboardInterrupt:
             interrupted = True
             run.status = RunStatus.INTERRUPTED
@@ -189,7 +201,8 @@ def burnin_nodes(
                 run.node_ok[node.name] = result.verdict == "pass"
                 if on_result:
                     on_result(result)
-            run.summary = {"certified": [n.name for n in summary.nodes if n.verdict == "pass"],
+            run.summary = {"seed": seed,
+                           "certified": [n.name for n in summary.nodes if n.verdict == "pass"],
                            "quarantined": [n.name for n in summary.nodes
                                            if n.verdict == "fail"],
                            "failed": [n.name for n in summary.nodes if n.verdict == "error"]}
@@ -201,7 +214,7 @@ def burnin_nodes(
 
 
 def _run_agents(gc: Gpuctl, nodes: list[Node], level: str, seconds: float | None,
-                parallel: int, with_dcgm: bool
+                parallel: int, with_dcgm: bool, seed: int
                 ) -> dict[str, tuple[str | None, dict[str, Any]]]:
     known = KnownHosts(gc.paths.known_hosts)
     script = agent_script()
@@ -216,7 +229,7 @@ def _run_agents(gc: Gpuctl, nodes: list[Node], level: str, seconds: float | None
             return str(exc), {}
         try:
             res = run_on_node(target, _agent_command(python, level, seconds, env,
-                                                     len(script)),
+                                                     len(script), seed),
                               known_hosts=known, stdin_data=script, keep_stdin_open=True,
                               command_timeout=LEVELS[level].timeout_s, max_output=64 << 20)
         except HostKeyChanged as exc:
@@ -321,6 +334,10 @@ def _artifact(doc: dict[str, Any]) -> dict[str, Any]:
                    and str(r.get("test", "")).endswith("_busbw")}
     return {"agent_version": doc.get("agent_version"), "backend": doc.get("backend"),
             "torch": doc.get("torch"), "inventory": doc.get("inventory"),
+            "seed": doc.get("seed"), "devices": doc.get("devices"),
+            # The XID lines and ECC/remap counters before and after: the evidence behind a
+            # quarantine, kept for the RMA ticket (the raw nvidia-smi XML is not).
+            "health": health_evidence(doc),
             "telemetry": {"source": telemetry.get("source"),
                           "samples": _thin(telemetry.get("samples") or [])},
             "nvlink": doc.get("nvlink"), "p2p_matrix": p2p, "collectives": collectives}
@@ -337,6 +354,7 @@ def _judge(gc: Gpuctl, node: Node, err: str | None, doc: dict[str, Any],
     sku = gc.sku(node.sku)
     verdicts = [_inventory_verdict(node, sku, doc, profile), _backend_verdict(sku, doc, hv)]
     verdicts += evaluate(doc["results"], profile, medians) + health_verdicts(doc, profile)
+    verdicts += gpu_outlier_verdicts(doc["results"], profile)
     if "dcgm" in doc:
         verdicts += dcgm_verdicts(doc["dcgm"])
     return name, verdicts, [v.reason for v in verdicts if not v.passed]

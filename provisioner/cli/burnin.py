@@ -28,13 +28,16 @@ VERDICT_STYLE = {"pass": "green", "fail": "bold red", "error": "red"}
 @click.option("--multinode", is_flag=True,
               help="Then all-reduce across every node that passed (torchrun, c10d rendezvous "
                    "at the first node).")
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1),
+              help="Seed of the GEMM inputs and memory patterns (default: a new one per run, "
+                   "recorded in the run, so a failure can be replayed with it).")
 @click.option("--valid-days", type=click.IntRange(1, 3650), default=CERTIFICATE_DAYS,
               show_default=True, help="Days a certificate stays valid.")
 @json_option
 @pass_ctx
 def burnin(ctx: Ctx, nodes: tuple[str, ...], all_nodes: bool, level: str,
            seconds: float | None, profile: str | None, parallel: int, with_dcgm: bool,
-           multinode: bool, valid_days: int, as_json: bool) -> None:
+           multinode: bool, seed: int | None, valid_days: int, as_json: bool) -> None:
     """Stress-test nodes (GEMM with corruption checks, memory, bandwidth, collectives)
     and certify or quarantine each one against its SKU's thresholds.
 
@@ -50,7 +53,7 @@ def burnin(ctx: Ctx, nodes: tuple[str, ...], all_nodes: bool, level: str,
     summary = burnin_nodes(ctx.gc, list(nodes), all_nodes=all_nodes, level=level,
                            seconds=seconds, profile=profile, parallel=parallel,
                            with_dcgm=with_dcgm, multinode=multinode,
-                           certificate_days=valid_days,
+                           certificate_days=valid_days, seed=seed,
                            on_result=on_result)
     if as_json:
         print_json(ctx.console, summary.to_dict())

@@ -23,7 +23,15 @@ FAULTS = {
                               "driver",
     "unsupported-os": "the node runs an OS the playbooks do not support (Fedora 40)",
     "sdc": "every third matrix product on the node comes out with one wrong element",
-    "slow-gpu": "matrix products on the node run far slower than on its peers",
+    "slow-gpu": "GPU 0 runs its matrix products at half speed",
+    "gpu-lost": "GPU 1 falls off the bus mid-test: its CUDA calls fail and the kernel logs "
+                "XID 79 for it",
+    "nvswitch-sxid": "an NVSwitch logs an SXid (12028, non-fatal link error) once the GPUs "
+                     "are under load",
+    "sram-correctable": "GPU 6 reports 12000 correctable SRAM ECC errors",
+    "remapped-rows": "GPU 7 has 600 rows remapped for uncorrectable errors",
+    "fabric-unregistered": "the GPUs never complete their NVSwitch fabric registration (as "
+                           "without a running fabric manager)",
     "nvlink-down": "NVLink link 3 of GPU 4 is inactive",
     "ecc-disabled": "GPU 5 runs with ECC disabled (current and pending)",
     "kernel-log-unreadable": "dmesg is refused (as under kernel.dmesg_restrict) and there "
@@ -34,7 +42,8 @@ REPO_VARIANTS = {"package-install-failure": "fail-build",
                  "fabricmanager-mismatch": "fm-skew", "repo-unreachable": None}
 GPU_FAULTS = {"gpu-missing", "pcie-downgrade", "xid", "ecc-uncorrectable", "ecc-disabled",
               "row-remap-failure", "thermal-throttle", "garbage-output", "sdc", "slow-gpu",
-              "nvlink-down"}
+              "nvlink-down", "gpu-lost", "nvswitch-sxid", "sram-correctable", "remapped-rows",
+              "fabric-unregistered"}
 
 
 def parse_fault(text: str) -> tuple[str, str]:
@@ -80,6 +89,10 @@ def apply_fault(spec: dict[str, Any], kind: str) -> None:
     elif kind == "row-remap-failure":
         g = gpu(2)
         g.update(remapped_rows=True, remap_failure=True, remap_unc=1)
+    elif kind == "sram-correctable":
+        gpu(6)["ecc_sram_correctable"] = 12000
+    elif kind == "remapped-rows":
+        gpu(7).update(remapped_rows=True, remap_unc=600)
     elif kind == "thermal-throttle":
         gpu(3).update(thermal_slowdown=True, temperature_c=93)
     elif kind == "nvlink-down":

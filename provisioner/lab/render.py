@@ -125,6 +125,8 @@ UPDATE_INITRAMFS = """#!/bin/sh
 mkdir -p /var/lib/gpuctl-lab && date +%s > /var/lib/gpuctl-lab/initramfs-updated
 echo "update-initramfs: Generating /boot/initrd.img-$(uname -r)"
 """
+# Faults that act on the agent's computation (one per node).
+COMPUTE_FAULTS = ("sdc", "slow-gpu", "xid", "gpu-lost", "nvswitch-sxid")
 # Burn-in faults act on the node's Python environment, as faulty silicon would act on the
 # computation: the agent's code is the same as on a healthy node.
 COMPUTE_FAULT = """# gpuctl lab fault {kind}: this node's matrix products misbehave.
@@ -142,22 +144,39 @@ def _hook(name, *args, **kwargs):
         torch._gpuctl_lab = 1
         real, calls = torch.matmul, [0]
 
+        import os, threading, time
+
+        def log(line):
+            with open("/etc/gpuctl-lab/kmsg", "a") as fh:
+                fh.write("[%.6f] %s\\n" % (time.monotonic() + 5000, line))
+
         def matmul(a, b, out=None):
+            # The agent names each GPU's thread gpuctl-gpu<N> (CPU devices stand for GPUs).
+            gpu = threading.current_thread().name
             calls[0] += 1
+            if "{kind}" == "gpu-lost" and gpu == "gpuctl-gpu1" and calls[0] > 8:
+                # GPU 1 falls off the bus mid-test: the driver logs XID 79 and every CUDA
+                # call on it fails from then on.
+                if not getattr(torch, "_gpuctl_lost", 0):
+                    torch._gpuctl_lost = 1
+                    log("NVRM: Xid (PCI:{bus1}): 79, pid=%d, name=python3, GPU has fallen "
+                        "off the bus." % os.getpid())
+                raise RuntimeError("CUDA error: unspecified launch failure")
             result = real(a, b, out=out)
             if "{kind}" == "xid" and calls[0] == 1:
                 # The GPU falls off the bus under load: the driver logs a new XID.
-                import os, time
-                with open("/etc/gpuctl-lab/kmsg", "a") as fh:
-                    fh.write("[%.6f] NVRM: Xid (PCI:{bus}): 79, pid=%d, name=python3, GPU has "
-                             "fallen off the bus.\\n" % (time.monotonic() + 5000, os.getpid()))
+                log("NVRM: Xid (PCI:{bus}): 79, pid=%d, name=python3, GPU has fallen off "
+                    "the bus." % os.getpid())
+            if "{kind}" == "nvswitch-sxid" and calls[0] == 1:
+                # An NVSwitch reports a link error while the GPUs talk through it.
+                log("nvidia-nvswitch0: SXid (PCI:{switch}): 12028, Non-fatal, Link 32 egress "
+                    "non-posted PRIV error (First)")
             if "{kind}" == "sdc" and calls[0] % 3 == 0:
                 result.view(-1)[7] += 1.0
-            if "{kind}" == "slow-gpu":
-                # Busy, not sleeping: a slow part takes its share of the machine and
-                # still gets ~6x less done, however loaded the machine is.
-                for _ in range(5):
-                    real(a, b)
+            if "{kind}" == "slow-gpu" and gpu == "gpuctl-gpu0":
+                # Busy, not sleeping: GPU 0 does every product twice (half speed) and
+                # takes its share of the machine, as a slow part would.
+                real(a, b)
             return result
 
         torch.matmul = matmul
@@ -210,12 +229,15 @@ def node_files(spec: dict[str, Any]) -> dict[str, tuple[bytes, int]]:
         if os.path.exists(sources):
             files[sources] = (b"# emptied by gpuctl lab: nodes use only the lab mirror\n",
                               0o644)
-    for kind in ("sdc", "slow-gpu", "xid"):
+    for kind in COMPUTE_FAULTS:
         if kind in spec["faults"] and spec["gpus"]:
             site = sysconfig.get_paths()["purelib"]  # the environment the agent runs in
-            bus = spec["gpus"][0]["bus_id"].lower()[:-2]
-            files[f"{site}/sitecustomize.py"] = (
-                COMPUTE_FAULT.format(kind=kind, bus=bus).encode(), 0o644)
+            gpus = spec["gpus"]
+            switches = get_profile(spec["profile"]).nvswitches or ("0000:05:00.0",)
+            files[f"{site}/sitecustomize.py"] = (COMPUTE_FAULT.format(
+                kind=kind, bus=gpus[0]["bus_id"].lower()[:-2],
+                bus1=gpus[min(1, len(gpus) - 1)]["bus_id"].lower()[:-2],
+                switch=switches[0]).encode(), 0o644)
             break
     if "kernel-log-unreadable" in spec["faults"]:
         files["/etc/gpuctl-lab/kmsg-unreadable"] = (b"", 0o644)

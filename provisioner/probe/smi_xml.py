@@ -54,6 +54,12 @@ class SmiGpu:
     thermal_slowdown: bool | None
     mig_devices: int = 0
     ecc_mode_pending: str | None = None  # what ECC will be after the next reset
+    ecc_sram_correctable_volatile: int | None = None
+    ecc_sram_correctable_aggregate: int | None = None
+    # NVSwitch systems: the GPU's registration with the fabric manager (NVML's
+    # nvmlGpuFabricInfo_t: state Not Started / In Progress / Completed, then a status).
+    fabric_state: str | None = None
+    fabric_status: str | None = None
 
 
 @dataclass
@@ -153,6 +159,10 @@ def _gpu(index: int, gpu: Element) -> SmiGpu:
         and power.find("current_power_limit") is not None else _number(power, "power_limit"),
         thermal_slowdown=thermal,
         mig_devices=len(gpu.findall("mig_devices/mig_device")),
+        ecc_sram_correctable_volatile=_int(gpu, "ecc_errors/volatile/sram_correctable"),
+        ecc_sram_correctable_aggregate=_int(gpu, "ecc_errors/aggregate/sram_correctable"),
+        fabric_state=_text(gpu, "fabric/state"),
+        fabric_status=_text(gpu, "fabric/status"),
     )
 
 

@@ -30,8 +30,8 @@ def _gpu(i: int, **over: Any) -> dict[str, Any]:
     return g
 
 
-def _xml(gpus: list[dict[str, Any]]) -> str:
-    st = {"driver_version": "570.124.06", "cuda_version": "12.8"}
+def _xml(gpus: list[dict[str, Any]], st: dict[str, Any] | None = None) -> str:
+    st = {"driver_version": "570.124.06", "cuda_version": "12.8", **(st or {})}
     return ("<?xml version=\"1.0\" ?><nvidia_smi_log><driver_version>570.124.06"
             "</driver_version><cuda_version>12.8</cuda_version><attached_gpus>"
             f"{len(gpus)}</attached_gpus>" + "".join(standin_smi.gpu_xml(g, st) for g in gpus)
@@ -40,13 +40,14 @@ def _xml(gpus: list[dict[str, Any]]) -> str:
 
 def _doc(before: list[dict[str, Any]], after: list[dict[str, Any]] | None = None,
          xid_before: list[str] | None = None, xid_after: list[str] | None = None,
-         samples: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+         samples: list[dict[str, Any]] | None = None, sxid_after: list[str] | None = None,
+         st: dict[str, Any] | None = None) -> dict[str, Any]:
     after = before if after is None else after
     log = {"source": "dmesg", "lines": 900}  # a readable kernel log
-    return {"health": {"before": {"smi_xml": _xml(before), "xid_lines": xid_before or [],
+    return {"health": {"before": {"smi_xml": _xml(before, st), "xid_lines": xid_before or [],
                                   "kernel_log": log},
-                       "after": {"smi_xml": _xml(after), "xid_lines": xid_after or [],
-                                 "kernel_log": log}},
+                       "after": {"smi_xml": _xml(after, st), "xid_lines": xid_after or [],
+                                 "sxid_lines": sxid_after or [], "kernel_log": log}},
             "telemetry": {"samples": samples or []}, "nvlink": None}
 
 
@@ -162,8 +163,8 @@ def test_telemetry_falls_back_to_nvidia_smi(tmp_path: Path,
     """Without pynvml, samples come from ``nvidia-smi --query-gpu`` (a real program on
     PATH here, printing what the real one prints)."""
     smi = tmp_path / "nvidia-smi"
-    smi.write_text("#!/bin/sh\necho '0, 45, 312.50, 1980, 0x0000000000000004'\n"
-                   "echo '1, 47, [N/A], 1410, 0x0000000000000048'\necho 'garbage'\n")
+    smi.write_text("#!/bin/sh\necho '0, 45, 312.50, 1980, 0x0000000000000004, 5, 16'\n"
+                   "echo '1, 47, [N/A], 1410, 0x0000000000000048, 4, 8'\necho 'garbage'\n")
     smi.chmod(smi.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setitem(__import__("sys").modules, "pynvml", None)  # no NVML
@@ -175,6 +176,7 @@ def test_telemetry_falls_back_to_nvidia_smi(tmp_path: Path,
     assert (first["temp_c"], first["power_w"], first["sm_mhz"], first["throttle"]) == \
         (45.0, 312.5, 1980.0, 4)
     assert second["power_w"] is None and second["throttle"] == 0x48
+    assert (first["pcie_gen"], first["pcie_width"], second["pcie_width"]) == (5, 16, 8)
     json.dumps(t.samples)  # what the agent prints must be JSON
 
 
@@ -230,6 +232,15 @@ class _FakeNvml:
     def nvmlDeviceGetMemoryInfo(self, h: int) -> Any:  # noqa: N802
         return type("Mem", (), {"total": 81559 << 20})()
 
+    def nvmlDeviceGetUUID(self, h: int) -> str:  # noqa: N802
+        return f"GPU-{h}"
+
+    def nvmlDeviceGetPciInfo(self, h: int) -> Any:  # noqa: N802
+        return type("Pci", (), {"busId": f"00000000:{0x18 + h:02X}:00.0".encode()})()
+
+    def nvmlDeviceGetCurrPcieLinkWidth(self, h: int) -> int:  # noqa: N802
+        return 16
+
     def nvmlDeviceGetPowerUsage(self, h: int) -> int:  # noqa: N802
         return 612_000
 
@@ -250,12 +261,16 @@ def test_nvml_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     assert status is not None and [len(g["links"]) for g in status] == [18, 18]
     assert [v.reason for v in nvlink_verdicts(status, PROFILE) if not v.passed] == [
         "nvlink on GPU 1: link 3 inactive"]
-    assert agent.gpu_inventory() == [{"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559}] * 2
+    assert agent.gpu_inventory() == [
+        {"index": i, "name": "NVIDIA H100 80GB HBM3", "uuid": f"GPU-{i}",
+         "pci_bus_id": f"00000000:{0x18 + i:02X}:00.0", "memory_mib": 81559} for i in (0, 1)]
     with agent.Telemetry(interval=0.05) as t:
         pass
     assert t.source == "nvml"
     assert {(s["gpu"], s["temp_c"], s["power_w"], s["throttle"]) for s in t.samples} == {
         (0, 61, 612.0, 4), (1, 62, 612.0, 4)}
+    # A metric the GPU (here: the fake) does not report is None, not an exception.
+    assert {(s["pcie_width"], s["pcie_gen"]) for s in t.samples} == {(16, None)}
     assert fake.shutdowns == 2  # every NVML session is closed
 
 
@@ -324,3 +339,44 @@ def test_ecc_must_be_on_now_and_after_the_next_reset() -> None:
     assert [(v.test, v.device) for v in bad] == [("ecc_mode", 1)]
     assert bad[0].reason.startswith("ecc_mode on GPU 1: ECC is Disabled (pending Disabled)")
     assert not [v for v in health_verdicts(doc, PROFILE) if v.test == "ecc_mode"]
+
+
+def test_counters_under_load_fabric_and_sxid_fail_with_reasons() -> None:
+    """The verdicts added for issue 10, each from what the stand-in nvidia-smi prints for
+    the matching lab fault: correctable SRAM errors and remapped rows over Azure's public
+    limits, a PCIe link below its maximum while the tests ran, a GPU not registered with
+    the NVSwitch fabric, and a new NVSwitch SXid."""
+    gpus = [_gpu(0, ecc_sram_correctable=12000), _gpu(1, remap_unc=600), _gpu(2)]
+    samples = [{"t": 1.0, "gpu": 2, "pcie_gen": 5, "pcie_width": 8},
+               {"t": 2.0, "gpu": 2, "pcie_gen": 5, "pcie_width": 16}]
+    sxid = ("[ 9123.5] nvidia-nvswitch0: SXid (PCI:0000:05:00.0): 12028, Non-fatal, Link 32 "
+            "egress non-posted PRIV error (First)")
+    doc = _doc(gpus, samples=samples, sxid_after=[sxid], st={"nvswitch": True})
+    profile = {**PROFILE, "fabric_required": True}
+    failed = {(v.test, v.device): v.reason for v in health_verdicts(doc, profile)
+              if not v.passed}
+    assert failed[("ecc_sram_correctable", 0)] == (
+        "ecc_sram_correctable on GPU 0: 12000 correctable SRAM ECC errors > 10000")
+    assert failed[("remapped_rows", 1)] == (
+        "remapped_rows on GPU 1: 600 rows remapped for uncorrectable errors > 512")
+    assert failed[("pcie_link", 2)].startswith("pcie_link on GPU 2: x8 gen5 under load, its "
+                                               "maximum is x16 gen5")
+    # No fabric manager pidfile here: the stand-in reports the registration unfinished.
+    assert failed[("fabric", 0)].startswith("fabric on GPU 0: fabric state In Progress")
+    assert failed[("nvswitch_sxid", None)].startswith(
+        "nvswitch_sxid on node: 1 new SXid during burn-in, first 12028 on nvidia-nvswitch0")
+    # The same GPUs with counters under the limits, the link at x16 and no SXid pass.
+    calm = _doc([_gpu(0, ecc_sram_correctable=10000), _gpu(1, remap_unc=512)],
+                samples=[{"t": 1.0, "gpu": 0, "pcie_gen": 5, "pcie_width": 16}])
+    verdicts = health_verdicts(calm, PROFILE)
+    assert all(v.passed for v in verdicts)
+    assert {"ecc_sram_correctable", "remapped_rows", "pcie_link"} <= {v.test for v in verdicts}
+
+
+def test_fabric_unreadable_on_an_nvswitch_sku_fails() -> None:
+    """A GPU that reports no fabric state (N/A) on a SKU that needs one fails closed."""
+    doc = _doc([_gpu(0)], st={"nvswitch": False})
+    fab = [v for v in health_verdicts(doc, {**PROFILE, "fabric_required": True})
+           if v.test == "fabric"]
+    assert len(fab) == 1 and not fab[0].passed
+    assert "nvidia-smi reports no fabric state" in fab[0].reason
