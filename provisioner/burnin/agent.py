@@ -368,6 +368,17 @@ def check_all_gather(out: torch.Tensor, chunk: torch.Tensor, rank: int, world: i
 
 def _collective_worker(rank: int, world: int, port: int, sizes: list[int], iters: int,
                        backend: str, results: Any) -> None:
+    """One rank. A rank whose collective fails (a peer died or hung, the timeout ran
+    out) says so before it exits, so the parent can tell it from the rank at fault."""
+    try:
+        _collective_rank(rank, world, port, sizes, iters, backend, results)
+    except Exception as exc:  # reported to the parent, which names the rank at fault
+        results.put((rank, {"error": _error_text(exc)}))
+        sys.exit(1)
+
+
+def _collective_rank(rank: int, world: int, port: int, sizes: list[int], iters: int,
+                     backend: str, results: Any) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(
         seconds=collective_timeout(max(sizes))))
@@ -480,20 +491,31 @@ def collectives(ranks: int, sizes: list[int], iters: int) -> list[Measurement]:
     budget = 60.0 + 2 * len(sizes) * collective_timeout(max(sizes))
     deadline = time.monotonic() + budget
     per_rank: dict[int, list[dict[str, Any]]] = {}
+    complaints: dict[int, str] = {}  # ranks whose collective failed under them
     why, bad = "", list[int]()
     try:
         while len(per_rank) < ranks:
             try:
                 rank, rows = results.get(timeout=1.0)
-                per_rank[rank] = rows
+                if isinstance(rows, dict):
+                    complaints[rank] = str(rows.get("error"))
+                else:
+                    per_rank[rank] = rows
                 continue
             except queue.Empty:
                 pass
-            dead = [(r, p.exitcode) for r, p in enumerate(procs)
-                    if p.exitcode not in (None, 0) and r not in per_rank]
+            # A rank that exited with an error without saying why died on its own (a
+            # crash, a GPU gone); the others only saw it go.
+            dead = [(r, p.exitcode) for r, p in enumerate(procs) if p.exitcode not in
+                    (None, 0) and r not in per_rank and r not in complaints]
             if dead:
                 why = "; ".join(f"rank {r} died (exit code {code})" for r, code in dead)
                 bad = [r for r, _ in dead]
+                break
+            if complaints and all(p.exitcode is not None for p in procs):
+                r, text = next(iter(sorted(complaints.items())))
+                why = f"rank {r}: {text[:200]}"
+                bad = sorted(complaints)
                 break
             if time.monotonic() > deadline:
                 missing = [r for r in range(ranks) if r not in per_rank]

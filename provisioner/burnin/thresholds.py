@@ -149,39 +149,47 @@ def evaluate(results: list[dict[str, Any]], profile: dict[str, Any],
     return out
 
 
-# Throughput tests compared GPU by GPU inside a node: one GPU well below its siblings
-# is a bad part however loaded the host or fast the fleet (a profile's
-# ``gpu_outlier_tests`` may narrow this list; the CPU lab's copies share memory).
-GPU_OUTLIER_TESTS = ("gemm_bfloat16", "gemm_float16", "gemm_tf32", "gemm_float32",
-                     "memory_bandwidth", "h2d_bandwidth", "d2h_bandwidth")
+# Throughput compared GPU by GPU inside a node, by what a part does: the four GEMM
+# dtypes judged together (a slow part is slow in all of them; one noisy dtype is not a
+# slow part), memory bandwidth and each host link on their own. A profile's
+# ``gpu_outlier_tests`` may narrow the list (the CPU lab's memory copies share one bus).
+GPU_OUTLIER_GROUPS = {
+    "compute": ("gemm_bfloat16", "gemm_float16", "gemm_tf32", "gemm_float32"),
+    "memory_bandwidth": ("memory_bandwidth",), "h2d_bandwidth": ("h2d_bandwidth",),
+    "d2h_bandwidth": ("d2h_bandwidth",)}
 
 
 def gpu_outlier_verdicts(results: list[dict[str, Any]], profile: dict[str, Any]
                          ) -> list[Verdict]:
-    """One failed verdict per GPU that is below ``gpu_outlier_fraction`` (default 0.8)
-    of the median of its node's GPUs in a throughput test. The comparison needs no
-    floor and no other node, so it catches a slow part on an unknown SKU, in a run of
-    one node, and on a loaded host alike. Needs 3 or more GPUs with a value."""
+    """One failed verdict per GPU and group that is below ``gpu_outlier_fraction``
+    (default 0.8) of its node's GPUs: each GPU's value over the node's median for each
+    test of the group, averaged (geometric mean) over the group's tests. The comparison
+    needs no floor and no other node, so it catches a slow part on an unknown SKU, in a
+    run of one node, and on a loaded host alike. Needs 3 or more GPUs with values."""
     fraction = float(profile.get("gpu_outlier_fraction", 0.8))
-    tests = profile.get("gpu_outlier_tests") or GPU_OUTLIER_TESTS
+    allowed = set(profile.get("gpu_outlier_tests") or
+                  [t for tests in GPU_OUTLIER_GROUPS.values() for t in tests])
     if fraction <= 0:
         return []
     out = []
-    for test in tests:
-        values = [(r["device"], float(r["value"])) for r in results
-                  if r.get("test") == test and r.get("device") is not None
-                  and isinstance(r.get("value"), (int, float))]
-        if len(values) < 3:
-            continue
-        median = statistics.median(v for _, v in values)
-        for device, value in values:
-            if value < fraction * median:
-                unit = next((r.get("unit", "") for r in results if r.get("test") == test),
-                            "")
-                out.append(Verdict(f"{test}_vs_node", device, value, unit, fraction * median,
-                                   False, f"{test} on GPU {device}: {value:.4g} {unit} is "
-                                   f"below {fraction:.0%} of its node's median GPU "
-                                   f"{median:.4g} (a slow part)"))
+    for group, tests in GPU_OUTLIER_GROUPS.items():
+        ratios: dict[int, list[float]] = {}
+        for test in (t for t in tests if t in allowed):
+            values = [(r["device"], float(r["value"])) for r in results
+                      if r.get("test") == test and r.get("device") is not None
+                      and isinstance(r.get("value"), (int, float)) and r["value"] > 0]
+            if len(values) < 3:
+                continue
+            median = statistics.median(v for _, v in values)
+            for device, value in values:
+                ratios.setdefault(device, []).append(value / median)
+        for device, mine in sorted(ratios.items()):
+            ratio = statistics.geometric_mean(mine)
+            if ratio < fraction:
+                names = ", ".join(t.removeprefix("gemm_") for t in tests if t in allowed)
+                out.append(Verdict(f"{group}_vs_node", device, ratio, "x median", fraction,
+                                   False, f"{group} on GPU {device}: {ratio:.0%} of its node's "
+                                   f"median GPU ({names}), below {fraction:.0%} (a slow part)"))
     return out
 
 

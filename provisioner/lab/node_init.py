@@ -3,9 +3,10 @@
 
 It mounts the node's overlay root, its own /proc, /run and simulated /sys, sets
 the node's hostname, runs the boot hook (which decides the loaded kernel modules),
-starts the node's sshd, then reaps children. SIGUSR1 (sent by the node's stand-in
-``shutdown -r``) reboots the node: every process but PID 1 is killed, /run starts
-empty, the boot hook runs again and sshd comes back with a new boot id.
+starts the enabled stand-in services and the node's sshd, then reaps children.
+SIGUSR1 (sent by the node's stand-in ``shutdown -r``) reboots the node: every process
+but PID 1 is killed, /run starts empty, the boot hook runs again, the enabled services
+start and sshd comes back with a new boot id.
 Killing PID 1 ends every process of the node, and with them the node's mounts.
 """
 
@@ -59,9 +60,29 @@ def start_sshd(root):
     raise subprocess.CalledProcessError(res.returncode, ["sshd"])
 
 
+def start_enabled_services(root):
+    """What sysvinit does at boot: start each service enabled in runlevel 2, in order.
+    Only the lab's stand-in packages' services: the node's root is a copy of this
+    machine's, whose own services (a PostgreSQL, say) must not start once per node. A
+    service that fails to start (a fabric manager that does not match the driver) stays
+    down, as on a real machine."""
+    rc = root + "/etc/rc2.d"
+    for name in sorted(os.listdir(rc)) if os.path.isdir(rc) else []:
+        path = os.path.join(rc, name)
+        try:
+            with open(path, "rb") as fh:
+                standin = b"gpuctl lab stand-in" in fh.read(4096)
+        except OSError:
+            continue
+        if name.startswith("S") and standin:
+            subprocess.run(["chroot", root, "/etc/rc2.d/" + name, "start"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
 def boot(node_dir, spec, root):
     fresh_tmpfs(root)
     sh(spec["python"], "-m", "provisioner.lab.boot", node_dir)
+    start_enabled_services(root)
     if spec.get("sshd", True):
         start_sshd(root)
 

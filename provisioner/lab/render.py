@@ -120,6 +120,11 @@ esac
 kill -USR1 1
 echo "Reboot scheduled"
 """
+INIT = """#!/bin/sh
+# gpuctl lab stand-in: the node's PID 1 is provisioner/lab/node_init.py (sysvinit-like).
+echo "init: this lab node's init is gpuctl's; it cannot be started again" >&2
+exit 1
+"""
 UPDATE_INITRAMFS = """#!/bin/sh
 # gpuctl lab stand-in: the lab boots no initramfs; record that it was rebuilt.
 mkdir -p /var/lib/gpuctl-lab && date +%s > /var/lib/gpuctl-lab/initramfs-updated
@@ -142,9 +147,9 @@ def _hook(name, *args, **kwargs):
     ready = torch is not None and not getattr(torch.__spec__, "_initializing", True)
     if ready and not getattr(torch, "_gpuctl_lab", 0):
         torch._gpuctl_lab = 1
-        real, calls = torch.matmul, [0]
+        import itertools, os, threading, time
 
-        import os, threading, time
+        real, calls = torch.matmul, itertools.count(1)
 
         def log(line):
             with open("/etc/gpuctl-lab/kmsg", "a") as fh:
@@ -153,8 +158,8 @@ def _hook(name, *args, **kwargs):
         def matmul(a, b, out=None):
             # The agent names each GPU's thread gpuctl-gpu<N> (CPU devices stand for GPUs).
             gpu = threading.current_thread().name
-            calls[0] += 1
-            if "{kind}" == "gpu-lost" and gpu == "gpuctl-gpu1" and calls[0] > 8:
+            n = next(calls)  # this call's number, atomically (the GPUs' threads race)
+            if "{kind}" == "gpu-lost" and gpu == "gpuctl-gpu1" and n > 8:
                 # GPU 1 falls off the bus mid-test: the driver logs XID 79 and every CUDA
                 # call on it fails from then on.
                 if not getattr(torch, "_gpuctl_lost", 0):
@@ -163,15 +168,15 @@ def _hook(name, *args, **kwargs):
                         "off the bus." % os.getpid())
                 raise RuntimeError("CUDA error: unspecified launch failure")
             result = real(a, b, out=out)
-            if "{kind}" == "xid" and calls[0] == 1:
+            if "{kind}" == "xid" and n == 1:
                 # The GPU falls off the bus under load: the driver logs a new XID.
                 log("NVRM: Xid (PCI:{bus}): 79, pid=%d, name=python3, GPU has fallen off "
                     "the bus." % os.getpid())
-            if "{kind}" == "nvswitch-sxid" and calls[0] == 1:
+            if "{kind}" == "nvswitch-sxid" and n == 1:
                 # An NVSwitch reports a link error while the GPUs talk through it.
                 log("nvidia-nvswitch0: SXid (PCI:{switch}): 12028, Non-fatal, Link 32 egress "
                     "non-posted PRIV error (First)")
-            if "{kind}" == "sdc" and calls[0] % 3 == 0:
+            if "{kind}" == "sdc" and n % 3 == 0:
                 result.view(-1)[7] += 1.0
             if "{kind}" == "slow-gpu" and gpu == "gpuctl-gpu0":
                 # Busy, not sleeping: GPU 0 does every product twice (half speed) and
@@ -221,6 +226,11 @@ def node_files(spec: dict[str, Any]) -> dict[str, tuple[bytes, int]]:
         "/var/lib/dbus/machine-id": (spec["machine_id"].encode() + b"\n", 0o444),
         "/usr/sbin/shutdown": (SHUTDOWN.encode(), 0o755),
         "/usr/sbin/reboot": (SHUTDOWN.encode(), 0o755),
+        # PID 1 is the lab's own init, which starts the enabled /etc/init.d services at
+        # boot as sysvinit does. Without this, /sbin/init stays this machine's link to
+        # systemd, Ansible takes the node for an offline systemd host, and its service
+        # module starts nothing (the playbooks would "start" fabric manager for nothing).
+        "/usr/sbin/init": (INIT.encode(), 0o755),
         "/usr/sbin/update-initramfs": (UPDATE_INITRAMFS.encode(), 0o755),
     }
     # The node's apt sees only the repository the playbooks configure (the lab's mirror):

@@ -159,9 +159,12 @@ def fabric(st):
     try:
         with open("/run/nvidia-fabricmanager.pid") as fh:
             os.kill(int(fh.read().strip()), 0)
-        running = "fabric-unregistered" not in st.get("faults", [])
+        running = True
+    except PermissionError:  # alive, and not ours to signal (nvidia-smi as a user)
+        running = True
     except (OSError, ValueError):
         running = False
+    running = running and "fabric-unregistered" not in st.get("faults", [])
     return ("Completed", "Success") if running else ("In Progress", "N/A")
 
 
