@@ -6,19 +6,23 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import re
 import secrets
-import shlex
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from importlib import resources
 from typing import Any
 
+from provisioner.burnin.command import (
+    DEFAULT_PYTHON,
+    _agent_command,
+    agent_script,
+    burnin_env,
+)
 from provisioner.burnin.dcgm import dcgm_command, dcgm_verdicts
 from provisioner.burnin.health import as_dict, health_evidence, health_verdicts
 from provisioner.burnin.levels import LEVELS
+from provisioner.burnin.multinode import fabric_test
 from provisioner.burnin.thresholds import (
     Verdict,
     evaluate,
@@ -45,7 +49,6 @@ from provisioner.ssh.hostkeys import HostKeyChanged, KnownHosts
 ELIGIBLE = {State.PROVISIONED, State.CERTIFIED, State.FAILED}
 # --all takes only nodes ready for burn-in; failed or interrupted ones must be named.
 ELIGIBLE_ALL = {State.PROVISIONED, State.CERTIFIED}
-DEFAULT_PYTHON = "/opt/gpuctl/burnin/bin/python3"
 CERTIFICATE_DAYS = 90
 MAX_SAMPLES_PER_GPU = 720  # telemetry kept for reports: evenly thinned to this many
 
@@ -74,49 +77,6 @@ class BurninSummary:
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "level": self.level, "seed": self.seed,
                 "nodes": [asdict(n) for n in self.nodes]}
-
-
-def agent_script() -> bytes:
-    return resources.files("provisioner.burnin").joinpath("agent.py").read_bytes()
-
-
-_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}$")
-
-
-def burnin_env(host_vars: dict[str, Any]) -> dict[str, str]:
-    """Host variable ``gpuctl_burnin_env``: ``NAME=value`` pairs separated by spaces
-    (for example ``NCCL_IB_HCA=mlx5 NCCL_SOCKET_IFNAME=bond0``) set for the agent.
-
-    Raises:
-        InputError: a pair that is not NAME=value with an upper-case shell name.
-    """
-    out = {}
-    for pair in str(host_vars.get("gpuctl_burnin_env") or "").split():
-        key, sep, value = pair.partition("=")
-        if not sep or not _ENV_NAME.match(key):
-            raise InputError(f"gpuctl_burnin_env: {pair[:60]!r} is not NAME=value")
-        out[key] = value
-    return out
-
-
-def _with_agent_file(env: dict[str, str] | None, command: str, size: int) -> str:
-    """A shell command that saves the agent (the first ``size`` bytes sent on stdin) to a
-    private temp dir on the node, runs ``command`` there with ``env`` set ("$d/agent.py"
-    is the agent: its collectives start worker processes that re-import it from its
-    file), then removes the dir and exits with the command's status. The rest of stdin
-    stays open for the whole run: the agent's watchdog ends the run when it closes."""
-    exports = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted((env or {}).items()))
-    return ('d=$(mktemp -d /tmp/gpuctl-burnin.XXXXXX) && trap \'rm -rf "$d"\' EXIT && '
-            "trap 'exit 143' TERM HUP INT && "
-            f'head -c {size} > "$d/agent.py" && cd "$d" && {exports}{command}')
-
-
-def _agent_command(python: str, level: str, seconds: float | None,
-                   env: dict[str, str] | None = None, size: int = 0, seed: int = 0) -> str:
-    lv = LEVELS[level]
-    args = f"--level {level} --scale {lv.scale:g} --watch-stdin --deadline {lv.timeout_s:g}" \
-        + f" --seed {seed}" + (f" --seconds {seconds:g}" if seconds else "")
-    return _with_agent_file(env, f'{shlex.quote(python)} "$d/agent.py" {args}', size)
 
 
 def _inventory_verdict(node: Node, sku: Sku | None, doc: dict[str, Any],
@@ -192,7 +152,7 @@ def burnin_nodes(
             judged = {n.name: _judge(gc, n, *outcomes[n.name], profile, medians)
                       for n in nodes}
             if multinode:
-                _multinode(gc, nodes, outcomes, judged, run.run_id, level)
+                fabric_test(gc, nodes, outcomes, judged, run.run_id, level)
             for node in nodes:
                 err, doc = outcomes[node.name]
                 result = _store(gc, node, snapshots[node.name], err, doc,
@@ -374,83 +334,6 @@ def _backend_verdict(sku: Sku | None, doc: dict[str, Any], host_vars: dict[str, 
                    "" if ok else f"backend: the agent ran on {backend}, not on the GPUs "
                    f"(SKU {sku.name if sku else '?'}): is torch built with CUDA, is the "
                    "driver loaded?")
-
-
-def _torchrun_command(python: str, nodes: int, procs: int, endpoint: str, is_host: bool,
-                      local_addr: str, run_id: int, env: dict[str, str], size: int,
-                      deadline_s: float) -> str:
-    # torchrun's workers may not inherit the SSH channel as stdin, so they stop on the
-    # level's deadline only (and gpuctl's Ctrl-C handler pkills them).
-    return _with_agent_file(env, (
-        f"{shlex.quote(python)} -m torch.distributed.run "
-        f"--nnodes={nodes} --nproc-per-node={procs} --rdzv-backend=c10d "
-        f"--rdzv-endpoint={shlex.quote(endpoint)} --rdzv-id=gpuctl-burnin-{run_id} "
-        f"--rdzv-conf=is_host={int(is_host)},join_timeout=120 "
-        f"--local-addr={shlex.quote(local_addr)} --max-restarts=0 "
-        f'"$d/agent.py" --multinode --deadline {deadline_s:g}'), size)
-
-
-def _multinode(gc: Gpuctl, nodes: list[Node],
-               outcomes: dict[str, tuple[str | None, dict[str, Any]]],
-               judged: dict[str, tuple[str, list[Verdict], list[str]]], run_id: int,
-               level: str) -> None:
-    """All-reduce across every node that passed its own tests, one torchrun per node
-    meeting at the first node's c10d rendezvous; each participant gets the verdict."""
-    ok = sorted((n for n in nodes if not judged[n.name][2]), key=lambda n: n.name)
-    if len(ok) < 2:
-        return
-    known = KnownHosts(gc.paths.known_hosts)
-    script = agent_script()
-    hv = {n.name: json.loads(n.vars_json or "{}") for n in ok}
-    first = ok[0]
-    host = hv[first.name].get("gpuctl_fabric_address") or first.address
-    port = int(hv[first.name].get("gpuctl_rdzv_port") or 29400 + run_id % 500)
-    endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-    def one(node: Node) -> tuple[str | None, dict[str, Any] | None]:
-        vars_ = hv[node.name]
-        procs = max(1, int(outcomes[node.name][1].get("gpus") or 0))
-        cmd = _torchrun_command(vars_.get("gpuctl_burnin_python", DEFAULT_PYTHON), len(ok),
-                                procs, endpoint, node is first,
-                                vars_.get("gpuctl_fabric_address") or node.address, run_id,
-                                burnin_env(vars_), len(script), LEVELS[level].timeout_s)
-        target = Target.of(node)
-        try:
-            res = run_on_node(target, cmd, known_hosts=known, stdin_data=script,
-                              command_timeout=LEVELS[level].timeout_s, max_output=16 << 20)
-        except GpuctlError as exc:
-            return str(exc).removeprefix(f"{node.name}: "), None
-        text = res.stdout.decode("utf-8", "replace")
-        line = next((ln for ln in text.splitlines() if ln.startswith('{"agent_version"')), None)
-        if res.exit_code != 0:
-            tail = [ln for ln in res.stderr.decode("utf-8", "replace").splitlines()
-                    if "Error" in ln][-1:] or [""]
-            return f"torchrun on {node.name} exited {res.exit_code}: {tail[0][:200]}", None
-        try:
-            return None, json.loads(line)["results"][0] if line else None
-        except (ValueError, KeyError, IndexError, TypeError):
-            return f"torchrun on {node.name} printed no result", None
-
-    with ThreadPoolExecutor(len(ok)) as pool:
-        answers = list(pool.map(one, ok))
-    errors = [e for e, _ in answers if e]
-    measurement = next((m for _, m in answers if isinstance(m, dict)), None)
-    names = ", ".join(n.name for n in ok)
-    for node in ok:
-        name, verdicts, failures = judged[node.name]
-        if errors or measurement is None:
-            why = errors[0] if errors else "no rank reported a result"
-            new = [Verdict("multinode_all_reduce_busbw", None, None, "GB/s", None, False,
-                           f"multinode_all_reduce_busbw across {len(ok)} nodes: {why}")]
-        else:
-            new = evaluate([measurement], node_profile(
-                gc, node.sku, hv[node.name], name.split("+")[0])[1])
-            new = [Verdict(v.test, v.device, v.value, v.unit, v.threshold, v.passed,
-                           v.reason.replace(" on node:", f" across {len(ok)} nodes ({names}):"))
-                   for v in new]
-            outcomes[node.name][1]["results"].append(measurement)
-        verdicts += new
-        failures += [v.reason for v in new if not v.passed]
 
 
 def _store(gc: Gpuctl, node: Node, snapshot: HardwareSnapshot | None, err: str | None,

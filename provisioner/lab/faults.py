@@ -28,6 +28,7 @@ FAULTS = {
                 "XID 79 for it",
     "nvswitch-sxid": "an NVSwitch logs an SXid (12028, non-fatal link error) once the GPUs "
                      "are under load",
+    "nic-down": "the node's fabric NIC is down: its collectives with other nodes fail",
     "sram-correctable": "GPU 6 reports 12000 correctable SRAM ECC errors",
     "remapped-rows": "GPU 7 has 600 rows remapped for uncorrectable errors",
     "fabric-unregistered": "the GPUs never complete their NVSwitch fabric registration (as "
@@ -42,8 +43,8 @@ REPO_VARIANTS = {"package-install-failure": "fail-build",
                  "fabricmanager-mismatch": "fm-skew", "repo-unreachable": None}
 GPU_FAULTS = {"gpu-missing", "pcie-downgrade", "xid", "ecc-uncorrectable", "ecc-disabled",
               "row-remap-failure", "thermal-throttle", "garbage-output", "sdc", "slow-gpu",
-              "nvlink-down", "gpu-lost", "nvswitch-sxid", "sram-correctable", "remapped-rows",
-              "fabric-unregistered"}
+              "nvlink-down", "gpu-lost", "nvswitch-sxid", "nic-down", "sram-correctable",
+              "remapped-rows", "fabric-unregistered"}
 
 
 def parse_fault(text: str) -> tuple[str, str]:

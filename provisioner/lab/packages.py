@@ -120,12 +120,19 @@ def driver_package(branch: str, open_modules: bool, *, fail_build: bool = False)
     )
 
 
+def fabricmanager_files(version: str) -> dict[str, tuple[bytes, int]]:
+    """The stand-in fabric manager's daemon and init script, for driver ``version``."""
+    return {path: (content.encode() if isinstance(content, str) else content, mode)
+            for path, (content, mode) in _service(
+                "nvidia-fabricmanager", "/usr/bin/nv-fabricmanager",
+                FM_CHECK.format(version=version)).items()}
+
+
 def fabricmanager_package(branch: str, version: str | None = None) -> Package:
     version = version or DRIVERS[branch][0]
     return Package(f"nvidia-fabricmanager-{branch}", f"{version}-1",
                    f"NVIDIA Fabric Manager {version} for NVSwitch systems, lab stand-in",
-                   _service("nvidia-fabricmanager", "/usr/bin/nv-fabricmanager",
-                            FM_CHECK.format(version=version)))
+                   dict(fabricmanager_files(version)))
 
 
 def all_packages(*, fail_driver_build: bool = False,

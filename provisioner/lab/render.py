@@ -10,6 +10,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
+from provisioner.lab.packages import fabricmanager_files
 from provisioner.lab.profiles import get_profile
 
 STANDIN_SMI = Path(__file__).with_name("standin_smi.py")
@@ -131,7 +132,7 @@ mkdir -p /var/lib/gpuctl-lab && date +%s > /var/lib/gpuctl-lab/initramfs-updated
 echo "update-initramfs: Generating /boot/initrd.img-$(uname -r)"
 """
 # Faults that act on the agent's computation (one per node).
-COMPUTE_FAULTS = ("sdc", "slow-gpu", "xid", "gpu-lost", "nvswitch-sxid")
+COMPUTE_FAULTS = ("sdc", "slow-gpu", "xid", "gpu-lost", "nvswitch-sxid", "nic-down")
 # Burn-in faults act on the node's Python environment, as faulty silicon would act on the
 # computation: the agent's code is the same as on a healthy node.
 COMPUTE_FAULT = """# gpuctl lab fault {kind}: this node's matrix products misbehave.
@@ -143,6 +144,18 @@ _real_import = builtins.__import__
 
 def _hook(name, *args, **kwargs):
     module = _real_import(name, *args, **kwargs)
+    dist = sys.modules.get("torch.distributed")
+    if ("{kind}" == "nic-down" and dist is not None and hasattr(dist, "all_reduce")
+            and not getattr(dist, "_gpuctl_lab", 0)
+            and "TORCHELASTIC_RUN_ID" in sys.modules["os"].environ):
+        # The node's fabric NIC is down: collectives with other nodes (torchrun's) fail;
+        # its own GPUs still talk to each other.
+        dist._gpuctl_lab = 1
+
+        def all_reduce(*a, **k):
+            raise RuntimeError("Connection refused")
+
+        dist.all_reduce = all_reduce
     torch = sys.modules.get("torch")
     ready = torch is not None and not getattr(torch.__spec__, "_initializing", True)
     if ready and not getattr(torch, "_gpuctl_lab", 0):
@@ -260,5 +273,13 @@ def node_files(spec: dict[str, Any]) -> dict[str, tuple[bytes, int]]:
         files["/etc/gpuctl-lab/replay.xml"] = (Path(spec["smi_xml"]).read_bytes(), 0o644)
     if spec["driver"] and spec["gpus"]:
         files["/usr/bin/nvidia-smi"] = (STANDIN_SMI.read_bytes(), 0o755)
+        if get_profile(spec["profile"]).nvswitch:
+            # As a vendor image with the driver has it on NVSwitch systems: the fabric
+            # manager of the same version, enabled (a copy in rc2.d: init starts it).
+            version = json.loads(driver_json(spec))["version"]
+            service = fabricmanager_files(version)
+            files.update(service)
+            files["/etc/rc2.d/S01nvidia-fabricmanager"] = \
+                service["/etc/init.d/nvidia-fabricmanager"]
         files["/usr/share/gpuctl-lab/driver.json"] = (driver_json(spec), 0o644)
     return files

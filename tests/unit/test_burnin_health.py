@@ -181,7 +181,7 @@ def test_telemetry_falls_back_to_nvidia_smi(tmp_path: Path,
 
 
 def test_burnin_env_is_validated_and_quoted() -> None:
-    from provisioner.burnin.run import _agent_command, _torchrun_command, burnin_env
+    from provisioner.burnin.command import _agent_command, _torchrun_command, burnin_env
     from provisioner.errors import InputError
 
     env = burnin_env({"gpuctl_burnin_env": "NCCL_IB_HCA=mlx5_0,mlx5_1 X=a;b"})
@@ -190,8 +190,8 @@ def test_burnin_env_is_validated_and_quoted() -> None:
     for bad in ("lower=x", "NOEQUALS", "$(reboot)=1"):
         with pytest.raises(InputError, match="is not NAME=value"):
             burnin_env({"gpuctl_burnin_env": bad})
-    cmd = _torchrun_command("/opt/py", 3, 8, "127.0.0.1:29401", False, "127.0.0.2", 7, {},
-                            1000, 900)
+    cmd = _torchrun_command("/opt/py", 3, 8, "127.0.0.1:29401", False, "127.0.0.2",
+                            "gpuctl-burnin-7", {}, 1000, 900)
     assert "--nnodes=3 --nproc-per-node=8 --rdzv-backend=c10d" in cmd
     assert "--rdzv-conf=is_host=0,join_timeout=120 --local-addr=127.0.0.2" in cmd
 
@@ -380,3 +380,21 @@ def test_fabric_unreadable_on_an_nvswitch_sku_fails() -> None:
            if v.test == "fabric"]
     assert len(fab) == 1 and not fab[0].passed
     assert "nvidia-smi reports no fabric state" in fab[0].reason
+
+
+def test_the_ring_of_pairs_names_the_bad_node_or_link() -> None:
+    from provisioner.burnin.multinode import blame, ring_rounds
+
+    rounds = ring_rounds(4)
+    assert rounds == [[(0, 1), (2, 3)], [(1, 2), (3, 0)]]
+    assert ring_rounds(5) == [[(0, 1), (2, 3)], [(1, 2), (3, 4)], [(4, 0)]]
+    for count in range(3, 9):  # every node in two pairs, no node twice in a round
+        edges = [e for r in ring_rounds(count) for e in r]
+        assert all(sum(i in e for e in edges) == 2 for i in range(count))
+        assert all(len({i for e in r for i in e}) == 2 * len(r) for r in ring_rounds(count))
+    # Node 2's NIC is down: both of its pairs fail, the others pass.
+    assert blame(4, {(1, 2), (2, 3)}) == ({2}, set())
+    # Only the cable between 0 and 1: each works with its other neighbour.
+    assert blame(4, {(0, 1)}) == (set(), {(0, 1)})
+    # Two nodes: a failure cannot be pinned on either, so it is the link's.
+    assert blame(2, {(0, 1)}) == (set(), {(0, 1)})
