@@ -15,6 +15,13 @@ from provisioner.ui.render import print_json, styled
 VERDICT_STYLE = {"pass": "green", "fail": "bold red", "error": "red"}
 
 
+def _first_failures(failures: list[str], shown: int = 3) -> str:
+    """The first few failures, and how many more (`gpuctl report` lists them all)."""
+    more = len(failures) - shown
+    return "; ".join(failures[:shown]) + (f"; (+{more} more: gpuctl report)" if more > 0
+                                          else "")
+
+
 @click.command()
 @click.argument("nodes", nargs=-1)
 @click.option("--all", "all_nodes", is_flag=True, help="Every provisioned or certified node.")
@@ -64,7 +71,7 @@ def burnin(ctx: Ctx, nodes: tuple[str, ...], all_nodes: bool, level: str,
             table.add_column(col, overflow="fold")
         for n in summary.nodes:
             table.add_row(n.name, styled(n.verdict, VERDICT_STYLE.get(n.verdict)), n.profile,
-                          str(len(n.results)), escape("; ".join(n.failures)))
+                          str(len(n.results)), escape(_first_failures(n.failures)))
         ctx.console.print(table)
     if summary.failed:
         raise NodesFailedError(f"{len(summary.failed)} of {len(summary.nodes)} nodes failed "
