@@ -72,3 +72,45 @@ def test_the_agent_stops_at_its_deadline() -> None:
     _, err = proc.communicate(timeout=30)
     assert time.monotonic() - start < 10
     assert b"the level's 3 s are up" in err and proc.returncode != 0
+
+
+DEAD_RANK = """
+import builtins, os, sys
+_real = builtins.__import__
+def _hook(name, *args, **kwargs):
+    module = _real(name, *args, **kwargs)
+    d = sys.modules.get("torch.distributed")
+    if d is not None and hasattr(d, "all_reduce") and not getattr(d, "_t", 0):
+        d._t, real, calls = 1, d.all_reduce, [0]
+        def all_reduce(*a, **k):
+            calls[0] += 1
+            if d.get_rank() == 1 and calls[0] == 3:
+                os._exit(7)
+            return real(*a, **k)
+        d.all_reduce = all_reduce
+    return module
+builtins.__import__ = _hook
+"""
+
+
+def test_a_dead_collective_rank_is_named_within_seconds(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """Rank 1 dies in the middle of the all-reduces (as a process does when its GPU falls
+    off the bus): both collectives fail naming rank 1 and its exit code, in seconds,
+    not after a 600 s wait; rank 0, which only saw it go, is not blamed."""
+    import os
+    import time
+
+    from provisioner.burnin import agent
+
+    (tmp_path / "sitecustomize.py").write_text(DEAD_RANK)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(tmp_path), str(Path(__file__).parents[2])]))
+    start = time.monotonic()
+    ms = agent.collectives(2, [1 << 12, 1 << 16], iters=2)
+    assert time.monotonic() - start < 60
+    assert [m.test for m in ms] == ["all_reduce_busbw", "all_gather_busbw"]
+    for m in ms:
+        assert not m.ok and m.value is None and m.detail["bad_ranks"] == [1]
+        assert m.detail["error"] == "rank 1 died (exit code 7)"

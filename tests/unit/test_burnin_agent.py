@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -217,3 +218,44 @@ def test_devices_are_stressed_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [d for d, _ in seen] == ["bfloat16"] * 2 + ["float16"] * 2 + ["tf32"] * 2 + \
         ["float32"] * 2
     assert {t for _, t in seen[:2]} == {"gpuctl-gpu0", "gpuctl-gpu1"}
+
+
+def test_a_hung_gpu_is_named_and_skipped_afterwards() -> None:
+    import time
+
+    devs = [CPU] * 3
+    idents = [{"index": i, "uuid": f"GPU-{i}", "pci_bus_id": None} for i in range(3)]
+    runner = agent.DeviceRunner(devs, idents)
+
+    def test(i: int, dev: Any) -> agent.Measurement:
+        if i == 2:
+            time.sleep(3)  # never answers within the test's time
+        return agent.Measurement("memory_test", 1.0, "GiB", i)
+
+    first = runner.run("memory_test", "GiB", test, timeout=0.5)
+    later = runner.run("memory_bandwidth", "GB/s", test, timeout=0.5)
+    runner.close()
+    assert [m.ok for m in first] == [True, True, False] and runner.hung
+    assert first[2].detail["error"].startswith("did not finish within")
+    assert first[2].detail["error"].endswith("s (hung)") and first[2].device == 2
+    assert later[2].detail["error"] == "not run: GPU 2 hung in memory_test"
+    assert [m.ok for m in later[:2]] == [True, True]
+
+
+def test_numa_placement_reads_sysfs() -> None:
+    """The GPU's NUMA node comes from its PCI device in sysfs (-1 there: unknown), and
+    the node's CPUs from its cpulist; here read off this machine's own devices."""
+    import glob
+    import os
+
+    assert agent.numa_node(None) is None
+    assert agent.numa_node("00000000:ff:1f.7") is None  # no such device
+    devices = sorted(glob.glob("/sys/bus/pci/devices/*/numa_node"))
+    if devices:
+        bus = devices[0].split("/")[-2]
+        want = int(Path(devices[0]).read_text())
+        assert agent.numa_node("0000" + bus) == (want if want >= 0 else None)
+    if os.path.exists("/sys/devices/system/node/node0/cpulist"):
+        assert 0 in (agent.numa_cpus(0) or set())
+    with agent.on_numa_node_of({"pci_bus_id": None}) as node:
+        assert node is None
