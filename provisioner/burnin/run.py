@@ -26,6 +26,7 @@ from provisioner.burnin.multinode import fabric_test
 from provisioner.burnin.thresholds import (
     Verdict,
     evaluate,
+    fleet_digest_verdicts,
     fleet_medians,
     gpu_outlier_verdicts,
     node_profile,
@@ -151,6 +152,11 @@ def burnin_nodes(
                                      if o[1]])
             judged = {n.name: _judge(gc, n, *outcomes[n.name], profile, medians)
                       for n in nodes}
+            across = fleet_digest_verdicts({name: doc for name, (err, doc) in
+                                            outcomes.items() if err is None and doc})
+            for name, extra in across.items():
+                judged[name][1].extend(extra)
+                judged[name][2].extend(v.reason for v in extra)
             if multinode:
                 fabric_test(gc, nodes, outcomes, judged, run.run_id, level)
             for node in nodes:

@@ -193,6 +193,50 @@ def gpu_outlier_verdicts(results: list[dict[str, Any]], profile: dict[str, Any]
     return out
 
 
+def _digest_keys(doc: dict[str, Any]) -> list[tuple[tuple[Any, ...], int, str]]:
+    """(key, GPU, digest) of each GEMM result: GPUs whose key matches computed the same
+    seeded product with the same library on the same kind of GPU."""
+    devices = [d for d in doc.get("devices") or [] if isinstance(d, dict)]
+    out = []
+    for r in doc.get("results") or []:
+        detail = r.get("detail") if isinstance(r, dict) else None
+        if not isinstance(detail, dict) or not detail.get("product_digest") \
+                or not isinstance(r.get("device"), int):
+            continue
+        ident = devices[r["device"]] if r["device"] < len(devices) else {}
+        key = (r.get("test"), ident.get("name"), ident.get("multiprocessors"),
+               detail.get("n"), detail.get("seed"), doc.get("torch"))
+        out.append((key, r["device"], str(detail["product_digest"])))
+    return out
+
+
+def fleet_digest_verdicts(docs: dict[str, dict[str, Any]]) -> dict[str, list[Verdict]]:
+    """Across the nodes of a run (3 or more), GPUs of one model given the same seed must
+    agree bit for bit, as inside a node: a node whose GPUs all agree on a wrong product
+    (a persistent error on every GPU of it, or a one-GPU node) is outvoted by the
+    others. Failed verdicts per node; nodes that agree get none."""
+    votes: dict[tuple[Any, ...], dict[str, int]] = {}
+    nodes_per_key: dict[tuple[Any, ...], set[str]] = {}
+    for node, doc in docs.items():
+        for key, _, digest in _digest_keys(doc):
+            votes.setdefault(key, {}).setdefault(digest, 0)
+            votes[key][digest] += 1
+            nodes_per_key.setdefault(key, set()).add(node)
+    out: dict[str, list[Verdict]] = {}
+    for node, doc in docs.items():
+        for key, gpu, digest in _digest_keys(doc):
+            tally = votes[key]
+            total = sum(tally.values())
+            top, count = max(tally.items(), key=lambda kv: kv[1])
+            if len(nodes_per_key[key]) < 3 or count <= total / 2 or digest == top:
+                continue
+            out.setdefault(node, []).append(Verdict(
+                f"{key[0]}_vs_fleet", gpu, None, "", None, False,
+                f"{key[0]} on GPU {gpu}: silent data corruption: its product differs from "
+                f"{count} of {total} GPUs of its model in this run (seed {key[4]})"))
+    return out
+
+
 def fleet_medians(per_node: list[list[dict[str, Any]]]) -> dict[str, float]:
     """Median per test over the nodes' per-node means (needs at least 3 nodes)."""
     if len(per_node) < 3:

@@ -23,6 +23,8 @@ FAULTS = {
                               "driver",
     "unsupported-os": "the node runs an OS the playbooks do not support (Fedora 40)",
     "sdc": "every third matrix product on the node comes out with one wrong element",
+    "sdc-persistent": "every matrix product on the node has the same element wrong in "
+                      "its last bit, on every GPU alike",
     "slow-gpu": "GPU 0 runs its matrix products at half speed",
     "gpu-lost": "GPU 1 falls off the bus mid-test: its CUDA calls fail and the kernel logs "
                 "XID 79 for it",
@@ -42,9 +44,9 @@ FAULTS = {
 REPO_VARIANTS = {"package-install-failure": "fail-build",
                  "fabricmanager-mismatch": "fm-skew", "repo-unreachable": None}
 GPU_FAULTS = {"gpu-missing", "pcie-downgrade", "xid", "ecc-uncorrectable", "ecc-disabled",
-              "row-remap-failure", "thermal-throttle", "garbage-output", "sdc", "slow-gpu",
-              "nvlink-down", "gpu-lost", "nvswitch-sxid", "nic-down", "sram-correctable",
-              "remapped-rows", "fabric-unregistered"}
+              "row-remap-failure", "thermal-throttle", "garbage-output", "sdc", "sdc-persistent",
+              "slow-gpu", "nvlink-down", "gpu-lost", "nvswitch-sxid", "nic-down",
+              "sram-correctable", "remapped-rows", "fabric-unregistered"}
 
 
 def parse_fault(text: str) -> tuple[str, str]:

@@ -132,7 +132,8 @@ mkdir -p /var/lib/gpuctl-lab && date +%s > /var/lib/gpuctl-lab/initramfs-updated
 echo "update-initramfs: Generating /boot/initrd.img-$(uname -r)"
 """
 # Faults that act on the agent's computation (one per node).
-COMPUTE_FAULTS = ("sdc", "slow-gpu", "xid", "gpu-lost", "nvswitch-sxid", "nic-down")
+COMPUTE_FAULTS = ("sdc", "sdc-persistent", "slow-gpu", "xid", "gpu-lost", "nvswitch-sxid",
+                  "nic-down")
 # Burn-in faults act on the node's Python environment, as faulty silicon would act on the
 # computation: the agent's code is the same as on a healthy node.
 COMPUTE_FAULT = """# gpuctl lab fault {kind}: this node's matrix products misbehave.
@@ -191,6 +192,10 @@ def _hook(name, *args, **kwargs):
                     "non-posted PRIV error (First)")
             if "{kind}" == "sdc" and n % 3 == 0:
                 result.view(-1)[7] += 1.0
+            if "{kind}" == "sdc-persistent":
+                # Every product on every GPU of the node, the same last bit of the same
+                # element: the GPUs agree with each other and with themselves.
+                result.view(-1)[:2].view(torch.int16)[0] ^= 1
             if "{kind}" == "slow-gpu" and gpu == "gpuctl-gpu0":
                 # Busy, not sleeping: GPU 0 does every product twice (half speed) and
                 # takes its share of the machine, as a slow part would.

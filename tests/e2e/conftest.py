@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -40,6 +41,13 @@ def lab(gpuctl: Any, paths: Paths) -> Iterator[LabHandle]:
     handle = LabHandle(gpuctl, paths)
     yield handle
     handle.lab.down()
+
+
+def interruptible() -> None:
+    """``preexec_fn`` for a gpuctl started to be sent SIGINT: a test runner started in the
+    background by a shell without job control ignores SIGINT, its children inherit
+    that, and Python then never raises KeyboardInterrupt. An admin's terminal does not."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 120,

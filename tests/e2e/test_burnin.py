@@ -132,6 +132,7 @@ def test_sigint_stops_the_agents_and_marks_the_run(lab, gpuctl, paths) -> None: 
     import time
 
     from provisioner.db.models import Run
+    from tests.e2e.conftest import interruptible
 
     lab.up(1, "--driver")
     assert gpuctl("scan", "--all", "--accept-new").code == 0
@@ -140,7 +141,7 @@ def test_sigint_stops_the_agents_and_marks_the_run(lab, gpuctl, paths) -> None: 
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from provisioner.cli import "
                              "main; sys.exit(main(sys.argv[1:]))", "burnin", "--all",
                              "--duration", "60"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
 
     def agent_pids() -> str:
         return subprocess.run(["pgrep", "-f", "gpuctl-burnin[.]"], capture_output=True,

@@ -35,11 +35,11 @@ def _provisioned(gpuctl: Any, paths: Any) -> None:
 
 
 def test_faulty_parts_are_named_and_the_healthy_nodes_certified(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
-    lab.up(7, "--driver")
+    lab.up(8, "--driver")
     _provisioned(gpuctl, paths)
     faults = {"gpu-node-01": ["gpu-lost"], "gpu-node-02": ["nvswitch-sxid", "sram-correctable"],
               "gpu-node-03": ["remapped-rows", "fabric-unregistered", "pcie-downgrade"],
-              "gpu-node-04": ["nic-down"]}
+              "gpu-node-04": ["nic-down"], "gpu-node-08": ["sdc-persistent"]}
     for node, kinds in faults.items():
         for kind in kinds:
             assert gpuctl("lab", "fault", node, kind).code == 0
@@ -69,6 +69,12 @@ def test_faulty_parts_are_named_and_the_healthy_nodes_certified(lab, gpuctl, pat
     assert "pcie_link on GPU 0: x8 gen5 under load, its maximum is x16 gen5" in fails[
         "gpu-node-03"]
 
+    # Every GPU of node 08 agrees on the same wrong last bit: only the other nodes' GPUs,
+    # given the same seed, outvote it.
+    persistent = fails["gpu-node-08"]
+    assert "gemm_float32 on GPU 0: silent data corruption: its product differs from " in \
+        persistent and "GPUs of its model in this run (seed 1237)" in persistent, persistent
+    assert "products differ from the first" not in persistent  # it repeats faithfully
     # The node with the dead NIC passed its own tests, failed with both ring neighbours,
     # and is named; the other three all-reduced together and are certified.
     assert "gpu-node-04 failed with each of its ring neighbours (gpu-node-05, gpu-node-07)" \

@@ -15,7 +15,7 @@ from sqlmodel import col, select
 
 from provisioner.db.engine import session_scope
 from provisioner.db.models import NodeLock, Run, TaskResult
-from tests.e2e.conftest import scan_json, wait_for
+from tests.e2e.conftest import interruptible, scan_json, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -148,7 +148,8 @@ def test_registered_and_quarantined_nodes_are_refused(lab, gpuctl) -> None:  # t
 def _start(paths: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "provisioner", "provision", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "GPUCTL_HOME": str(paths)})
+                            env={**os.environ, "GPUCTL_HOME": str(paths)},
+                            preexec_fn=interruptible)
 
 
 

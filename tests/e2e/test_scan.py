@@ -17,7 +17,7 @@ from provisioner.lab.profiles import get_profile
 from provisioner.ssh.exec import OutputTooLarge, Target, run_on_node
 from provisioner.ssh.hostkeys import KnownHosts
 from tests.conftest import DATA
-from tests.e2e.conftest import by_node, scan_json
+from tests.e2e.conftest import by_node, interruptible, scan_json
 
 pytestmark = pytest.mark.e2e
 
@@ -192,7 +192,8 @@ def test_sigint_marks_run_interrupted_and_keeps_results(lab, gpuctl, paths, half
     proc = subprocess.Popen([sys.executable, "-m", "provisioner", "scan", "--all",
                              "--accept-new", "--connect-timeout", "4"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "GPUCTL_HOME": str(paths.home)})
+                            env={**os.environ, "GPUCTL_HOME": str(paths.home)},
+                            preexec_fn=interruptible)
     time.sleep(2.0)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)

@@ -95,3 +95,22 @@ def test_nodes_are_judged_by_their_sku_an_unknown_one_by_generic(paths: Paths) -
     assert node_profile(gc, None, {})[0] == "generic"
     assert node_profile(gc, "no-such-sku", {})[0] == "generic"
     assert node_profile(gc, "h100-sxm-8", {}, "a100-sxm4-8")[0] == "a100-sxm4-8"
+
+
+def test_nodes_whose_gpus_agree_on_a_wrong_product_are_outvoted_by_the_fleet() -> None:
+    from provisioner.burnin.thresholds import fleet_digest_verdicts
+
+    def doc(digest: str, gpus: int = 2, torch: str = "2.11") -> dict:  # type: ignore[type-arg]
+        return {"torch": torch,
+                "devices": [{"name": "NVIDIA H100", "multiprocessors": 132}] * gpus,
+                "results": [{"test": "gemm_bfloat16", "device": i, "detail": {
+                    "product_digest": digest, "n": 8192, "seed": 5}} for i in range(gpus)]}
+
+    docs = {"a": doc("x"), "b": doc("x"), "c": doc("y"), "d": doc("x")}
+    out = fleet_digest_verdicts(docs)
+    assert list(out) == ["c"] and [v.device for v in out["c"]] == [0, 1]
+    assert "differs from 6 of 8 GPUs of its model in this run (seed 5)" in out["c"][0].reason
+    # Two nodes cannot outvote each other; another torch build is another key.
+    assert fleet_digest_verdicts({"a": doc("x"), "c": doc("y")}) == {}
+    assert fleet_digest_verdicts({"a": doc("x"), "b": doc("x"), "c": doc("y", torch="2.9")}
+                                 ) == {}
