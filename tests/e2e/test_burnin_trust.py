@@ -43,7 +43,7 @@ def test_faulty_parts_are_named_and_the_healthy_nodes_certified(lab, gpuctl, pat
     for node, kinds in faults.items():
         for kind in kinds:
             assert gpuctl("lab", "fault", node, kind).code == 0
-    result = gpuctl("burnin", "--all", "--duration", "0.2", "--parallel", "4", "--multinode",
+    result = gpuctl("burnin", "--all", "--duration", "0.2", "--parallel", "2", "--multinode",
                     "--seed", "1234", "--json")
     assert result.code == 3, result
     doc = json.loads(result.out)
