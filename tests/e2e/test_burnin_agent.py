@@ -74,23 +74,6 @@ def test_the_agent_stops_at_its_deadline() -> None:
     assert b"the level's 3 s are up" in err and proc.returncode != 0
 
 
-DEAD_RANK = """
-import builtins, os, sys
-_real = builtins.__import__
-def _hook(name, *args, **kwargs):
-    module = _real(name, *args, **kwargs)
-    d = sys.modules.get("torch.distributed")
-    if d is not None and hasattr(d, "all_reduce") and not getattr(d, "_t", 0):
-        d._t, real, calls = 1, d.all_reduce, [0]
-        def all_reduce(*a, **k):
-            calls[0] += 1
-            if d.get_rank() == 1 and calls[0] == 3:
-                os._exit(7)
-            return real(*a, **k)
-        d.all_reduce = all_reduce
-    return module
-builtins.__import__ = _hook
-"""
 
 
 def test_a_dead_collective_rank_is_named_within_seconds(tmp_path: Path,
@@ -99,14 +82,23 @@ def test_a_dead_collective_rank_is_named_within_seconds(tmp_path: Path,
     """Rank 1 dies in the middle of the all-reduces (as a process does when its GPU falls
     off the bus): both collectives fail naming rank 1 and its exit code, in seconds,
     not after a 600 s wait; rank 0, which only saw it go, is not blamed."""
+    import importlib.util
     import os
     import time
 
     from provisioner.burnin import agent
 
-    (tmp_path / "sitecustomize.py").write_text(DEAD_RANK)
+    # The benchmark's fault: rank SDC_DEAD_RANK exits at its SDC_DEAD_AT-th all-reduce.
+    spec = importlib.util.spec_from_file_location(
+        "sdc_benchmark", Path(__file__).parents[2] / "benchmarks/sdc.py")
+    assert spec is not None and spec.loader is not None
+    sdc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sdc)
+    (tmp_path / "sitecustomize.py").write_text(sdc.DEAD_RANK_SITE)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         [str(tmp_path), str(Path(__file__).parents[2])]))
+    for name, value in (("SDC_DEAD_RANK", "1"), ("SDC_DEAD_AT", "3"), ("SDC_DEAD_CODE", "7")):
+        monkeypatch.setenv(name, value)
     start = time.monotonic()
     ms = agent.collectives(2, [1 << 12, 1 << 16], iters=2)
     assert time.monotonic() - start < 60
