@@ -17,13 +17,15 @@ DOCUMENTATION = r"""
 module: gpuctl_node_state
 short_description: Read a GPU node's provisioning state in one round trip
 description:
-  - Package install and hold state, file checksums and modes, service state, loaded
-    kernel modules, NVIDIA devices on the PCI bus, free disk space and Secure Boot.
+  - Package install and hold (apt) or versionlock (dnf) state, file checksums and
+    modes, service state, loaded kernel modules, NVIDIA devices on the PCI bus, whether
+    this is an NVLink 5 system, free disk space and Secure Boot.
   - Read-only; lets every later task run only when the node is not already as wanted.
 options:
   packages: {type: list, elements: str, default: []}
   files: {type: list, elements: str, default: []}
   services: {type: list, elements: str, default: []}
+  package_manager: {type: str, default: auto, choices: [auto, dpkg, rpm]}
 """
 
 SECURE_BOOT = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-e9ffa4da5dbe"
@@ -45,12 +47,12 @@ def read(path):
         return None
 
 
-def packages(names):
+def packages(names, manager):
     out = {n: {"installed": False, "version": None, "held": False} for n in names}
     plain = [n for n in names if not n.startswith("@")]  # dnf module streams: not queried
     if not plain:
         return out
-    if os.path.exists("/usr/bin/dpkg-query"):
+    if manager == "dpkg":
         _, text = run(["dpkg-query", "-W", "-f=${Package}\t${Status}\t${Version}\n"] + plain)
         for line in text.splitlines():
             name, status, version = (line.split("\t") + ["", ""])[:3]
@@ -58,12 +60,35 @@ def packages(names):
                 words = status.split()
                 out[name] = {"installed": words[-1:] == ["installed"],
                              "version": version or None, "held": words[:1] == ["hold"]}
-    elif os.path.exists("/usr/bin/rpm"):
+    elif manager == "rpm":
+        locked = versionlocked()
         for name in plain:
-            code, text = run(["rpm", "-q", "--qf", "%{VERSION}-%{RELEASE}", name])
+            # A capability such as 'dnf-command(versionlock)' is asked for by what
+            # provides it; a package name by itself, so that an alias another package
+            # only provides reads "not installed", as `rpm -q` says.
+            argv = ["rpm", "-q", "--qf", "%{VERSION}-%{RELEASE}\n"] + (
+                ["--whatprovides"] if "(" in name else []) + [name]
+            code, text = run(argv)
             if code == 0:
-                out[name] = {"installed": True, "version": text.strip(), "held": False}
+                out[name] = {"installed": True, "version": text.strip().splitlines()[0],
+                             "held": name in locked}
     return out
+
+
+def versionlocked():
+    """Names in dnf's versionlock list (lines 'name-epoch:version-release.*')."""
+    text = read("/etc/dnf/plugins/versionlock.list") or ""
+    names = set()
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        parts = line.split("-")
+        for i in range(len(parts) - 1, 0, -1):
+            if ":" in parts[i]:
+                names.add("-".join(parts[:i]))
+                break
+    return names
 
 
 def files(paths):
@@ -117,21 +142,42 @@ def secure_boot():
     return "enabled" if len(data) == 5 and data[4] == 1 else "disabled"
 
 
+def nvlink5():
+    """NVLink 5 systems, as NVIDIA's driver container finds them: an InfiniBand device
+    whose PCI VPD says SW_MNG (the NVSwitch trays' management ports)."""
+    for vpd in glob.glob("/sys/class/infiniband/*/device/vpd"):
+        try:
+            with open(vpd, "rb") as fh:
+                if b"SW_MNG" in fh.read():
+                    return True
+        except OSError:
+            continue
+    return False
+
+
 def main():
     module = AnsibleModule(argument_spec={
         "packages": {"type": "list", "elements": "str", "default": []},
         "files": {"type": "list", "elements": "str", "default": []},
         "services": {"type": "list", "elements": "str", "default": []},
+        "package_manager": {"type": "str", "default": "auto", "choices": ["auto", "dpkg", "rpm"]},
     }, supports_check_mode=True)
+    manager = module.params["package_manager"]
+    if manager == "auto":
+        manager = "dpkg" if os.path.exists("/usr/bin/dpkg-query") else "rpm"
     st = os.statvfs("/")
     module.exit_json(
         changed=False,
         free_bytes=st.f_bavail * st.f_frsize,
         secure_boot=secure_boot(),
         pci=pci(),
+        nvlink5=nvlink5(),
         modules={"nouveau": os.path.isdir("/sys/module/nouveau"),
-                 "nvidia": read("/sys/module/nvidia/version")},
-        packages=packages(module.params["packages"]),
+                 "nvidia": read("/sys/module/nvidia/version"),
+                 "nvidia_taint": read("/sys/module/nvidia/taint"),
+                 "mlx5_core": os.path.isdir("/sys/module/mlx5_core"),
+                 "ib_umad": os.path.isdir("/sys/module/ib_umad")},
+        packages=packages(module.params["packages"], manager),
         files=files(module.params["files"]),
         services=services(module.params["services"]),
     )

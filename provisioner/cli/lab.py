@@ -9,6 +9,7 @@ import click
 from provisioner.cli.common import Ctx, json_option, pass_ctx
 from provisioner.lab.faults import FAULTS, parse_fault
 from provisioner.lab.nodes import Lab
+from provisioner.lab.os_images import LAB_OSES
 from provisioner.lab.profiles import profile_names
 from provisioner.lab.registration import register_lab_nodes, unregister_lab_nodes
 from provisioner.ui.render import lab_table, print_json
@@ -31,11 +32,16 @@ def lab() -> None:
 @click.option("--port", default=22, show_default=True)
 @click.option("--driver", is_flag=True,
               help="Nodes come with the NVIDIA driver installed (default: bare, as racked).")
+@click.option("--os", "os_name", default="ubuntu22.04", show_default=True,
+              type=click.Choice(list(LAB_OSES)),
+              help="The nodes' OS: its /etc/os-release, package manager and the names its "
+                   "NVIDIA repository uses.")
 @click.option("--no-register", is_flag=True, help="Do not add the nodes to the inventory.")
 @json_option
 @pass_ctx
 def up(ctx: Ctx, count: int, profile: str, smi_xml: Path | None, faults: tuple[str, ...],
-       first_address: str, port: int, driver: bool, no_register: bool, as_json: bool) -> None:
+       first_address: str, port: int, driver: bool, os_name: str, no_register: bool,
+       as_json: bool) -> None:
     """Start N lab nodes and register them in the inventory.
 
     Example: gpuctl lab up --nodes 4 --fault gpu-node-03:pcie-downgrade
@@ -43,7 +49,8 @@ def up(ctx: Ctx, count: int, profile: str, smi_xml: Path | None, faults: tuple[s
     parsed = [parse_fault(f) for f in faults]
     the_lab = Lab(ctx.gc.paths)
     started = the_lab.up(count, profile=profile, smi_xml=smi_xml, faults=parsed,
-                         first_address=first_address, port=port, driver=driver)
+                         first_address=first_address, port=port, driver=driver,
+                         os_name=os_name)
     if not no_register:
         register_lab_nodes(ctx.gc, started, str(the_lab.client_key))
     if as_json:

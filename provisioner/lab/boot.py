@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from provisioner.lab.packages import taint
 from provisioner.lab.render import render_sysfs
 
 DRIVER_JSON = "/usr/share/gpuctl-lab/driver.json"
@@ -45,15 +46,34 @@ def nouveau_blacklisted(node_dir: Path) -> bool:
     return False
 
 
+def modules_to_load(node_dir: Path) -> list[str]:
+    """Modules named in /etc/modules-load.d/*.conf (modules-load.d(5)) that the node's
+    hardware has drivers for."""
+    available = node_file(node_dir, "/etc/gpuctl-lab/modules-available")
+    known = set(available.read_text().split()) if available else set()
+    wanted: list[str] = []
+    upper = node_dir / "upper/etc/modules-load.d"
+    for conf in sorted(upper.glob("*.conf")) if upper.is_dir() else []:
+        path = node_file(node_dir, f"/etc/modules-load.d/{conf.name}")
+        for line in path.read_text(errors="replace").splitlines() if path else []:
+            name = line.split("#")[0].strip()
+            if name and name in known and name not in wanted:
+                wanted.append(name)
+    return wanted
+
+
 def boot_modules(node_dir: Path, spec: dict[str, Any]) -> dict[str, str | None]:
-    """Kernel modules loaded after a boot: {"nouveau": "loaded"|None, "nvidia": version}."""
+    """Kernel modules loaded after a boot: {"nouveau": "loaded"|None, "nvidia": version,
+    "nvidia_taint": the module's taint flags, "others": space-separated names}."""
     nouveau = bool(spec["gpus"]) and spec.get("nouveau", False) and \
         not nouveau_blacklisted(node_dir)
     driver = node_file(node_dir, DRIVER_JSON)
-    nvidia = None
+    nvidia = flags = None
     if driver is not None and spec["gpus"] and not nouveau:
-        nvidia = json.loads(driver.read_text())["version"]
-    return {"nouveau": "loaded" if nouveau else None, "nvidia": nvidia}
+        info = json.loads(driver.read_text())
+        nvidia, flags = info["version"], taint(info.get("flavor") == "open")
+    return {"nouveau": "loaded" if nouveau else None, "nvidia": nvidia, "nvidia_taint": flags,
+            "others": " ".join(modules_to_load(node_dir))}
 
 
 def main(node_dir: str) -> None:

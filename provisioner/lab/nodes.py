@@ -26,9 +26,11 @@ from provisioner.catalogue import catalogue, infer_sku
 from provisioner.errors import LabError, NotFoundError
 from provisioner.lab.faults import REPO_VARIANTS, apply_fault
 from provisioner.lab.keys import write_ed25519
-from provisioner.lab.packages import REPO_IN_NODE, build_repo
+from provisioner.lab.os_images import LAB_OSES, install_base_rpms
+from provisioner.lab.packages import REPO_IN_NODE
 from provisioner.lab.profiles import get_profile, gpus_for
 from provisioner.lab.render import node_files, render_sysfs
+from provisioner.lab.repos import build_repo
 from provisioner.paths import Paths
 
 NODE_INIT = Path(__file__).with_name("node_init.py")
@@ -58,6 +60,7 @@ class LabNode:
     port: int
     profile: str
     sku: str | None
+    os: str
     gpus: int
     faults: list[str]
     running: bool
@@ -125,7 +128,8 @@ class Lab:
     # -- lifecycle --------------------------------------------------------------
     def up(self, count: int, *, profile: str = "h100-sxm-8", smi_xml: Path | None = None,
            faults: list[tuple[str, str]] | None = None, first_address: str = "127.0.0.10",
-           port: int = 22, prefix: str = "gpu-node", driver: bool = False) -> list[LabNode]:
+           port: int = 22, prefix: str = "gpu-node", driver: bool = False,
+           os_name: str = "ubuntu22.04") -> list[LabNode]:
         """Create and start ``count`` nodes.
 
         Raises:
@@ -136,6 +140,8 @@ class Lab:
             raise LabError(f"a lab is already up in {self.dir} ({len(self.names())} nodes); "
                            "run `gpuctl lab down` first")
         lab_profile = get_profile(profile)
+        if os_name not in LAB_OSES:
+            raise LabError(f"--os {os_name[:40]!r}: lab nodes run {', '.join(LAB_OSES)}")
         if not 1 <= count <= 200:
             raise LabError("--nodes must be between 1 and 200")
         try:
@@ -160,13 +166,13 @@ class Lab:
             if replay_gpus is not None else lab_profile.sku
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for variant, flags in REPO_BUILD.items():
-            build_repo(self.dir / "repos" / variant, **flags)
+            build_repo(self.dir / "repos" / variant, os_name, **flags)
         client_pub = write_ed25519(self.client_key, "gpuctl-lab")
         started: list[LabNode] = []
         try:
             for i, name in enumerate(names):
                 spec = {
-                    "name": name, "hostname": name, "index": i + 1,
+                    "name": name, "hostname": name, "index": i + 1, "os": os_name,
                     "address": str(first + i), "port": port, "profile": profile, "sku": sku,
                     "smi_xml": str(smi_xml.resolve()) if smi_xml else None, "driver": driver,
                     # A bare server loads nouveau; one with the driver had it blacklisted.
@@ -204,6 +210,7 @@ class Lab:
                             ndir / "upper" / REPO_IN_NODE.lstrip("/"))
         self._save_spec(spec)
         self._render(spec, running=False)
+        install_base_rpms(spec["os"], ndir / "upper")
 
     def _render(self, spec: dict[str, Any], *, running: bool) -> None:
         ndir = self.node_dir(spec["name"])
@@ -321,7 +328,8 @@ class Lab:
         spec = self.spec(name)
         pid = self.holder_pid(name)
         return LabNode(name=name, address=spec["address"], port=spec["port"],
-                       profile=spec["profile"], sku=spec.get("sku"), gpus=len(spec["gpus"]),
+                       profile=spec["profile"], sku=spec.get("sku"),
+                       os=spec.get("os", "ubuntu22.04"), gpus=len(spec["gpus"]),
                        faults=spec["faults"],
                        running=pid is not None, sshd=spec["sshd"], pid=pid)
 

@@ -41,6 +41,9 @@ class Profile:
     cuda_version: str
     nvswitches: tuple[str, ...]  # NVSwitch chips on the PCI bus (class 0x0680)
     nvswitch_device: str
+    # NVLink 5 (B200): the switch trays' InfiniBand management ports, which carry
+    # "SW_MNG" in their PCI VPD (how NVIDIA's driver container finds NVLink 5 systems).
+    nvlink5_mgmt_ports: int = 0
 
 
 def _profile(sku: Sku) -> Profile:
@@ -57,7 +60,8 @@ def _profile(sku: Sku) -> Profile:
         system_product=str(lab["system_product"]),
         driver_version=str(lab["driver_version"]), cuda_version=str(lab["cuda_version"]),
         nvswitches=tuple(str(b) for b in lab["nvswitches"] or ()),
-        nvswitch_device=str(lab["nvswitch_device"] or ""))
+        nvswitch_device=str(lab["nvswitch_device"] or ""),
+        nvlink5_mgmt_ports=int(lab.get("nvlink5_mgmt_ports") or 0))
 
 
 def profile_names() -> list[str]:

@@ -16,7 +16,6 @@ from provisioner.ssh.hostkeys import KnownHosts
 # node reports a new boot (the lab's nodes share the host kernel's boot_id).
 LAB_HOST_VARS = {
     "ansible_python_interpreter": "/usr/bin/python3",
-    "nvidia_repo_mirror_url": f"file:{REPO_IN_NODE}",
     "nvidia_repo_trusted": "true",
     "reboot_boot_time_command": "cat /run/gpuctl-lab/boot_id",
     "reboot_timeout": "120",
@@ -31,12 +30,22 @@ LAB_HOST_VARS = {
 }
 
 
+# The lab's mirrors, per node OS: NVIDIA's repository (and on RHEL EPEL's) as a local
+# copy on the node, as an air-gapped site would have them.
+LAB_OS_VARS = {
+    "ubuntu22.04": {"nvidia_repo_mirror_url": f"file:{REPO_IN_NODE}"},
+    "debian12": {"nvidia_repo_mirror_url": f"file:{REPO_IN_NODE}"},
+    "rocky9": {"nvidia_repo_mirror_url": f"file://{REPO_IN_NODE}/nvidia",
+               "epel_mirror_url": f"file://{REPO_IN_NODE}/epel"},
+}
+
+
 def register_lab_nodes(gc: Gpuctl, nodes: list[LabNode], key_path: str) -> list[str]:
     """Register (or update) every lab node with the lab's client key."""
     specs = [NodeSpec(name=n.name, address=n.address, port=n.port, user="root",
                       key_path=key_path, sku=n.sku,
-                      labels={"lab": "true", "profile": n.profile},
-                      ansible_vars=LAB_HOST_VARS) for n in nodes]
+                      labels={"lab": "true", "profile": n.profile, "os": n.os},
+                      ansible_vars={**LAB_HOST_VARS, **LAB_OS_VARS[n.os]}) for n in nodes]
     return add_nodes(gc, specs, replace=True)
 
 

@@ -10,6 +10,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
+from provisioner.lab.os_images import os_files
 from provisioner.lab.packages import fabricmanager_files
 from provisioner.lab.profiles import get_profile
 
@@ -62,6 +63,9 @@ def render_sysfs(sys_dir: Path, spec: dict[str, Any],
             _write(sys_dir / "module/nouveau/initstate", "live\n")
         if modules.get("nvidia"):
             _write(sys_dir / "module/nvidia/version", f"{modules['nvidia']}\n")
+            _write(sys_dir / "module/nvidia/taint", f"{modules.get('nvidia_taint', '')}\n")
+        for name in str(modules.get("others") or "").split():
+            _write(sys_dir / f"module/{name}/initstate", "live\n")
     profile = get_profile(spec["profile"])
     dmi = sys_dir / "class/dmi/id"
     for key, value in {"sys_vendor": profile.system_vendor,
@@ -101,6 +105,10 @@ def render_sysfs(sys_dir: Path, spec: dict[str, Any],
         _write(port / "phys_state", "3: Disabled\n" if down else "5: LinkUp\n")
         _write(port / "rate", f"{profile.ib_rate_gbps} Gb/sec (4X NDR)\n")
         _write(port / "link_layer", "InfiniBand\n")
+    for k in range(profile.nvlink5_mgmt_ports):
+        # PCI VPD is binary; the read-only keywords carry the part's identity.
+        _write(sys_dir / f"class/infiniband/mlx5_{profile.ib_ports + k}/device/vpd",
+               "\x82\x10NVIDIA ConnectX-7\x90\x0cPN:SW_MNG_CX7\x78")
     (sys_dir / "block").mkdir(parents=True, exist_ok=True)
     nvme = sys_dir / "block/nvme0n1"
     _write(nvme / "size", "7501476528\n")
@@ -208,11 +216,32 @@ def _hook(name, *args, **kwargs):
 
 builtins.__import__ = _hook
 """
+# What the node's kernel could load with modprobe: the stand-in loads those (into the
+# node's simulated /sys, never into this machine's kernel) and fails on the rest as
+# kmod's modprobe does.
+MODPROBE = """#!/bin/sh
+# gpuctl lab stand-in modprobe
+for m in "$@"; do case "$m" in -*) continue ;; esac
+  if grep -qx "$m" /etc/gpuctl-lab/modules-available 2>/dev/null; then
+    mkdir -p "/sys/module/$m" && echo live > "/sys/module/$m/initstate"
+  else
+    echo "modprobe: FATAL: Module $m not found in directory /lib/modules/$(uname -r)" >&2
+    exit 1
+  fi
+done
+"""
 UNSUPPORTED_OS = """PRETTY_NAME="Fedora Linux 40 (Server Edition)"
 NAME="Fedora Linux"
 VERSION_ID=40
 ID=fedora
 """
+
+
+def available_modules(spec: dict[str, Any]) -> list[str]:
+    """Modules the node's hardware has drivers for, beyond the GPU's: its ConnectX NICs."""
+    profile = get_profile(spec["profile"])
+    return ["mlx5_core", "mlx5_ib", "ib_umad", "ib_uverbs"] \
+        if profile.ib_ports or profile.nvlink5_mgmt_ports else []
 
 
 def driver_json(spec: dict[str, Any]) -> bytes:
@@ -250,6 +279,10 @@ def node_files(spec: dict[str, Any]) -> dict[str, tuple[bytes, int]]:
         # module starts nothing (the playbooks would "start" fabric manager for nothing).
         "/usr/sbin/init": (INIT.encode(), 0o755),
         "/usr/sbin/update-initramfs": (UPDATE_INITRAMFS.encode(), 0o755),
+        "/usr/sbin/modprobe": (MODPROBE.encode(), 0o755),
+        "/etc/gpuctl-lab/modules-available": ("".join(
+            f"{m}\n" for m in available_modules(spec)).encode(), 0o644),
+        **os_files(spec.get("os", "ubuntu22.04")),
     }
     # The node's apt sees only the repository the playbooks configure (the lab's mirror):
     # lab nodes must never fetch from the Internet.
@@ -273,6 +306,7 @@ def node_files(spec: dict[str, Any]) -> dict[str, tuple[bytes, int]]:
         # what systemd's journalctl prints there (and exits 0).
         files["/usr/bin/journalctl"] = (NO_JOURNAL.encode(), 0o755)
     if "unsupported-os" in spec["faults"]:
+        files.pop("/etc/redhat-release", None)
         files["/etc/os-release"] = (UNSUPPORTED_OS.encode(), 0o644)
     if spec.get("smi_xml"):
         files["/etc/gpuctl-lab/replay.xml"] = (Path(spec["smi_xml"]).read_bytes(), 0o644)

@@ -56,11 +56,12 @@ def gpu_xml(g, st):
     unc = g["ecc_dram_uncorrectable"]
     sram = g.get("ecc_sram_correctable", 0)
     state, status = fabric(st)
+    persistence = persistence_mode()
     return f"""    <gpu id="{full_bus}">
         <product_name>{esc(g['model'])}</product_name>
         <product_brand>NVIDIA</product_brand>
         <product_architecture>{esc(g['architecture'])}</product_architecture>
-        <persistence_mode>Enabled</persistence_mode>
+        <persistence_mode>{persistence}</persistence_mode>
         <mig_mode><current_mig>{mig}</current_mig><pending_mig>{mig}</pending_mig></mig_mode>
         <mig_devices>{migdevs or 'None'}</mig_devices>
         <serial>{g['serial']}</serial>
@@ -149,6 +150,38 @@ def gpu_xml(g, st):
 """
 
 
+def daemon_args(pidfile):
+    """The command line of the daemon whose pidfile this is, or None when not running."""
+    try:
+        with open(pidfile) as fh:
+            pid = int(fh.read().strip())
+        with open("/proc/%d/cmdline" % pid, "rb") as fh:
+            return fh.read().decode(errors="replace").split("\0")
+    except (OSError, ValueError):
+        return None
+
+
+def persistence_mode():
+    """Enabled while nvidia-persistenced runs with --persistence-mode: the daemon turns
+    it on for every GPU at start (nvidia-persistenced(1)); with --no-persistence-mode,
+    or with no daemon, the driver's default is off."""
+    args = daemon_args("/run/nvidia-persistenced.pid")
+    return "Enabled" if args and "--persistence-mode" in args else "Disabled"
+
+
+def nvlink5():
+    """An NVLink 5 system: an InfiniBand device whose VPD says SW_MNG."""
+    import glob
+    for vpd in glob.glob("/sys/class/infiniband/*/device/vpd"):
+        try:
+            with open(vpd, "rb") as fh:
+                if b"SW_MNG" in fh.read():
+                    return True
+        except OSError:
+            continue
+    return False
+
+
 def fabric(st):
     """A GPU's NVSwitch fabric registration: Completed once the fabric manager runs (the
     lab's stand-in writes its pidfile); before that NVML reports it not completed (which
@@ -165,6 +198,11 @@ def fabric(st):
     except (OSError, ValueError):
         running = False
     running = running and "fabric-unregistered" not in st.get("faults", [])
+    if running and nvlink5():
+        # NVLink 5: fabric manager brings the fabric up through the NVLink subnet
+        # manager, over the management ports' mlx5_core/ib_umad drivers.
+        running = daemon_args("/run/nvlsm.pid") is not None and all(
+            os.path.isdir("/sys/module/" + m) for m in ("mlx5_core", "ib_umad"))
     return ("Completed", "Success") if running else ("In Progress", "N/A")
 
 
@@ -226,6 +264,7 @@ FIELDS = {
     "pci.bus_id": ("pci.bus_id", lambda g, st: "0000" + g["bus_id"].upper()),
     "memory.total": ("memory.total [MiB]", lambda g, st: "%d MiB" % g["memory_mib"]),
     "driver_version": ("driver_version", lambda g, st: st["driver_version"]),
+    "persistence_mode": ("persistence_mode", lambda g, st: persistence_mode()),
     "vbios_version": ("vbios_version", lambda g, st: g["vbios"]),
     # Readings wander a little over time, as a loaded GPU's do.
     "temperature.gpu": ("temperature.gpu", lambda g, st: g["temperature_c"] + (
