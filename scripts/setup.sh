@@ -11,8 +11,11 @@ fi
 
 # openssh-server: sshd for lab nodes; util-linux: unshare/nsenter; the rest: what the
 # node probe reads on real machines and what the test suite drives.
+# dpkg-dev tools build the lab's apt repositories; rpm, createrepo-c, dnf (with its
+# Python bindings and plugins) build and serve the lab's Rocky 9 nodes; gnupg signs the
+# air-gapped-mirror test's repository.
 packages=(openssh-server openssh-client util-linux iproute2 pciutils python3 python3-venv
-          ca-certificates)
+          ca-certificates rpm createrepo-c dnf python3-dnf dnf-plugins-core gnupg)
 source scripts/apt.sh
 apt_install_missing "system packages" "${packages[@]}"
 

@@ -36,7 +36,7 @@ LAB_OS_VARS = {
     "ubuntu22.04": {"nvidia_repo_mirror_url": f"file:{REPO_IN_NODE}"},
     "debian12": {"nvidia_repo_mirror_url": f"file:{REPO_IN_NODE}"},
     "rocky9": {"nvidia_repo_mirror_url": f"file://{REPO_IN_NODE}/nvidia",
-               "epel_mirror_url": f"file://{REPO_IN_NODE}/epel"},
+               "nvidia_repo_epel_mirror_url": f"file://{REPO_IN_NODE}/epel"},
 }
 
 

@@ -306,7 +306,8 @@ def node_files(spec: dict[str, Any]) -> dict[str, tuple[bytes, int]]:
         # what systemd's journalctl prints there (and exits 0).
         files["/usr/bin/journalctl"] = (NO_JOURNAL.encode(), 0o755)
     if "unsupported-os" in spec["faults"]:
-        files.pop("/etc/redhat-release", None)
+        for path in ("/etc/redhat-release", "/etc/lsb-release"):
+            files.pop(path, None)
         files["/etc/os-release"] = (UNSUPPORTED_OS.encode(), 0o644)
     if spec.get("smi_xml"):
         files["/etc/gpuctl-lab/replay.xml"] = (Path(spec["smi_xml"]).read_bytes(), 0o644)

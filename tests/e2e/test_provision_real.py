@@ -1,0 +1,217 @@
+"""Provisioning against the package names real servers have (issue: driver branches
+570/580, B200 and NVLink 5, Rocky 9 with dnf module streams, air-gapped mirrors, and a
+verify step that names what is wrong). Lab nodes' repositories follow NVIDIA's real
+naming, aliases included (provisioner/lab/packages.py), so a wrong name fails here as
+it would on a real node."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from sqlmodel import select
+
+from provisioner.db.engine import session_scope
+from provisioner.db.models import Node, TaskResult
+from tests.e2e.conftest import scan_json
+
+pytestmark = pytest.mark.e2e
+
+
+def provision(gpuctl: Any, *args: str) -> tuple[int, dict[str, Any]]:
+    result = gpuctl("provision", "--json", *args)
+    assert result.out, result
+    return result.code, json.loads(result.out)
+
+
+def by_name(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n["name"]: n for n in summary["nodes"]}
+
+
+def set_vars(db_url: str, name: str, **values: str) -> None:
+    """Per-node Ansible variables, as `gpuctl nodes import` of an inventory with host
+    vars would set them (the lab registered the node with its own)."""
+    with session_scope(db_url) as session:
+        node = session.exec(select(Node).where(Node.name == name)).one()
+        node.vars_json = json.dumps({**json.loads(node.vars_json), **values}, sort_keys=True)
+        session.add(node)
+
+
+def changed_tasks(db_url: str, run_id: int, node: str) -> set[str]:
+    with session_scope(db_url) as session:
+        node_id = session.exec(select(Node.id).where(Node.name == node)).one()
+        rows = session.exec(select(TaskResult).where(TaskResult.run_id == run_id,
+                                                     TaskResult.node_id == node_id)).all()
+    return {r.task for r in rows if r.status == "changed"}
+
+
+def node_sh(lab: Any, name: str, script: str) -> subprocess.CompletedProcess[bytes]:
+    return lab.lab.node_exec(name, ["sh", "-c", script])
+
+
+def test_branches_570_and_580_then_verify_names_what_is_wrong(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
+    lab.up(2)  # h100-sxm-8 on Ubuntu 22.04
+    scan_json(gpuctl, "--all", "--accept-new")
+    set_vars(paths.db_url, "gpu-node-02", driver_branch="580", cuda_toolkit_version="13-0")
+    code, summary = provision(gpuctl, "--all")
+    assert code == 0, summary
+    # Ansible names a task once, from the first host's variables: what each node got is
+    # read on the node. 570 carries the branch in fabric manager's name; 580 does not,
+    # and the suffixed name there is only an alias: no package of that name is installed.
+    q = "dpkg-query -W -f='${Package} ${Version} ${Status}\\n' "
+    one = node_sh(lab, "gpu-node-01", q + "nvidia-driver-570-open nvidia-fabricmanager-570 "
+                                          "libnvidia-nscq-570")
+    assert one.returncode == 0 and one.stdout.decode().count("hold ok installed") == 3, one
+    two = node_sh(lab, "gpu-node-02", q + "nvidia-driver-580-open nvidia-fabricmanager "
+                                          "libnvidia-nscq")
+    assert two.returncode == 0 and two.stdout.decode().count("hold ok installed") == 3, two
+    assert "nvidia-fabricmanager 580.65.06-1" in two.stdout.decode()
+    alias = node_sh(lab, "gpu-node-02", q + "nvidia-fabricmanager-580")
+    assert b"installed" not in alias.stdout.replace(b"not-installed", b""), alias
+    for name, branch in (("gpu-node-01", "570"), ("gpu-node-02", "580")):
+        smi = node_sh(lab, name, "nvidia-smi --query-gpu=driver_version,persistence_mode "
+                                 "--format=csv,noheader | sort -u")
+        assert smi.stdout.decode().split(",")[0].startswith(branch + "."), smi
+        assert smi.stdout.decode().strip().endswith("Enabled"), smi  # the drop-in did it
+
+    code, summary = provision(gpuctl, "--all")
+    assert code == 0 and summary["changed"] == 0, summary
+
+    # verify fails, naming the cause: a fabric that never registers, and a persistence
+    # daemon whose drop-in is gone (someone reinstalled the package's unit).
+    assert gpuctl("lab", "fault", "gpu-node-01", "fabric-unregistered").code == 0
+    res = node_sh(lab, "gpu-node-02", "rm /etc/systemd/system/nvidia-persistenced.service.d/"
+                                      "gpuctl.conf && /etc/init.d/nvidia-persistenced restart")
+    assert res.returncode == 0, res
+    code, summary = provision(gpuctl, "--all", "--tags", "verify")
+    assert code == 3, summary
+    nodes = by_name(summary)
+    assert nodes["gpu-node-01"]["reason"].startswith(
+        "NVSwitch fabric not up: fabric manager running, fabric state In Progress on 8 of "
+        "8 GPUs"), nodes["gpu-node-01"]
+    assert nodes["gpu-node-02"]["reason"].startswith(
+        "persistence mode is off on 8 of 8 GPUs (nvidia-persistenced running)"), nodes
+
+
+def test_b200_provisions_nvlink5_packages_and_passes_verify(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
+    lab.up(1, "--profile", "b200-8")
+    scan_json(gpuctl, "--all", "--accept-new")
+    code, summary = provision(gpuctl, "--all")
+    assert code == 0, summary
+    changed = changed_tasks(paths.db_url, summary["run_id"], "gpu-node-01")
+    assert {"Install nvidia-driver-580-open", "Install the fabric manager packages",
+            "Load the NVLink 5 management ports' modules now",
+            "Start the NVLink subnet manager (NVLink 5)"} <= changed
+    pkgs = node_sh(lab, "gpu-node-01", "dpkg-query -W -f='${Package}\\n' nvidia-fabricmanager "
+                                       "libnvidia-nscq libnvsdm nvlsm infiniband-diags")
+    assert pkgs.returncode == 0 and len(pkgs.stdout.split()) == 5, pkgs
+    mods = node_sh(lab, "gpu-node-01", "ls /sys/module; cat /etc/modules-load.d/*.conf")
+    assert {"mlx5_core", "ib_umad", "nvidia"} <= set(mods.stdout.decode().split()), mods
+    # The fabric is up only with every NVLink 5 part present: stop the subnet manager
+    # and verify names the fabric.
+    node_sh(lab, "gpu-node-01", "/etc/init.d/nvlsm stop")
+    code, summary = provision(gpuctl, "--all", "--tags", "verify")
+    assert code == 3 and "NVSwitch fabric not up" in summary["nodes"][0]["reason"], summary
+
+
+def test_rocky9_provisions_through_dnf_module_streams(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
+    lab.up(1, "--os", "rocky9")
+    scan_json(gpuctl, "--all", "--accept-new")
+    code, summary = provision(gpuctl, "--all")
+    assert code == 0, summary
+    changed = changed_tasks(paths.db_url, summary["run_id"], "gpu-node-01")
+    assert {"Install @nvidia-driver:570-open", "Point dnf at the EPEL mirror (DKMS for the "
+            "driver's module streams)", "Enable CRB (EPEL's packages build on it)",
+            "Version-lock the fabric manager packages with the driver",
+            "Rebuild the initramfs"} <= changed, changed
+    rpm = node_sh(lab, "gpu-node-01", "rpm -q kmod-nvidia-open-dkms nvidia-fabric-manager "
+                                      "libnvidia-nscq-570 dkms; rpm -q nvidia-fabricmanager-570")
+    out = rpm.stdout.decode()
+    assert "kmod-nvidia-open-dkms-570.124.06" in out and "dkms-3.1.6" in out, out
+    # The alias resolves for dnf but is no package name: `rpm -q` of it fails, as the
+    # issue found on real RHEL.
+    assert "package nvidia-fabricmanager-570 is not installed" in out, out
+    streams = node_sh(lab, "gpu-node-01", "dnf -q module list --enabled nvidia-driver")
+    assert "570-open" in streams.stdout.decode(), streams
+    lock = node_sh(lab, "gpu-node-01", "cat /etc/dnf/plugins/versionlock.list")
+    assert "nvidia-fabric-manager-0:570.124.06" in lock.stdout.decode(), lock
+    code, summary = provision(gpuctl, "--all")
+    assert code == 0 and summary["changed"] == 0, summary
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_mirror_only_provision_with_a_signed_repository(lab, gpuctl, paths, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An air-gapped site: NVIDIA's repository mirrored and signed with the site's key,
+    served over HTTP on loopback; NVIDIA's own URLs point at a closed port."""
+    lab.up(1, "--profile", "l40s-4", "--fault", "gpu-node-01:repo-unreachable")
+    scan_json(gpuctl, "--all", "--accept-new")
+    repo = tmp_path / "mirror"
+    shutil.copytree(paths.home / "lab/repos/good", repo)
+    gnupg = tmp_path / "gnupg"
+    gnupg.mkdir(mode=0o700)
+    gpg = ["gpg", "--homedir", str(gnupg), "--batch", "--pinentry-mode", "loopback",
+           "--passphrase", ""]
+    subprocess.run([*gpg, "--quick-gen-key", "gpuctl lab mirror <mirror@localhost>",
+                    "ed25519", "sign", "never"], check=True, capture_output=True)
+    subprocess.run([*gpg, "--clearsign", "-o", str(repo / "InRelease"), str(repo / "Release")],
+                   check=True, capture_output=True)
+    key = tmp_path / "mirror.asc"
+    key.write_bytes(subprocess.run([*gpg, "--armor", "--export"], check=True,
+                                   capture_output=True).stdout)
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                               "127.0.0.1", "--directory", str(repo)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        set_vars(paths.db_url, "gpu-node-01", nvidia_repo_trusted="false",
+                 nvidia_repo_mirror_url=f"http://127.0.0.1:{port}/",
+                 nvidia_repo_mirror_key=str(key),
+                 nvidia_repo_base="http://127.0.0.1:9/unreachable")
+        code, summary = provision(gpuctl, "--all")
+        assert code == 0, summary
+        listing = node_sh(lab, "gpu-node-01", "cat /etc/apt/sources.list.d/gpuctl-nvidia.list")
+        assert (f"deb [signed-by=/usr/share/keyrings/gpuctl-nvidia-mirror.asc] "
+                f"http://127.0.0.1:{port}/ /") in listing.stdout.decode(), listing
+        assert node_sh(lab, "gpu-node-01", "nvidia-smi -L").returncode == 0
+        code, summary = provision(gpuctl, "--all")
+        assert code == 0 and summary["changed"] == 0, summary
+        # A mirror signed by another key is refused: apt checks the signature.
+        (repo / "InRelease").write_text((repo / "InRelease").read_text().replace(
+            "Origin: gpuctl-lab", "Origin: tampered"))
+        node_sh(lab, "gpu-node-01", "rm -f /etc/apt/sources.list.d/gpuctl-nvidia.list")
+        code, summary = provision(gpuctl, "--all")
+        assert code == 3, summary
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_a_debian_nvswitch_node_is_refused_by_name(lab, gpuctl) -> None:  # type: ignore[no-untyped-def]
+    lab.up(1, "--os", "debian12")
+    scan_json(gpuctl, "--all", "--accept-new")
+    code, summary = provision(gpuctl, "--all")
+    assert code == 3
+    assert summary["nodes"][0]["reason"].startswith(
+        "NVSwitch system on Debian: gpuctl has no verified fabric manager package names"), summary
+
+
+def test_debian12_pcie_node_gets_debian_names(lab, gpuctl) -> None:  # type: ignore[no-untyped-def]
+    lab.up(1, "--os", "debian12", "--profile", "l40s-4")
+    scan_json(gpuctl, "--all", "--accept-new")
+    code, summary = provision(gpuctl, "--all")
+    assert code == 0, summary
+    q = node_sh(lab, "gpu-node-01", "dpkg-query -W -f='${Package} ${Version}\\n' "
+                                    "nvidia-driver-cuda nvidia-kernel-open-dkms")
+    # The repository holds every branch under one name: the pin picked 570.
+    assert q.stdout.decode().split() == ["nvidia-driver-cuda", "570.124.06-1",
+                                         "nvidia-kernel-open-dkms", "570.124.06-1"], q
