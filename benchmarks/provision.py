@@ -1,8 +1,10 @@
 """Provisioning speed on 16 lab nodes, side by side in one run.
 
-    sudo .venv/bin/python benchmarks/provision.py [--nodes 16] [--forks 16]
+    sudo .venv/bin/python benchmarks/provision.py [--nodes 16] [--forks 16] \
+        [--os ubuntu22.04 --os rocky9]
 
-Prints wall times and ratios for:
+For each lab OS (default: Ubuntu 22.04 through apt, then Rocky 9 through dnf module
+streams), prints wall times and ratios for:
   * plain ansible-playbook playbooks/provision.yml on a fresh lab (same inventory that
     gpuctl renders, same group_vars, same forks)
   * gpuctl provision --all on another fresh lab of the same size
@@ -40,11 +42,11 @@ def gpuctl(argv: list[str]) -> tuple[int, str]:
     return code, out.getvalue()
 
 
-def lab(home: Path, nodes: int, block: int) -> None:
+def lab(home: Path, nodes: int, block: int, os_name: str) -> None:
     os.environ["GPUCTL_HOME"] = str(home)
     assert gpuctl(["init"])[0] == 0, "init failed"
     code, _ = gpuctl(["lab", "up", "--nodes", str(nodes), "--first-address",
-                      f"127.0.{block}.10", "--json"])
+                      f"127.0.{block}.10", "--os", os_name, "--json"])
     assert code == 0, "lab up failed"
     code, _ = gpuctl(["scan", "--all", "--accept-new", "--json"])
     assert code == 0, "scan failed"
@@ -88,30 +90,37 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=16)
     parser.add_argument("--forks", type=int, default=16)
+    parser.add_argument("--os", dest="oses", action="append",
+                        help="lab OS to run on; repeatable (default: ubuntu22.04 and rocky9)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gpuctl-bench-prov-"))
+    homes: list[Path] = []
     try:
-        print(f"{args.nodes} bare h100-sxm-8 lab nodes per run, forks {args.forks}", flush=True)
-        lab(work / "plain", args.nodes, 201)
-        t_plain = plain_ansible(work / "plain", args.forks)
-        print(f"  plain ansible-playbook (first run)   {t_plain:7.1f} s", flush=True)
-        gpuctl(["lab", "down"])
-        lab(work / "gpuctl", args.nodes, 202)
-        t_first, changed_first = gpuctl_provision(args.forks)
-        print(f"  gpuctl provision (first run)         {t_first:7.1f} s  "
-              f"({changed_first} changed)", flush=True)
-        t_second, changed_second = gpuctl_provision(args.forks)
-        print(f"  gpuctl provision (second run)        {t_second:7.1f} s  "
-              f"({changed_second} changed)", flush=True)
-        gpuctl(["lab", "down"])
-        print("ratios:")
-        print(f"  gpuctl first / plain ansible-playbook = {t_first / t_plain:5.2f}  "
-              "(target <= 1.15)")
-        print(f"  gpuctl second / gpuctl first           = {t_second / t_first:5.2f}  "
-              "(target <= 0.35)")
+        for os_name in args.oses or ["ubuntu22.04", "rocky9"]:
+            plain_home, gpuctl_home = work / f"plain-{os_name}", work / f"gpuctl-{os_name}"
+            homes += [plain_home, gpuctl_home]
+            print(f"{os_name}: {args.nodes} bare h100-sxm-8 lab nodes per run, "
+                  f"forks {args.forks}", flush=True)
+            lab(plain_home, args.nodes, 201, os_name)
+            t_plain = plain_ansible(plain_home, args.forks)
+            print(f"  plain ansible-playbook (first run)   {t_plain:7.1f} s", flush=True)
+            gpuctl(["lab", "down"])
+            lab(gpuctl_home, args.nodes, 202, os_name)
+            t_first, changed_first = gpuctl_provision(args.forks)
+            print(f"  gpuctl provision (first run)         {t_first:7.1f} s  "
+                  f"({changed_first} changed)", flush=True)
+            t_second, changed_second = gpuctl_provision(args.forks)
+            print(f"  gpuctl provision (second run)        {t_second:7.1f} s  "
+                  f"({changed_second} changed)", flush=True)
+            gpuctl(["lab", "down"])
+            print(f"ratios ({os_name}):")
+            print(f"  gpuctl first / plain ansible-playbook = {t_first / t_plain:5.2f}  "
+                  "(target <= 1.15)")
+            print(f"  gpuctl second / gpuctl first           = {t_second / t_first:5.2f}  "
+                  "(target <= 0.35)", flush=True)
         return 0
     finally:
-        for home in (work / "plain", work / "gpuctl"):
+        for home in homes:
             os.environ["GPUCTL_HOME"] = str(home)
             gpuctl(["lab", "down"])
         shutil.rmtree(work, ignore_errors=True)

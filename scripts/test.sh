@@ -30,13 +30,14 @@ if [ $# -eq 0 ]; then
   # two control hosts, concurrent writers, hardening), the schema and the run scaffold.
   # Left out, as they read or write no more than on SQLite: the agent alone, the lab
   # alone, the report in a browser, the dashboard in tmux, hostile input files, the
-  # playbook- and profile-behaviour tests of scan and provision, and the burn-in's
+  # playbook- and profile-behaviour tests of scan and provision (test_provision_real.py;
+  # check mode and Ctrl-C, whose run bookkeeping test_recovery.py covers), and the burn-in's
   # verdict tests (test_burnin*.py: burn-in's database writes are the run scaffold's,
   # which test_recovery.py and test_hardening.py exercise with burn-ins killed mid-run).
   echo "== pytest (PostgreSQL)"
   GPUCTL_TEST_DB=postgresql run_pytest tests/e2e/test_scan.py tests/e2e/test_provision.py \
     tests/e2e/test_recovery.py tests/e2e/test_db_concurrent.py \
     tests/e2e/test_hardening.py tests/unit/test_migrations.py tests/unit/test_runs.py \
-    tests/unit/test_fleet.py -k "not fabric_manager and not pcie_system and not \
-become_password and not test_profiles and not huge_command_output and not export_is"
+    tests/unit/test_fleet.py -k "not become_password and not test_profiles and not \
+huge_command_output and not export_is and not check_mode and not sigint_stops"
 fi

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlmodel import col, select
+from sqlmodel import select
 
 from provisioner.db.engine import session_scope
 from provisioner.db.models import NodeLock, Run, TaskResult
@@ -98,30 +98,6 @@ def test_provision_failures_rescan_and_second_run(lab, gpuctl, paths) -> None:  
     history = json.loads(gpuctl("nodes", "show", "gpu-node-01", "--json").out)["events"]
     assert history[-1]["reason"].endswith("none in the driver, CUDA or fabric manager: "
                                           "certificate kept"), history[-1]
-
-
-def test_fabric_manager_version_mismatch_is_refused(lab, gpuctl) -> None:  # type: ignore[no-untyped-def]
-    lab.up(1, "--fault", "gpu-node-01:fabricmanager-mismatch")
-    scan_json(gpuctl, "--all", "--accept-new")
-    code, summary = provision_json(gpuctl, "--all")
-    assert code == 3
-    reason = summary["nodes"][0]["reason"]
-    assert "fabric manager 570.86.15 does not match driver 570.124.06" in reason, reason
-
-
-def test_pcie_system_skips_fabric_manager(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
-    lab.up(1, "--profile", "l40s-4")
-    scan_json(gpuctl, "--all", "--accept-new")
-    code, summary = provision_json(gpuctl, "--all")
-    assert code == 0, summary
-    with session_scope(paths.db_url) as session:
-        rows = session.exec(select(TaskResult).where(
-            col(TaskResult.task).contains("fabric manager"))).all()
-    statuses = {r.task: r.status for r in rows}
-    assert statuses["Skip fabric manager on systems without NVSwitch"] == "ok"
-    assert statuses["Install the fabric manager packages"] == "skipped"
-    detail = json.loads(gpuctl("nodes", "show", "gpu-node-01", "--json").out)
-    assert detail["node"]["state"] == "provisioned"
 
 
 def test_check_mode_changes_nothing(lab, gpuctl) -> None:  # type: ignore[no-untyped-def]

@@ -55,11 +55,16 @@ def node_sh(lab: Any, name: str, script: str) -> subprocess.CompletedProcess[byt
 
 
 def test_branches_570_and_580_then_verify_names_what_is_wrong(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
-    lab.up(2)  # h100-sxm-8 on Ubuntu 22.04
+    # h100-sxm-8 on Ubuntu 22.04; node 03's mirror has a fabric manager of another version.
+    lab.up(3, "--fault", "gpu-node-03:fabricmanager-mismatch")
     scan_json(gpuctl, "--all", "--accept-new")
     set_vars(paths.db_url, "gpu-node-02", driver_branch="580", cuda_toolkit_version="13-0")
     code, summary = provision(gpuctl, "--all")
-    assert code == 0, summary
+    assert code == 3, summary
+    nodes = by_name(summary)
+    assert nodes["gpu-node-01"]["status"] == nodes["gpu-node-02"]["status"] == "ok", nodes
+    assert "fabric manager 570.86.15 does not match driver 570.124.06" in \
+        nodes["gpu-node-03"]["reason"], nodes["gpu-node-03"]
     # Ansible names a task once, from the first host's variables: what each node got is
     # read on the node. 570 carries the branch in fabric manager's name; 580 does not,
     # and the suffixed name there is only an alias: no package of that name is installed.
@@ -79,21 +84,20 @@ def test_branches_570_and_580_then_verify_names_what_is_wrong(lab, gpuctl, paths
         assert smi.stdout.decode().split(",")[0].startswith(branch + "."), smi
         assert smi.stdout.decode().strip().endswith("Enabled"), smi  # the drop-in did it
 
-    code, summary = provision(gpuctl, "--all")
+    code, summary = provision(gpuctl, "gpu-node-01", "gpu-node-02")
     assert code == 0 and summary["changed"] == 0, summary
 
-    # verify fails, naming the cause: a fabric that never registers, and a persistence
-    # daemon whose drop-in is gone (someone reinstalled the package's unit).
-    assert gpuctl("lab", "fault", "gpu-node-01", "fabric-unregistered").code == 0
+    # verify fails, naming the cause: the open modules loaded where the pin now says
+    # proprietary, and a persistence daemon whose drop-in is gone.
+    set_vars(paths.db_url, "gpu-node-01", driver_kernel_modules="proprietary")
     res = node_sh(lab, "gpu-node-02", "rm /etc/systemd/system/nvidia-persistenced.service.d/"
                                       "gpuctl.conf && /etc/init.d/nvidia-persistenced restart")
     assert res.returncode == 0, res
-    code, summary = provision(gpuctl, "--all", "--tags", "verify")
+    code, summary = provision(gpuctl, "gpu-node-01", "gpu-node-02", "--tags", "verify")
     assert code == 3, summary
     nodes = by_name(summary)
     assert nodes["gpu-node-01"]["reason"].startswith(
-        "NVSwitch fabric not up: fabric manager running, fabric state In Progress on 8 of "
-        "8 GPUs"), nodes["gpu-node-01"]
+        "the loaded nvidia module is open (taint OE), pinned: proprietary"), nodes
     assert nodes["gpu-node-02"]["reason"].startswith(
         "persistence mode is off on 8 of 8 GPUs (nvidia-persistenced running)"), nodes
 
@@ -101,6 +105,10 @@ def test_branches_570_and_580_then_verify_names_what_is_wrong(lab, gpuctl, paths
 def test_b200_provisions_nvlink5_packages_and_passes_verify(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
     lab.up(1, "--profile", "b200-8")
     scan_json(gpuctl, "--all", "--accept-new")
+    # With DCGM and the container toolkit, on a node that has containerd (a stand-in
+    # binary: only its presence counts).
+    set_vars(paths.db_url, "gpu-node-01", dcgm_install="true", container_toolkit_install="true")
+    lab.lab.put_file("gpu-node-01", "/usr/bin/containerd", b"#!/bin/sh\nexit 0\n", 0o755)
     code, summary = provision(gpuctl, "--all")
     assert code == 0, summary
     changed = changed_tasks(paths.db_url, summary["run_id"], "gpu-node-01")
@@ -112,11 +120,22 @@ def test_b200_provisions_nvlink5_packages_and_passes_verify(lab, gpuctl, paths) 
     assert pkgs.returncode == 0 and len(pkgs.stdout.split()) == 5, pkgs
     mods = node_sh(lab, "gpu-node-01", "ls /sys/module; cat /etc/modules-load.d/*.conf")
     assert {"mlx5_core", "ib_umad", "nvidia"} <= set(mods.stdout.decode().split()), mods
+    # DCGM 4 for the driver's CUDA major (580: CUDA 13), its host engine running; the
+    # nvidia runtime registered with containerd.
+    dcgm = node_sh(lab, "gpu-node-01", "dpkg-query -W -f='${Status}' datacenter-gpu-manager-4-"
+                                       "cuda13 && /etc/init.d/nvidia-dcgm status && grep -c "
+                                       "runtimes.nvidia /etc/containerd/config.toml")
+    assert dcgm.returncode == 0 and dcgm.stdout.decode().endswith("installed1\n"), dcgm
+    code, summary = provision(gpuctl, "--all")
+    assert code == 0 and summary["changed"] == 0, summary
     # The fabric is up only with every NVLink 5 part present: stop the subnet manager
     # and verify names the fabric.
     node_sh(lab, "gpu-node-01", "/etc/init.d/nvlsm stop")
     code, summary = provision(gpuctl, "--all", "--tags", "verify")
-    assert code == 3 and "NVSwitch fabric not up" in summary["nodes"][0]["reason"], summary
+    assert code == 3, summary
+    assert summary["nodes"][0]["reason"].startswith(
+        "NVSwitch fabric not up: fabric manager running, fabric state In Progress on 8 of "
+        "8 GPUs"), summary
 
 
 def test_rocky9_provisions_through_dnf_module_streams(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
@@ -183,33 +202,52 @@ def test_mirror_only_provision_with_a_signed_repository(lab, gpuctl, paths, tmp_
         assert (f"deb [signed-by=/usr/share/keyrings/gpuctl-nvidia-mirror.asc] "
                 f"http://127.0.0.1:{port}/ /") in listing.stdout.decode(), listing
         assert node_sh(lab, "gpu-node-01", "nvidia-smi -L").returncode == 0
-        code, summary = provision(gpuctl, "--all")
-        assert code == 0 and summary["changed"] == 0, summary
         # A mirror signed by another key is refused: apt checks the signature.
         (repo / "InRelease").write_text((repo / "InRelease").read_text().replace(
             "Origin: gpuctl-lab", "Origin: tampered"))
         node_sh(lab, "gpu-node-01", "rm -f /etc/apt/sources.list.d/gpuctl-nvidia.list")
-        code, summary = provision(gpuctl, "--all")
+        code, summary = provision(gpuctl, "--all", "--tags", "repo")
         assert code == 3, summary
+        assert "Refresh the apt cache" in summary["nodes"][0]["reason"], summary
     finally:
         server.terminate()
         server.wait(timeout=10)
 
 
-def test_a_debian_nvswitch_node_is_refused_by_name(lab, gpuctl) -> None:  # type: ignore[no-untyped-def]
+def test_preflight_refuses_debian_nvswitch_and_rhel8_python(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
     lab.up(1, "--os", "debian12")
     scan_json(gpuctl, "--all", "--accept-new")
-    code, summary = provision(gpuctl, "--all")
+    code, summary = provision(gpuctl, "--all", "--tags", "preflight")
     assert code == 3
     assert summary["nodes"][0]["reason"].startswith(
         "NVSwitch system on Debian: gpuctl has no verified fabric manager package names"), summary
+    # RHEL 8's platform Python is 3.6, on which ansible-core 2.19 runs no module: the
+    # node is refused before any module runs, with the fix. (A stand-in interpreter that
+    # answers the version question as RHEL 8's /usr/libexec/platform-python does.)
+    lab.lab.put_file("gpu-node-01", "/usr/libexec/platform-python",
+                     b"#!/bin/sh\necho 3.6\n", 0o755)
+    set_vars(paths.db_url, "gpu-node-01",
+             ansible_python_interpreter="/usr/libexec/platform-python")
+    code, summary = provision(gpuctl, "--all", "--tags", "preflight")
+    assert code == 3
+    assert summary["nodes"][0]["reason"].startswith(
+        "the node's Python /usr/libexec/platform-python is 3.6; ansible-core needs 3.8 or "
+        "later on the node: install python39"), summary
 
 
-def test_debian12_pcie_node_gets_debian_names(lab, gpuctl) -> None:  # type: ignore[no-untyped-def]
+def test_debian12_pcie_node_gets_debian_names(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
     lab.up(1, "--os", "debian12", "--profile", "l40s-4")
     scan_json(gpuctl, "--all", "--accept-new")
     code, summary = provision(gpuctl, "--all")
     assert code == 0, summary
+    # A PCIe system: no NVSwitch, no NVLink 5 port, so no fabric manager.
+    with session_scope(paths.db_url) as session:
+        rows = session.exec(select(TaskResult).where(TaskResult.run_id == summary["run_id"])).all()
+    statuses = {r.task: r.status for r in rows}
+    assert statuses["Skip fabric manager on systems without NVSwitch"] == "ok"
+    assert statuses["Install the fabric manager packages"] == "skipped"
+    detail = json.loads(gpuctl("nodes", "show", "gpu-node-01", "--json").out)
+    assert detail["node"]["state"] == "provisioned"
     q = node_sh(lab, "gpu-node-01", "dpkg-query -W -f='${Package} ${Version}\\n' "
                                     "nvidia-driver-cuda nvidia-kernel-open-dkms")
     # The repository holds every branch under one name: the pin picked 570.

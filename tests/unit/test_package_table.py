@@ -1,0 +1,92 @@
+"""The playbooks' package table against the lab's stand-in repositories, which are
+written apart from it from the same NVIDIA sources: every name the roles would install
+for a branch the lab builds must be a real package there (an alias that another package
+only provides does not count: apt cannot hold it, `rpm -q` says not installed)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from provisioner.lab.packages import all_packages, nvlink5_packages
+from provisioner.project import project_dir
+
+FAMILIES = {"Ubuntu": "ubuntu", "Debian": "debian", "RedHat": "rhel"}
+
+
+def table() -> dict[str, Any]:
+    return yaml.safe_load((project_dir() / "playbooks/vars/nvidia_packages.yml").read_text())
+
+
+def row(family: str, branch: str) -> dict[str, Any]:
+    """The row playbooks/group_vars/all.yml selects: the last whose `since` <= branch."""
+    rows = [r for r in table()["nvidia_package_table"][family] if r["since"] <= int(branch)]
+    return rows[-1]
+
+
+def names(values: list[str], branch: str) -> list[str]:
+    return [v.replace("{b}", branch) for v in values]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("branch", ["570", "580"])
+def test_every_name_in_the_table_is_a_real_package_of_the_lab_repository(
+        family: str, branch: str) -> None:
+    pkgs, streams = all_packages(FAMILIES[family])
+    real = {p.name for p in pkgs}
+    r = row(family, branch)
+    wanted = [n for flavour in ("open", "proprietary") for n in names(r["driver"][flavour], branch)]
+    wanted += names(r["fabricmanager"], branch) + names(r["nvlink5_versioned"], branch)
+    for name in wanted:
+        if name.startswith("@"):
+            module, stream = name[1:].split(":")
+            assert (module, stream) in {(s.module, s.stream) for s in streams}, name
+        else:
+            assert name in real, f"{family} {branch}: {name} is not a package in the lab repo"
+    if family != "Debian":
+        assert set(table()["nvlink5_tools"]) <= real
+
+
+def test_the_aliases_exist_only_as_provides() -> None:
+    """What broke real 580 and RHEL nodes: the suffixed fabric manager name installs
+    (something provides it) but is no package."""
+    for family, alias in (("ubuntu", "nvidia-fabricmanager-580"),
+                          ("rhel", "nvidia-fabricmanager-570")):
+        pkgs, _ = all_packages(family)
+        assert alias not in {p.name for p in pkgs}
+        assert any(alias in p.provides for p in pkgs), alias
+
+
+def test_the_570_row_would_fail_on_580() -> None:
+    """The table's 580 row is load-bearing: the 570 naming applied to 580 asks for names
+    the repository does not have as packages."""
+    real = {p.name for p in all_packages("ubuntu")[0]}
+    old = names(row("Ubuntu", "570")["fabricmanager"], "580")
+    assert [n for n in old if n not in real] == ["nvidia-fabricmanager-580", "libnvidia-nscq-580"]
+
+
+def test_nvsdm_is_unsuffixed_from_580() -> None:
+    assert [p.name for p in nvlink5_packages("ubuntu", "580")] == ["nvlsm", "libnvsdm"]
+    assert [p.name for p in nvlink5_packages("ubuntu", "570")] == ["nvlsm", "libnvsdm-570"]
+
+
+def _node_state_module() -> Any:
+    path = Path(project_dir() / "playbooks/library/gpuctl_node_state.py")
+    spec = importlib.util.spec_from_file_location("gpuctl_node_state", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_versionlock_list_is_read_by_package_name(tmp_path: Path, monkeypatch: Any) -> None:
+    mod = _node_state_module()
+    lock = tmp_path / "versionlock.list"
+    lock.write_text("# Added lock on Sat Nov 28\nnvidia-fabric-manager-0:570.124.06-1.*\n"
+                    "libnvidia-nscq-570-0:570.124.06-1.*\n!excluded-pkg-0:1.0-1.*\n")
+    monkeypatch.setattr(mod, "read", lambda path: lock.read_text())
+    assert mod.versionlocked() == {"nvidia-fabric-manager", "libnvidia-nscq-570"}
