@@ -18,7 +18,8 @@ echo "== ansible-lint (production profile)"; (cd playbooks && ansible-lint --pro
 echo "== vagrant validate"; vagrant validate --ignore-provider
 # A run that selected no test is a failure here, not a pass.
 run_pytest() {
-  set +e; pytest -q "$@"; local rc=$?; set -e
+  # The slowest tests are listed at the end: where CI time goes.
+  set +e; pytest -q --durations=15 "$@"; local rc=$?; set -e
   [ "$rc" -eq 5 ] && { echo "pytest ran no test" >&2; return 1; }
   return "$rc"
 }

@@ -30,7 +30,7 @@ from provisioner.lab.os_images import LAB_OSES, install_base_rpms
 from provisioner.lab.packages import REPO_IN_NODE
 from provisioner.lab.profiles import get_profile, gpus_for
 from provisioner.lab.render import node_files, render_sysfs
-from provisioner.lab.repos import build_repo
+from provisioner.lab.repos import cached_repo
 from provisioner.paths import Paths
 
 NODE_INIT = Path(__file__).with_name("node_init.py")
@@ -165,8 +165,12 @@ class Lab:
         sku = infer_sku(catalogue(), [g["model"] for g in replay_gpus]) \
             if replay_gpus is not None else lab_profile.sku
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for variant, flags in REPO_BUILD.items():
-            build_repo(self.dir / "repos" / variant, os_name, **flags)
+        # Only the repository variants this lab's nodes use now; a fault injected later
+        # builds its variant then (``_repo``).
+        needed = {"good"} | {v for kinds in fault_map.values() for k in kinds
+                             if (v := REPO_VARIANTS.get(k))}
+        for variant in sorted(needed):
+            self._repo(variant, os_name)
         client_pub = write_ed25519(self.client_key, "gpuctl-lab")
         started: list[LabNode] = []
         try:
@@ -309,10 +313,19 @@ class Lab:
             return
         self._render(spec, running=True)
 
+    def _repo(self, variant: str, os_name: str) -> Path:
+        """The lab's repository variant for ``os_name``, built on first use (from the
+        build cache when the same stand-ins were built before)."""
+        repo = self.dir / "repos" / variant
+        if not repo.exists():
+            shutil.copytree(cached_repo(variant, os_name, REPO_BUILD[variant]), repo)
+        return repo
+
     def _push_repo(self, name: str, variant: str | None) -> None:
         """Replace the node's package repository copy (None: remove it)."""
         data = b""
         if variant:
+            self._repo(variant, self.spec(name).get("os", "ubuntu22.04"))
             buf = io.BytesIO()
             with tarfile.open(fileobj=buf, mode="w") as tar:
                 tar.add(self.dir / "repos" / variant, arcname=".")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -199,4 +200,32 @@ def build_repo(repo: Path, os_name: str = "ubuntu22.04", **variant: bool) -> Pat
         else:
             _apt_index(repo, [_build_deb(p, repo, work) for p in pkgs])
     os.chmod(repo, 0o755)  # noqa: S103  (nodes read it as a package repository)
+    return repo
+
+
+def cached_repo(variant: str, os_name: str, flags: dict[str, bool]) -> Path:
+    """A built repository (one variant, one OS) from the build cache, building it first
+    when missing. The key hashes everything a build reads (the stand-ins' sources, the
+    OS, the variant, the running kernel's release for the headers package), so a changed
+    stand-in is never served stale. The cache is ``$XDG_CACHE_HOME/gpuctl/lab-repos``
+    (``~/.cache``); builds take seconds, and every lab up in the test suite needs one."""
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in ("packages.py", "repos.py", "os_images.py", "standin_smi.py",
+                 "standin_dcgmi.py"):
+        digest.update((here / name).read_bytes())
+    digest.update(f"{os_name}|{variant}|{sorted(flags.items())}|{platform.release()}".encode())
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpuctl/lab-repos"
+    repo = root / digest.hexdigest()[:24]
+    if not repo.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+        try:
+            build_repo(tmp / "repo", os_name, **flags)
+            os.replace(tmp / "repo", repo)  # atomic: a concurrent build loses the race
+        except OSError:
+            if not repo.exists():
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return repo

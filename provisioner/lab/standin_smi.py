@@ -170,7 +170,9 @@ def persistence_mode():
 
 
 def nvlink5():
-    """An NVLink 5 system: an InfiniBand device whose VPD says SW_MNG."""
+    """An NVLink 5 system: an InfiniBand device whose VPD says SW_MNG. (The playbooks'
+    gpuctl_node_state module reads it the same way; each is installed alone on a node,
+    so neither can import the other.)"""
     import glob
     for vpd in glob.glob("/sys/class/infiniband/*/device/vpd"):
         try:

@@ -61,10 +61,15 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 120,
     raise AssertionError(f"timed out after {timeout:g} s waiting")
 
 
-def scan_json(gpuctl: Any, *args: str) -> tuple[int, dict[str, Any]]:
-    result = gpuctl("scan", "--json", *args)
+def command_json(gpuctl: Any, command: str, *args: str) -> tuple[int, dict[str, Any]]:
+    """Run ``gpuctl COMMAND --json ARGS``: its exit code and the document it printed."""
+    result = gpuctl(command, "--json", *args)
     assert result.out, result
     return result.code, json.loads(result.out)
+
+
+def scan_json(gpuctl: Any, *args: str) -> tuple[int, dict[str, Any]]:
+    return command_json(gpuctl, "scan", *args)
 
 
 def by_node(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:

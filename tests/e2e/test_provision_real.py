@@ -18,15 +18,13 @@ from sqlmodel import select
 
 from provisioner.db.engine import session_scope
 from provisioner.db.models import Node, TaskResult
-from tests.e2e.conftest import scan_json
+from tests.e2e.conftest import command_json, scan_json
 
 pytestmark = pytest.mark.e2e
 
 
 def provision(gpuctl: Any, *args: str) -> tuple[int, dict[str, Any]]:
-    result = gpuctl("provision", "--json", *args)
-    assert result.out, result
-    return result.code, json.loads(result.out)
+    return command_json(gpuctl, "provision", *args)
 
 
 def by_name(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
