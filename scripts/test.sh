@@ -32,7 +32,9 @@ if [ $# -eq 0 ]; then
   # Left out, as they read or write no more than on SQLite: the agent alone, the lab
   # alone, the report in a browser, the dashboard in tmux, hostile input files, the
   # playbook- and profile-behaviour tests of scan and provision (test_provision_real.py;
-  # check mode and Ctrl-C, whose run bookkeeping test_recovery.py covers), and the burn-in's
+  # check mode, Ctrl-C and the failures-and-rescan tour, whose database writes -- task
+  # results, states, events, locks -- test_recovery.py's provision killed mid-run and
+  # test_provision.py's lock test make on PostgreSQL too), and the burn-in's
   # verdict tests (test_burnin*.py: burn-in's database writes are the run scaffold's,
   # which test_recovery.py and test_hardening.py exercise with burn-ins killed mid-run).
   echo "== pytest (PostgreSQL)"
@@ -40,5 +42,6 @@ if [ $# -eq 0 ]; then
     tests/e2e/test_recovery.py tests/e2e/test_db_concurrent.py \
     tests/e2e/test_hardening.py tests/unit/test_migrations.py tests/unit/test_runs.py \
     tests/unit/test_fleet.py -k "not become_password and not test_profiles and not \
-huge_command_output and not export_is and not check_mode and not sigint_stops"
+huge_command_output and not export_is and not check_mode and not sigint_stops and not \
+failures_rescan"
 fi

@@ -17,6 +17,9 @@ from provisioner.ssh.hostkeys import KnownHosts
 LAB_HOST_VARS = {
     "ansible_python_interpreter": "/usr/bin/python3",
     "nvidia_repo_trusted": "true",
+    # The mirror is a copy on the node's own disk: it reads or it does not, and retrying
+    # a missing one (the repo-unreachable fault) would only wait.
+    "nvidia_repo_apt_retries": "1",
     "reboot_boot_time_command": "cat /run/gpuctl-lab/boot_id",
     "reboot_timeout": "120",
     # Burn-in: the agent runs on the CPU (gloo) with this machine's torch, which the

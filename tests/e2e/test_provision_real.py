@@ -161,16 +161,34 @@ def test_rocky9_provisions_through_dnf_module_streams(lab, gpuctl, paths) -> Non
     assert code == 0 and summary["changed"] == 0, summary
 
 
+def debian_names_and_no_fabric_manager(lab: Any, gpuctl: Any, paths: Any, run_id: int) -> None:
+    # A PCIe system: no NVSwitch, no NVLink 5 port, so no fabric manager.
+    with session_scope(paths.db_url) as session:
+        rows = session.exec(select(TaskResult).where(TaskResult.run_id == run_id)).all()
+    statuses = {r.task: r.status for r in rows}
+    assert statuses["Skip fabric manager on systems without NVSwitch"] == "ok"
+    assert statuses["Install the fabric manager packages"] == "skipped"
+    detail = json.loads(gpuctl("nodes", "show", "gpu-node-01", "--json").out)
+    assert detail["node"]["state"] == "provisioned"
+    q = node_sh(lab, "gpu-node-01", "dpkg-query -W -f='${Package} ${Version}\\n' "
+                                    "nvidia-driver-cuda nvidia-kernel-open-dkms")
+    # The repository holds every branch under one name: the pin picked 570.
+    assert q.stdout.decode().split() == ["nvidia-driver-cuda", "570.124.06-1",
+                                         "nvidia-kernel-open-dkms", "570.124.06-1"], q
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def test_mirror_only_provision_with_a_signed_repository(lab, gpuctl, paths, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """An air-gapped site: NVIDIA's repository mirrored and signed with the site's key,
-    served over HTTP on loopback; NVIDIA's own URLs point at a closed port."""
-    lab.up(1, "--profile", "l40s-4", "--fault", "gpu-node-01:repo-unreachable")
+def test_debian12_from_a_signed_mirror_only(lab, gpuctl, paths, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An air-gapped site: NVIDIA's debian12 repository mirrored and signed with the
+    site's key, served over HTTP on loopback; NVIDIA's own URLs point at a closed port.
+    The node is Debian 12 with PCIe GPUs: Debian's package names, no fabric manager."""
+    lab.up(1, "--os", "debian12", "--profile", "l40s-4",
+           "--fault", "gpu-node-01:repo-unreachable")
     scan_json(gpuctl, "--all", "--accept-new")
     repo = tmp_path / "mirror"
     shutil.copytree(paths.home / "lab/repos/good", repo)
@@ -200,10 +218,12 @@ def test_mirror_only_provision_with_a_signed_repository(lab, gpuctl, paths, tmp_
         assert (f"deb [signed-by=/usr/share/keyrings/gpuctl-nvidia-mirror.asc] "
                 f"http://127.0.0.1:{port}/ /") in listing.stdout.decode(), listing
         assert node_sh(lab, "gpu-node-01", "nvidia-smi -L").returncode == 0
+        debian_names_and_no_fabric_manager(lab, gpuctl, paths, summary["run_id"])
         # A mirror signed by another key is refused: apt checks the signature.
         (repo / "InRelease").write_text((repo / "InRelease").read_text().replace(
             "Origin: gpuctl-lab", "Origin: tampered"))
         node_sh(lab, "gpu-node-01", "rm -f /etc/apt/sources.list.d/gpuctl-nvidia.list")
+        set_vars(paths.db_url, "gpu-node-01", nvidia_repo_apt_retries="1")
         code, summary = provision(gpuctl, "--all", "--tags", "repo")
         assert code == 3, summary
         assert "Refresh the apt cache" in summary["nodes"][0]["reason"], summary
@@ -231,23 +251,3 @@ def test_preflight_refuses_debian_nvswitch_and_rhel8_python(lab, gpuctl, paths) 
     assert summary["nodes"][0]["reason"].startswith(
         "the node's Python /usr/libexec/platform-python is 3.6; ansible-core needs 3.8 or "
         "later on the node: install python39"), summary
-
-
-def test_debian12_pcie_node_gets_debian_names(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
-    lab.up(1, "--os", "debian12", "--profile", "l40s-4")
-    scan_json(gpuctl, "--all", "--accept-new")
-    code, summary = provision(gpuctl, "--all")
-    assert code == 0, summary
-    # A PCIe system: no NVSwitch, no NVLink 5 port, so no fabric manager.
-    with session_scope(paths.db_url) as session:
-        rows = session.exec(select(TaskResult).where(TaskResult.run_id == summary["run_id"])).all()
-    statuses = {r.task: r.status for r in rows}
-    assert statuses["Skip fabric manager on systems without NVSwitch"] == "ok"
-    assert statuses["Install the fabric manager packages"] == "skipped"
-    detail = json.loads(gpuctl("nodes", "show", "gpu-node-01", "--json").out)
-    assert detail["node"]["state"] == "provisioned"
-    q = node_sh(lab, "gpu-node-01", "dpkg-query -W -f='${Package} ${Version}\\n' "
-                                    "nvidia-driver-cuda nvidia-kernel-open-dkms")
-    # The repository holds every branch under one name: the pin picked 570.
-    assert q.stdout.decode().split() == ["nvidia-driver-cuda", "570.124.06-1",
-                                         "nvidia-kernel-open-dkms", "570.124.06-1"], q
