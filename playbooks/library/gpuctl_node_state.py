@@ -142,6 +142,33 @@ def secure_boot():
     return "enabled" if len(data) == 5 and data[4] == 1 else "disabled"
 
 
+def ini_sections(pattern):
+    """{section: {key: value}} of every ini file matching ``pattern`` (dnf's own format)."""
+    out = {}
+    for path in sorted(glob.glob(pattern)):
+        section = None
+        for line in (read(path) or "").splitlines():
+            line = line.strip()
+            if line.startswith("[") and line.endswith("]"):
+                section = line[1:-1].strip()
+                out.setdefault(section, {})
+            elif section and "=" in line and not line.startswith(("#", ";")):
+                key, _, value = line.partition("=")
+                out[section][key.strip()] = value.strip()
+    return out
+
+
+def dnf_state():
+    """Which yum repositories are enabled, and dnf's record of its modules
+    (/etc/dnf/modules.d/<module>.module: stream, installed profiles, state)."""
+    repos = {name: kv.get("enabled", "1") in ("1", "true", "True", "yes")
+             for name, kv in ini_sections("/etc/yum.repos.d/*.repo").items()}
+    modules = {name: {"stream": kv.get("stream"), "state": kv.get("state"),
+                      "profiles": [p for p in kv.get("profiles", "").split(",") if p]}
+               for name, kv in ini_sections("/etc/dnf/modules.d/*.module").items()}
+    return {"repos": repos, "modules": modules}
+
+
 def nvlink5():
     """NVLink 5 systems, as NVIDIA's driver container finds them: an InfiniBand device
     whose PCI VPD says SW_MNG (the NVSwitch trays' management ports)."""
@@ -172,6 +199,7 @@ def main():
         secure_boot=secure_boot(),
         pci=pci(),
         nvlink5=nvlink5(),
+        dnf=dnf_state() if manager == "rpm" else {"repos": {}, "modules": {}},
         modules={"nouveau": os.path.isdir("/sys/module/nouveau"),
                  "nvidia": read("/sys/module/nvidia/version"),
                  "nvidia_taint": read("/sys/module/nvidia/taint"),

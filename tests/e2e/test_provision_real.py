@@ -142,8 +142,8 @@ def test_rocky9_provisions_through_dnf_module_streams(lab, gpuctl, paths) -> Non
     code, summary = provision(gpuctl, "--all")
     assert code == 0, summary
     changed = changed_tasks(paths.db_url, summary["run_id"], "gpu-node-01")
-    assert {"Install @nvidia-driver:570-open", "Point dnf at the EPEL mirror (DKMS for the "
-            "driver's module streams)", "Enable CRB (EPEL's packages build on it)",
+    assert {"Install @nvidia-driver:570-open", "Point dnf at the NVIDIA repository (and the "
+            "EPEL mirror)", "Enable CRB (EPEL's packages build on it)",
             "Version-lock the fabric manager packages with the driver",
             "Rebuild the initramfs"} <= changed, changed
     rpm = node_sh(lab, "gpu-node-01", "rpm -q kmod-nvidia-open-dkms nvidia-fabric-manager "
