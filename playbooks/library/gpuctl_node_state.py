@@ -166,7 +166,10 @@ def dnf_state():
     modules = {name: {"stream": kv.get("stream"), "state": kv.get("state"),
                       "profiles": [p for p in kv.get("profiles", "").split(",") if p]}
                for name, kv in ini_sections("/etc/dnf/modules.d/*.module").items()}
-    return {"repos": repos, "modules": modules}
+    # Streams whose profile is installed, named as the roles ask for them.
+    streams = ["@%s:%s" % (name, m["stream"]) for name, m in modules.items()
+               if m["state"] == "enabled" and m["profiles"]]
+    return {"repos": repos, "modules": modules, "streams": streams}
 
 
 def nvlink5():
@@ -199,7 +202,7 @@ def main():
         secure_boot=secure_boot(),
         pci=pci(),
         nvlink5=nvlink5(),
-        dnf=dnf_state() if manager == "rpm" else {"repos": {}, "modules": {}},
+        dnf=dnf_state() if manager == "rpm" else {"repos": {}, "modules": {}, "streams": []},
         modules={"nouveau": os.path.isdir("/sys/module/nouveau"),
                  "nvidia": read("/sys/module/nvidia/version"),
                  "nvidia_taint": read("/sys/module/nvidia/taint"),
