@@ -21,11 +21,12 @@ from rich.panel import Panel
 from rich.text import Text
 
 from provisioner.cli.common import Ctx, json_option, pass_ctx
+from provisioner.errors import NodesFailedError
 from provisioner.fleet import handoff as ho
 from provisioner.fleet import ops, pools
 from provisioner.fleet.status import fleet_status
 from provisioner.fsutil import may_replace, write_atomically
-from provisioner.ui.fleet import pools_table, status_panel, status_view
+from provisioner.ui.fleet import pools_table, render_live_handoff, status_panel, status_view
 from provisioner.ui.style import print_json
 
 # A hand-off target's writer: what to hand off -> what it wrote ("" for stdout).
@@ -280,14 +281,59 @@ def _run_handoff(ctx: Ctx, target: str, nodes: tuple[str, ...], sku: str | None,
               default=Path("gpuctl-handoff/slurm"), show_default=True,
               help="Writes slurm.conf (NodeName lines) and gres.conf here.")
 @click.option("--partition", help="Also write a PartitionName line with these nodes.")
+@click.option("--apply", "apply_live", is_flag=True,
+              help="Put the nodes into the live Slurm: gpuctl's block in slurm.conf and "
+                   "gres.conf (atomic, .gpuctl-bak kept), reconfigure (or restart "
+                   "slurmctld when the node list changes), wait until each node is IDLE "
+                   "with its GPUs. Only nodes Slurm took move to in-service.")
+@click.option("--slurm-conf-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("/etc/slurm"), show_default=True,
+              help="With --apply: the cluster's Slurm configuration directory.")
+@click.option("--restart-command", envvar="GPUCTL_SLURM_RESTART",
+              default="systemctl restart slurmctld", show_default=True,
+              help="With --apply: how to restart slurmctld when the node list changes "
+                   "(Slurm before 23.11 reads new nodes only at start).")
+@click.option("--wait", "wait_s", type=click.FloatRange(1, 3600), default=120,
+              show_default=True, help="With --apply: seconds to wait for the nodes.")
+@click.option("--smoke", is_flag=True,
+              help="With --apply: then run the training smoke job (sbatch, srun torchrun) "
+                   "on the nodes; they go in service only if it passes.")
+@click.option("--smoke-steps", type=click.IntRange(20, 100000), default=200,
+              show_default=True, help="Training steps of the smoke job.")
+@json_option
 @pass_ctx
 def handoff_slurm(ctx: Ctx, nodes: tuple[str, ...], sku: str | None, dry_run: bool,
-                  force: bool, output_dir: Path, partition: str | None) -> None:
+                  force: bool, output_dir: Path, partition: str | None, apply_live: bool,
+                  slurm_conf_dir: Path, restart_command: str, wait_s: float, smoke: bool,
+                  smoke_steps: int, as_json: bool) -> None:
     """slurm.conf NodeName lines (CPUs, RealMemory, Gres=gpu:<type>:<n>, Features) and
-    gres.conf, to include in the cluster's configuration.
+    gres.conf, to include in the cluster's configuration; with --apply, into the live
+    cluster.
 
     Example: gpuctl handoff slurm -o /etc/slurm/gpuctl --partition h100
+
+    Example: gpuctl handoff slurm --apply --partition h100 --smoke
     """
+    if apply_live:
+        if dry_run:
+            raise click.UsageError("--apply changes the live cluster; --dry-run cannot "
+                                   "go with it (leave --apply off to review the files)")
+        from provisioner.slurm.live import live_handoff  # noqa: PLC0415 (Slurm only)
+
+        live = live_handoff(ctx.gc, list(nodes), sku, conf_dir=slurm_conf_dir,
+                            partition=partition, restart_command=restart_command,
+                            wait=wait_s, smoke=smoke, smoke_steps=smoke_steps)
+        if as_json:
+            print_json(ctx.console, live.to_dict())
+        else:
+            render_live_handoff(ctx.console, ctx.err, live)
+        if live.result.problems:
+            raise NodesFailedError(f"{len(live.result.problems)} of "
+                                  f"{len(live.result.problems) + len(live.result.nodes)} "
+                                  "nodes not handed off")
+        return
+    if smoke:
+        raise click.UsageError("--smoke needs --apply (the job runs on the live cluster)")
     def write(doc: ho.HandoffInput) -> str:
         files = ho.render_slurm(doc.nodes, partition)
         for name, text in files.items():  # both may be written, or neither

@@ -11,7 +11,12 @@ from provisioner.lab.faults import FAULTS, parse_fault
 from provisioner.lab.nodes import Lab
 from provisioner.lab.os_images import LAB_OSES
 from provisioner.lab.profiles import profile_names
-from provisioner.lab.registration import register_lab_nodes, unregister_lab_nodes
+from provisioner.lab.registration import (
+    register_lab_nodes,
+    set_slurmd_ports,
+    unregister_lab_nodes,
+)
+from provisioner.lab.slurm import LabSlurm, LabSlurmInfo
 from provisioner.ui.render import lab_table, print_json
 
 
@@ -37,11 +42,13 @@ def lab() -> None:
               help="The nodes' OS: its /etc/os-release, package manager and the names its "
                    "NVIDIA repository uses.")
 @click.option("--no-register", is_flag=True, help="Do not add the nodes to the inventory.")
+@click.option("--slurm", "with_slurm", is_flag=True,
+              help="Also start the lab's Slurm (as `gpuctl lab slurm up`).")
 @json_option
 @pass_ctx
 def up(ctx: Ctx, count: int, profile: str, smi_xml: Path | None, faults: tuple[str, ...],
        first_address: str, port: int, driver: bool, os_name: str, no_register: bool,
-       as_json: bool) -> None:
+       with_slurm: bool, as_json: bool) -> None:
     """Start N lab nodes and register them in the inventory.
 
     Example: gpuctl lab up --nodes 4 --fault gpu-node-03:pcie-downgrade
@@ -53,6 +60,8 @@ def up(ctx: Ctx, count: int, profile: str, smi_xml: Path | None, faults: tuple[s
                          os_name=os_name)
     if not no_register:
         register_lab_nodes(ctx.gc, started, str(the_lab.client_key))
+    if with_slurm:
+        _slurm_up(ctx, the_lab, quiet=as_json)
     if as_json:
         print_json(ctx.console, [n.to_dict() for n in started])
         return
@@ -97,3 +106,56 @@ def down(ctx: Ctx, keep_nodes: bool) -> None:
         unregister_lab_nodes(ctx.gc, nodes)
     gone = the_lab.down()
     ctx.console.print(f"lab down: {len(gone)} nodes stopped")
+
+
+def _slurm_up(ctx: Ctx, the_lab: Lab, quiet: bool = False) -> LabSlurmInfo:
+    info = LabSlurm(the_lab).up()
+    set_slurmd_ports(ctx.gc, info.nodes)
+    if not quiet:
+        ctx.err.print(f"slurm: controller {info.controller}, {len(info.nodes)} slurmd; "
+                      f"config {info.conf_dir}; for sinfo/squeue: "
+                      "eval \"$(gpuctl lab slurm env)\"", markup=False, highlight=False)
+    return info
+
+
+@lab.group("slurm")
+def slurm() -> None:
+    """A real Slurm for the lab: slurmctld and munged here, munged and slurmd per node."""
+
+
+@slurm.command("up")
+@pass_ctx
+def slurm_up(ctx: Ctx) -> None:
+    """Start the lab's Slurm controller and each node's slurmd (nodes register once
+    `gpuctl handoff slurm --apply` has added them).
+
+    Example: gpuctl lab slurm up && eval "$(gpuctl lab slurm env)"
+    """
+    _slurm_up(ctx, Lab(ctx.gc.paths))
+
+
+@slurm.command("env")
+@pass_ctx
+def slurm_env(ctx: Ctx) -> None:
+    """Print the exports that point sinfo/squeue/scontrol (and gpuctl's hand-off) at the
+    lab's controller.
+
+    Example: eval "$(gpuctl lab slurm env)"; sinfo
+    """
+    click.echo(LabSlurm(Lab(ctx.gc.paths)).info().exports(), nl=False)
+
+
+@slurm.command("restart")
+@pass_ctx
+def slurm_restart(ctx: Ctx) -> None:
+    """Restart the lab's slurmctld (what `systemctl restart slurmctld` is on a real
+    controller; gpuctl's hand-off runs it when the node list changes)."""
+    LabSlurm(Lab(ctx.gc.paths)).restart_controller()
+
+
+@slurm.command("down")
+@pass_ctx
+def slurm_down(ctx: Ctx) -> None:
+    """Stop the lab's Slurm (the nodes keep running)."""
+    LabSlurm(Lab(ctx.gc.paths)).down()
+    ctx.console.print("lab slurm down")

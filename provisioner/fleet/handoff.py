@@ -63,6 +63,8 @@ class HandoffNode:
     gres_type: str = ""
     family: str = ""
     compute: str = ""
+    # The node's host variables (gpuctl_slurmd_port, gpuctl_burnin_python, ...).
+    host_vars: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -82,12 +84,17 @@ class HandoffResult:
     skipped: list[str]
     written: str
     moved: int
+    # Nodes the target did not accept (``verify``), with why: they stay certified.
+    problems: dict[str, str] = field(default_factory=dict)
 
 
 def hand_off(gc: Gpuctl, target: str, names: list[str], sku: str | None, *,
-             dry_run: bool, write: Callable[[HandoffInput], str]) -> HandoffResult:
+             dry_run: bool, write: Callable[[HandoffInput], str],
+             verify: Callable[[list[HandoffNode]], dict[str, str]] | None = None
+             ) -> HandoffResult:
     """Hand the certified nodes (``names``, or all; one SKU with ``sku``) to ``target``:
-    ``write`` renders and stores the output, then the nodes move to in-service (unless
+    ``write`` renders and stores the output, ``verify`` (when given) checks that the
+    target took each node, then the nodes it took move to in-service (unless
     ``dry_run``), in one run that holds their locks.
 
     Raises:
@@ -108,11 +115,14 @@ def hand_off(gc: Gpuctl, target: str, names: list[str], sku: str | None, *,
     args = {"target": target, "nodes": [n.name for n in chosen], "dry_run": dry_run}
     with RunScope(gc, "handoff", args, rows) as run:
         written = write(HandoffInput(chosen, fleet))  # type: ignore[arg-type]
-        moved = 0 if dry_run else mark_in_service(gc, chosen, target, run.run_id)
-        run.node_ok = {n.name: True for n in chosen}
-        run.summary = {"handed_off": [n.name for n in chosen], "moved": moved,
-                       "written": written}
-    return HandoffResult(target, run.run_id, [n.name for n in chosen], skipped, written, moved)
+        problems = verify(chosen) if verify is not None else {}
+        accepted = [n for n in chosen if n.name not in problems]
+        moved = 0 if dry_run else mark_in_service(gc, accepted, target, run.run_id)
+        run.node_ok = {n.name: n.name not in problems for n in chosen}
+        run.summary = {"handed_off": [n.name for n in accepted], "moved": moved,
+                       "written": written, "problems": problems}
+    return HandoffResult(target, run.run_id, [n.name for n in accepted], skipped, written,
+                         moved, problems)
 
 
 def select_handoff(session: Session, skus: dict[str, Sku], names: list[str], sku: str | None,
@@ -178,7 +188,8 @@ def select_handoff(session: Session, skus: dict[str, Sku], names: list[str], sku
             results=results.get(node.id, []),
             gres_type=sku_info.gres_type if sku_info else "",
             family=sku_info.family if sku_info else "",
-            compute=sku_info.compute if sku_info else ""))
+            compute=sku_info.compute if sku_info else "",
+            host_vars={k: str(v) for k, v in json.loads(node.vars_json or "{}").items()}))
     found = {n.name for n in out} | {s.split(":")[0] for s in skipped}
     for name in names:
         if name not in found:
@@ -235,6 +246,10 @@ def render_slurm(nodes: list[HandoffNode], partition: str | None = None) -> dict
             gres.append(f"NodeName={n.name} Name=gpu Type={gtype} "
                         f"File=/dev/nvidia[0-{last}]" if last else
                         f"NodeName={n.name} Name=gpu Type={gtype} File=/dev/nvidia0")
+        port = n.host_vars.get("gpuctl_slurmd_port", "")
+        if port.isdigit():
+            # Several slurmd on one host (the lab's nodes share a loopback): each its own.
+            parts.append(f"Port={port}")
         parts += [f"Features={','.join(dict.fromkeys(features))}", "State=UNKNOWN"]
         conf.append(" ".join(parts))
     if partition and nodes:

@@ -20,10 +20,9 @@ from provisioner.db.models import (
 )
 from provisioner.fleet.pools import pool_views
 from provisioner.handle import Gpuctl
-from provisioner.inventory.lifecycle import State
+from provisioner.inventory.lifecycle import SERVING, State
 from provisioner.runs import recover_abandoned
 
-SERVING = (State.CERTIFIED.value, State.IN_SERVICE.value)
 BAD = (State.QUARANTINED.value, State.FAILED.value)
 
 

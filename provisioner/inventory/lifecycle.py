@@ -25,6 +25,8 @@ class State(StrEnum):
 
 
 S = State
+# States in which a node may run jobs.
+SERVING = (State.CERTIFIED.value, State.IN_SERVICE.value)
 ALLOWED: dict[State, frozenset[State]] = {
     S.REGISTERED: frozenset({S.DISCOVERED, S.FAILED, S.QUARANTINED, S.RETIRED}),
     S.DISCOVERED: frozenset({S.PROVISIONING, S.QUARANTINED, S.DRAINED, S.FAILED, S.RETIRED}),

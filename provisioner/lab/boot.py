@@ -8,6 +8,7 @@ when a driver package is installed and nouveau is not in its way.
 from __future__ import annotations
 
 import json
+import os
 import stat
 import sys
 from pathlib import Path
@@ -76,10 +77,27 @@ def boot_modules(node_dir: Path, spec: dict[str, Any]) -> dict[str, str | None]:
             "others": " ".join(modules_to_load(node_dir))}
 
 
+def device_nodes(dev: Path, gpus: int) -> None:
+    """What nvidia-modprobe does when the driver loads: /dev/nvidia0..N-1 and
+    /dev/nvidiactl (the kernel's devices.txt: char major 195, "Nvidia graphics devices",
+    minor N for GPU N, 255 for nvidiactl). No driver: none."""
+    for path in dev.glob("nvidia*"):
+        path.unlink()
+    if not gpus:
+        return
+    for minor, name in [(i, f"nvidia{i}") for i in range(gpus)] + [(255, "nvidiactl")]:
+        os.mknod(dev / name, 0o666 | stat.S_IFCHR, os.makedev(195, minor))
+        os.chmod(dev / name, 0o666)  # noqa: S103 (device nodes are 0666, as udev makes them)
+
+
 def main(node_dir: str) -> None:
     ndir = Path(node_dir)
     spec = json.loads((ndir / "node.json").read_text())
-    render_sysfs(ndir / "sys", spec, modules=boot_modules(ndir, spec))
+    modules = boot_modules(ndir, spec)
+    render_sysfs(ndir / "sys", spec, modules=modules)
+    dev = ndir / "merged/dev"
+    if os.path.ismount(dev):  # the node's private /dev (node_init), never this machine's
+        device_nodes(dev, len(spec["gpus"]) if modules["nvidia"] else 0)
 
 
 if __name__ == "__main__":

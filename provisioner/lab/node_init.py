@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -47,6 +48,29 @@ def fresh_tmpfs(root):
     os.makedirs(root + "/run/gpuctl-lab", mode=0o755, exist_ok=True)
     with open(root + "/run/gpuctl-lab/boot_id", "w") as fh:
         fh.write(str(uuid.uuid4()) + "\n")
+
+
+# The usual character devices (devices.txt: mem major 1, tty major 5).
+DEV_NODES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8),
+             "urandom": (1, 9), "tty": (5, 0)}
+
+
+def private_dev(target):
+    """The node's own /dev: a tmpfs with the usual devices, this machine's /dev/pts, its
+    own /dev/shm. Device nodes the node creates (/dev/nvidia* when its driver loads)
+    stay in the node; this machine's /dev is untouched."""
+    sh("mount", "-t", "tmpfs", "-o", "mode=755,size=65536k", "tmpfs", target)
+    for name, (major, minor) in DEV_NODES.items():
+        os.mknod(target + "/" + name, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        os.chmod(target + "/" + name, 0o666)  # noqa: S103 (as devtmpfs has them)
+    for sub in ("pts", "shm"):
+        os.makedirs(target + "/" + sub, exist_ok=True)
+    sh("mount", "--bind", "/dev/pts", target + "/pts")
+    sh("mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", target + "/shm")
+    for link, to in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                     ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+                     ("ptmx", "pts/ptmx")):
+        os.symlink(to, target + "/" + link)
 
 
 def start_sshd(root):
@@ -111,7 +135,12 @@ def main(node_dir):
        "lowerdir=/,upperdir=%s/upper,workdir=%s/work" % (node_dir, node_dir), root)
     sh("mount", "-t", "proc", "proc", root + "/proc")
     sh("mount", "--bind", node_dir + "/sys", root + "/sys")
-    sh("mount", "--rbind", "/dev", root + "/dev")
+    private_dev(root + "/dev")
+    # slurmd (22.05) needs a cgroup filesystem even with its cgroup plugins off; the
+    # node's /sys is simulated, so this machine's cgroup tree is bound into it.
+    os.makedirs(node_dir + "/sys/fs/cgroup", exist_ok=True)
+    if os.path.isdir("/sys/fs/cgroup"):
+        sh("mount", "--rbind", "/sys/fs/cgroup", root + "/sys/fs/cgroup")
     socket.sethostname(spec["hostname"])
     boot(node_dir, spec, root)
     with open(os.path.join(node_dir, "ready"), "w") as fh:

@@ -264,6 +264,10 @@ class Lab:
     def down(self, names: list[str] | None = None) -> list[str]:
         """Stop nodes (all by default) and delete their directories."""
         gone = []
+        if names is None and (self.dir / "slurm").exists():
+            from provisioner.lab.slurm import LabSlurm  # noqa: PLC0415 (it imports this)
+
+            LabSlurm(self).down()
         for name in names if names is not None else self.names():
             self._stop(name)
             shutil.rmtree(self.node_dir(name), ignore_errors=True)

@@ -129,6 +129,16 @@ BUILD = """if [ -d /sys/module/nouveau ]; then
 else
   mkdir -p /sys/module/nvidia && echo {version} > /sys/module/nvidia/version
   echo {taint} > /sys/module/nvidia/taint
+  # nvidia-modprobe's device files (devices.txt: char 195:N, nvidiactl 195:255), one
+  # per NVIDIA display/3D controller on the bus.
+  i=0
+  for d in /sys/bus/pci/devices/*; do
+    [ "$(cat "$d/vendor" 2>/dev/null)" = 0x10de ] || continue
+    case "$(cat "$d/class" 2>/dev/null)" in 0x0300*|0x0302*) ;; *) continue ;; esac
+    [ -e /dev/nvidia$i ] || mknod -m 666 /dev/nvidia$i c 195 $i
+    i=$((i + 1))
+  done
+  [ -e /dev/nvidiactl ] || mknod -m 666 /dev/nvidiactl c 195 255
 fi"""
 FAILED_BUILD = """echo "Error! Bad return status for module build on kernel: $(uname -r) \
 (x86_64)" >&2

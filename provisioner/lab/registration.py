@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
+from sqlmodel import col, select
+
+from provisioner.db.models import Node
 from provisioner.errors import NotFoundError
 from provisioner.handle import Gpuctl
 from provisioner.inventory.registry import NodeSpec, add_nodes, remove_nodes
@@ -61,3 +65,14 @@ def unregister_lab_nodes(gc: Gpuctl, nodes: list[LabNode]) -> None:
             remove_nodes(gc, [node.name])
         except NotFoundError:
             continue
+
+
+def set_slurmd_ports(gc: Gpuctl, ports: dict[str, int]) -> None:
+    """Each lab node's slurmd port as its ``gpuctl_slurmd_port`` host variable: the lab's
+    nodes share one loopback, so their NodeName lines carry ``Port=``."""
+    with gc.session() as session:
+        for node in session.exec(select(Node).where(col(Node.name).in_(list(ports)))):
+            host_vars = json.loads(node.vars_json or "{}")
+            host_vars["gpuctl_slurmd_port"] = str(ports[node.name])
+            node.vars_json = json.dumps(host_vars)
+            session.add(node)

@@ -54,8 +54,8 @@ def render_sysfs(sys_dir: Path, spec: dict[str, Any],
     # The directory itself is bind-mounted into the running node: empty it, keep it.
     sys_dir.mkdir(parents=True, exist_ok=True)
     for child in sys_dir.iterdir():
-        if child.name == "module" and modules is None:
-            continue
+        if child.name == "module" and modules is None or child.name == "fs":
+            continue  # fs/cgroup: this machine's cgroup tree, bound in (node_init)
         shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     if modules is not None:
         (sys_dir / "module").mkdir(parents=True, exist_ok=True)

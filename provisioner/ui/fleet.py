@@ -13,7 +13,10 @@ from rich.text import Text
 from provisioner.ui.style import STATE_STYLE, styled
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from provisioner.fleet.pools import PoolView
+    from provisioner.slurm.live import LiveHandoff
 
 
 def _bar(value: int, total: int, width: int = 24) -> str:
@@ -128,3 +131,29 @@ def pools_table(views: list[PoolView]) -> Table:
                                        + ("" if a["state"] in USABLE else
                                           f" ({a['state']})") for a in v.allocations)))
     return table
+
+
+def render_live_handoff(out: Console, err: Console, live: LiveHandoff) -> None:
+    """``handoff slurm --apply``: what was written and done, each node's Slurm state,
+    the smoke job, and the nodes not handed off with why."""
+    r = live.result
+    for line in r.skipped:
+        err.print(f"skipped {escape(line)}")
+    err.print(f"slurm: wrote {escape(r.written)}; controller: {live.action}",
+              highlight=False)
+    table = Table(title="Slurm after the hand-off", title_justify="left")
+    for col_name in ("node", "slurm", "gpuctl", "note"):
+        table.add_column(col_name)
+    for name in sorted(set(r.nodes) | set(r.problems)):
+        ok = name in r.nodes
+        table.add_row(name, escape(live.slurm.get(name, "?")),
+                      styled("in-service", STATE_STYLE.get("in-service")) if ok
+                      else styled("certified", STATE_STYLE.get("certified")),
+                      "" if ok else Text(r.problems[name], style="red"))
+    out.print(table)
+    if live.smoke is not None:
+        s = live.smoke
+        verdict = "[green]passed[/]" if s.passed else "[red]FAILED[/]"
+        out.print(f"smoke job {escape(s.job_id or '-')}: {verdict}: {escape(s.reason)} "
+                  f"({s.seconds:g} s; log {escape(s.log or '-')})")
+    err.print(f"{r.moved} moved to in-service (run {r.run_id})", highlight=False)

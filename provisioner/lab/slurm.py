@@ -1,0 +1,264 @@
+"""``gpuctl lab slurm up/down/env``: a real Slurm (Debian's slurmctld, slurmd and munge)
+for the lab's nodes.
+
+The controller and its munged run on this machine, with their own key, state, logs and
+ports under ``<lab>/slurm``. Each node runs its own munged and a slurmd, started by a
+boot script (so a node reboot brings them back) and kept restarting as systemd's
+``Restart=`` would: a slurmd whose node is not in slurm.conf yet exits, and comes up on
+its own once ``gpuctl handoff slurm --apply`` has added the node. The configuration
+directory ``<lab>/slurm/etc`` is shared with the nodes (bind-mounted at the same path),
+as many sites share /etc/slurm over NFS. All lab nodes share this machine's loopback,
+so each slurmd gets its own port (the ``Port=`` of its NodeName line, set through the
+node's ``gpuctl_slurmd_port`` host variable).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from provisioner.errors import LabError
+from provisioner.lab.nodes import Lab
+
+TOOLS = ("slurmctld", "slurmd", "munged", "scontrol", "sinfo", "sbatch")
+RC_SCRIPT = "/etc/rc2.d/S90gpuctl-lab-slurm"
+# Settings the lab needs inside namespaces that share one kernel (issue 13's notes):
+# no cgroup-based tracking or task plugin, no accounting gatherer.
+CONF = """# gpuctl lab: the lab's Slurm controller (gpuctl lab slurm up). NodeName and
+# PartitionName lines come from `gpuctl handoff slurm --apply` (its managed block below).
+ClusterName=gpuctl-lab
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={socket}
+StateSaveLocation={dir}/state
+SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldPidFile={dir}/slurmctld.pid
+SlurmdPidFile=/run/slurmd.pid
+SlurmctldLogFile={dir}/log/slurmctld.log
+SlurmdLogFile=/var/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=none
+ReturnToService=2
+SlurmdTimeout=60
+GresTypes=gpu
+# slurmctld (22.05) will not start without a node: a placeholder for future use.
+NodeName=lab-spare State=FUTURE
+# The lab's default partition: every node Slurm knows.
+PartitionName=lab Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+NODE_SCRIPT = """#!/bin/sh
+# gpuctl lab stand-in: this node's munged and slurmd (gpuctl lab slurm up)
+case "$1" in
+start)
+  mkdir -p {sockdir} /var/log/munge /var/lib/munge /var/spool/slurmd
+  munged --force --socket={socket} --key-file={key} --pid-file={sockdir}/munged.pid \\
+    --log-file=/var/log/munge/munged.log --seed-file=/var/lib/munge/munged.seed
+  # systemd's Restart=: a slurmd whose node is not configured yet exits; retry.
+  ( while :; do SLURM_CONF={conf} slurmd -D -f {conf} >>/var/log/slurmd.out 2>&1
+      sleep 1; done ) </dev/null >/dev/null 2>&1 &
+  echo $! > /run/gpuctl-lab-slurmd-loop.pid
+  ;;
+stop)
+  kill "$(cat /run/gpuctl-lab-slurmd-loop.pid 2>/dev/null)" 2>/dev/null
+  kill "$(cat /run/slurmd.pid 2>/dev/null)" "$(cat {sockdir}/munged.pid 2>/dev/null)" \\
+    2>/dev/null
+  ;;
+esac
+exit 0
+"""
+
+
+@dataclass
+class LabSlurmInfo:
+    conf: str
+    conf_dir: str
+    controller: str
+    nodes: dict[str, int]
+
+    def exports(self) -> str:
+        """Shell lines that point Slurm's commands, and gpuctl, at the lab's controller."""
+        restart = f"{sys.executable} -m provisioner lab slurm restart"
+        return (f"export SLURM_CONF={shlex.quote(self.conf)}\n"
+                f"export GPUCTL_SLURM_RESTART={shlex.quote(restart)}\n")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LabSlurm:
+    """The lab's Slurm: ``<lab>/slurm``."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.dir = lab.dir / "slurm"
+        self.etc = self.dir / "etc"
+        self.conf = self.etc / "slurm.conf"
+        # munged's socket lives under /run: this machine's for the controller, each
+        # node's own (private) /run for the node, one path for both in slurm.conf.
+        tag = hashlib.sha256(str(self.dir).encode()).hexdigest()[:10]
+        self.sockdir = f"/run/gpuctl-lab-munge-{tag}"
+        self.socket = f"{self.sockdir}/munge.socket.2"
+
+    def info(self) -> LabSlurmInfo:
+        path = self.dir / "slurm.json"
+        if not path.exists():
+            raise LabError("the lab has no Slurm (run `gpuctl lab slurm up`)")
+        doc = json.loads(path.read_text())
+        return LabSlurmInfo(str(self.conf), str(self.etc), doc["controller"], doc["nodes"])
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    def up(self) -> LabSlurmInfo:
+        """Start the controller and every running node's munged and slurmd.
+
+        Raises:
+            LabError: no lab, Slurm missing on this machine, or a daemon that did not
+                start (its log's last line).
+        """
+        missing = [t for t in TOOLS if not shutil.which(t)]
+        if missing:
+            raise LabError(f"{', '.join(missing)} not found: install Debian's slurmctld, "
+                           "slurmd, slurm-client and munge (scripts/setup.sh does)")
+        names = self.lab.names()
+        if not names:
+            raise LabError("no lab is up (run `gpuctl lab up` first)")
+        if (self.dir / "slurm.json").exists():
+            return self.info()
+        for sub in ("etc", "state", "log"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = self.etc / "munge.key"
+        key.write_bytes(os.urandom(1024))
+        key.chmod(0o600)
+        ctld_port = free_port()
+        nodes = {name: free_port() for name in names}
+        self.conf.write_text(CONF.format(host=socket.gethostname(), ctld_port=ctld_port,
+                                         socket=self.socket, dir=self.dir))
+        (self.etc / "gres.conf").write_text("# gpuctl lab: GPU lines come from gpuctl "
+                                            "handoff slurm --apply\n")
+        (self.dir / "slurm.json").write_text(json.dumps(
+            {"controller": f"127.0.0.1:{ctld_port}", "nodes": nodes}, indent=1))
+        try:
+            self._start_controller(key)
+            hosts = "".join(f"{self.lab.spec(n)['address']}\t{n}\n" for n in names)
+            for name in names:
+                self._start_node(name, key, hosts)
+        except BaseException:
+            self.down()
+            raise
+        return self.info()
+
+    def restart_controller(self) -> None:
+        """What ``systemctl restart slurmctld`` does on a real controller: Slurm 22.05
+        reads a changed node list only at start (``scontrol reconfigure`` makes it exit:
+        "node count has changed ... You have to restart slurmctld")."""
+        self.info()
+        _kill(self.dir / "slurmctld.pid")
+        self._start_slurmctld()
+
+    def _start_controller(self, key: Path) -> None:
+        Path(self.sockdir).mkdir(parents=True, exist_ok=True, mode=0o755)
+        _run(["munged", "--force", f"--socket={self.socket}", f"--key-file={key}",
+              f"--pid-file={self.sockdir}/munged.pid",
+              f"--log-file={self.dir}/log/munged.log",
+              f"--seed-file={self.dir}/state/munged.seed"], "munged")
+        self._start_slurmctld()
+
+    def _start_slurmctld(self) -> None:
+        _run(["slurmctld", "-f", str(self.conf)], "slurmctld", env=self.env())
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            res = subprocess.run(["scontrol", "ping"], env=self.env(), capture_output=True,
+                                 text=True, check=False)
+            if "UP" in res.stdout:
+                return
+            time.sleep(0.2)
+        raise LabError("the lab's slurmctld did not answer within 30 s: "
+                       + _tail(self.dir / "log/slurmctld.log"))
+
+    def _start_node(self, name: str, key: Path, hosts: str) -> None:
+        pid = self.lab.holder_pid(name)
+        if pid is None:
+            raise LabError(f"lab node {name} is not running")
+        root = self.lab.node_dir(name) / "merged"
+        res = subprocess.run(["nsenter", "-t", str(pid), "-m", "--", "mount", "--bind",
+                              str(self.etc), f"{root}{self.etc}"], capture_output=True,
+                             text=True, check=False)
+        if res.returncode != 0:
+            raise LabError(f"cannot share the Slurm config with {name}: {res.stderr[:200]}")
+        current = self.lab.node_exec(name, ["cat", "/etc/hosts"]).stdout.decode()
+        self.lab.put_file(name, "/etc/hosts", (current.rstrip("\n") + "\n# gpuctl lab "
+                                               "nodes\n" + hosts).encode())
+        script = NODE_SCRIPT.format(sockdir=self.sockdir, socket=self.socket, key=key,
+                                    conf=self.conf)
+        self.lab.put_file(name, RC_SCRIPT, script.encode(), 0o755)
+        started = self.lab.node_exec(name, ["sh", RC_SCRIPT, "start"])
+        if started.returncode != 0:
+            raise LabError(f"munged/slurmd did not start on {name}: "
+                           f"{started.stderr.decode()[-200:]}")
+
+    def down(self) -> None:
+        """Stop the controller and the nodes' daemons (the nodes' own die with them)."""
+        for name in self.lab.names():
+            if self.lab.holder_pid(name) is not None:
+                with contextlib.suppress(LabError, subprocess.TimeoutExpired):
+                    self.lab.node_exec(name, ["sh", "-c", f"[ -x {RC_SCRIPT} ] && "
+                                       f"{RC_SCRIPT} stop; rm -f {RC_SCRIPT}"], timeout=10)
+        for pid_file in (self.dir / "slurmctld.pid", Path(self.sockdir) / "munged.pid"):
+            _kill(pid_file)
+        shutil.rmtree(self.sockdir, ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _run(argv: list[str], what: str, env: dict[str, str] | None = None) -> None:
+    res = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    if res.returncode != 0:
+        raise LabError(f"the lab's {what} did not start: "
+                       f"{(res.stderr or res.stdout).strip()[-300:]}")
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return lines[-1][:300] if lines else "(empty log)"
+
+
+def _kill(pid_file: Path) -> None:
+    """Stop the daemon named by ``pid_file`` (TERM, then KILL after 5 s)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except (OSError, ValueError):
+        return
+    if comm not in ("slurmctld", "munged"):
+        return  # a stale pid file: that number is someone else's now
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)

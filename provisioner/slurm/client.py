@@ -1,0 +1,129 @@
+"""Slurm's command-line tools behind one entry point (``run_slurm``), and the few calls
+gpuctl makes: read node states, drain, resume, reconfigure, submit.
+
+gpuctl runs where an admin runs ``scontrol``: on the controller or a host with its
+configuration (``SLURM_CONF`` is honoured, as by Slurm's own commands). Syntax from the
+Slurm 22.05 man pages: scontrol(1) ``update NodeName=.. State=DRAIN Reason=..`` and
+``State=RESUME``; sinfo(1) ``-N -h -o`` with ``%N`` node, ``%T`` extended state (a
+trailing ``*`` means not responding), ``%G`` gres, ``%u`` who set the reason, ``%E``
+the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from provisioner.errors import GpuctlError
+
+# Every drain gpuctl sets starts with this, so a drain by someone else is told apart.
+REASON_PREFIX = "gpuctl:"
+TIMEOUT = 60.0
+
+
+class SlurmError(GpuctlError):
+    """A Slurm command failed or Slurm is not reachable."""
+
+
+@dataclass
+class SlurmNode:
+    name: str
+    state: str  # sinfo's extended state without flags: idle, allocated, mixed, drained,
+    #             draining, down, ...
+    not_responding: bool
+    gres: str
+    reason: str
+    reason_user: str
+
+    @property
+    def drained(self) -> bool:
+        return self.state in ("drained", "draining", "drain")
+
+    @property
+    def by_gpuctl(self) -> bool:
+        return self.reason.startswith(REASON_PREFIX)
+
+    def label(self) -> str:
+        return self.state.upper() + ("*" if self.not_responding else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_slurm(argv: list[str], *, timeout: float = TIMEOUT,
+              env: dict[str, str] | None = None) -> str:
+    """Run one Slurm command; returns its stdout.
+
+    Raises:
+        SlurmError: the tool is missing, timed out or failed (its last error line).
+    """
+    if shutil.which(argv[0]) is None:
+        raise SlurmError(f"{argv[0]} not found: gpuctl talks to Slurm through its "
+                         "commands; run it where scontrol works (install slurm-client)")
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                             env=env or dict(os.environ), check=False)
+    except subprocess.TimeoutExpired:
+        raise SlurmError(f"{' '.join(argv[:3])} gave no answer in {timeout:g} s") from None
+    if res.returncode != 0:
+        lines = (res.stderr or res.stdout).strip().splitlines() or [f"exit {res.returncode}"]
+        raise SlurmError(f"{' '.join(argv[:2])} failed: {lines[-1][:240]}")
+    return res.stdout
+
+
+def parse_sinfo(text: str) -> dict[str, SlurmNode]:
+    """``sinfo -N -h -o '%N|%T|%G|%u|%E'`` (one line per node and partition)."""
+    out: dict[str, SlurmNode] = {}
+    for line in text.splitlines():
+        parts = line.split("|", 4)
+        if len(parts) != 5 or not parts[0].strip():
+            continue
+        name, state, gres, user, reason = (p.strip() for p in parts)
+        not_responding = state.endswith("*")
+        state = state.rstrip("*~#!%$@^-").lower()
+        out[name] = SlurmNode(name, state, not_responding, gres,
+                              "" if reason == "none" else reason,
+                              "" if user in ("Unknown", "(null)") else user)
+    return out
+
+
+def slurm_nodes(names: list[str] | None = None) -> dict[str, SlurmNode]:
+    """Every node Slurm knows (or only ``names``), by name."""
+    argv = ["sinfo", "-N", "-h", "-o", "%N|%T|%G|%u|%E"]
+    if names:
+        argv += ["-n", ",".join(names)]
+    return parse_sinfo(run_slurm(argv))
+
+
+def _safe_reason(reason: str) -> str:
+    # One line, no quotes: scontrol takes it as one argument (no shell involved).
+    return re.sub(r"[\r\n\"']+", " ", reason).strip()[:200]
+
+
+def drain(names: list[str], reason: str) -> None:
+    """DRAIN in Slurm: running jobs finish, no new ones start (scontrol(1))."""
+    if names:
+        run_slurm(["scontrol", "update", f"NodeName={','.join(names)}", "State=DRAIN",
+                   f"Reason={_safe_reason(REASON_PREFIX + ' ' + reason)}"])
+
+
+def resume(names: list[str]) -> None:
+    if names:
+        run_slurm(["scontrol", "update", f"NodeName={','.join(names)}", "State=RESUME"])
+
+
+def reconfigure() -> None:
+    run_slurm(["scontrol", "reconfigure"])
+
+
+def slurm_version() -> tuple[int, int]:
+    """(major, minor) of the Slurm tools, e.g. (22, 5) from ``slurm-wlm 22.05.8``."""
+    text = run_slurm(["sinfo", "--version"])
+    match = re.search(r"(\d+)\.(\d+)", text)
+    if not match:
+        raise SlurmError(f"cannot read Slurm's version from {text.strip()[:80]!r}")
+    return int(match.group(1)), int(match.group(2))

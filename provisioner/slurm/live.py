@@ -1,0 +1,168 @@
+"""``gpuctl handoff slurm --apply [--smoke]``: the live hand-off, end to end.
+
+Write gpuctl's blocks into the cluster's config, make slurmctld read them, resume the
+nodes gpuctl had drained, wait until every node registered IDLE with the GPUs it was
+certified with, compare ``slurmd -C`` (Slurm's view of the hardware) with gpuctl's
+snapshot, and optionally run the training smoke job. Only nodes that pass every step
+move to in-service; the others stay certified, each with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import select
+
+from provisioner.db.models import Node
+from provisioner.errors import GpuctlError
+from provisioner.fleet.handoff import (
+    REAL_MEMORY_FRACTION,
+    HandoffInput,
+    HandoffNode,
+    HandoffResult,
+    hand_off,
+    render_slurm,
+)
+from provisioner.handle import Gpuctl
+from provisioner.inventory.lifecycle import State, get_node, record_event
+from provisioner.slurm.apply import (
+    SlurmSettings,
+    activate_config,
+    compare_hardware,
+    save_settings,
+    wait_registered,
+    write_config,
+)
+from provisioner.slurm.client import SlurmError, slurm_nodes
+from provisioner.slurm.smoke import SmokeResult, run_smoke
+from provisioner.slurm.sync import sync_slurm
+from provisioner.ssh.exec import Target, run_on_node
+from provisioner.ssh.hostkeys import KnownHosts
+
+DEFAULT_PYTHON = "/opt/gpuctl/burnin/bin/python3"
+
+
+@dataclass
+class LiveHandoff:
+    result: HandoffResult
+    action: str = "none"
+    slurm: dict[str, str] = field(default_factory=dict)  # node -> Slurm state
+    smoke: SmokeResult | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.result.run_id, "nodes": self.result.nodes,
+                "moved": self.result.moved, "problems": self.result.problems,
+                "skipped": self.result.skipped, "written": self.result.written,
+                "action": self.action, "slurm": self.slurm,
+                "smoke": self.smoke.to_dict() if self.smoke else None}
+
+
+def _gres(n: HandoffNode) -> str:
+    return f"gpu:{n.gres_type or n.sku.lower()}:{n.gpus}"
+
+
+def live_handoff(gc: Gpuctl, names: list[str], sku: str | None, *, conf_dir: Path,
+                 partition: str | None, restart_command: str, wait: float,
+                 smoke: bool = False, smoke_steps: int = 200,
+                 smoke_timeout: float = 600) -> LiveHandoff:
+    """Hand the certified nodes to the live Slurm (see the module docstring).
+
+    Raises:
+        InputError: nothing to hand off, or the config directory is unusable.
+        SlurmError: Slurm could not be made to read the config (nothing moved).
+    """
+    live = LiveHandoff(result=None)  # type: ignore[arg-type]
+
+    def write(doc: HandoffInput) -> str:
+        files = render_slurm(doc.nodes, partition)
+        conf = [ln for ln in files["slurm.conf"].splitlines() if not ln.startswith("#")]
+        gres = [ln for ln in files["gres.conf"].splitlines() if not ln.startswith("#")]
+        with gc.session() as session:
+            keep = set(session.exec(select(Node.name).where(
+                Node.state != State.RETIRED.value)).all())
+        changed, node_list_changed = write_config(conf_dir, conf, gres, keep)
+        save_settings(gc, SlurmSettings(str(conf_dir), os.environ.get("SLURM_CONF"),
+                                        restart_command))
+        if changed:
+            live.action = activate_config(node_list_changed, restart_command)
+        return ", ".join(changed) or f"{conf_dir} (unchanged)"
+
+    def verify(nodes: list[HandoffNode]) -> dict[str, str]:
+        sync_slurm(gc)  # resume what gpuctl drained; drain what is not serving
+        view, problems = wait_registered({n.name: _gres(n) for n in nodes}, wait)
+        live.slurm = {name: node.label() for name, node in view.items()}
+        problems.update(_hardware_problems(gc, [n for n in nodes if n.name not in problems]))
+        good = [n for n in nodes if n.name not in problems]
+        if smoke and good:
+            live.smoke = _smoke(gc, good, partition, smoke_steps, smoke_timeout)
+            _record_smoke(gc, good, live.smoke)
+            if not live.smoke.passed:
+                problems.update({n.name: f"smoke job failed: {live.smoke.reason}"
+                                 for n in good})
+        return problems
+
+    live.result = hand_off(gc, "slurm", names, sku, dry_run=False, write=write,
+                           verify=verify)
+    return live
+
+
+def _hardware_problems(gc: Gpuctl, nodes: list[HandoffNode]) -> dict[str, str]:
+    """``slurmd -C`` on each node (over SSH) against the NodeName line gpuctl wrote."""
+    known = KnownHosts(gc.paths.known_hosts)
+    with gc.session() as session:
+        targets = {n.name: Target.of(get_node(session, n.name)) for n in nodes}
+
+    def check(n: HandoffNode) -> tuple[str, str]:
+        try:
+            res = run_on_node(targets[n.name], "slurmd -C", known_hosts=known,
+                              max_output=65536, command_timeout=30)
+        except GpuctlError as exc:
+            return n.name, f"cannot run slurmd -C: {exc}"
+        if res.exit_code != 0:
+            return n.name, "slurmd -C failed: " + res.stderr.decode(
+                "utf-8", "replace").strip()[-160:]
+        memory = int(n.memory_mib * REAL_MEMORY_FRACTION) if n.memory_mib else None
+        diffs = compare_hardware(res.stdout.decode("utf-8", "replace"), cpus=n.cpus,
+                                 memory_mib=memory)
+        return n.name, "; ".join(diffs)
+
+    with ThreadPoolExecutor(max_workers=min(32, max(1, len(nodes)))) as pool:
+        return {name: why for name, why in pool.map(check, nodes) if why}
+
+
+def _smoke(gc: Gpuctl, nodes: list[HandoffNode], partition: str | None, steps: int,
+           timeout: float) -> SmokeResult:
+    with gc.session() as session:
+        targets = [Target.of(get_node(session, n.name)) for n in nodes]
+    first = nodes[0].host_vars
+    python = first.get("gpuctl_burnin_python") or DEFAULT_PYTHON
+    env = " ".join(shlex.quote(v) for v in first.get("gpuctl_burnin_env", "").split())
+    gpus = min(n.gpus for n in nodes) or 1
+    # On CPU-only lab nodes the ranks share this machine: two per node is enough.
+    procs = 2 if first.get("gpuctl_burnin_floors") == "cpu-lab" else gpus
+    log_dir = gc.paths.runs_dir / time.strftime("smoke-%Y%m%dT%H%M%S")
+    try:
+        return run_smoke(targets, gpus_per_node=gpus, python=python, env=env,
+                         known_hosts=KnownHosts(gc.paths.known_hosts), log_dir=log_dir,
+                         partition=partition, steps=steps, procs=procs, timeout=timeout)
+    except SlurmError as exc:
+        return SmokeResult("", False, str(exc))
+
+
+def _record_smoke(gc: Gpuctl, nodes: list[HandoffNode], result: SmokeResult) -> None:
+    with gc.session() as session:
+        for n in nodes:
+            record_event(session, get_node(session, n.name), "smoke",
+                         f"{'passed' if result.passed else 'failed'}: job {result.job_id}: "
+                         f"{result.reason}"[:500], actor=gc.actor,
+                         severity="info" if result.passed else "critical")
+
+
+def slurm_states(names: list[str]) -> dict[str, str]:
+    return {name: node.label() for name, node in slurm_nodes(names).items()}

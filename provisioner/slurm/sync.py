@@ -1,0 +1,141 @@
+"""gpuctl's node states and Slurm's, kept in step both ways.
+
+gpuctl -> Slurm: a node gpuctl does not consider serving (quarantined, drained, retired,
+being provisioned or burned in) is DRAINed in Slurm with gpuctl's reason, so running
+jobs finish and no new ones start; a serving node (certified, in service) that gpuctl
+drained is resumed. A drain somebody else set is never lifted by gpuctl.
+Slurm -> gpuctl: a serving node that Slurm has drained (by someone else), DOWN or not
+responding is a disagreement: ``gpuctl status`` shows it, and a sync records one event
+in the node's history the first time it sees each such drain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from provisioner.db.models import Event, Node
+from provisioner.handle import Gpuctl
+from provisioner.inventory.lifecycle import SERVING, State, record_event
+from provisioner.slurm.apply import load_settings
+from provisioner.slurm.client import SlurmError, SlurmNode, drain, resume, slurm_nodes
+
+ACTOR_SLURM = "slurm"
+
+
+@dataclass
+class SyncResult:
+    drained: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    foreign: list[str] = field(default_factory=list)  # drained in Slurm by someone else
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        out = []
+        if self.drained:
+            out.append(f"slurm: drained {', '.join(self.drained)}")
+        if self.resumed:
+            out.append(f"slurm: resumed {', '.join(self.resumed)}")
+        if self.foreign:
+            out.append(f"slurm: drained by someone else: {', '.join(self.foreign)}")
+        if self.error:
+            out.append(f"slurm: not updated ({self.error}); `gpuctl monitor` retries")
+        return out
+
+
+def _last_reason(session: Session, node: Node) -> str:
+    reason = session.exec(select(Event.reason).where(
+        Event.node_id == node.id, Event.kind == "state")
+        .order_by(col(Event.id).desc()).limit(1)).first()
+    return reason or node.state
+
+
+def disagreement(state: str, snode: SlurmNode | None) -> str:
+    """Why gpuctl's ``state`` and Slurm's view of the node disagree ("" if they agree)."""
+    serving = state in SERVING
+    if snode is None:
+        return "not in Slurm" if state == State.IN_SERVICE.value else ""
+    if serving and snode.drained and not snode.by_gpuctl:
+        who = f" by {snode.reason_user}" if snode.reason_user else ""
+        return f"{snode.label()} in Slurm{who}: {snode.reason or 'no reason'}"
+    if serving and snode.drained:
+        return f"{state} in gpuctl, {snode.label()} in Slurm ({snode.reason})"
+    if state == State.IN_SERVICE.value and (snode.state in ("down", "fail", "failing")
+                                            or snode.not_responding):
+        return f"{snode.label()} in Slurm" + (f": {snode.reason}" if snode.reason else "")
+    if not serving and not snode.drained and state != State.RETIRED.value:
+        return f"{state} in gpuctl, {snode.label()} in Slurm (takes jobs)"
+    return ""
+
+
+def sync_slurm(gc: Gpuctl, names: list[str] | None = None) -> SyncResult | None:
+    """Push gpuctl's states of ``names`` (default: every node Slurm knows) to Slurm and
+    record drains set by others. None when Slurm sync is off (no ``--apply`` yet).
+    Never raises for Slurm trouble: the result carries the error, gpuctl's own state
+    change stands, and the next sync retries."""
+    if load_settings(gc) is None:
+        return None
+    result = SyncResult()
+    try:
+        view = slurm_nodes()
+        to_drain: dict[str, str] = {}
+        with gc.session() as session:
+            query = select(Node).where(col(Node.name).in_(list(view)))
+            if names is not None:
+                query = query.where(col(Node.name).in_(names))
+            for node in session.exec(query.order_by(col(Node.name))):
+                snode = view[node.name]
+                if node.state in SERVING:
+                    if snode.drained and snode.by_gpuctl:
+                        result.resumed.append(node.name)
+                    elif snode.drained:
+                        result.foreign.append(node.name)
+                        _note_foreign_drain(gc, session, node, snode)
+                elif not snode.drained:
+                    to_drain[node.name] = f"{node.state}: {_last_reason(session, node)}"
+        for name, reason in to_drain.items():
+            drain([name], reason)
+            result.drained.append(name)
+        resume(result.resumed)
+    except SlurmError as exc:
+        result.error = str(exc)
+    return result
+
+
+def _note_foreign_drain(gc: Gpuctl, session: Session, node: Node, snode: SlurmNode) -> None:
+    """One event per distinct drain someone else set on a serving node."""
+    text = f"drained in Slurm by {snode.reason_user or 'someone'}: {snode.reason}"[:500]
+    last = session.exec(select(Event.reason).where(
+        Event.node_id == node.id, Event.kind == "slurm")
+        .order_by(col(Event.id).desc()).limit(1)).first()
+    if last != text:
+        record_event(session, node, "slurm", text, actor=ACTOR_SLURM, severity="warning")
+
+
+def slurm_view(gc: Gpuctl) -> dict[str, Any] | None:
+    """For ``gpuctl status``: Slurm's state of each node gpuctl handed off or that Slurm
+    knows, and the disagreements. None when Slurm sync is off."""
+    if load_settings(gc) is None:
+        return None
+    try:
+        view = slurm_nodes()
+    except SlurmError as exc:
+        return {"error": str(exc), "nodes": [], "disagreements": []}
+    rows, disagreements = [], []
+    with gc.session() as session:
+        for name, state in session.exec(select(Node.name, Node.state).where(
+                col(Node.name).in_(list(view)) | (Node.state == State.IN_SERVICE.value))
+                .order_by(col(Node.name))):
+            snode = view.get(name)
+            why = disagreement(state, snode)
+            rows.append({"node": name, "gpuctl": state,
+                         "slurm": snode.label() if snode else "absent",
+                         "reason": snode.reason if snode else "", "disagreement": why})
+            if why:
+                disagreements.append({"node": name, "why": why})
+    return {"error": "", "nodes": rows, "disagreements": disagreements}
