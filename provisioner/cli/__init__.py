@@ -23,7 +23,7 @@ COMMANDS = {
     "drain": "fleet:drain", "undrain": "fleet:undrain", "quarantine": "fleet:quarantine",
     "release": "fleet:release", "retire": "fleet:retire", "pool": "fleet:pool",
     "handoff": "fleet:handoff", "runs": "runs:runs", "skus": "runs:skus",
-    "db": "db:db",
+    "db": "db:db", "monitor": "monitor:monitor",
 }
 
 

@@ -29,3 +29,13 @@ def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True,
                         help="Print machine-readable JSON.")(func)
 
+
+
+def sync_slurm_and_report(ctx: Ctx, names: list[str]) -> None:
+    """After a state change: bring Slurm in line for ``names`` (when Slurm sync is on)
+    and say what changed there, or why it could not."""
+    from provisioner.slurm.sync import sync_slurm  # noqa: PLC0415 (only when used)
+
+    result = sync_slurm(ctx.gc, names)
+    for line in result.lines() if result else []:
+        ctx.err.print(line, markup=False, highlight=False)

@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.text import Text
 
-from provisioner.cli.common import Ctx, json_option, pass_ctx
+from provisioner.cli.common import Ctx, json_option, pass_ctx, sync_slurm_and_report
 from provisioner.errors import NodesFailedError
 from provisioner.fleet import handoff as ho
 from provisioner.fleet import ops, pools
@@ -161,9 +161,10 @@ def _lifecycle(op: str, help_text: str, reason_required: bool) -> click.Command:
         changes = ops.apply(ctx.gc, op, list(names), reason)
         if as_json:
             print_json(ctx.console, [c.__dict__ for c in changes])
-            return
-        for c in changes:
-            ctx.console.print(f"{escape(c.node)}: {c.from_state} -> {c.to_state}")
+        else:
+            for c in changes:
+                ctx.console.print(f"{escape(c.node)}: {c.from_state} -> {c.to_state}")
+        sync_slurm_and_report(ctx, [c.node for c in changes])
     return command
 
 

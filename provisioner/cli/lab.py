@@ -95,6 +95,19 @@ def fault(ctx: Ctx, node: str, kind: str) -> None:
     ctx.console.print(f"{node}: {kind} ({FAULTS[kind]})")
 
 
+@lab.command("repair")
+@click.argument("node")
+@pass_ctx
+def repair(ctx: Ctx, node: str) -> None:
+    """Fix a lab node's hardware faults, as a part swap would (GPUs as its profile has
+    them, a clean kernel log).
+
+    Example: gpuctl lab repair gpu-node-02
+    """
+    cleared = Lab(ctx.gc.paths).repair(node)
+    ctx.console.print(f"{node}: repaired ({', '.join(cleared) or 'nothing was broken'})")
+
+
 @lab.command("down")
 @click.option("--keep-nodes", is_flag=True, help="Leave the nodes in the inventory.")
 @pass_ctx

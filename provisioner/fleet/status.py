@@ -38,7 +38,11 @@ def fleet_status(gc: Gpuctl, now: datetime | None = None, expiring_days: int = 1
     their nodes show as failed (needing attention), not as in progress."""
     recover_abandoned(gc)
     with gc.session() as session:
-        return status_document(session, now, expiring_days, attention_limit)
+        doc = status_document(session, now, expiring_days, attention_limit)
+    from provisioner.slurm.sync import slurm_view  # noqa: PLC0415 (imports this module)
+
+    doc["slurm"] = slurm_view(gc)
+    return doc
 
 
 def status_document(session: Session, now: datetime | None = None, expiring_days: int = 14,

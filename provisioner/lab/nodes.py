@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import time
 import uuid
@@ -316,6 +317,25 @@ class Lab:
                                   " /usr/sbin/sshd -f /etc/gpuctl-lab/sshd_config"])
             return
         self._render(spec, running=True)
+
+    def repair(self, name: str) -> list[str]:
+        """A technician's visit: the node's hardware faults are fixed (its GPUs as its
+        profile has them, an empty kernel log as after the reboot a part swap needs).
+        Returns the faults cleared; access and repository faults stay."""
+        spec = self.spec(name)
+        if spec.get("smi_xml"):
+            raise LabError(f"{name} replays a capture: its GPUs cannot be repaired")
+        keep = {"unreachable", "hostkey-changed", "unsupported-os", *REPO_VARIANTS}
+        cleared = [f for f in spec["faults"] if f not in keep]
+        spec["faults"] = [f for f in spec["faults"] if f in keep]
+        spec["gpus"] = gpus_for(get_profile(spec["profile"]), name)
+        spec["kmsg"] = []
+        self._save_spec(spec)
+        self._render(spec, running=True)
+        # The compute-fault hook (render.COMPUTE_FAULT) goes with the part it simulated.
+        site = sysconfig.get_paths()["purelib"]
+        self.node_exec(name, ["rm", "-f", f"{site}/sitecustomize.py"])
+        return cleared
 
     def _repo(self, variant: str, os_name: str) -> Path:
         """The lab's repository variant for ``os_name``, built on first use (from the

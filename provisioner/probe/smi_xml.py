@@ -60,6 +60,7 @@ class SmiGpu:
     # nvmlGpuFabricInfo_t: state Not Started / In Progress / Completed, then a status).
     fabric_state: str | None = None
     fabric_status: str | None = None
+    persistence_mode: str | None = None  # Enabled | Disabled
 
 
 @dataclass
@@ -163,6 +164,7 @@ def _gpu(index: int, gpu: Element) -> SmiGpu:
         ecc_sram_correctable_aggregate=_int(gpu, "ecc_errors/aggregate/sram_correctable"),
         fabric_state=_text(gpu, "fabric/state"),
         fabric_status=_text(gpu, "fabric/status"),
+        persistence_mode=_text(gpu, "persistence_mode"),
     )
 
 

@@ -107,9 +107,28 @@ def status_view(s: dict[str, Any], footer: str = "", selected: int | None = None
         bottom.add_row(runs)
         if pools is not None:
             bottom.add_row(pools)
+    if s.get("slurm") is not None:
+        parts.append(_slurm_table(s["slurm"]))
     if footer:
         parts.append(Text(footer, style="dim"))
     return Group(*parts)
+
+
+def _slurm_table(view: dict[str, Any]) -> Table | Text:
+    """Each node's state in gpuctl and in Slurm; disagreements in red."""
+    if view["error"]:
+        return Text(f"Slurm: cannot read the node states: {view['error']}", style="red")
+    n = len(view["disagreements"])
+    table = Table(title=f"Slurm ({n} disagreement{'s' if n != 1 else ''})",
+                  title_justify="left", expand=True)
+    for c in ("NODE", "GPUCTL", "SLURM", "DISAGREEMENT / REASON"):
+        table.add_column(c, overflow="fold", ratio=4 if c.startswith("DIS") else None)
+    for row in view["nodes"]:
+        why = row["disagreement"]
+        table.add_row(escape(row["node"]), styled(row["gpuctl"], STATE_STYLE.get(row["gpuctl"])),
+                      styled(row["slurm"], "red" if why else "green"),
+                      styled(why or row["reason"], "red" if why else "dim"))
+    return table
 
 
 def status_panel(s: dict[str, Any], footer: str, selected: int | None = None,

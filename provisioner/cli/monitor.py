@@ -1,0 +1,74 @@
+"""``gpuctl monitor``: in-service health checks, once or every interval."""
+
+from __future__ import annotations
+
+import time
+
+import click
+from rich.markup import escape
+
+from provisioner.cli.common import Ctx, json_option, pass_ctx
+from provisioner.errors import InputError, NodesFailedError
+from provisioner.scan.monitor import MonitorSummary, monitor_pass
+from provisioner.ui.style import print_json
+
+UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_interval(text: str) -> float:
+    """``30s``, ``5m``, ``1h`` or plain seconds.
+
+    Raises:
+        InputError: anything else, or under 10 seconds.
+    """
+    text = text.strip().lower()
+    try:
+        seconds = float(text[:-1]) * UNITS[text[-1]] if text[-1:] in UNITS else float(text)
+    except (ValueError, IndexError):
+        raise InputError(f"--every {text[:20]!r}: give seconds or 30s, 5m, 1h") from None
+    if seconds < 10:
+        raise InputError("--every must be at least 10 s")
+    return seconds
+
+
+def _show(ctx: Ctx, summary: MonitorSummary, as_json: bool) -> None:
+    if as_json:
+        print_json(ctx.console, summary.to_dict())
+        return
+    ok = sum(n.outcome == "ok" for n in summary.nodes)
+    ctx.console.print(f"monitor run {summary.run_id}: {len(summary.nodes)} serving nodes, "
+                      f"{ok} ok", highlight=False)
+    for n in summary.nodes:
+        if n.outcome != "ok":
+            ctx.console.print(f"  {escape(n.name)}: {n.outcome}: {escape(n.message)}",
+                              highlight=False)
+    for line in summary.slurm.lines() if summary.slurm else []:
+        ctx.console.print(f"  {escape(line)}", highlight=False)
+
+
+@click.command()
+@click.option("--every", help="Repeat at this interval (30s, 5m, 1h) until stopped; "
+                              "default: one pass.")
+@click.option("--parallel", default=32, show_default=True, help="Nodes probed at once.")
+@json_option
+@pass_ctx
+def monitor(ctx: Ctx, every: str | None, parallel: int, as_json: bool) -> None:
+    """Health-check every serving node (XIDs, ECC/row remap, GPUs, PCIe, InfiniBand,
+    fabric manager, persistence mode); quarantine a node with a critical finding and
+    drain it in Slurm with the reason.
+
+    Exit status 3 when a node was quarantined or could not be reached (one pass).
+
+    Example: gpuctl monitor --every 5m   (or the systemd timer in contrib/systemd)
+    """
+    interval = parse_interval(every) if every else None
+    while True:
+        summary = monitor_pass(ctx.gc, parallel=parallel)
+        _show(ctx, summary, as_json)
+        if interval is None:
+            bad = [n for n in summary.nodes if n.outcome not in ("ok", "warning")]
+            if bad:
+                raise NodesFailedError(f"{len(bad)} of {len(summary.nodes)} serving nodes "
+                                       "quarantined or unreachable")
+            return
+        time.sleep(interval)

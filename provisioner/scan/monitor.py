@@ -1,0 +1,132 @@
+"""``gpuctl monitor``: in-service health checks, cheap enough to run every few minutes.
+
+One pass probes every serving node (certified or in service) with the scan's probe and
+applies only its passive checks: new XIDs, ECC and row-remap errors, GPUs missing,
+PCIe width, InfiniBand ports, the fabric manager's registration of every GPU on NVSwitch
+systems, persistence mode. A critical finding quarantines the node and, when Slurm sync
+is on, drains it in Slurm with the reason, in the same pass. A healthy node costs one
+SSH exec and no database write (its last snapshot stays the reference), which is what
+makes the pass cheaper than ``scan``.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlmodel import col, select
+
+from provisioner.db.models import HardwareSnapshot, Node
+from provisioner.errors import NotFoundError
+from provisioner.handle import Gpuctl
+from provisioner.inventory.lifecycle import SERVING, get_node, record_event
+from provisioner.probe.facts import HardwareFacts
+from provisioner.runs import RunScope, recover_abandoned
+from provisioner.scan.findings import Finding, drift_findings, health_findings, new_only
+from provisioner.scan.run import _classify, _probe_node
+from provisioner.scan.store import apply_findings, store_snapshot
+from provisioner.slurm.sync import SyncResult, sync_slurm
+from provisioner.ssh.exec import Target
+from provisioner.ssh.hostkeys import KnownHosts
+
+
+@dataclass
+class MonitorNode:
+    name: str
+    outcome: str  # ok | warning | quarantined | unreachable | refused | error
+    message: str = ""
+
+
+@dataclass
+class MonitorSummary:
+    run_id: int
+    nodes: list[MonitorNode] = field(default_factory=list)
+    slurm: SyncResult | None = None
+
+    @property
+    def quarantined(self) -> list[str]:
+        return [n.name for n in self.nodes if n.outcome == "quarantined"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "nodes": [asdict(n) for n in self.nodes],
+                "quarantined": self.quarantined,
+                "slurm": self.slurm.to_dict() if self.slurm else None}
+
+
+def service_findings(facts: HardwareFacts) -> list[Finding]:
+    """Checks that hold only for a node that serves: fabric manager and persistence."""
+    out = []
+    if facts.smi_status == "ok":
+        waiting = [g for g in facts.gpus if g.fabric_state not in (None, "", "N/A",
+                                                                   "Completed")]
+        if waiting:
+            out.append(Finding("fabric", "critical", f"NVSwitch fabric not up: state "
+                               f"{waiting[0].fabric_state} on {len(waiting)} of "
+                               f"{len(facts.gpus)} GPUs (fabric manager down?)"))
+        off = [g for g in facts.gpus if g.persistence_mode == "Disabled"]
+        if off:
+            out.append(Finding("persistence", "warning", f"persistence mode is off on "
+                               f"{len(off)} of {len(facts.gpus)} GPUs"))
+    return out
+
+
+def monitor_pass(gc: Gpuctl, *, parallel: int = 32, connect_timeout: float = 10.0,
+                 command_timeout: float = 60.0) -> MonitorSummary:
+    """One pass over every serving node (see the module docstring)."""
+    recover_abandoned(gc)
+    with gc.session() as session:
+        nodes = list(session.exec(select(Node).where(
+            col(Node.state).in_(SERVING), col(Node.hostkey_mismatch).is_(False))
+            .order_by(col(Node.name))))
+        targets = [Target.of(n) for n in nodes]
+    known = KnownHosts(gc.paths.known_hosts)
+    summary = MonitorSummary(0)
+    with RunScope(gc, "monitor", {"nodes": len(targets)}) as run:
+        summary.run_id = run.run_id
+        with ThreadPoolExecutor(max_workers=min(parallel, max(1, len(targets)))) as pool:
+            for probe in pool.map(lambda t: _probe_node(t, known, False, connect_timeout,
+                                                        command_timeout), targets):
+                summary.nodes.append(_judge(gc, probe, run.run_id))
+        run.node_ok = {n.name: n.outcome in ("ok", "warning") for n in summary.nodes}
+        summary.slurm = sync_slurm(gc)
+        run.summary = {"quarantined": summary.quarantined,
+                       "unreachable": [n.name for n in summary.nodes
+                                       if n.outcome == "unreachable"],
+                       "slurm": summary.slurm.to_dict() if summary.slurm else None}
+    return summary
+
+
+def _judge(gc: Gpuctl, probe: Any, run_id: int) -> MonitorNode:
+    name = probe.target.name
+    try:
+        with gc.session() as session:
+            node = get_node(session, name)
+            if probe.error is not None:
+                outcome = _classify(probe.error)
+                message = str(probe.error).removeprefix(f"{name}: ")
+                record_event(session, node, "monitor", f"{outcome}: {message}"[:500],
+                             actor=gc.actor, run_id=run_id, severity="warning")
+                return MonitorNode(name, outcome, message)
+            facts: HardwareFacts = probe.facts
+            prev_snap = session.get(HardwareSnapshot, node.last_snapshot_id) \
+                if node.last_snapshot_id else None
+            prev = json.loads(prev_snap.facts_json) if prev_snap else None
+            findings = health_findings(facts, gc.sku(node.sku)) + service_findings(facts)
+            if prev:
+                findings = new_only(prev, findings, facts) + drift_findings(prev, facts)
+                seen = {(f["kind"], f["message"]) for f in prev.get("findings", [])}
+                findings = [f for f in findings if (f.kind, f.message) not in seen]
+            notable = [f for f in findings if f.severity != "info"]
+            if not notable:
+                return MonitorNode(name, "ok")
+            # Stored, so the next pass does not report the same finding again.
+            store_snapshot(session, node, facts, run_id, findings)
+            apply_findings(session, node, notable, actor=gc.actor, run_id=run_id)
+            critical = [f for f in notable if f.severity == "critical"]
+            message = "; ".join(f"{f.kind}: {f.message}" for f in (critical or notable)[:2])
+            return MonitorNode(name, "quarantined" if critical and node.state ==
+                               "quarantined" else "warning", message)
+    except NotFoundError:
+        return MonitorNode(name, "error", "node was removed during the pass")
