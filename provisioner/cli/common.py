@@ -39,3 +39,18 @@ def sync_slurm_and_report(ctx: Ctx, names: list[str]) -> None:
     result = sync_slurm(ctx.gc, names)
     for line in result.lines() if result else []:
         ctx.err.print(line, markup=False, highlight=False)
+
+
+def sync_pools_and_report(ctx: Ctx) -> None:
+    """After a pool change: Slurm's QOS and pool partitions follow (when sync is on)."""
+    from provisioner.slurm.client import SlurmError  # noqa: PLC0415 (only when used)
+    from provisioner.slurm.pools import sync_pools  # noqa: PLC0415
+
+    try:
+        done = sync_pools(ctx.gc)
+    except SlurmError as exc:
+        ctx.err.print(f"slurm: pools not updated ({exc}); re-run the pool command",
+                      markup=False, highlight=False)
+        return
+    for line in done or []:
+        ctx.err.print(f"slurm: {line}", markup=False, highlight=False)

@@ -20,7 +20,13 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.text import Text
 
-from provisioner.cli.common import Ctx, json_option, pass_ctx, sync_slurm_and_report
+from provisioner.cli.common import (
+    Ctx,
+    json_option,
+    pass_ctx,
+    sync_pools_and_report,
+    sync_slurm_and_report,
+)
 from provisioner.errors import NodesFailedError
 from provisioner.fleet import handoff as ho
 from provisioner.fleet import ops, pools
@@ -198,6 +204,7 @@ def pool_create(ctx: Ctx, name: str, sku: str, gpus: int) -> None:
     """
     pools.create_pool(ctx.gc, name, sku, gpus)
     ctx.console.print(f"pool {escape(name)}: {gpus} {escape(sku)} GPUs")
+    sync_pools_and_report(ctx)
 
 
 @pool.command("assign")
@@ -213,6 +220,7 @@ def pool_assign(ctx: Ctx, name: str, nodes: tuple[str, ...], gpus: int | None) -
     """
     done = pools.assign(ctx.gc, name, list(nodes), gpus)
     ctx.console.print(f"pool {escape(name)} += " + escape(", ".join(done)))
+    sync_pools_and_report(ctx)
 
 
 @pool.command("release")
@@ -226,6 +234,7 @@ def pool_release(ctx: Ctx, name: str, nodes: tuple[str, ...]) -> None:
     """
     freed = pools.release(ctx.gc, name, list(nodes))
     ctx.console.print(f"pool {escape(name)}: released {freed} GPUs")
+    sync_pools_and_report(ctx)
 
 
 @pool.command("delete")
@@ -235,6 +244,7 @@ def pool_delete(ctx: Ctx, name: str) -> None:
     """Delete a pool and its allocations."""
     pools.delete_pool(ctx.gc, name)
     ctx.console.print(f"pool {escape(name)} deleted")
+    sync_pools_and_report(ctx)
 
 
 @pool.command("list")

@@ -31,7 +31,8 @@ from pathlib import Path
 from provisioner.errors import LabError
 from provisioner.lab.nodes import Lab
 
-TOOLS = ("slurmctld", "slurmd", "munged", "scontrol", "sinfo", "sbatch")
+TOOLS = ("slurmctld", "slurmd", "munged", "scontrol", "sinfo", "sbatch", "sacctmgr",
+         "slurmdbd", "mariadbd", "mariadb-install-db")
 RC_SCRIPT = "/etc/rc2.d/S90gpuctl-lab-slurm"
 # Settings the lab needs inside namespaces that share one kernel (issue 13's notes):
 # no cgroup-based tracking or task plugin, no accounting gatherer.
@@ -60,10 +61,35 @@ MpiDefault=none
 ReturnToService=2
 SlurmdTimeout=60
 GresTypes=gpu
+# Accounting through slurmdbd (MariaDB behind it): QOS limits such as a pool's
+# GrpTRES=gres/gpu=N exist and are enforced only with it (slurm.conf(5),
+# AccountingStorageEnforce; resource_limits.html).
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort={dbd_port}
+# Which munged authenticates to slurmdbd: the lab's, not the default socket.
+AccountingStoragePass={socket}
+AccountingStorageTRES=gres/gpu
+AccountingStorageEnforce=associations,limits,qos,safe
 # slurmctld (22.05) will not start without a node: a placeholder for future use.
 NodeName=lab-spare State=FUTURE
 # The lab's default partition: every node Slurm knows.
 PartitionName=lab Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+DBD_CONF = """# gpuctl lab: the accounting daemon (gpuctl lab slurm up)
+AuthType=auth/munge
+AuthInfo=socket={socket}
+DbdHost={host}
+DbdAddr=127.0.0.1
+DbdPort={dbd_port}
+SlurmUser=root
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort={db_port}
+StorageUser=root
+StorageLoc=slurm_acct_db
+PidFile={dir}/slurmdbd.pid
+LogFile={dir}/log/slurmdbd.log
 """
 NODE_SCRIPT = """#!/bin/sh
 # gpuctl lab stand-in: this node's munged and slurmd (gpuctl lab slurm up)
@@ -152,14 +178,20 @@ class LabSlurm:
         key = self.etc / "munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o600)
-        ctld_port = free_port()
+        ctld_port, dbd_port, db_port = free_port(), free_port(), free_port()
         nodes = {name: free_port() for name in names}
-        self.conf.write_text(CONF.format(host=socket.gethostname(), ctld_port=ctld_port,
-                                         socket=self.socket, dir=self.dir))
+        host = socket.gethostname()
+        self.conf.write_text(CONF.format(host=host, ctld_port=ctld_port, socket=self.socket,
+                                         dir=self.dir, dbd_port=dbd_port))
+        dbd_conf = self.etc / "slurmdbd.conf"
+        dbd_conf.write_text(DBD_CONF.format(host=host, dbd_port=dbd_port, db_port=db_port,
+                                            socket=self.socket, dir=self.dir))
+        dbd_conf.chmod(0o600)
         (self.etc / "gres.conf").write_text("# gpuctl lab: GPU lines come from gpuctl "
                                             "handoff slurm --apply\n")
         (self.dir / "slurm.json").write_text(json.dumps(
-            {"controller": f"127.0.0.1:{ctld_port}", "nodes": nodes}, indent=1))
+            {"controller": f"127.0.0.1:{ctld_port}", "nodes": nodes, "db_port": db_port},
+            indent=1))
         try:
             self._start_controller(key)
             hosts = "".join(f"{self.lab.spec(n)['address']}\t{n}\n" for n in names)
@@ -184,7 +216,40 @@ class LabSlurm:
               f"--pid-file={self.sockdir}/munged.pid",
               f"--log-file={self.dir}/log/munged.log",
               f"--seed-file={self.dir}/state/munged.seed"], "munged")
+        self._start_accounting()
         self._start_slurmctld()
+
+    def _start_accounting(self) -> None:
+        """MariaDB (its own data dir and port, no grant tables: only slurmdbd, on
+        loopback, uses it), slurmdbd, then the cluster, an account and root in it."""
+        db = self.dir / "mariadb"
+        port = json.loads((self.dir / "slurm.json").read_text())["db_port"]
+        _run(["mariadb-install-db", f"--datadir={db}", "--user=root", "--skip-test-db",
+              "--auth-root-authentication-method=normal"], "mariadb-install-db")
+        with open(self.dir / "log/mariadb.log", "ab") as log:
+            subprocess.Popen(
+                ["mariadbd", f"--datadir={db}", "--user=root", "--skip-grant-tables",
+                 "--bind-address=127.0.0.1", f"--port={port}", f"--socket={db}/mysqld.sock",
+                 f"--pid-file={self.dir}/mariadb.pid", "--skip-log-bin",
+                 "--innodb-buffer-pool-size=16M"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        _wait_port(port, 30, "mariadbd", self.dir / "log/mariadb.log")
+        _run(["slurmdbd"], "slurmdbd", env=self.env())
+        deadline = time.monotonic() + 20
+        while True:
+            res = subprocess.run(["sacctmgr", "-i", "add", "cluster", "gpuctl-lab"],
+                                 env=self.env(), capture_output=True, text=True, check=False)
+            if res.returncode == 0 or "already exists" in res.stdout + res.stderr:
+                break
+            if time.monotonic() > deadline:
+                raise LabError("the lab's slurmdbd did not answer within 20 s: "
+                               f"{(res.stderr or res.stdout).strip()[-200:]}; "
+                               + _tail(self.dir / "log/slurmdbd.log"))
+            time.sleep(0.3)
+        for argv in (["sacctmgr", "-i", "add", "account", "lab", "Cluster=gpuctl-lab"],
+                     ["sacctmgr", "-i", "add", "user", "root", "Account=lab",
+                      "Cluster=gpuctl-lab"]):
+            _run(argv, "sacctmgr", env=self.env())
 
     def _start_slurmctld(self) -> None:
         _run(["slurmctld", "-f", str(self.conf)], "slurmctld", env=self.env())
@@ -226,7 +291,8 @@ class LabSlurm:
                 with contextlib.suppress(LabError, subprocess.TimeoutExpired):
                     self.lab.node_exec(name, ["sh", "-c", f"[ -x {RC_SCRIPT} ] && "
                                        f"{RC_SCRIPT} stop; rm -f {RC_SCRIPT}"], timeout=10)
-        for pid_file in (self.dir / "slurmctld.pid", Path(self.sockdir) / "munged.pid"):
+        for pid_file in (self.dir / "slurmctld.pid", self.dir / "slurmdbd.pid",
+                         self.dir / "mariadb.pid", Path(self.sockdir) / "munged.pid"):
             _kill(pid_file)
         shutil.rmtree(self.sockdir, ignore_errors=True)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -237,6 +303,15 @@ def _run(argv: list[str], what: str, env: dict[str, str] | None = None) -> None:
     if res.returncode != 0:
         raise LabError(f"the lab's {what} did not start: "
                        f"{(res.stderr or res.stdout).strip()[-300:]}")
+
+
+def _wait_port(port: int, timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.2)
+    raise LabError(f"the lab's {what} did not listen within {timeout:g} s: {_tail(log)}")
 
 
 def _tail(path: Path) -> str:
@@ -254,7 +329,7 @@ def _kill(pid_file: Path) -> None:
         comm = Path(f"/proc/{pid}/comm").read_text().strip()
     except (OSError, ValueError):
         return
-    if comm not in ("slurmctld", "munged"):
+    if comm not in ("slurmctld", "slurmdbd", "mariadbd", "munged"):
         return  # a stale pid file: that number is someone else's now
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)

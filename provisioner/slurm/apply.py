@@ -171,6 +171,11 @@ def write_config(conf_dir: Path, conf_lines: list[str], gres_lines: list[str],
     for line in conf_lines:
         if line.startswith("PartitionName="):
             body.append(re.sub(r"Nodes=\S+", f"Nodes={','.join(sorted(all_names))}", line))
+    # Pool partitions (``gpuctl pool``), and partitions of earlier hand-offs not named
+    # again, stay as they are.
+    named = set(re.findall(r"^PartitionName=(\S+)", "\n".join(body), re.M))
+    body += [line for line in old_block if line.startswith("PartitionName=")
+             and line.split()[0].split("=", 1)[1] not in named]
     _, old_gres, _ = split_block(gres_text)
     gres_body = list(gres_lines) + [line for line in old_gres
                                     if (m := re.match(r"NodeName=(\S+)", line))
@@ -264,3 +269,26 @@ def compare_hardware(slurmd_c: str, *, cpus: int | None, memory_mib: int | None)
     if not seen:
         out.append("slurmd -C printed nothing usable")
     return out
+
+
+def set_pool_partitions(conf_dir: Path, lines: list[str], prefix: str) -> bool:
+    """Replace the pool partitions (``PartitionName=<prefix>...``) in gpuctl's block of
+    slurm.conf with ``lines``; False when nothing changed.
+
+    Raises:
+        InputError: no block yet (hand nodes off with --apply first), or unwritable.
+    """
+    path = conf_dir / "slurm.conf"
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
+    _, block, _ = split_block(text)
+    if not block and lines:
+        raise InputError(f"{path} has no gpuctl block: hand the nodes off first "
+                         "(gpuctl handoff slurm --apply)")
+    body = [ln for ln in block if not ln.startswith(f"PartitionName={prefix}")] + lines
+    try:
+        return _write_with_backup(path, with_block(text, body))
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc}") from None
