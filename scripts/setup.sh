@@ -14,8 +14,12 @@ fi
 # dpkg-dev tools build the lab's apt repositories; rpm, createrepo-c, dnf (with its
 # Python bindings and plugins) build and serve the lab's Rocky 9 nodes; gnupg signs the
 # air-gapped-mirror test's repository.
+# The lab's Slurm (`gpuctl lab slurm up`, the demo's hand-off): Debian's slurmctld, slurmd,
+# slurm-client, munge, slurmdbd and the MariaDB behind it; their services are kept from
+# starting (the lab runs its own, on its own ports).
 packages=(openssh-server openssh-client util-linux iproute2 pciutils python3 python3-venv
-          ca-certificates rpm createrepo-c dnf python3-dnf dnf-plugins-core gnupg)
+          ca-certificates rpm createrepo-c dnf python3-dnf dnf-plugins-core gnupg
+          slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
 source scripts/apt.sh
 apt_install_missing "system packages" "${packages[@]}"
 

@@ -62,6 +62,9 @@ def gpuctl_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     home.mkdir(mode=0o700)
     monkeypatch.setenv("GPUCTL_HOME", str(home))
     monkeypatch.delenv("GPUCTL_DB", raising=False)
+    # Slurm's commands follow SLURM_CONF; a test's lab Slurm never outlives the test.
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    monkeypatch.delenv("GPUCTL_SLURM_RESTART", raising=False)
     if pg_server is not None:
         monkeypatch.setenv("GPUCTL_DB", pg_server.create_database(
             f"t{next(_databases)}", template=template_db))

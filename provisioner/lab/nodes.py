@@ -221,7 +221,13 @@ class Lab:
         ndir = self.node_dir(spec["name"])
         if running:
             render_sysfs(ndir / "sys", spec)
-        for path, (data, mode) in node_files(spec).items():
+        files = node_files(spec)
+        if running and spec["driver"]:
+            # What the image came with (``--driver``) was written at creation; a running
+            # node may have replaced it since (a provision to another branch).
+            for path in set(files) - set(node_files({**spec, "driver": False})):
+                del files[path]
+        for path, (data, mode) in files.items():
             if running:
                 self.put_file(spec["name"], path, data, mode)
             else:

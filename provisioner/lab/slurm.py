@@ -293,7 +293,7 @@ class LabSlurm:
                                        f"{RC_SCRIPT} stop; rm -f {RC_SCRIPT}"], timeout=10)
         for pid_file in (self.dir / "slurmctld.pid", self.dir / "slurmdbd.pid",
                          self.dir / "mariadb.pid", Path(self.sockdir) / "munged.pid"):
-            _kill(pid_file)
+            _kill(pid_file, grace=0)  # the lab's state goes with it: no need to save it
         shutil.rmtree(self.sockdir, ignore_errors=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -322,8 +322,8 @@ def _tail(path: Path) -> str:
     return lines[-1][:300] if lines else "(empty log)"
 
 
-def _kill(pid_file: Path) -> None:
-    """Stop the daemon named by ``pid_file`` (TERM, then KILL after 5 s)."""
+def _kill(pid_file: Path, grace: float = 5) -> None:
+    """Stop the daemon named by ``pid_file`` (TERM, then KILL after ``grace`` s)."""
     try:
         pid = int(pid_file.read_text().strip())
         comm = Path(f"/proc/{pid}/comm").read_text().strip()
@@ -333,7 +333,7 @@ def _kill(pid_file: Path) -> None:
         return  # a stale pid file: that number is someone else's now
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + grace
         while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
             time.sleep(0.05)
         os.kill(pid, signal.SIGKILL)

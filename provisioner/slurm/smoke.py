@@ -72,12 +72,17 @@ def batch_script(nodes: list[str], procs: int, python: str, env: str, steps: int
 def verdict(output: str, world: int) -> tuple[bool, str, list[dict[str, Any]]]:
     """Judge the job's output: (passed, why, the ranks' reports)."""
     ranks = []
-    for line in output.splitlines():
-        if line.startswith("GPUCTL_SMOKE "):
-            try:
-                ranks.append(json.loads(line[len("GPUCTL_SMOKE "):]))
-            except ValueError:
-                continue
+    decoder = json.JSONDecoder()
+    # Anywhere in the output: srun interleaves the ranks' output in chunks, so a report
+    # may follow another process's text on the same line.
+    for match in re.finditer(r"GPUCTL_SMOKE ", output):
+        try:
+            doc, _ = decoder.raw_decode(output, match.end())
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and {"rank", "loss_first", "loss_last", "checksum",
+                                      "host"} <= set(doc):
+            ranks.append(doc)
     ranks.sort(key=lambda r: r.get("rank", 0))
     if len(ranks) != world:
         return False, f"{len(ranks)} of {world} ranks reported", ranks

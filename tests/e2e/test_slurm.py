@@ -1,0 +1,127 @@
+"""Day 2 with a real Slurm (Debian's slurmctld, slurmd, slurmdbd, munge) on lab nodes:
+the live hand-off and its smoke job, monitor draining a node that breaks, drain/resume
+both ways, a drain by someone else as a disagreement, a pool Slurm enforces, and a
+repaired node resumed after re-certification."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+
+from provisioner.lab.slurm import LabSlurm
+from tests.e2e.conftest import command_json, wait_for
+
+pytest.importorskip("torch")
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(
+    shutil.which("slurmctld") is None, reason="Slurm is not installed (scripts/setup.sh)")]
+
+
+def sinfo() -> dict[str, tuple[str, str, str]]:
+    """node -> (state, gres, reason), from the real sinfo."""
+    out = subprocess.run(["sinfo", "-N", "-h", "-o", "%N|%T|%G|%E"], capture_output=True,
+                         text=True, check=True, env=os.environ).stdout
+    return {p[0]: (p[1], p[2], p[3]) for p in (line.split("|", 3) for line in
+                                                out.splitlines())}
+
+
+def sbatch(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True,
+                          check=False, cwd="/tmp")
+
+
+def handoff(gpuctl: Any, *args: str) -> tuple[int, dict[str, Any]]:
+    result = gpuctl("handoff", "slurm", "--json", "--apply", *args)
+    assert result.out, result
+    return result.code, json.loads(result.out)
+
+
+def events(gpuctl: Any, node: str) -> list[dict[str, Any]]:
+    return json.loads(gpuctl("nodes", "show", node, "--json").out)["events"]  # type: ignore[no-any-return]
+
+
+def test_day2_with_real_slurm(lab, gpuctl, paths, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    lab.up(3, "--driver", "--slurm")
+    slurm = LabSlurm(lab.lab)
+    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
+    monkeypatch.setenv("GPUCTL_SLURM_RESTART", f"{os.sys.executable} -m provisioner lab "
+                       "slurm restart")
+    conf_dir = str(slurm.etc)
+    assert gpuctl("scan", "--all", "--accept-new").code == 0
+    assert gpuctl("provision", "--all").code == 0
+    assert gpuctl("burnin", "--all", "--duration", "0.2", "--parallel", "1").code == 0
+
+    # The live hand-off: into slurm.conf/gres.conf, slurmctld restarted (new nodes), every
+    # node IDLE with its 8 GPUs, then the smoke job through sbatch/srun torchrun.
+    code, doc = handoff(gpuctl, "--slurm-conf-dir", conf_dir, "--partition", "h100",
+                        "--smoke", "--smoke-steps", "100")
+    assert code == 0, doc
+    assert doc["action"] == "restart" and doc["moved"] == 3 and not doc["problems"], doc
+    assert doc["smoke"]["passed"], doc["smoke"]
+    ranks = doc["smoke"]["ranks"]
+    assert len(ranks) == 6 and {r["host"] for r in ranks} == {
+        "gpu-node-01", "gpu-node-02", "gpu-node-03"}
+    assert len({r["checksum"] for r in ranks}) == 1
+    assert all(r["loss_last"] < r["loss_first"] * 0.9 for r in ranks)
+    view = sinfo()
+    assert {n: v[:2] for n, v in view.items() if n.startswith("gpu-node")} == {
+        f"gpu-node-0{i}": ("idle", "gpu:h100:8") for i in (1, 2, 3)}, view
+    assert (slurm.etc / "slurm.conf.gpuctl-bak").exists()
+    states = {n["name"]: n["state"] for n in json.loads(gpuctl("nodes", "list", "--json").out)}
+    assert set(states.values()) == {"in-service"}
+
+    # A GPU on node 3 starts reporting uncorrectable ECC errors: one monitor pass
+    # quarantines it in gpuctl and drains it in Slurm with gpuctl's reason.
+    assert gpuctl("lab", "fault", "gpu-node-03", "ecc-uncorrectable").code == 0
+    code, mon = command_json(gpuctl, "monitor")
+    assert code == 3 and mon["quarantined"] == ["gpu-node-03"], mon
+    assert mon["slurm"]["drained"] == ["gpu-node-03"], mon
+    state, _, reason = sinfo()["gpu-node-03"]
+    assert state == "drained" and reason.startswith("gpuctl: quarantined: ecc-uncorrectable")
+
+    # Someone drains node 2 in Slurm by hand: gpuctl status names the disagreement and
+    # the next monitor pass records it in the node's history (and leaves the drain).
+    subprocess.run(["scontrol", "update", "NodeName=gpu-node-02", "State=DRAIN",
+                    "Reason=fan noise, ticket 4411"], check=True)
+    _, status = command_json(gpuctl, "status")
+    why = {d["node"]: d["why"] for d in status["slurm"]["disagreements"]}
+    assert why == {"gpu-node-02": "DRAINED in Slurm by root: fan noise, ticket 4411"}, status
+    code, mon = command_json(gpuctl, "monitor")
+    assert code == 0 and mon["slurm"]["foreign"] == ["gpu-node-02"], mon
+    assert any(e["kind"] == "slurm" and "fan noise" in e["reason"]
+               for e in events(gpuctl, "gpu-node-02"))
+    assert sinfo()["gpu-node-02"][0] == "drained"
+    subprocess.run(["scontrol", "update", "NodeName=gpu-node-02", "State=RESUME"], check=True)
+
+    # gpuctl drain/undrain reach Slurm both ways.
+    assert gpuctl("drain", "gpu-node-01", "--reason", "PSU swap").code == 0
+    assert sinfo()["gpu-node-01"][2] == "gpuctl: drained: drain: PSU swap"
+    assert gpuctl("undrain", "gpu-node-01").code == 0
+    wait_for(lambda: sinfo()["gpu-node-01"][0] == "idle", timeout=30)
+
+    # A team pool of 4 GPUs: Slurm refuses a job asking for 8 and runs one asking for 4.
+    assert gpuctl("pool", "create", "vision-team", "--sku", "h100-sxm-8", "--gpus", "4").code == 0
+    assert gpuctl("pool", "assign", "vision-team", "gpu-node-01", "--gpus", "4").code == 0
+    too_big = sbatch("-p", "pool-vision-team", "--gres=gpu:8", "--wrap", "true")
+    assert too_big.returncode != 0 and "QOSGrpGRES" in too_big.stderr, too_big
+    fits = sbatch("-p", "pool-vision-team", "--gres=gpu:4", "--wait", "--wrap", "true")
+    assert fits.returncode == 0, fits
+
+    # The GPU is replaced: release, provision, burn in again; the new certificate resumes
+    # the node in Slurm and a hand-off puts it back in service.
+    assert gpuctl("lab", "repair", "gpu-node-03").code == 0
+    assert gpuctl("release", "gpu-node-03", "--reason", "GPU 1 replaced").code == 0
+    assert sinfo()["gpu-node-03"][0] == "drained"  # not serving yet
+    assert gpuctl("scan", "gpu-node-03").code == 0
+    result = gpuctl("provision", "gpu-node-03", "--json")
+    assert result.code == 0, result.out[-3000:]
+    assert gpuctl("burnin", "gpu-node-03", "--duration", "0.2").code == 0
+    wait_for(lambda: sinfo()["gpu-node-03"][0] == "idle", timeout=30)
+    code, doc = handoff(gpuctl, "--slurm-conf-dir", conf_dir, "gpu-node-03")
+    assert code == 0 and doc["action"] in ("none", "reconfigure") and doc["moved"] == 1, doc
+    _, status = command_json(gpuctl, "status")
+    assert status["slurm"]["disagreements"] == [], status["slurm"]
