@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up, then run the pipeline end to end on a lab of simulated 8xH100 nodes:
 # lab up -> scan -> provision -> re-scan -> provision again (no-op) -> burn-in -> report
-# -> drift -> hand-off to Slurm -> pools -> status -> the runs.
+# -> drift -> hand-off to the lab's real Slurm with a smoke job -> pools Slurm enforces ->
+# monitor drains a node that breaks -> status -> the runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -15,7 +16,7 @@ g3() { g "$@" || [ $? -eq 3 ]; }
 rm -rf "$GPUCTL_HOME"
 g init
 echo; echo "# nine bare servers, as racked: no NVIDIA driver, nouveau loaded; some have problems"
-g lab up --nodes 9 --profile h100-sxm-8 \
+g lab up --nodes 9 --profile h100-sxm-8 --slurm \
   --fault gpu-node-04:pcie-downgrade \
   --fault gpu-node-05:package-install-failure \
   --fault gpu-node-06:fabricmanager-mismatch \
@@ -38,11 +39,22 @@ echo; echo "# later, a GPU on gpu-node-03 falls off the bus"
 g lab fault gpu-node-03 gpu-missing
 g3 scan --all
 g nodes show gpu-node-03 --events 4
-echo; echo "# the certified nodes go to Slurm (and a team gets a 4-GPU slice of one)"
-g handoff slurm -o "$GPUCTL_HOME/handoff/slurm" --partition h100
-cat "$GPUCTL_HOME/handoff/slurm/slurm.conf" "$GPUCTL_HOME/handoff/slurm/gres.conf"
+echo; echo "# the certified nodes go to the lab's real Slurm (slurmctld, slurmd, munge,"
+echo "# slurmdbd): into slurm.conf/gres.conf, registered IDLE with their GPUs, then a"
+echo "# training smoke job through sbatch/srun torchrun before they count as in service"
+eval "$(.venv/bin/gpuctl lab slurm env)"
+g handoff slurm --apply --slurm-conf-dir "$GPUCTL_HOME/lab/slurm/etc" --partition h100 --smoke
+echo; echo "\$ sinfo -N -o '%N %P %T %G'"; sinfo -N -o '%N %P %T %G'
+echo; echo "# a team gets a 4-GPU slice: Slurm enforces it (QOS GrpTRES=gres/gpu=4)"
 g pool create vision-team --sku h100-sxm-8 --gpus 4
 g pool assign vision-team --gpus 4
+echo "\$ sbatch -p pool-vision-team --gres=gpu:8 --wrap true"
+(cd /tmp && sbatch -p pool-vision-team --gres=gpu:8 --wrap true) || true
+echo; echo "# in service, a GPU on gpu-node-02 starts reporting uncorrectable ECC errors:"
+echo "# one monitor pass quarantines it and drains it in Slurm with the reason"
+g lab fault gpu-node-02 ecc-uncorrectable
+g3 monitor
+echo; echo "\$ sinfo -N -o '%N %T %E'"; sinfo -N -o '%N %T %E' | sort -u
 g status
 echo; echo "# every run of the demo, with its outcome"
 g runs list --limit 12

@@ -272,7 +272,7 @@ class Lab:
         """Stop nodes (all by default) and delete their directories."""
         gone = []
         if names is None and (self.dir / "slurm").exists():
-            from provisioner.lab.slurm import LabSlurm  # noqa: PLC0415 (it imports this)
+            from provisioner.lab.slurm import LabSlurm  # noqa: PLC0415 (only with a Slurm)
 
             LabSlurm(self).down()
         for name in names if names is not None else self.names():

@@ -27,9 +27,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from provisioner.errors import LabError
-from provisioner.lab.nodes import Lab
+
+if TYPE_CHECKING:
+    from provisioner.lab.nodes import Lab
 
 TOOLS = ("slurmctld", "slurmd", "munged", "scontrol", "sinfo", "sbatch", "sacctmgr",
          "slurmdbd", "mariadbd", "mariadb-install-db")
@@ -100,7 +103,7 @@ start)
     --log-file=/var/log/munge/munged.log --seed-file=/var/lib/munge/munged.seed
   # systemd's Restart=: a slurmd whose node is not configured yet exits; retry.
   ( while :; do SLURM_CONF={conf} slurmd -D -f {conf} >>/var/log/slurmd.out 2>&1
-      sleep 1; done ) </dev/null >/dev/null 2>&1 &
+      sleep 5; done ) </dev/null >/dev/null 2>&1 &
   echo $! > /run/gpuctl-lab-slurmd-loop.pid
   ;;
 stop)

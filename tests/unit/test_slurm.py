@@ -1,0 +1,165 @@
+"""The Slurm side's parsers and judges, on real output shapes (sinfo 22.05, slurmd -C,
+the smoke job's interleaved srun output) and on the config files gpuctl rewrites."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from provisioner.errors import InputError
+from provisioner.slurm.apply import (
+    BEGIN,
+    END,
+    compare_hardware,
+    set_pool_partitions,
+    split_block,
+    write_config,
+)
+from provisioner.slurm.client import parse_sinfo
+from provisioner.slurm.smoke import verdict
+from provisioner.slurm.sync import disagreement
+
+# `sinfo -N -h -o '%N|%T|%G|%u|%E'` on the lab's 22.05.8: one line per node and partition.
+SINFO = """gpu-node-01|idle|gpu:h100:8|Unknown|none
+gpu-node-01|idle|gpu:h100:8|Unknown|none
+gpu-node-02|drained|gpu:h100:8|root|fan noise, ticket 4411
+gpu-node-03|draining|gpu:h100:8|root|gpuctl: quarantined: xid: XID 79 on 0000:18:00
+gpu-node-04|idle*|gpu:h100:8|Unknown|none
+gpu-node-05|down*|gpu:h100:8|slurm|Not responding
+"""
+
+
+def test_sinfo_states_reasons_and_who() -> None:
+    nodes = parse_sinfo(SINFO)
+    assert sorted(nodes) == [f"gpu-node-0{i}" for i in range(1, 6)]
+    assert nodes["gpu-node-01"].state == "idle" and not nodes["gpu-node-01"].drained
+    assert nodes["gpu-node-02"].drained and not nodes["gpu-node-02"].by_gpuctl
+    assert nodes["gpu-node-02"].reason_user == "root"
+    assert nodes["gpu-node-03"].drained and nodes["gpu-node-03"].by_gpuctl
+    assert nodes["gpu-node-04"].not_responding and nodes["gpu-node-04"].label() == "IDLE*"
+    assert nodes["gpu-node-05"].state == "down"
+
+
+@pytest.mark.parametrize(("state", "line", "why"), [
+    ("in-service", 1, ""),
+    ("in-service", 2, "DRAINED in Slurm by root: fan noise, ticket 4411"),
+    ("quarantined", 3, ""),
+    ("quarantined", 1, "quarantined in gpuctl, IDLE in Slurm (takes jobs)"),
+    ("in-service", 5, "DOWN* in Slurm: Not responding"),
+    ("in-service", 4, "IDLE* in Slurm"),
+    ("certified", 3, "certified in gpuctl, DRAINING in Slurm (gpuctl: quarantined: xid: "
+     "XID 79 on 0000:18:00)"),
+])
+def test_disagreements_between_gpuctl_and_slurm(state: str, line: int, why: str) -> None:
+    assert disagreement(state, parse_sinfo(SINFO)[f"gpu-node-0{line}"]) == why
+
+
+def test_node_in_service_but_unknown_to_slurm_is_named() -> None:
+    assert disagreement("in-service", None) == "not in Slurm"
+    assert disagreement("discovered", None) == ""
+
+
+def test_slurmd_C_against_the_snapshot() -> None:
+    out = ("NodeName=gpu-node-01 CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 "
+           "ThreadsPerCore=1 RealMemory=24105\nUpTime=0-11:15:08\n")
+    assert compare_hardware(out, cpus=2, memory_mib=23381) == []
+    assert compare_hardware(out, cpus=224, memory_mib=2_000_000) == [
+        "slurmd -C reports CPUs=2, gpuctl's snapshot 224",
+        "slurmd -C reports RealMemory=24105 MiB, below the 2000000 MiB configured"]
+    assert compare_hardware("", cpus=2, memory_mib=1) == ["slurmd -C printed nothing usable"]
+
+
+def _rank(rank: int, host: str, checksum: str = "ab", first: float = 4.1,
+          last: float = 0.01) -> str:
+    return "GPUCTL_SMOKE " + json.dumps({"rank": rank, "host": host, "loss_first": first,
+                                         "loss_last": last, "checksum": checksum})
+
+
+def test_smoke_verdicts() -> None:
+    good = "\n".join(_rank(r, f"n{r // 2}") for r in range(4))
+    assert verdict(good, 4)[0]
+    # srun interleaves the ranks' output: a report after another process's text counts.
+    interleaved = "W1129 torch warning " + _rank(0, "n0") + "\n" + _rank(1, "n0")
+    assert verdict(interleaved, 2)[:2] == (True, "2 ranks, loss 4.10 -> 0.010, weights "
+                                                 "identical")
+    assert verdict(good, 6)[1] == "4 of 6 ranks reported"
+    odd = good.replace(_rank(3, "n1"), _rank(3, "n1", checksum="cd"))
+    assert verdict(odd, 4)[1] == ("weights differ across ranks: 2 checksums; rank 3 on n1 "
+                                  "differs from rank 0")
+    flat = good.replace(_rank(2, "n1"), _rank(2, "n1", last=4.0))
+    assert verdict(flat, 4)[1] == "loss did not decrease on rank 2 (n1): 4.100 -> 4.000"
+    assert verdict("GPUCTL_SMOKE {not json\n" + good, 4)[0]
+
+
+ADMIN = """ClusterName=prod
+SlurmctldHost=ctl1
+GresTypes=gpu
+NodeName=cpu[01-04] CPUs=64
+PartitionName=cpu Nodes=cpu[01-04] Default=YES
+"""
+
+
+def _line(name: str) -> str:
+    return f"NodeName={name} NodeAddr=10.0.0.1 Gres=gpu:h100:8 State=UNKNOWN"
+
+
+def test_block_keeps_the_admins_lines_and_a_backup(tmp_path: Path) -> None:
+    (tmp_path / "slurm.conf").write_text(ADMIN)
+    changed, node_list_changed = write_config(
+        tmp_path, ["GresTypes=gpu", _line("gpu01"), _line("gpu02"),
+                   "PartitionName=h100 Nodes=gpu01,gpu02 Default=NO"],
+        ["NodeName=gpu01 Name=gpu Type=h100 File=/dev/nvidia[0-7]"], keep=set())
+    assert node_list_changed and len(changed) == 2
+    text = (tmp_path / "slurm.conf").read_text()
+    before, block, after = split_block(text)
+    assert before == ADMIN and after == ""
+    # GresTypes is the admin's already: not repeated inside the block.
+    assert block == [_line("gpu01"), _line("gpu02"),
+                     "PartitionName=h100 Nodes=gpu01,gpu02 Default=NO"]
+    assert (tmp_path / "slurm.conf.gpuctl-bak").read_text() == ADMIN
+    assert not (tmp_path / "gres.conf.gpuctl-bak").exists()  # there was none
+    # The same again changes nothing; a later hand-off of gpu03 keeps gpu01/02 (still
+    # known to gpuctl), drops a retired gpu02, and keeps the partition covering them.
+    assert write_config(tmp_path, [_line("gpu01"), _line("gpu02"),
+                                   "PartitionName=h100 Nodes=gpu01,gpu02 Default=NO"],
+                        ["NodeName=gpu01 Name=gpu Type=h100 File=/dev/nvidia[0-7]"],
+                        keep={"gpu01", "gpu02"}) == ([], False)
+    changed, node_list_changed = write_config(
+        tmp_path, [_line("gpu03"), "PartitionName=h100 Nodes=gpu03 Default=NO"],
+        ["NodeName=gpu03 Name=gpu Type=h100 File=/dev/nvidia[0-7]"], keep={"gpu01"})
+    _, block, _ = split_block((tmp_path / "slurm.conf").read_text())
+    assert block == [_line("gpu03"), _line("gpu01"),
+                     "PartitionName=h100 Nodes=gpu01,gpu03 Default=NO"]
+    _, gres, _ = split_block((tmp_path / "gres.conf").read_text())
+    assert gres == ["NodeName=gpu03 Name=gpu Type=h100 File=/dev/nvidia[0-7]",
+                    "NodeName=gpu01 Name=gpu Type=h100 File=/dev/nvidia[0-7]"]
+    # Pool partitions live in the block too, and survive the next hand-off.
+    assert set_pool_partitions(tmp_path, ["PartitionName=pool-a Nodes=gpu01 QOS=gpuctl-a"],
+                               "pool-")
+    write_config(tmp_path, [_line("gpu03")], [], keep={"gpu01"})
+    _, block, _ = split_block((tmp_path / "slurm.conf").read_text())
+    assert "PartitionName=pool-a Nodes=gpu01 QOS=gpuctl-a" in block
+    assert "PartitionName=h100 Nodes=gpu01,gpu03 Default=NO" in block
+
+
+def test_config_errors_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="slurm.conf not found: --slurm-conf-dir"):
+        write_config(tmp_path, [_line("gpu01")], [], keep=set())
+    (tmp_path / "slurm.conf").write_text(ADMIN + BEGIN + "\n" + _line("gpu01") + "\n")
+    with pytest.raises(InputError, match="no END line"):
+        write_config(tmp_path, [_line("gpu01")], [], keep=set())
+    (tmp_path / "slurm.conf").write_text(ADMIN)
+    with pytest.raises(InputError, match="has no gpuctl block"):
+        set_pool_partitions(tmp_path, ["PartitionName=pool-a Nodes=x"], "pool-")
+    assert END not in (tmp_path / "slurm.conf").read_text()
+
+
+def test_monitor_interval() -> None:
+    from provisioner.cli.monitor import parse_interval  # noqa: PLC0415
+
+    assert [parse_interval(t) for t in ("30s", "5m", "1h", "90")] == [30, 300, 3600, 90]
+    for bad in ("5x", "", "1s", "m"):
+        with pytest.raises(InputError):
+            parse_interval(bad)
