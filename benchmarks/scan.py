@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -76,21 +77,30 @@ def ansible_setup(addresses: list[str], key_path: Path, parallel: int, work: Pat
                          f"{res.stdout[-2000:]}{res.stderr[-2000:]}")
 
 
+@contextlib.contextmanager
+def driver_lab(nodes: int, first_address: str) -> Iterator[Path]:
+    """A throw-away GPUCTL_HOME with ``nodes`` h100-sxm-8 lab nodes that have the driver
+    (so the probe runs nvidia-smi -q -x); yields the work dir; everything goes after."""
+    work = Path(tempfile.mkdtemp(prefix="gpuctl-bench-"))
+    os.environ["GPUCTL_HOME"] = str(work / "home")
+    try:
+        print(f"lab up: {nodes} h100-sxm-8 nodes with the driver", flush=True)
+        if gpuctl(["init"]) != 0 or gpuctl(["lab", "up", "--nodes", str(nodes),
+                                            "--first-address", first_address, "--driver",
+                                            "--json"]) != 0:
+            raise SystemExit("lab up failed")
+        yield work
+    finally:
+        gpuctl(["lab", "down"])
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=64)
     parser.add_argument("--parallel", type=int, default=32)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="gpuctl-bench-"))
-    os.environ["GPUCTL_HOME"] = str(work / "home")
-    if gpuctl(["init"]) != 0:
-        return 1
-    try:
-        print(f"lab up: {args.nodes} h100-sxm-8 nodes with the driver (so the probe runs "
-              "nvidia-smi -q -x)", flush=True)
-        if gpuctl(["lab", "up", "--nodes", str(args.nodes), "--first-address",
-                   "127.0.200.10", "--driver", "--json"]) != 0:
-            return 1
+    with driver_lab(args.nodes, "127.0.200.10") as work:
         key = work / "home/lab/id_ed25519"
         addresses = [f"127.0.200.{10 + i}" for i in range(args.nodes)]
         # Warm-up: record host keys, and page the probe and python into the cache.
@@ -106,9 +116,6 @@ def main() -> int:
         print(f"  ansible setup / gpuctl scan = {t_ansible / t_gpuctl:5.2f}x  (target >= 5)")
         print(f"  gpuctl scan / bare paramiko = {t_gpuctl / t_bare:5.2f}x  (target <= 2)")
         return 0
-    finally:
-        gpuctl(["lab", "down"])
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

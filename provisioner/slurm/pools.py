@@ -52,7 +52,7 @@ def sync_pools(gc: Gpuctl) -> list[str] | None:
                        "set", *limit])
         else:
             run_slurm(["sacctmgr", "-i", "add", "qos", qos_name(v.name), *limit])
-            done.append(f"QOS {qos_name(v.name)} ({v.assigned} GPUs)")
+        done.append(f"QOS {qos_name(v.name)} GrpTRES=gres/gpu={v.assigned}")
     conf_dir = Path(settings.conf_dir)
     known = set(block_node_lines(_block(conf_dir)))
     lines = []

@@ -9,10 +9,15 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlmodel import select
 
+from provisioner.db.engine import session_scope
+from provisioner.db.models import Node
 from provisioner.lab.slurm import LabSlurm
 from tests.e2e.conftest import command_json, wait_for
 
@@ -40,6 +45,16 @@ def handoff(gpuctl: Any, *args: str) -> tuple[int, dict[str, Any]]:
     return result.code, json.loads(result.out)
 
 
+def set_host_var(paths: Any, key: str, value: str) -> None:
+    """As an admin's inventory would set it for every node (``nodes import``)."""
+    with session_scope(paths.db_url) as session:
+        for node in session.exec(select(Node)):
+            host_vars = json.loads(node.vars_json or "{}")
+            host_vars[key] = value
+            node.vars_json = json.dumps(host_vars)
+            session.add(node)
+
+
 def events(gpuctl: Any, node: str) -> list[dict[str, Any]]:
     return json.loads(gpuctl("nodes", "show", node, "--json").out)["events"]  # type: ignore[no-any-return]
 
@@ -48,19 +63,35 @@ def test_day2_with_real_slurm(lab, gpuctl, paths, monkeypatch) -> None:  # type:
     lab.up(3, "--driver", "--slurm")
     slurm = LabSlurm(lab.lab)
     monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
-    monkeypatch.setenv("GPUCTL_SLURM_RESTART", f"{os.sys.executable} -m provisioner lab "
+    monkeypatch.setenv("GPUCTL_SLURM_RESTART", f"{sys.executable} -m provisioner lab "
                        "slurm restart")
     conf_dir = str(slurm.etc)
     assert gpuctl("scan", "--all", "--accept-new").code == 0
     assert gpuctl("provision", "--all").code == 0
     assert gpuctl("burnin", "--all", "--duration", "0.2", "--parallel", "1").code == 0
 
-    # The live hand-off: into slurm.conf/gres.conf, slurmctld restarted (new nodes), every
-    # node IDLE with its 8 GPUs, then the smoke job through sbatch/srun torchrun.
+    # A smoke job that cannot train (the nodes' Python has no torch): Slurm took the
+    # nodes, but none goes in service, and the job's log is kept.
+    set_host_var(paths, "gpuctl_burnin_python", "/usr/bin/python3")
+    code, doc = handoff(gpuctl, "--slurm-conf-dir", conf_dir, "--partition", "h100",
+                        "--smoke", "--smoke-steps", "100")
+    assert code == 3 and doc["moved"] == 0 and not doc["smoke"]["passed"], doc
+    assert doc["smoke"]["reason"].startswith(f"job {doc['smoke']['job_id']} FAILED"), doc
+    assert "No module named" in Path(doc["smoke"]["log"]).read_text()
+    assert set(doc["problems"]) == {"gpu-node-01", "gpu-node-02", "gpu-node-03"}
+    states = {n["name"]: n["state"] for n in json.loads(gpuctl("nodes", "list", "--json").out)}
+    assert set(states.values()) == {"certified"}, states
+    assert any(e["kind"] == "smoke" and e["reason"].startswith("failed: job")
+               for e in events(gpuctl, "gpu-node-02"))
+    set_host_var(paths, "gpuctl_burnin_python", sys.executable)
+
+    # The live hand-off: into slurm.conf/gres.conf, every node IDLE with its 8 GPUs (the
+    # first --apply restarted slurmctld for the new nodes), then the smoke job through
+    # sbatch/srun torchrun.
     code, doc = handoff(gpuctl, "--slurm-conf-dir", conf_dir, "--partition", "h100",
                         "--smoke", "--smoke-steps", "100")
     assert code == 0, doc
-    assert doc["action"] == "restart" and doc["moved"] == 3 and not doc["problems"], doc
+    assert doc["action"] == "none" and doc["moved"] == 3 and not doc["problems"], doc
     assert doc["smoke"]["passed"], doc["smoke"]
     ranks = doc["smoke"]["ranks"]
     assert len(ranks) == 6 and {r["host"] for r in ranks} == {
