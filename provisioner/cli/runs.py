@@ -17,7 +17,7 @@ def runs() -> None:
 
 
 @runs.command("list")
-@click.option("--kind", type=click.Choice(["scan", "provision", "burnin", "handoff"]))
+@click.option("--kind", type=click.Choice(["scan", "provision", "burnin", "handoff", "monitor"]))
 @click.option("--status", type=click.Choice([s.value for s in RunStatus]))
 @click.option("--limit", type=click.IntRange(1, 10000), default=30, show_default=True)
 @json_option

@@ -94,7 +94,7 @@ def status_document(session: Session, now: datetime | None = None, expiring_days
     drift_24h = session.exec(select(func.count()).select_from(Event).where(
         col(Event.kind).in_(("drift", "fault")), col(Event.at) >= day_ago)).one()
     runs = {}
-    for kind in ("scan", "provision", "burnin"):
+    for kind in ("scan", "provision", "burnin", "monitor"):
         run = session.exec(select(Run).where(Run.kind == kind)
                            .order_by(col(Run.id).desc()).limit(1)).first()
         if run is not None:

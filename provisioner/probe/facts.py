@@ -13,7 +13,13 @@ from importlib import resources
 from typing import Any
 
 from provisioner.errors import GpuctlError
-from provisioner.probe.smi_xml import SmiGpu, SmiParseError, parse_smi_xml, parse_xid_lines
+from provisioner.probe.smi_xml import (
+    SmiGpu,
+    SmiParseError,
+    parse_nvlink_lines,
+    parse_smi_xml,
+    parse_xid_lines,
+)
 
 MAX_LIST = 1024
 MAX_STR = 512
@@ -87,6 +93,8 @@ class HardwareFacts:
     xids: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     cpu_threads: int | None = None  # logical CPUs (Slurm's CPUs=)
+    # Per GPU with NVLink: {"gpu", "links", "inactive": [link numbers]} (nvlink --status).
+    nvlink: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,7 +141,7 @@ def parse_probe_output(raw: bytes) -> HardwareFacts:
             smi_status = "unusable"
             warnings.append(str(exc)[:300])
     cpu, os_info, dmi = _d(doc.get("cpu")), _d(doc.get("os")), _d(doc.get("dmi"))
-    xid_lines = doc.get("xid_lines")
+    xid_lines, nvlink_lines = doc.get("xid_lines"), doc.get("nvlink_lines")
     return HardwareFacts(
         probe=doc["probe"],
         hostname=_s(doc.get("hostname")),
@@ -172,4 +180,5 @@ def parse_probe_output(raw: bytes) -> HardwareFacts:
         gpus=gpus,
         xids=parse_xid_lines(xid_lines if isinstance(xid_lines, list) else []),
         warnings=warnings,
+        nvlink=parse_nvlink_lines(nvlink_lines if isinstance(nvlink_lines, list) else []),
     )

@@ -203,6 +203,16 @@ def nvidia_smi():
     return {"available": True, "xml": text, "exit_code": code}
 
 
+def nvlink_lines():
+    """``nvidia-smi nvlink --status``: its GPU and Link lines, parsed on the control host
+    (None without nvidia-smi, or when it fails)."""
+    code, data = run_tool(["nvidia-smi", "nvlink", "--status"])
+    if code != 0 or data is None:
+        return None
+    lines = [line.strip()[:200] for line in data.decode("utf-8", "replace").splitlines()]
+    return [line for line in lines if line.startswith(("GPU ", "Link "))][:4096]
+
+
 def xid_lines():
     code, data = run_tool(["dmesg"])
     if not data:
@@ -249,6 +259,7 @@ def main():
         "nvidia_module_version": read("/sys/module/nvidia/version"),
         "secure_boot": secure_boot(),
         "smi": nvidia_smi(),
+        "nvlink_lines": nvlink_lines(),
         "xid_lines": xid_lines(),
         "nvml": nvml(),
     }

@@ -209,3 +209,26 @@ def parse_xid_lines(lines: list[Any]) -> list[dict[str, Any]]:
             out.append({"pci": match.group(1).lower(), "xid": int(match.group(2)),
                         "message": match.group(3)[:200]})
     return out
+
+
+_GPU_LINE = re.compile(r"^GPU (\d+):")
+_LINK_LINE = re.compile(r"^Link (\d+):\s*(.*)$")
+
+
+def parse_nvlink_lines(lines: list[Any]) -> list[dict[str, Any]]:
+    """``nvidia-smi nvlink --status`` lines (``GPU 0: ... (UUID: ...)`` then
+    ``Link 3: 26.562 GB/s`` or ``Link 3: <inactive>``) as ``{"gpu": 0, "links": 18,
+    "inactive": [3]}`` per GPU; other lines are skipped."""
+    out: list[dict[str, Any]] = []
+    for line in lines[:4096]:
+        if not isinstance(line, str):
+            continue
+        text = line.strip()
+        gpu, link = _GPU_LINE.match(text), _LINK_LINE.match(text)
+        if gpu:
+            out.append({"gpu": int(gpu.group(1)), "links": 0, "inactive": []})
+        elif link and out:
+            out[-1]["links"] += 1
+            if "inactive" in link.group(2).lower():
+                out[-1]["inactive"].append(int(link.group(1)))
+    return out

@@ -2,9 +2,10 @@
 
 One pass probes every serving node (certified or in service) with the scan's probe and
 applies only its passive checks: new XIDs, ECC and row-remap errors, GPUs missing,
-PCIe width, InfiniBand ports, the fabric manager's registration of every GPU on NVSwitch
-systems, persistence mode. A critical finding quarantines the node and, when Slurm sync
-is on, drains it in Slurm with the reason, in the same pass. A healthy node costs one
+PCIe width, InfiniBand ports, NVLink links (``nvidia-smi nvlink --status``), the fabric
+manager's registration of every GPU on NVSwitch systems, persistence mode. A critical
+finding quarantines the node and, when Slurm sync is on, drains it in Slurm with the
+reason, in the same pass. A healthy node costs one
 SSH exec and no database write (its last snapshot stays the reference), which is what
 makes the pass cheaper than ``scan``.
 """
@@ -18,6 +19,7 @@ from typing import Any
 
 from sqlmodel import col, select
 
+from provisioner.catalogue import Sku
 from provisioner.db.models import HardwareSnapshot, Node
 from provisioner.errors import NotFoundError
 from provisioner.handle import Gpuctl
@@ -55,9 +57,20 @@ class MonitorSummary:
                 "slurm": self.slurm.to_dict() if self.slurm else None}
 
 
-def service_findings(facts: HardwareFacts) -> list[Finding]:
-    """Checks that hold only for a node that serves: fabric manager and persistence."""
+def service_findings(facts: HardwareFacts, sku: Sku | None) -> list[Finding]:
+    """Checks that hold only for a node that serves: every NVLink link up (as many as
+    the SKU has), the fabric manager's registration of every GPU, persistence mode."""
     out = []
+    want = int(sku.fabric.get("nvlink_links") or 0) if sku is not None else 0
+    for entry in facts.nvlink:
+        if entry["inactive"]:
+            links = ", ".join(str(x) for x in entry["inactive"][:8])
+            out.append(Finding("nvlink", "critical", f"GPU {entry['gpu']}: NVLink "
+                               f"link{'s' if len(entry['inactive']) > 1 else ''} {links} "
+                               "inactive"))
+        elif want and entry["links"] and entry["links"] < want:
+            out.append(Finding("nvlink", "critical", f"GPU {entry['gpu']}: "
+                               f"{entry['links']} NVLink links, SKU has {want}"))
     if facts.smi_status == "ok":
         waiting = [g for g in facts.gpus if g.fabric_state not in (None, "", "N/A",
                                                                    "Completed")]
@@ -113,7 +126,8 @@ def _judge(gc: Gpuctl, probe: Any, run_id: int) -> MonitorNode:
             prev_snap = session.get(HardwareSnapshot, node.last_snapshot_id) \
                 if node.last_snapshot_id else None
             prev = json.loads(prev_snap.facts_json) if prev_snap else None
-            findings = health_findings(facts, gc.sku(node.sku)) + service_findings(facts)
+            sku = gc.sku(node.sku)
+            findings = health_findings(facts, sku) + service_findings(facts, sku)
             if prev:
                 findings = new_only(prev, findings, facts) + drift_findings(prev, facts)
                 seen = {(f["kind"], f["message"]) for f in prev.get("findings", [])}

@@ -7,13 +7,14 @@ byte. Each file is replaced atomically (temporary file, rename) after a copy of 
 one is kept as ``<name>.gpuctl-bak``. A node handed off before stays in the block while
 gpuctl knows it (drained in Slurm when it is not serving), so Slurm keeps its history.
 
-When the block's node list changes, Slurm 22.05 must restart slurmctld: its ``scontrol
-reconfigure`` refuses a new node count and exits ("node count has changed before
-reconfiguration ... You have to restart slurmctld", seen on Debian 12's 22.05.8; the
-Slurm FAQ's "add nodes" steps restart it too). gpuctl then runs the admin's restart
-command (``--restart-command``, default ``systemctl restart slurmctld``); from Slurm
-23.11 ``scontrol reconfigure`` restarts the daemons itself and is used instead. When
-only the nodes' attributes change, ``scontrol reconfigure``.
+When the block's node list changes, gpuctl restarts slurmctld with the admin's command
+(``--restart-command``, default ``systemctl restart slurmctld``), then runs ``scontrol
+reconfigure`` for the slurmd: Slurm 22.05's ``scontrol reconfigure`` refuses a new node
+count and slurmctld exits ("node count has changed before reconfiguration from 1 to 3.
+You have to restart slurmctld", seen on Debian 12's 22.05.8). A restart is right on
+every version (later releases reworked reconfigure, CHANGELOG/slurm-23.11.md, but gpuctl
+does not rely on that). When only the nodes' attributes change, ``scontrol
+reconfigure``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 
 from provisioner.errors import InputError
 from provisioner.handle import Gpuctl
-from provisioner.slurm.client import SlurmError, SlurmNode, reconfigure, slurm_nodes, slurm_version
+from provisioner.slurm.client import SlurmError, SlurmNode, reconfigure, slurm_nodes
 
 BEGIN = "# BEGIN gpuctl managed block (gpuctl handoff slurm --apply rewrites it; edit " \
     "outside it)"
@@ -197,7 +198,7 @@ def activate_config(node_list_changed: bool, restart_command: str) -> str:
     Raises:
         SlurmError: the restart command or ``scontrol reconfigure`` failed.
     """
-    if node_list_changed and slurm_version() < (23, 11):
+    if node_list_changed:
         try:
             res = subprocess.run(shlex.split(restart_command), capture_output=True,
                                  text=True, timeout=120, check=False)

@@ -118,12 +118,3 @@ def resume(names: list[str]) -> None:
 
 def reconfigure() -> None:
     run_slurm(["scontrol", "reconfigure"])
-
-
-def slurm_version() -> tuple[int, int]:
-    """(major, minor) of the Slurm tools, e.g. (22, 5) from ``slurm-wlm 22.05.8``."""
-    text = run_slurm(["sinfo", "--version"])
-    match = re.search(r"(\d+)\.(\d+)", text)
-    if not match:
-        raise SlurmError(f"cannot read Slurm's version from {text.strip()[:80]!r}")
-    return int(match.group(1)), int(match.group(2))

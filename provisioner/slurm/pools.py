@@ -2,7 +2,8 @@
 the pool's nodes.
 
 Why not a reservation: Slurm 22.05 reserves cores, nodes, licenses or burst buffers
-(reservations.html), not GPUs, so a 4-GPU slice of an 8-GPU node cannot be one. A QOS's
+(reservations.html), not GPUs ("Make it so reservations can reserve GRES" arrived in
+23.11, CHANGELOG/slurm-23.11.md), so a 4-GPU slice of an 8-GPU node cannot be one there. A QOS's
 ``GrpTRES=gres/gpu=N`` caps the GPUs all jobs under it hold together
 (resource_limits.html; it needs accounting through slurmdbd with
 ``AccountingStorageEnforce=limits,qos`` and ``AccountingStorageTRES=gres/gpu``), and

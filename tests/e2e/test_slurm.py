@@ -156,3 +156,11 @@ def test_day2_with_real_slurm(lab, gpuctl, paths, monkeypatch) -> None:  # type:
     assert code == 0 and doc["action"] in ("none", "reconfigure") and doc["moved"] == 1, doc
     _, status = command_json(gpuctl, "status")
     assert status["slurm"]["disagreements"] == [], status["slurm"]
+
+    # An NVLink link of an in-service node goes down: monitor reads `nvidia-smi nvlink
+    # --status` and drains it too.
+    assert gpuctl("lab", "fault", "gpu-node-01", "nvlink-down").code == 0
+    code, mon = command_json(gpuctl, "monitor")
+    assert code == 3 and mon["quarantined"] == ["gpu-node-01"], mon
+    assert sinfo()["gpu-node-01"][2] == "gpuctl: quarantined: nvlink: GPU 4: NVLink link 3 " \
+        "inactive", sinfo()

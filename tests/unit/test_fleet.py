@@ -244,3 +244,29 @@ def test_bad_input_gives_one_line_errors_and_changes_nothing(fleet: Gpuctl, gpuc
     assert len(lines) == 1 and lines[0].startswith(
         "Error: cannot open database postgresql+psycopg://nobody:***@127.0.0.1:1/x")
     assert "pw" not in result.err
+
+
+def test_live_handoff_failures_are_one_line_and_move_nothing(fleet: Gpuctl, gpuctl,  # type: ignore[no-untyped-def]
+                                                             tmp_path, monkeypatch) -> None:
+    result = gpuctl("handoff", "slurm", "--apply", "--slurm-conf-dir", str(tmp_path / "none"))
+    assert result.code == 1 and result.err.startswith(
+        f"Error: {tmp_path / 'none' / 'slurm.conf'} not found: --slurm-conf-dir must be the "
+        "cluster's"), result
+    assert _state(fleet, "gpu00001") == "certified"
+    # The files are written (with a backup of the admin's), the restart fails: the run
+    # fails with the restart command's error, no node moves, Slurm sync stays on.
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    (conf / "slurm.conf").write_text("ClusterName=prod\n")
+    monkeypatch.setenv("GPUCTL_SLURM_RESTART", "false")
+    result = gpuctl("handoff", "slurm", "--apply", "--slurm-conf-dir", str(conf))
+    assert result.code == 1 and "restart command 'false' exited 1" in result.err, result
+    assert "\n" not in result.err.strip() and "Traceback" not in result.err
+    assert (conf / "slurm.conf.gpuctl-bak").read_text() == "ClusterName=prod\n"
+    assert "NodeName=gpu00001" in (conf / "slurm.conf").read_text()
+    assert _state(fleet, "gpu00001") == "certified"
+    runs = json.loads(gpuctl("runs", "list", "--kind", "handoff", "--json").out)
+    assert runs[0]["status"] == "failed"
+    # --apply and --dry-run, or --smoke without --apply, are usage errors.
+    assert gpuctl("handoff", "slurm", "--apply", "--dry-run").code == 2
+    assert gpuctl("handoff", "slurm", "--smoke").code == 2

@@ -163,3 +163,21 @@ def test_monitor_interval() -> None:
     for bad in ("5x", "", "1s", "m"):
         with pytest.raises(InputError):
             parse_interval(bad)
+
+
+def test_monitor_reads_nvlink_status() -> None:
+    from provisioner.catalogue import catalogue  # noqa: PLC0415
+    from provisioner.probe.facts import parse_probe_output  # noqa: PLC0415
+    from provisioner.scan.monitor import service_findings  # noqa: PLC0415
+
+    lines = ["GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1)", "Link 0: 26.562 GB/s",
+             "Link 1: 26.562 GB/s", "GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-2)",
+             "Link 0: <inactive>", "Link 1: 26.562 GB/s", 17, "garbage"]
+    facts = parse_probe_output(json.dumps({"probe": "python", "nvlink_lines": lines}).encode())
+    assert facts.nvlink == [{"gpu": 0, "links": 2, "inactive": []},
+                            {"gpu": 1, "links": 2, "inactive": [0]}]
+    sku = catalogue()["h100-sxm-8"]
+    found = [(f.kind, f.severity, f.message) for f in service_findings(facts, sku)]
+    assert ("nvlink", "critical", "GPU 1: NVLink link 0 inactive") in found
+    assert ("nvlink", "critical", f"GPU 0: 2 NVLink links, SKU has "
+            f"{sku.fabric['nvlink_links']}") in found
