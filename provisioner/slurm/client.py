@@ -99,16 +99,18 @@ def slurm_nodes(names: list[str] | None = None) -> dict[str, SlurmNode]:
     return parse_sinfo(run_slurm(argv))
 
 
-def _safe_reason(reason: str) -> str:
-    # One line, no quotes: scontrol takes it as one argument (no shell involved).
-    return re.sub(r"[\r\n\"']+", " ", reason).strip()[:200]
+def drain_reason(reason: str) -> str:
+    """The Reason gpuctl sets for ``reason``: prefixed, one line, no quotes (scontrol
+    takes it as one argument; no shell is involved), at most 200 characters."""
+    return re.sub(r"[\r\n\"']+", " ", f"{REASON_PREFIX} {reason}").strip()[:200]
 
 
 def drain(names: list[str], reason: str) -> None:
-    """DRAIN in Slurm: running jobs finish, no new ones start (scontrol(1))."""
+    """DRAIN in Slurm: running jobs finish, no new ones start (scontrol(1)). A node
+    already drained gets the new reason."""
     if names:
         run_slurm(["scontrol", "update", f"NodeName={','.join(names)}", "State=DRAIN",
-                   f"Reason={_safe_reason(REASON_PREFIX + ' ' + reason)}"])
+                   f"Reason={drain_reason(reason)}"])
 
 
 def resume(names: list[str]) -> None:

@@ -20,7 +20,14 @@ from provisioner.db.models import Event, Node
 from provisioner.handle import Gpuctl
 from provisioner.inventory.lifecycle import SERVING, State, record_event
 from provisioner.slurm.apply import load_settings
-from provisioner.slurm.client import SlurmError, SlurmNode, drain, resume, slurm_nodes
+from provisioner.slurm.client import (
+    SlurmError,
+    SlurmNode,
+    drain,
+    drain_reason,
+    resume,
+    slurm_nodes,
+)
 
 ACTOR_SLURM = "slurm"
 
@@ -96,8 +103,13 @@ def sync_slurm(gc: Gpuctl, names: list[str] | None = None) -> SyncResult | None:
                     elif snode.drained:
                         result.foreign.append(node.name)
                         _note_foreign_drain(gc, session, node, snode)
-                elif not snode.drained:
-                    to_drain[node.name] = f"{node.state}: {_last_reason(session, node)}"
+                else:
+                    reason = f"{node.state}: {_last_reason(session, node)}"
+                    # Not drained yet, or drained by gpuctl for an older reason (drained
+                    # for maintenance, then quarantined): Slurm gets the current one.
+                    if not snode.drained or (snode.by_gpuctl
+                                             and snode.reason != drain_reason(reason)):
+                        to_drain[node.name] = reason
         for name, reason in to_drain.items():
             drain([name], reason)
             result.drained.append(name)

@@ -123,6 +123,7 @@ def test_day2_with_real_slurm(lab, gpuctl, paths, monkeypatch) -> None:  # type:
     assert why == {"gpu-node-02": "DRAINED in Slurm by root: fan noise, ticket 4411"}, status
     code, mon = command_json(gpuctl, "monitor")
     assert code == 0 and mon["slurm"]["foreign"] == ["gpu-node-02"], mon
+    assert mon["slurm"]["drained"] == mon["slurm"]["resumed"] == [], mon  # in step already
     assert any(e["kind"] == "slurm" and "fan noise" in e["reason"]
                for e in events(gpuctl, "gpu-node-02"))
     assert sinfo()["gpu-node-02"][0] == "drained"
@@ -146,7 +147,9 @@ def test_day2_with_real_slurm(lab, gpuctl, paths, monkeypatch) -> None:  # type:
     # the node in Slurm and a hand-off puts it back in service.
     assert gpuctl("lab", "repair", "gpu-node-03").code == 0
     assert gpuctl("release", "gpu-node-03", "--reason", "GPU 1 replaced").code == 0
-    assert sinfo()["gpu-node-03"][0] == "drained"  # not serving yet
+    # Not serving yet: still drained, now with the current reason.
+    assert sinfo()["gpu-node-03"][0::2] == ("drained", "gpuctl: discovered: release: GPU 1 "
+                                            "replaced")
     assert gpuctl("scan", "gpu-node-03").code == 0
     result = gpuctl("provision", "gpu-node-03", "--json")
     assert result.code == 0, result.out[-3000:]
