@@ -102,7 +102,7 @@ PartitionName=cpu Nodes=cpu[01-04] Default=YES
 
 
 def _line(name: str) -> str:
-    return f"NodeName={name} NodeAddr=10.0.0.1 Gres=gpu:h100:8 State=UNKNOWN"
+    return f"NodeName={name} NodeAddr=127.0.0.21 Gres=gpu:h100:8 State=UNKNOWN"
 
 
 def test_block_keeps_the_admins_lines_and_a_backup(tmp_path: Path) -> None:
