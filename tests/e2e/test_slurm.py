@@ -167,3 +167,19 @@ def test_day2_with_real_slurm(lab, gpuctl, paths, monkeypatch) -> None:  # type:
     assert code == 3 and mon["quarantined"] == ["gpu-node-01"], mon
     assert sinfo()["gpu-node-01"][2] == "gpuctl: quarantined: nvlink: GPU 4: NVLink link 3 " \
         "inactive", sinfo()
+
+    # Persistence mode off on node 2 (its daemon stopped) is a warning, not a drain; its
+    # GPUs' fabric registration failing is critical: quarantined and drained.
+    stopped = lab.lab.node_exec("gpu-node-02", ["/etc/init.d/nvidia-persistenced", "stop"])
+    assert stopped.returncode == 0, stopped
+    code, mon = command_json(gpuctl, "monitor")
+    node2 = {n["name"]: n for n in mon["nodes"]}["gpu-node-02"]
+    assert code == 0 and node2["outcome"] == "warning", mon
+    assert node2["message"] == "persistence: persistence mode is off on 8 of 8 GPUs"
+    assert sinfo()["gpu-node-02"][0] == "idle"
+    assert gpuctl("lab", "fault", "gpu-node-02", "fabric-unregistered").code == 0
+    code, mon = command_json(gpuctl, "monitor")
+    assert code == 3 and mon["quarantined"] == ["gpu-node-02"], mon
+    state, _, reason = sinfo()["gpu-node-02"]
+    assert state == "drained" and reason.startswith(
+        "gpuctl: quarantined: fabric: NVSwitch fabric not up: state "), reason
