@@ -12,7 +12,6 @@ makes the pass cheaper than ``scan``.
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,14 +19,14 @@ from typing import Any
 from sqlmodel import col, select
 
 from provisioner.catalogue import Sku
-from provisioner.db.models import HardwareSnapshot, Node
+from provisioner.db.models import Node
 from provisioner.errors import NotFoundError
 from provisioner.handle import Gpuctl
-from provisioner.inventory.lifecycle import SERVING, get_node, record_event
+from provisioner.inventory.lifecycle import SERVING, get_node
 from provisioner.probe.facts import HardwareFacts
 from provisioner.runs import RunScope, recover_abandoned
-from provisioner.scan.findings import Finding, drift_findings, health_findings, new_only
-from provisioner.scan.run import _classify, _probe_node
+from provisioner.scan.findings import Finding, health_findings
+from provisioner.scan.run import judge_facts, probe_failed, probe_node
 from provisioner.scan.store import apply_findings, store_snapshot
 from provisioner.slurm.sync import SyncResult, sync_slurm
 from provisioner.ssh.exec import Target
@@ -99,7 +98,7 @@ def monitor_pass(gc: Gpuctl, *, parallel: int = 32, connect_timeout: float = 10.
     with RunScope(gc, "monitor", {"nodes": len(targets)}) as run:
         summary.run_id = run.run_id
         with ThreadPoolExecutor(max_workers=min(parallel, max(1, len(targets)))) as pool:
-            for probe in pool.map(lambda t: _probe_node(t, known, False, connect_timeout,
+            for probe in pool.map(lambda t: probe_node(t, known, False, connect_timeout,
                                                         command_timeout), targets):
                 summary.nodes.append(_judge(gc, probe, run.run_id))
         run.node_ok = {n.name: n.outcome in ("ok", "warning") for n in summary.nodes}
@@ -117,22 +116,14 @@ def _judge(gc: Gpuctl, probe: Any, run_id: int) -> MonitorNode:
         with gc.session() as session:
             node = get_node(session, name)
             if probe.error is not None:
-                outcome = _classify(probe.error)
-                message = str(probe.error).removeprefix(f"{name}: ")
-                record_event(session, node, "monitor", f"{outcome}: {message}"[:500],
-                             actor=gc.actor, run_id=run_id, severity="warning")
-                return MonitorNode(name, outcome, message)
+                failed = probe_failed(session, node, probe, kind="monitor", actor=gc.actor,
+                                      run_id=run_id)
+                return MonitorNode(name, failed.outcome, failed.message)
             facts: HardwareFacts = probe.facts
-            prev_snap = session.get(HardwareSnapshot, node.last_snapshot_id) \
-                if node.last_snapshot_id else None
-            prev = json.loads(prev_snap.facts_json) if prev_snap else None
             sku = gc.sku(node.sku)
-            findings = health_findings(facts, sku) + service_findings(facts, sku)
-            if prev:
-                findings = new_only(prev, findings, facts) + drift_findings(prev, facts)
-                seen = {(f["kind"], f["message"]) for f in prev.get("findings", [])}
-                findings = [f for f in findings if (f.kind, f.message) not in seen]
-            notable = [f for f in findings if f.severity != "info"]
+            findings, fresh = judge_facts(session, node, facts, health_findings(facts, sku)
+                                          + service_findings(facts, sku))
+            notable = [f for f in fresh if f.severity != "info"]
             if not notable:
                 return MonitorNode(name, "ok")
             # Stored, so the next pass does not report the same finding again.

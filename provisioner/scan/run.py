@@ -9,7 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from provisioner.catalogue import infer_sku
 from provisioner.db.models import HardwareSnapshot, Node
@@ -63,7 +63,7 @@ class _Probe:
     seconds: float = 0.0
 
 
-def _probe_node(target: Target, known_hosts: KnownHosts, accept_new: bool,
+def probe_node(target: Target, known_hosts: KnownHosts, accept_new: bool,
                 connect_timeout: float, command_timeout: float) -> _Probe:
     start = time.monotonic()
     try:
@@ -96,34 +96,50 @@ def _record(gc: Gpuctl, probe: _Probe, run_id: int) -> NodeScanResult:
                               "stored", seconds=probe.seconds)
 
 
+def probe_failed(session: Session, node: Node, probe: _Probe, *, kind: str, actor: str,
+                 run_id: int) -> NodeScanResult:
+    """A node the probe did not get facts from: a changed host key flags the node (every
+    later SSH path refuses it), anything else is a warning event of ``kind``."""
+    assert probe.error is not None
+    outcome = _classify(probe.error)
+    message = str(probe.error).removeprefix(f"{node.name}: ")
+    if isinstance(probe.error, HostKeyChanged):
+        mark_hostkey_changed(session, node, message, actor=actor, run_id=run_id)
+    else:
+        record_event(session, node, kind, f"{outcome}: {message}"[:500], actor=actor,
+                     run_id=run_id, severity="warning")
+    return NodeScanResult(node.name, outcome, message, seconds=probe.seconds)
+
+
+def judge_facts(session: Session, node: Node, facts: HardwareFacts, findings: list[Finding]
+                ) -> tuple[list[Finding], list[Finding]]:
+    """``findings`` (this snapshot's health) against the node's last snapshot: returns
+    (every finding, with new XIDs only and drift added; the ones it did not show)."""
+    prev_snap = session.get(HardwareSnapshot, node.last_snapshot_id) \
+        if node.last_snapshot_id else None
+    prev = json.loads(prev_snap.facts_json) if prev_snap else None
+    if prev:
+        findings = new_only(prev, findings, facts) + drift_findings(prev, facts)
+    seen = {(f["kind"], f["message"]) for f in (prev or {}).get("findings", [])}
+    return findings, [f for f in findings if (f.kind, f.message) not in seen]
+
+
 def _store_probe(gc: Gpuctl, probe: _Probe, run_id: int) -> NodeScanResult:
     name, actor = probe.target.name, gc.actor
     with gc.session() as session:
         node = get_node(session, name)
         if probe.error is not None:
-            outcome = _classify(probe.error)
-            message = str(probe.error).removeprefix(f"{name}: ")
-            if isinstance(probe.error, HostKeyChanged):
-                mark_hostkey_changed(session, node, message, actor=actor, run_id=run_id)
-            else:
-                record_event(session, node, "scan", f"{outcome}: {message}", actor=actor,
-                             run_id=run_id, severity="warning")
-            return NodeScanResult(name, outcome, message, seconds=probe.seconds)
+            return probe_failed(session, node, probe, kind="scan", actor=actor,
+                                run_id=run_id)
         facts = probe.facts
         assert facts is not None
-        prev_snap = session.get(HardwareSnapshot, node.last_snapshot_id) \
-            if node.last_snapshot_id else None
-        prev = json.loads(prev_snap.facts_json) if prev_snap else None
         if node.sku is None:
             node.sku = infer_sku(gc.skus(), [g.model for g in facts.gpus]) \
                 if facts.smi_status == "ok" \
                 or not facts.pci_gpus else None
-        findings = health_findings(facts, gc.sku(node.sku))
-        if prev:
-            findings = new_only(prev, findings, facts) + drift_findings(prev, facts)
+        findings, fresh = judge_facts(session, node, facts,
+                                      health_findings(facts, gc.sku(node.sku)))
         store_snapshot(session, node, facts, run_id, findings)
-        seen = {(f["kind"], f["message"]) for f in (prev or {}).get("findings", [])}
-        fresh = [f for f in findings if (f.kind, f.message) not in seen]
         apply_findings(session, node, fresh, actor=actor, run_id=run_id)
         notable = [f for f in findings if f.severity != "info"]
         outcome = "drift" if any(f.drift for f in notable) else ("fault" if notable else "ok")
@@ -194,7 +210,7 @@ def scan_nodes(
                     deliver(NodeScanResult(target.name, "refused", "host key changed earlier; "
                             f"verify it, then `gpuctl nodes forget-hostkey {target.name}`"))
                     continue
-                futures.append(pool.submit(_probe_node, target, known_hosts, accept_new,
+                futures.append(pool.submit(probe_node, target, known_hosts, accept_new,
                                            connect_timeout, command_timeout))
             for fut in as_completed(futures):
                 deliver(_record(gc, fut.result(), run.run_id))

@@ -26,9 +26,8 @@ import shlex
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from provisioner.errors import InputError
 from provisioner.handle import Gpuctl
@@ -130,15 +129,6 @@ def _write_with_backup(path: Path, text: str) -> bool:
     return True
 
 
-@dataclass
-class ApplyResult:
-    conf_dir: str
-    changed: list[str] = field(default_factory=list)
-    action: str = "none"  # none | reconfigure | restart
-    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    problems: dict[str, str] = field(default_factory=dict)
-
-
 def write_config(conf_dir: Path, conf_lines: list[str], gres_lines: list[str],
                  keep: set[str]) -> tuple[list[str], bool]:
     """Rewrite gpuctl's blocks: ``conf_lines``/``gres_lines`` for the nodes handed off
@@ -157,11 +147,10 @@ def write_config(conf_dir: Path, conf_lines: list[str], gres_lines: list[str],
                          "Slurm configuration directory") from None
     except OSError as exc:
         raise InputError(f"cannot read the Slurm config in {conf_dir}: {exc}") from None
-    _, old_block, _ = split_block(conf_text)
+    before, old_block, after = split_block(conf_text)
     old_nodes = block_node_lines(old_block)
     new_nodes = block_node_lines(conf_lines)
     kept = {n: line for n, line in old_nodes.items() if n in keep and n not in new_nodes}
-    before, _, after = split_block(conf_text)
     outside = before + after
     body = [line for line in conf_lines if not line.startswith(("PartitionName=",
                                                                 "GresTypes="))]

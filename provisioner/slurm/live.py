@@ -19,14 +19,16 @@ from typing import Any
 
 from sqlmodel import select
 
+from provisioner.burnin.command import DEFAULT_PYTHON
 from provisioner.db.models import Node
 from provisioner.errors import GpuctlError
 from provisioner.fleet.handoff import (
-    REAL_MEMORY_FRACTION,
     HandoffInput,
     HandoffNode,
     HandoffResult,
+    gres_type,
     hand_off,
+    real_memory_mib,
     render_slurm,
 )
 from provisioner.handle import Gpuctl
@@ -39,13 +41,11 @@ from provisioner.slurm.apply import (
     wait_registered,
     write_config,
 )
-from provisioner.slurm.client import SlurmError, slurm_nodes
+from provisioner.slurm.client import SlurmError
 from provisioner.slurm.smoke import SmokeResult, run_smoke
 from provisioner.slurm.sync import sync_slurm
 from provisioner.ssh.exec import Target, run_on_node
 from provisioner.ssh.hostkeys import KnownHosts
-
-DEFAULT_PYTHON = "/opt/gpuctl/burnin/bin/python3"
 
 
 @dataclass
@@ -64,7 +64,7 @@ class LiveHandoff:
 
 
 def _gres(n: HandoffNode) -> str:
-    return f"gpu:{n.gres_type or n.sku.lower()}:{n.gpus}"
+    return f"gpu:{gres_type(n)}:{n.gpus}"
 
 
 def live_handoff(gc: Gpuctl, names: list[str], sku: str | None, *, conf_dir: Path,
@@ -97,10 +97,15 @@ def live_handoff(gc: Gpuctl, names: list[str], sku: str | None, *, conf_dir: Pat
         sync_slurm(gc)  # resume what gpuctl drained; drain what is not serving
         view, problems = wait_registered({n.name: _gres(n) for n in nodes}, wait)
         live.slurm = {name: node.label() for name, node in view.items()}
-        problems.update(_hardware_problems(gc, [n for n in nodes if n.name not in problems]))
+        with gc.session() as session:
+            targets = {n.name: Target.of(get_node(session, n.name)) for n in nodes}
+        known = KnownHosts(gc.paths.known_hosts)
+        problems.update(_hardware_problems(
+            [n for n in nodes if n.name not in problems], targets, known))
         good = [n for n in nodes if n.name not in problems]
         if smoke and good:
-            live.smoke = _smoke(gc, good, partition, smoke_steps, smoke_timeout)
+            live.smoke = _smoke(gc, good, [targets[n.name] for n in good], known, partition,
+                                smoke_steps, smoke_timeout)
             _record_smoke(gc, good, live.smoke)
             if not live.smoke.passed:
                 problems.update({n.name: f"smoke job failed: {live.smoke.reason}"
@@ -112,11 +117,9 @@ def live_handoff(gc: Gpuctl, names: list[str], sku: str | None, *, conf_dir: Pat
     return live
 
 
-def _hardware_problems(gc: Gpuctl, nodes: list[HandoffNode]) -> dict[str, str]:
+def _hardware_problems(nodes: list[HandoffNode], targets: dict[str, Target],
+                       known: KnownHosts) -> dict[str, str]:
     """``slurmd -C`` on each node (over SSH) against the NodeName line gpuctl wrote."""
-    known = KnownHosts(gc.paths.known_hosts)
-    with gc.session() as session:
-        targets = {n.name: Target.of(get_node(session, n.name)) for n in nodes}
 
     def check(n: HandoffNode) -> tuple[str, str]:
         try:
@@ -127,19 +130,16 @@ def _hardware_problems(gc: Gpuctl, nodes: list[HandoffNode]) -> dict[str, str]:
         if res.exit_code != 0:
             return n.name, "slurmd -C failed: " + res.stderr.decode(
                 "utf-8", "replace").strip()[-160:]
-        memory = int(n.memory_mib * REAL_MEMORY_FRACTION) if n.memory_mib else None
         diffs = compare_hardware(res.stdout.decode("utf-8", "replace"), cpus=n.cpus,
-                                 memory_mib=memory)
+                                 memory_mib=real_memory_mib(n))
         return n.name, "; ".join(diffs)
 
     with ThreadPoolExecutor(max_workers=min(32, max(1, len(nodes)))) as pool:
         return {name: why for name, why in pool.map(check, nodes) if why}
 
 
-def _smoke(gc: Gpuctl, nodes: list[HandoffNode], partition: str | None, steps: int,
-           timeout: float) -> SmokeResult:
-    with gc.session() as session:
-        targets = [Target.of(get_node(session, n.name)) for n in nodes]
+def _smoke(gc: Gpuctl, nodes: list[HandoffNode], targets: list[Target], known: KnownHosts,
+           partition: str | None, steps: int, timeout: float) -> SmokeResult:
     first = nodes[0].host_vars
     python = first.get("gpuctl_burnin_python") or DEFAULT_PYTHON
     env = " ".join(shlex.quote(v) for v in first.get("gpuctl_burnin_env", "").split())
@@ -149,7 +149,7 @@ def _smoke(gc: Gpuctl, nodes: list[HandoffNode], partition: str | None, steps: i
     log_dir = gc.paths.runs_dir / time.strftime("smoke-%Y%m%dT%H%M%S")
     try:
         return run_smoke(targets, gpus_per_node=gpus, python=python, env=env,
-                         known_hosts=KnownHosts(gc.paths.known_hosts), log_dir=log_dir,
+                         known_hosts=known, log_dir=log_dir,
                          partition=partition, steps=steps, procs=procs, timeout=timeout)
     except SlurmError as exc:
         return SmokeResult("", False, str(exc))
@@ -162,7 +162,3 @@ def _record_smoke(gc: Gpuctl, nodes: list[HandoffNode], result: SmokeResult) -> 
                          f"{'passed' if result.passed else 'failed'}: job {result.job_id}: "
                          f"{result.reason}"[:500], actor=gc.actor,
                          severity="info" if result.passed else "critical")
-
-
-def slurm_states(names: list[str]) -> dict[str, str]:
-    return {name: node.label() for name, node in slurm_nodes(names).items()}

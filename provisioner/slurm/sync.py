@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from provisioner.db.models import Event, Node
 from provisioner.handle import Gpuctl
@@ -55,11 +55,13 @@ class SyncResult:
         return out
 
 
-def _last_reason(session: Session, node: Node) -> str:
-    reason = session.exec(select(Event.reason).where(
-        Event.node_id == node.id, Event.kind == "state")
-        .order_by(col(Event.id).desc()).limit(1)).first()
-    return reason or node.state
+def _last_reasons(session: Session, node_ids: list[int]) -> dict[int, str]:
+    """Each node's reason of its last state change, in one query."""
+    last = (select(func.max(col(Event.id)).label("id"))
+            .where(col(Event.node_id).in_(node_ids), Event.kind == "state")
+            .group_by(col(Event.node_id)).subquery())
+    return dict(session.exec(select(Event.node_id, Event.reason)
+                             .join(last, col(last.c.id) == Event.id)).all())
 
 
 def disagreement(state: str, snode: SlurmNode | None) -> str:
@@ -95,7 +97,10 @@ def sync_slurm(gc: Gpuctl, names: list[str] | None = None) -> SyncResult | None:
             query = select(Node).where(col(Node.name).in_(list(view)))
             if names is not None:
                 query = query.where(col(Node.name).in_(names))
-            for node in session.exec(query.order_by(col(Node.name))):
+            nodes = list(session.exec(query.order_by(col(Node.name))))
+            reasons = _last_reasons(session, [n.id for n in nodes
+                                              if n.state not in SERVING and n.id])
+            for node in nodes:
                 snode = view[node.name]
                 if node.state in SERVING:
                     if snode.drained and snode.by_gpuctl:
@@ -104,7 +109,7 @@ def sync_slurm(gc: Gpuctl, names: list[str] | None = None) -> SyncResult | None:
                         result.foreign.append(node.name)
                         _note_foreign_drain(gc, session, node, snode)
                 else:
-                    reason = f"{node.state}: {_last_reason(session, node)}"
+                    reason = f"{node.state}: {reasons.get(node.id or 0, node.state)}"
                     # Not drained yet, or drained by gpuctl for an older reason (drained
                     # for maintenance, then quarantined): Slurm gets the current one.
                     if not snode.drained or (snode.by_gpuctl
