@@ -28,6 +28,7 @@ from provisioner.burnin.thresholds import (
     evaluate,
     fleet_digest_verdicts,
     fleet_medians,
+    fleet_outlier_verdicts,
     gpu_outlier_verdicts,
     node_profile,
 )
@@ -320,6 +321,7 @@ def _judge(gc: Gpuctl, node: Node, err: str | None, doc: dict[str, Any],
     sku = gc.sku(node.sku)
     verdicts = [_inventory_verdict(node, sku, doc, profile), _backend_verdict(sku, doc, hv)]
     verdicts += evaluate(doc["results"], profile, medians) + health_verdicts(doc, profile)
+    verdicts += fleet_outlier_verdicts(doc["results"], profile, medians)
     verdicts += gpu_outlier_verdicts(doc["results"], profile)
     if "dcgm" in doc:
         verdicts += dcgm_verdicts(doc["dcgm"])

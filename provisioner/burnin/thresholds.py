@@ -120,8 +120,10 @@ def failure_reason(detail: dict[str, Any]) -> str:
 
 def evaluate(results: list[dict[str, Any]], profile: dict[str, Any],
              fleet_medians: dict[str, float] | None = None) -> list[Verdict]:
-    """One verdict per measurement: correctness first, then the absolute floor, then the
-    fleet-relative floor (``fleet_outlier_fraction`` x the SKU's median for that test)."""
+    """One verdict per measurement: correctness first, then the absolute floor, then, for
+    node-wide measurements (collectives), the fleet-relative floor
+    (``fleet_outlier_fraction`` x the run's median for that test). Per-GPU throughput is
+    compared with the fleet by part, in ``fleet_outlier_verdicts``."""
     tests: dict[str, Any] = profile["tests"]
     fraction = float(profile.get("fleet_outlier_fraction", 0.9))
     out = []
@@ -140,7 +142,8 @@ def evaluate(results: list[dict[str, Any]], profile: dict[str, Any],
                                if value is not None else f"{name} on {where}: no value"))
             continue
         median = (fleet_medians or {}).get(name)
-        if median and value is not None and value < fraction * median:
+        if r.get("device") is None and median and value is not None \
+                and value < fraction * median:
             out.append(Verdict(name, r.get("device"), value, unit, limit, False,
                                f"{name} on {where}: {value:.4g} {unit} is below "
                                f"{fraction:.0%} of the fleet median {median:.4g}"))
@@ -190,6 +193,37 @@ def gpu_outlier_verdicts(results: list[dict[str, Any]], profile: dict[str, Any]
                 out.append(Verdict(f"{group}_vs_node", device, ratio, "x median", fraction,
                                    False, f"{group} on GPU {device}: {ratio:.0%} of its node's "
                                    f"median GPU ({names}), below {fraction:.0%} (a slow part)"))
+    return out
+
+
+def fleet_outlier_verdicts(results: list[dict[str, Any]], profile: dict[str, Any],
+                           fleet_medians: dict[str, float]) -> list[Verdict]:
+    """One failed verdict per GPU and part (``GPU_OUTLIER_GROUPS``) that is below
+    ``fleet_outlier_fraction`` (default 0.9) of the run's fleet: each test of the part
+    over the fleet median for it, averaged (geometric mean) over the part's tests, as the
+    in-node comparison does. A slow GPU or a slow node is slow in every GEMM dtype; one
+    dtype measured while the host was busy is not a slow part (a per-measurement
+    comparison failed a healthy lab GPU at 24% in bfloat16 alone: CI, stop 17)."""
+    fraction = float(profile.get("fleet_outlier_fraction", 0.9))
+    if fraction <= 0 or not fleet_medians:
+        return []
+    out = []
+    for group, tests in GPU_OUTLIER_GROUPS.items():
+        ratios: dict[int, list[float]] = {}
+        for r in results:
+            test, value, median = r.get("test"), r.get("value"), fleet_medians.get(
+                str(r.get("test")))
+            if test in tests and isinstance(r.get("device"), int) and median \
+                    and isinstance(value, (int, float)) and value > 0:
+                ratios.setdefault(r["device"], []).append(value / median)
+        names = ", ".join(t.removeprefix("gemm_") for t in tests)
+        for device, mine in sorted(ratios.items()):
+            ratio = statistics.geometric_mean(mine)
+            if ratio < fraction:
+                out.append(Verdict(f"{group}_vs_fleet", device, ratio, "x fleet median",
+                                   fraction, False, f"{group} on GPU {device}: {ratio:.0%} of "
+                                   f"the fleet median ({names}), below {fraction:.0%} "
+                                   "(a slow GPU or node)"))
     return out
 
 

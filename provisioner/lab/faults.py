@@ -26,6 +26,8 @@ FAULTS = {
     "sdc-persistent": "every matrix product on the node has the same element wrong in "
                       "its last bit, on every GPU alike",
     "slow-gpu": "GPU 0 runs its matrix products at half speed",
+    "slow-node": "every GPU of the node runs its matrix products at an eighth of the speed "
+                 "(the GPUs agree with each other: only the rest of the fleet shows it)",
     "gpu-lost": "GPU 1 falls off the bus mid-test: its CUDA calls fail and the kernel logs "
                 "XID 79 for it",
     "nvswitch-sxid": "an NVSwitch logs an SXid (12028, non-fatal link error) once the GPUs "
@@ -45,7 +47,7 @@ REPO_VARIANTS = {"package-install-failure": "fail-build",
                  "fabricmanager-mismatch": "fm-skew", "repo-unreachable": None}
 GPU_FAULTS = {"gpu-missing", "pcie-downgrade", "xid", "ecc-uncorrectable", "ecc-disabled",
               "row-remap-failure", "thermal-throttle", "garbage-output", "sdc", "sdc-persistent",
-              "slow-gpu", "nvlink-down", "gpu-lost", "nvswitch-sxid", "nic-down",
+              "slow-gpu", "slow-node", "nvlink-down", "gpu-lost", "nvswitch-sxid", "nic-down",
               "sram-correctable", "remapped-rows", "fabric-unregistered"}
 
 

@@ -140,8 +140,8 @@ mkdir -p /var/lib/gpuctl-lab && date +%s > /var/lib/gpuctl-lab/initramfs-updated
 echo "update-initramfs: Generating /boot/initrd.img-$(uname -r)"
 """
 # Faults that act on the agent's computation (one per node).
-COMPUTE_FAULTS = ("sdc", "sdc-persistent", "slow-gpu", "xid", "gpu-lost", "nvswitch-sxid",
-                  "nic-down")
+COMPUTE_FAULTS = ("sdc", "sdc-persistent", "slow-gpu", "slow-node", "xid", "gpu-lost",
+                  "nvswitch-sxid", "nic-down")
 # Burn-in faults act on the node's Python environment, as faulty silicon would act on the
 # computation: the agent's code is the same as on a healthy node.
 COMPUTE_FAULT = """# gpuctl lab fault {kind}: this node's matrix products misbehave.
@@ -208,6 +208,11 @@ def _hook(name, *args, **kwargs):
                 # Busy, not sleeping: GPU 0 does every product twice (half speed) and
                 # takes its share of the machine, as a slow part would.
                 real(a, b)
+            if "{kind}" == "slow-node":
+                # Every GPU alike at an eighth of the speed, busy: the node's GPUs agree
+                # with each other, so only the other nodes of the run show it is slow.
+                for _ in range(7):
+                    real(a, b)
             return result
 
         torch.matmul = matmul

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.e2e
 
 
 def test_burnin_certifies_and_quarantines(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
-    lab.up(5, "--fault", "gpu-node-03:sdc", "--fault", "gpu-node-04:slow-gpu")
+    lab.up(6, "--fault", "gpu-node-03:sdc", "--fault", "gpu-node-04:slow-gpu",
+           "--fault", "gpu-node-06:slow-node")
     assert gpuctl("scan", "--all", "--accept-new").code == 0
     assert gpuctl("provision", "--all", "--json").code == 0
     assert gpuctl("lab", "fault", "gpu-node-05", "gpu-missing").code == 0  # after provision
@@ -34,6 +35,13 @@ def test_burnin_certifies_and_quarantines(lab, gpuctl, paths) -> None:  # type: 
     assert "compute on GPU 0:" in slow and "of its node's median GPU (bfloat16, float16, " \
         "tf32, float32), below 75% (a slow part)" in slow
     assert "inventory: 7 GPUs, SKU h100-sxm-8 has 8" in nodes["gpu-node-05"]["failures"]
+    # Every GPU of node 06 is slow alike: its own GPUs cannot show it, the fleet does.
+    slow_node = nodes["gpu-node-06"]["failures"]
+    devices = {r["device"] for r in nodes["gpu-node-06"]["results"] if r["test"] == "gemm_tf32"}
+    assert len(devices) >= 3 and len(slow_node) == len(devices) and all(
+        f"compute on GPU {i}: " in slow_node[i] and "% of the fleet median (bfloat16, "
+        "float16, tf32, float32), below 30% (a slow GPU or node)" in slow_node[i]
+        for i in sorted(devices)), slow_node
     # The nodes that passed their own tests then all-reduced together through torchrun.
     for name in ("gpu-node-01", "gpu-node-02"):
         cross = [r for r in nodes[name]["results"]
@@ -44,7 +52,7 @@ def test_burnin_certifies_and_quarantines(lab, gpuctl, paths) -> None:  # type: 
     states = {n["name"]: n["state"] for n in json.loads(gpuctl("nodes", "list", "--json").out)}
     assert states == {"gpu-node-01": "certified", "gpu-node-02": "certified",
                       "gpu-node-03": "quarantined", "gpu-node-04": "quarantined",
-                      "gpu-node-05": "quarantined"}
+                      "gpu-node-05": "quarantined", "gpu-node-06": "quarantined"}
     with session_scope(paths.db_url) as session:
         certs = session.exec(select(Certificate)).all()
         rows = session.exec(select(BurninResult)).all()

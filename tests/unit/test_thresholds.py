@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from provisioner.burnin.thresholds import evaluate, fleet_medians, load_profile
+from provisioner.burnin.thresholds import (
+    evaluate,
+    fleet_medians,
+    fleet_outlier_verdicts,
+    load_profile,
+)
 from provisioner.catalogue import catalogue
 from provisioner.errors import InputError
 from provisioner.handle import Gpuctl
@@ -54,6 +59,34 @@ def test_floor_correctness_and_fleet_outlier() -> None:
     assert verdicts[1].reason == "gemm_bfloat16 on GPU 1: 550 X < 600 X"
     assert "silent data corruption" in verdicts[2].reason
     assert "below 90% of the fleet median 600" in verdicts[3].reason
+
+
+def test_fleet_comparison_judges_a_gpu_by_its_part_not_one_measurement() -> None:
+    """CI (stop 17) failed a healthy lab GPU whose bfloat16 GEMM alone read 24% of the
+    fleet median while another node started: one dtype is not a slow part, all four are."""
+    medians = {"gemm_bfloat16": 0.13, "gemm_float16": 0.01, "gemm_tf32": 0.1,
+               "gemm_float32": 0.1, "memory_bandwidth": 50, "all_reduce_busbw": 1.0}
+    profile = {"fleet_outlier_fraction": 0.30, "tests": {}}
+    noisy = [r("gemm_bfloat16", 0.0315), r("gemm_float16", 0.011), r("gemm_tf32", 0.09),
+             r("gemm_float32", 0.1), r("memory_bandwidth", 45)]
+    # Per measurement (evaluate) the GPU's throughput is not compared with the fleet...
+    assert all(v.passed for v in evaluate(noisy, profile, medians))
+    # ...by part it is, and 0.24 x 1.1 x 0.9 x 1.0 (geometric mean 0.69) passes.
+    assert fleet_outlier_verdicts(noisy, profile, medians) == []
+    slow = [r(t, medians[t] / 10, device=d) for d in (0, 1) for t in medians
+            if t.startswith("gemm_")] + [r("memory_bandwidth", 10, device=1)]
+    verdicts = fleet_outlier_verdicts(slow, profile, medians)
+    assert [(v.test, v.device) for v in verdicts] == [
+        ("compute_vs_fleet", 0), ("compute_vs_fleet", 1), ("memory_bandwidth_vs_fleet", 1)]
+    assert verdicts[0].reason == ("compute on GPU 0: 10% of the fleet median (bfloat16, "
+                                  "float16, tf32, float32), below 30% (a slow GPU or node)")
+    assert not any(v.passed for v in verdicts)
+    # Without a fleet (fewer than 3 nodes) or with the comparison off, nothing is judged.
+    assert fleet_outlier_verdicts(slow, profile, {}) == []
+    assert fleet_outlier_verdicts(slow, {**profile, "fleet_outlier_fraction": 0}, medians) == []
+    # Node-wide measurements are still compared one by one.
+    [busbw] = evaluate([r("all_reduce_busbw", 0.2, device=None)], profile, medians)
+    assert not busbw.passed and "below 30% of the fleet median 1" in busbw.reason
 
 
 def test_fleet_medians_need_three_nodes() -> None:
