@@ -162,6 +162,32 @@ GPU_OUTLIER_GROUPS = {
     "d2h_bandwidth": ("d2h_bandwidth",)}
 
 
+def _gpu_values(results: list[dict[str, Any]], test: str) -> list[tuple[int, float]]:
+    """(GPU, value) of each per-GPU measurement of ``test`` that has a positive value."""
+    return [(r["device"], float(r["value"])) for r in results
+            if r.get("test") == test and isinstance(r.get("device"), int)
+            and isinstance(r.get("value"), (int, float)) and r["value"] > 0]
+
+
+def _slow_parts(results: list[dict[str, Any]], medians: dict[str, float],
+                tests: set[str], fraction: float) -> list[tuple[str, int, float, str]]:
+    """(part, GPU, ratio, the part's test names) of each GPU whose part is below
+    ``fraction``: each of the part's ``tests`` over its median, averaged (geometric mean)
+    over the part's tests that have one."""
+    out = []
+    for group, group_tests in GPU_OUTLIER_GROUPS.items():
+        ratios: dict[int, list[float]] = {}
+        for test in (t for t in group_tests if t in tests and medians.get(t)):
+            for device, value in _gpu_values(results, test):
+                ratios.setdefault(device, []).append(value / medians[test])
+        names = ", ".join(t.removeprefix("gemm_") for t in group_tests if t in tests)
+        for device, mine in sorted(ratios.items()):
+            ratio = statistics.geometric_mean(mine)
+            if ratio < fraction:
+                out.append((group, device, ratio, names))
+    return out
+
+
 def gpu_outlier_verdicts(results: list[dict[str, Any]], profile: dict[str, Any]
                          ) -> list[Verdict]:
     """One failed verdict per GPU and group that is below ``gpu_outlier_fraction``
@@ -174,26 +200,12 @@ def gpu_outlier_verdicts(results: list[dict[str, Any]], profile: dict[str, Any]
                   [t for tests in GPU_OUTLIER_GROUPS.values() for t in tests])
     if fraction <= 0:
         return []
-    out = []
-    for group, tests in GPU_OUTLIER_GROUPS.items():
-        ratios: dict[int, list[float]] = {}
-        for test in (t for t in tests if t in allowed):
-            values = [(r["device"], float(r["value"])) for r in results
-                      if r.get("test") == test and r.get("device") is not None
-                      and isinstance(r.get("value"), (int, float)) and r["value"] > 0]
-            if len(values) < 3:
-                continue
-            median = statistics.median(v for _, v in values)
-            for device, value in values:
-                ratios.setdefault(device, []).append(value / median)
-        for device, mine in sorted(ratios.items()):
-            ratio = statistics.geometric_mean(mine)
-            if ratio < fraction:
-                names = ", ".join(t.removeprefix("gemm_") for t in tests if t in allowed)
-                out.append(Verdict(f"{group}_vs_node", device, ratio, "x median", fraction,
-                                   False, f"{group} on GPU {device}: {ratio:.0%} of its node's "
-                                   f"median GPU ({names}), below {fraction:.0%} (a slow part)"))
-    return out
+    medians = {t: statistics.median(v for _, v in values) for t in allowed
+               if len(values := _gpu_values(results, t)) >= 3}
+    return [Verdict(f"{group}_vs_node", device, ratio, "x median", fraction, False,
+                    f"{group} on GPU {device}: {ratio:.0%} of its node's median GPU ({names}), "
+                    f"below {fraction:.0%} (a slow part)")
+            for group, device, ratio, names in _slow_parts(results, medians, allowed, fraction)]
 
 
 def fleet_outlier_verdicts(results: list[dict[str, Any]], profile: dict[str, Any],
@@ -207,24 +219,12 @@ def fleet_outlier_verdicts(results: list[dict[str, Any]], profile: dict[str, Any
     fraction = float(profile.get("fleet_outlier_fraction", 0.9))
     if fraction <= 0 or not fleet_medians:
         return []
-    out = []
-    for group, tests in GPU_OUTLIER_GROUPS.items():
-        ratios: dict[int, list[float]] = {}
-        for r in results:
-            test, value, median = r.get("test"), r.get("value"), fleet_medians.get(
-                str(r.get("test")))
-            if test in tests and isinstance(r.get("device"), int) and median \
-                    and isinstance(value, (int, float)) and value > 0:
-                ratios.setdefault(r["device"], []).append(value / median)
-        names = ", ".join(t.removeprefix("gemm_") for t in tests)
-        for device, mine in sorted(ratios.items()):
-            ratio = statistics.geometric_mean(mine)
-            if ratio < fraction:
-                out.append(Verdict(f"{group}_vs_fleet", device, ratio, "x fleet median",
-                                   fraction, False, f"{group} on GPU {device}: {ratio:.0%} of "
-                                   f"the fleet median ({names}), below {fraction:.0%} "
-                                   "(a slow GPU or node)"))
-    return out
+    every = {t for tests in GPU_OUTLIER_GROUPS.values() for t in tests}
+    return [Verdict(f"{group}_vs_fleet", device, ratio, "x fleet median", fraction, False,
+                    f"{group} on GPU {device}: {ratio:.0%} of the fleet median ({names}), "
+                    f"below {fraction:.0%} (a slow GPU or node)")
+            for group, device, ratio, names in _slow_parts(results, fleet_medians, every,
+                                                            fraction)]
 
 
 def _digest_keys(doc: dict[str, Any]) -> list[tuple[tuple[Any, ...], int, str]]:
