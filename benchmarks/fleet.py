@@ -34,18 +34,14 @@ from typing import Any
 from scan import driver_lab, gpuctl  # type: ignore[import-not-found]
 from sqlmodel import select
 
-from provisioner.burnin.thresholds import (
-    GPU_OUTLIER_GROUPS,
-    fleet_medians,
-    fleet_outlier_verdicts,
-)
+from provisioner.burnin.thresholds import GPU_OUTLIER_TESTS, fleet_medians, slow_parts
 from provisioner.cli import main as _gpuctl
 from provisioner.db.models import Node
 from provisioner.handle import Gpuctl
 from provisioner.inventory.lifecycle import State, transition
 
 FRACTION = 0.30
-PER_GPU = {t for tests in GPU_OUTLIER_GROUPS.values() for t in tests}
+PER_GPU = GPU_OUTLIER_TESTS
 
 
 def gpuctl_json(argv: list[str]) -> tuple[int, Any]:
@@ -79,11 +75,10 @@ def ratios(rule: str, results: list[dict[str, Any]], medians: dict[str, float]
            ) -> dict[int, float]:
     """Each GPU's lowest ratio to the fleet under ``rule``: its lowest measurement over
     the test's median, or its lowest part (geometric mean over the part's tests)."""
-    if rule == "part":
+    if rule == "part":  # the comparison gpuctl makes (fleet_outlier_verdicts), every part
         out: dict[int, float] = {}
-        for v in fleet_outlier_verdicts(results, {"fleet_outlier_fraction": 1e9}, medians):
-            if v.device is not None and v.value is not None:
-                out[v.device] = min(out.get(v.device, v.value), v.value)
+        for _, device, ratio, _ in slow_parts(results, medians, PER_GPU, float("inf")):
+            out[device] = min(out.get(device, ratio), ratio)
         return out
     lowest: dict[int, float] = {}
     for r in results:

@@ -160,6 +160,7 @@ GPU_OUTLIER_GROUPS = {
     "compute": ("gemm_bfloat16", "gemm_float16", "gemm_tf32", "gemm_float32"),
     "memory_bandwidth": ("memory_bandwidth",), "h2d_bandwidth": ("h2d_bandwidth",),
     "d2h_bandwidth": ("d2h_bandwidth",)}
+GPU_OUTLIER_TESTS = frozenset(t for tests in GPU_OUTLIER_GROUPS.values() for t in tests)
 
 
 def _gpu_values(results: list[dict[str, Any]], test: str) -> list[tuple[int, float]]:
@@ -169,8 +170,9 @@ def _gpu_values(results: list[dict[str, Any]], test: str) -> list[tuple[int, flo
             and isinstance(r.get("value"), (int, float)) and r["value"] > 0]
 
 
-def _slow_parts(results: list[dict[str, Any]], medians: dict[str, float],
-                tests: set[str], fraction: float) -> list[tuple[str, int, float, str]]:
+def slow_parts(results: list[dict[str, Any]], medians: dict[str, float],
+               tests: set[str] | frozenset[str], fraction: float
+               ) -> list[tuple[str, int, float, str]]:
     """(part, GPU, ratio, the part's test names) of each GPU whose part is below
     ``fraction``: each of the part's ``tests`` over its median, averaged (geometric mean)
     over the part's tests that have one."""
@@ -196,8 +198,7 @@ def gpu_outlier_verdicts(results: list[dict[str, Any]], profile: dict[str, Any]
     needs no floor and no other node, so it catches a slow part on an unknown SKU, in a
     run of one node, and on a loaded host alike. Needs 3 or more GPUs with values."""
     fraction = float(profile.get("gpu_outlier_fraction", 0.8))
-    allowed = set(profile.get("gpu_outlier_tests") or
-                  [t for tests in GPU_OUTLIER_GROUPS.values() for t in tests])
+    allowed = set(profile.get("gpu_outlier_tests") or GPU_OUTLIER_TESTS)
     if fraction <= 0:
         return []
     medians = {t: statistics.median(v for _, v in values) for t in allowed
@@ -205,7 +206,7 @@ def gpu_outlier_verdicts(results: list[dict[str, Any]], profile: dict[str, Any]
     return [Verdict(f"{group}_vs_node", device, ratio, "x median", fraction, False,
                     f"{group} on GPU {device}: {ratio:.0%} of its node's median GPU ({names}), "
                     f"below {fraction:.0%} (a slow part)")
-            for group, device, ratio, names in _slow_parts(results, medians, allowed, fraction)]
+            for group, device, ratio, names in slow_parts(results, medians, allowed, fraction)]
 
 
 def fleet_outlier_verdicts(results: list[dict[str, Any]], profile: dict[str, Any],
@@ -219,12 +220,11 @@ def fleet_outlier_verdicts(results: list[dict[str, Any]], profile: dict[str, Any
     fraction = float(profile.get("fleet_outlier_fraction", 0.9))
     if fraction <= 0 or not fleet_medians:
         return []
-    every = {t for tests in GPU_OUTLIER_GROUPS.values() for t in tests}
     return [Verdict(f"{group}_vs_fleet", device, ratio, "x fleet median", fraction, False,
                     f"{group} on GPU {device}: {ratio:.0%} of the fleet median ({names}), "
                     f"below {fraction:.0%} (a slow GPU or node)")
-            for group, device, ratio, names in _slow_parts(results, fleet_medians, every,
-                                                            fraction)]
+            for group, device, ratio, names in slow_parts(results, fleet_medians,
+                                                           GPU_OUTLIER_TESTS, fraction)]
 
 
 def _digest_keys(doc: dict[str, Any]) -> list[tuple[tuple[Any, ...], int, str]]:
