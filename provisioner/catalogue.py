@@ -3,14 +3,15 @@
 ``inventory/skus/<name>.yml`` holds what a scan expects (GPU model, count, memory,
 NVSwitch, NVLink links), the provisioning pins (Ansible group variables of group
 ``sku_<name>``), the burn-in floors, the Slurm GRES type and GPU Feature Discovery
-family, and the lab's simulated hardware. A file of the same name under
+family, and the lab's simulated hardware. Parts other than the fixed ones belong to
+hand-off targets (``slurm:``) and are optional. A file of the same name under
 ``<data dir>/skus/`` replaces the shipped one, and a new file there adds a SKU: an admin
 adds a SKU by writing one file.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,14 @@ from provisioner.errors import InputError, NotFoundError
 from provisioner.paths import Paths
 from provisioner.project import project_dir
 
-# Every part a SKU file must have, and the keys each part must hold.
+# Every part a SKU file must have, and the keys each part must hold. Any other mapping
+# in the file is a hand-off target's part (``slurm: {gres_type: h100}``), optional: the
+# target has a default for each of its keys, so a new per-target field needs no edit here
+# and none in the shipped files.
 PARTS: dict[str, tuple[str, ...]] = {
     "gpu": ("model_match", "model_exclude", "count", "memory_mib_min", "family", "compute",
             "ecc_required"),
     "fabric": ("nvswitch", "nvlink_links"),
-    "slurm": ("gres_type",),
     "provision": (),
     "burnin": ("fleet_outlier_fraction", "tests", "telemetry"),
     "lab": ("model", "architecture", "device_id", "memory_mib", "pcie_gen", "power_limit_w",
@@ -45,10 +48,11 @@ class Sku:
     source: str  # the file it came from
     gpu: dict[str, Any]
     fabric: dict[str, Any]
-    slurm: dict[str, Any]
     provision: dict[str, Any]
     burnin: dict[str, Any]
     lab: dict[str, Any]
+    # Hand-off targets' parts, by target name (``slurm``).
+    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def gpu_count(self) -> int:
@@ -57,10 +61,6 @@ class Sku:
     @property
     def nvswitch(self) -> bool:
         return bool(self.fabric["nvswitch"])
-
-    @property
-    def gres_type(self) -> str:
-        return str(self.slurm["gres_type"] or "")
 
     @property
     def family(self) -> str:
@@ -109,8 +109,14 @@ def _parse(path: Path) -> Sku:
         if not all(isinstance(b, str) for b in doc["lab"][key] or []):
             raise InputError(f"{path}: lab.{key}: quote PCI addresses (\"0000:18:00.0\"); "
                              "unquoted, YAML reads them as numbers")
+    targets = {key: value for key, value in doc.items()
+               if key not in PARTS and key not in ("name", "description")}
+    bad = [key for key, value in targets.items() if not isinstance(value, dict)]
+    if bad:
+        raise InputError(f"{path}: {', '.join(map(str, bad))}: a target's part is a mapping "
+                         "(e.g. slurm: {gres_type: h100})")
     return Sku(name=path.stem, description=str(doc.get("description") or ""),
-               source=str(path), **{part: doc[part] for part in PARTS})
+               source=str(path), targets=targets, **{part: doc[part] for part in PARTS})
 
 
 @cache

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import getpass
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
+from provisioner.events import Change, Listener, SyncReport, take_changes
 from provisioner.paths import Paths
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from sqlalchemy.engine import Engine
     from sqlmodel import Session
 
@@ -34,15 +38,19 @@ def current_actor() -> str:
 
 @dataclass
 class Gpuctl:
-    """Paths, the database and who is acting.
+    """Paths, the database, who is acting, and who listens to gpuctl's changes.
 
     ``actor`` is recorded on every run and event; ``host`` names this control host on
-    runs (crash recovery compares it, see ``provisioner.runs``).
+    runs (crash recovery compares it, see ``provisioner.runs``). ``listeners`` hear of
+    every committed state change (``provisioner.events``); what they did collects in
+    ``reports`` until someone takes it (``take_reports``).
     """
 
     paths: Paths
     actor: str = field(default_factory=current_actor)
     host: str = field(default_factory=socket.gethostname)
+    listeners: list[Listener] = field(default_factory=list)
+    reports: list[SyncReport] = field(default_factory=list, repr=False)
     _skus: dict[str, Sku] | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -100,3 +108,53 @@ class Gpuctl:
 
         with session_scope(self.db_url) as session:
             yield session
+        # Committed: now the listeners may act on it (a scheduler drains the node before
+        # the run that just moved it starts work).
+        changes = take_changes(session)
+        if changes:
+            self.announce(changes)
+
+    def announce(self, changes: list[Change]) -> None:
+        """Hand committed ``changes`` to every listener; their reports join ``reports``."""
+        for listener in self.listeners:
+            self._collect(listener.name, partial(listener.changed, self, changes))
+
+    def reconcile(self) -> list[SyncReport]:
+        """Every listener brings its system in line with gpuctl (``gpuctl monitor``
+        calls this each pass: it retries what a listener could not do at the time)."""
+        for listener in self.listeners:
+            self._collect(listener.name, partial(listener.reconcile, self))
+        return self.take_reports()
+
+    def take_reports(self) -> list[SyncReport]:
+        """The listeners' reports so far, removed from the handle."""
+        out, self.reports = self.reports, []
+        return out
+
+    def _collect(self, name: str, call: Callable[[], SyncReport | None]) -> None:
+        # Never raises: the change it mirrors is committed already, and a run's scaffold
+        # must get to settle its nodes whatever a listener does. A listener's own errors
+        # come back in its report; anything else is a bug, reported with its type.
+        from provisioner.errors import GpuctlError  # noqa: PLC0415
+
+        try:
+            report = call()
+        except GpuctlError as exc:
+            report = SyncReport(name, error=str(exc))
+        except Exception as exc:  # noqa: BLE001  (see above: a bug, said, not raised)
+            report = SyncReport(name, error=f"{type(exc).__name__}: {exc}")
+        if report is not None and not report.empty():
+            self.reports.append(report)
+
+    def backup(self, output: Path | None = None) -> Path:
+        """A consistent copy of the SQLite database (``gpuctl db backup``), by default
+        ``<data dir>/backups/gpuctl-<UTC time>.db``.
+
+        Raises:
+            InputError: ``output`` exists (a backup never overwrites).
+            GpuctlError: the database is PostgreSQL (the message says how to use
+                pg_dump), or it cannot be read.
+        """
+        from provisioner.db.backup import backup_sqlite  # noqa: PLC0415
+
+        return backup_sqlite(self.db_url, self.paths.home / "backups", output)

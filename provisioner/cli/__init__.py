@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from provisioner import __version__
-from provisioner.cli.common import Ctx
+from provisioner.cli.common import Ctx, report_listeners
 from provisioner.errors import EXIT_USAGE, GpuctlError
 from provisioner.handle import Gpuctl
 
@@ -65,8 +65,14 @@ def cli(ctx: click.Context, db: str | None) -> None:
     Also: gpuctl runs list (every run; `runs recover` after a crash),
           gpuctl skus list (the SKU catalogue)
     """
-    ctx.obj = Ctx(gc=Gpuctl.from_env(db), console=Console(emoji=False, highlight=False),
+    from provisioner.targets import connect  # noqa: PLC0415
+
+    # Every state change the command commits reaches the schedulers gpuctl handed nodes
+    # to (provisioner.events); what they did is said when the command ends.
+    ctx.obj = Ctx(gc=connect(Gpuctl.from_env(db)), console=Console(emoji=False,
+                                                                     highlight=False),
                   err=Console(stderr=True, emoji=False, highlight=False))
+    ctx.call_on_close(lambda: report_listeners(ctx.obj))
 
 
 def main(argv: list[str] | None = None) -> int:

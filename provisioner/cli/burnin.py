@@ -8,7 +8,7 @@ from rich.table import Table
 
 from provisioner.burnin.levels import LEVELS
 from provisioner.burnin.run import CERTIFICATE_DAYS, NodeBurnin, burnin_nodes
-from provisioner.cli.common import Ctx, json_option, pass_ctx, sync_slurm_and_report
+from provisioner.cli.common import Ctx, json_option, pass_ctx
 from provisioner.errors import NodesFailedError
 from provisioner.ui.render import print_json, styled
 
@@ -73,7 +73,6 @@ def burnin(ctx: Ctx, nodes: tuple[str, ...], all_nodes: bool, level: str,
             table.add_row(n.name, styled(n.verdict, VERDICT_STYLE.get(n.verdict)), n.profile,
                           str(len(n.results)), escape(_first_failures(n.failures)))
         ctx.console.print(table)
-    sync_slurm_and_report(ctx, [n.name for n in summary.nodes])
     if summary.failed:
         raise NodesFailedError(f"{len(summary.failed)} of {len(summary.nodes)} nodes failed "
                                f"burn-in (run {summary.run_id})")

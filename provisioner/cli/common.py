@@ -30,27 +30,9 @@ def json_option(func: F) -> F:
                         help="Print machine-readable JSON.")(func)
 
 
-
-def sync_slurm_and_report(ctx: Ctx, names: list[str]) -> None:
-    """After a state change: bring Slurm in line for ``names`` (when Slurm sync is on)
-    and say what changed there, or why it could not."""
-    from provisioner.slurm.sync import sync_slurm  # noqa: PLC0415 (only when used)
-
-    result = sync_slurm(ctx.gc, names)
-    for line in result.lines() if result else []:
-        ctx.err.print(line, markup=False, highlight=False)
-
-
-def sync_pools_and_report(ctx: Ctx) -> None:
-    """After a pool change: Slurm's QOS and pool partitions follow (when sync is on)."""
-    from provisioner.slurm.client import SlurmError  # noqa: PLC0415 (only when used)
-    from provisioner.slurm.pools import sync_pools  # noqa: PLC0415
-
-    try:
-        done = sync_pools(ctx.gc)
-    except SlurmError as exc:
-        ctx.err.print(f"slurm: pools not updated ({exc}); re-run the pool command",
-                      markup=False, highlight=False)
-        return
-    for line in done or []:
-        ctx.err.print(f"slurm: {line}", markup=False, highlight=False)
+def report_listeners(ctx: Ctx) -> None:
+    """What the listeners (schedulers) did with the command's changes, on stderr: run
+    when the command ends, however it ends."""
+    for report in ctx.gc.take_reports():
+        for line in report.lines():
+            ctx.err.print(line, markup=False, highlight=False)

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from provisioner.cli.common import Ctx, pass_ctx
-from provisioner.db.backup import backup_database
 
 
 @click.group()
@@ -26,6 +25,6 @@ def backup(ctx: Ctx, output: Path | None) -> None:
 
     Example: gpuctl db backup -o /var/backups/gpuctl.db
     """
-    path = backup_database(ctx.gc, output)
+    path = ctx.gc.backup(output)
     ctx.console.print(f"backed up {ctx.gc.db_display} to {path}", markup=False,
                       highlight=False)

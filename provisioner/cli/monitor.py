@@ -42,8 +42,9 @@ def _show(ctx: Ctx, summary: MonitorSummary, as_json: bool) -> None:
         if n.outcome != "ok":
             ctx.console.print(f"  {escape(n.name)}: {n.outcome}: {escape(n.message)}",
                               highlight=False)
-    for line in summary.slurm.lines() if summary.slurm else []:
-        ctx.console.print(f"  {escape(line)}", highlight=False)
+    for report in summary.schedulers.values():
+        for line in report.lines():
+            ctx.console.print(f"  {escape(line)}", highlight=False)
 
 
 @click.command()

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from provisioner.cli.common import Ctx, json_option, pass_ctx
+from provisioner.fleet import ops
 from provisioner.inventory import registry
 from provisioner.inventory.importers import import_nodes
 from provisioner.inventory.lifecycle import State
@@ -116,7 +117,7 @@ def remove(ctx: Ctx, names: tuple[str, ...], yes: bool) -> None:
     """
     if not yes:
         click.confirm(f"Remove {len(names)} node(s) and their history?", abort=True)
-    registry.remove_nodes(ctx.gc, list(names))
+    ops.remove_nodes(ctx.gc, list(names))
     ctx.console.print(f"removed {', '.join(names)}")
 
 

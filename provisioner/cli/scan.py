@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from provisioner.cli.common import Ctx, json_option, pass_ctx, sync_slurm_and_report
+from provisioner.cli.common import Ctx, json_option, pass_ctx
 from provisioner.errors import NodesFailedError
 from provisioner.scan.run import NodeScanResult, scan_nodes
 from provisioner.ui.render import print_json, scan_line, scan_summary
@@ -51,7 +51,6 @@ def scan(ctx: Ctx, nodes: tuple[str, ...], all_nodes: bool, parallel: int, accep
         print_json(ctx.console, summary.to_dict())
     else:
         ctx.console.print(scan_summary(summary))
-    sync_slurm_and_report(ctx, [r.name for r in summary.results])
     if summary.failed:
         raise NodesFailedError(f"{len(summary.failed)} of {len(summary.results)} nodes could "
                                "not be scanned")

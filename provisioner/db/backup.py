@@ -9,21 +9,19 @@ from pathlib import Path
 
 from provisioner.db.engine import get_engine, redact_url
 from provisioner.errors import GpuctlError, InputError
-from provisioner.handle import Gpuctl
 
 
-def backup_database(gc: Gpuctl, output: Path | None = None) -> Path:
-    """Copy the SQLite database with SQLite's online backup API (consistent even while
-    other gpuctl processes write) to ``output``, default
-    ``<data dir>/backups/gpuctl-<UTC time>.db``. Restore: stop gpuctl, copy the backup
-    over the database file.
+def backup_sqlite(url: str, backups: Path, output: Path | None = None) -> Path:
+    """Copy the SQLite database at ``url`` with SQLite's online backup API (consistent
+    even while other gpuctl processes write) to ``output``, default
+    ``<backups>/gpuctl-<UTC time>.db``. Restore: stop gpuctl, copy the backup over the
+    database file. ``Gpuctl.backup`` is the entry point.
 
     Raises:
         InputError: ``output`` exists (a backup never overwrites).
         GpuctlError: the database is PostgreSQL (use pg_dump: the message says how), or
             it cannot be read.
     """
-    url = gc.db_url
     if not url.startswith("sqlite:///"):
         raise GpuctlError(f"{redact_url(url)} is PostgreSQL: back it up with the server's "
                           "own tool, e.g. `pg_dump --format=custom --file gpuctl.dump "
@@ -32,7 +30,7 @@ def backup_database(gc: Gpuctl, output: Path | None = None) -> Path:
     source = Path(url.removeprefix("sqlite:///"))
     if output is None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        output = gc.paths.home / "backups" / f"gpuctl-{stamp}.db"
+        output = backups / f"gpuctl-{stamp}.db"
     if output.exists():
         raise InputError(f"{output} exists; a backup never overwrites a file")
     output.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -17,6 +17,13 @@ def as_utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def certificate_expired(expires_at: datetime | None, now: datetime | None = None) -> bool:
+    """The one certificate-validity rule: expired once its expiry is in the past (UTC;
+    a certificate with no expiry never expires). SQL filters use the same comparison:
+    ``Certificate.expires_at < now``."""
+    return expires_at is not None and as_utc(expires_at) < as_utc(now or utcnow())
+
+
 def iso_utc(value: datetime | None) -> str | None:
     """``2026-11-26T02:08:48+00:00`` (seconds), or None."""
     return None if value is None else as_utc(value).isoformat(timespec="seconds")

@@ -1,4 +1,4 @@
-"""Admin lifecycle operations: drain, undrain, retire, quarantine, release.
+"""Admin lifecycle operations: drain, undrain, retire, quarantine, release, remove.
 
 Each applies to every named node or to none: all transitions are checked first, then
 written in one transaction, each with an event naming who, when and why.
@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlmodel import col, delete, select
+from sqlmodel import Session, col, delete, select
 
-from provisioner.db.models import Event, NodeLock, PoolAllocation
+from provisioner.db.models import Event, NodeLock, Pool, PoolAllocation
 from provisioner.errors import InputError, TransitionError
+from provisioner.events import PoolsChanged, note_change
 from provisioner.handle import Gpuctl
-from provisioner.inventory.lifecycle import ALLOWED, State, get_node, transition
+from provisioner.inventory.lifecycle import ALLOWED, State, get_node, remove_node, transition
 from provisioner.runs import recover_abandoned
 
 # Operation -> target state (undrain's target is the state the node was drained from).
@@ -76,7 +77,37 @@ def apply(gc: Gpuctl, op: str, names: list[str], reason: str | None = None) -> l
             transition(session, node, target, actor=actor, reason=f"{op}: {why}")
             if target in (State.RETIRED, State.DISCOVERED):
                 # A retired or released node no longer holds pool capacity.
-                session.exec(delete(PoolAllocation).where(
-                    col(PoolAllocation.node_id) == node.id))
+                _free_pool_capacity(session, node.id)
             changes.append(Change(node.name, current.value, target.value))
     return changes
+
+
+def _free_pool_capacity(session: Session, node_id: int | None) -> None:
+    pools = session.exec(select(Pool.name).join(
+        PoolAllocation, col(PoolAllocation.pool_id) == Pool.id).where(
+        PoolAllocation.node_id == node_id)).all()
+    session.exec(delete(PoolAllocation).where(col(PoolAllocation.node_id) == node_id))
+    for name in sorted(set(pools)):
+        note_change(session, PoolsChanged(name))
+
+
+def remove_nodes(gc: Gpuctl, names: list[str]) -> list[str]:
+    """Delete nodes with their snapshots and history (the schema cascades), all or none.
+    A scheduler that had a removed node drains it: gpuctl no longer vouches for it.
+
+    Raises:
+        NotFoundError: any name is unknown; nothing is removed.
+        TransitionError: a run holds one of the nodes; nothing is removed.
+    """
+    recover_abandoned(gc)
+    with gc.session() as session:
+        nodes = [get_node(session, n) for n in dict.fromkeys(names)]
+        for node in nodes:
+            lock = session.get(NodeLock, node.id)
+            if lock is not None:
+                raise TransitionError(f"{node.name} is held by run {lock.run_id}; wait for "
+                                      "it to finish (or stop it) first")
+        for node in nodes:
+            _free_pool_capacity(session, node.id)
+            remove_node(session, node, reason=f"removed from gpuctl by {gc.actor}")
+    return names

@@ -11,6 +11,7 @@ from sqlmodel import Session, col, delete, func, select
 
 from provisioner.db.models import HardwareSnapshot, Node, Pool, PoolAllocation
 from provisioner.errors import InputError, NotFoundError
+from provisioner.events import PoolsChanged, note_change
 from provisioner.handle import Gpuctl
 from provisioner.inventory.lifecycle import State, get_node
 
@@ -52,6 +53,7 @@ def create_pool(gc: Gpuctl, name: str, sku: str, gpus: int) -> None:
         if session.exec(select(Pool).where(Pool.name == name)).first():
             raise InputError(f"pool {name} exists")
         session.add(Pool(name=name, sku=sku, gpus=gpus, actor=gc.actor))
+        note_change(session, PoolsChanged(name))
 
 
 def _node_gpus(gc: Gpuctl, session: Session, node: Node) -> int:
@@ -122,6 +124,7 @@ def assign(gc: Gpuctl, pool_name: str, nodes: list[str], gpus: int | None) -> li
         if not done:
             raise InputError(f"no certified {pool.sku} node has a free {size}-GPU slice for "
                              f"pool {pool.name}" if not nodes else "nothing assigned")
+        note_change(session, PoolsChanged(pool.name))
     return done
 
 
@@ -138,12 +141,15 @@ def release(gc: Gpuctl, pool_name: str, nodes: list[str]) -> int:
         freed = sum(a.gpus for a in rows)
         session.exec(delete(PoolAllocation).where(
             col(PoolAllocation.id).in_([a.id for a in rows])))
+        if rows:
+            note_change(session, PoolsChanged(pool.name))
     return freed
 
 
 def delete_pool(gc: Gpuctl, name: str) -> None:
     with gc.session() as session:
         session.delete(_pool(session, name))  # its allocations go with it (cascade)
+        note_change(session, PoolsChanged(name))
 
 
 def list_pools(gc: Gpuctl) -> list[PoolView]:

@@ -16,6 +16,7 @@ from provisioner.db.models import (
     Node,
     Run,
     as_utc,
+    certificate_expired,
     iso_utc,
 )
 from provisioner.fleet.pools import pool_views
@@ -35,14 +36,11 @@ def latest_certificates() -> Any:
 def fleet_status(gc: Gpuctl, now: datetime | None = None, expiring_days: int = 14,
                  attention_limit: int = 12) -> dict[str, Any]:
     """The ``gpuctl status`` document. Runs whose process died are recovered first, so
-    their nodes show as failed (needing attention), not as in progress."""
+    their nodes show as failed (needing attention), not as in progress. (The CLI adds
+    each hand-off target's own view, such as Slurm's.)"""
     recover_abandoned(gc)
     with gc.session() as session:
-        doc = status_document(session, now, expiring_days, attention_limit)
-    from provisioner.slurm.sync import slurm_view  # noqa: PLC0415 (imports this module)
-
-    doc["slurm"] = slurm_view(gc)
-    return doc
+        return status_document(session, now, expiring_days, attention_limit)
 
 
 def status_document(session: Session, now: datetime | None = None, expiring_days: int = 14,
@@ -68,9 +66,9 @@ def status_document(session: Session, now: datetime | None = None, expiring_days
         .join(latest, col(latest.c.cert_id) == Certificate.id)
         .join(Node, col(Node.id) == Certificate.node_id)
         .where(col(Node.state).in_(SERVING))).all()
-    expired = sum(1 for exp, _ in cert_rows if exp is not None and as_utc(exp) < now)
-    expiring = sum(1 for exp, _ in cert_rows
-                   if exp is not None and now <= as_utc(exp) < soon)
+    expired = sum(1 for exp, _ in cert_rows if certificate_expired(exp, now))
+    expiring = sum(1 for exp, _ in cert_rows if exp is not None
+                   and not certificate_expired(exp, now) and as_utc(exp) < soon)
     attention_q = (
         select(Node.name, Node.state, Node.hostkey_mismatch, Certificate.expires_at)
         .join(latest, col(latest.c.node_id) == Node.id, isouter=True)

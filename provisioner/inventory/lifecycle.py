@@ -8,6 +8,7 @@ from sqlmodel import Session, select
 
 from provisioner.db.models import Event, Node
 from provisioner.errors import NotFoundError, TransitionError
+from provisioner.events import REMOVED, StateChange, note_change
 
 
 class State(StrEnum):
@@ -64,7 +65,8 @@ def transition(
     reason: str,
     run_id: int | None = None,
 ) -> Event:
-    """Move ``node`` to state ``to`` and append the event that says why.
+    """Move ``node`` to state ``to`` and append the event that says why. Once the
+    session commits, the handle's listeners hear of the change (``provisioner.events``).
 
     Raises:
         TransitionError: ``to`` is not reachable from the node's state; the message
@@ -78,10 +80,19 @@ def transition(
         )
     node.state = to.value
     session.add(node)
+    note_change(session, StateChange(node.name, current.value, to.value, reason, run_id))
     return record_event(
         session, node, "state", reason, actor=actor, run_id=run_id,
         from_state=current.value, to_state=to.value,
     )
+
+
+def remove_node(session: Session, node: Node, *, reason: str) -> None:
+    """Delete ``node`` with its snapshots and history (the schema cascades); listeners
+    hear of it as a change to REMOVED (a scheduler drains the node: nothing vouches for
+    it any more)."""
+    note_change(session, StateChange(node.name, node.state, REMOVED, reason))
+    session.delete(node)
 
 
 def record_event(

@@ -1,4 +1,5 @@
-"""The node registry: add, import, list, show, label and remove nodes."""
+"""The node registry: add, import, list, show and label nodes (removal is a lifecycle
+operation: ``provisioner.fleet.ops.remove_nodes``)."""
 
 from __future__ import annotations
 
@@ -19,15 +20,13 @@ from provisioner.db.models import (
     HardwareSnapshot,
     Nic,
     Node,
-    NodeLock,
     Run,
-    utcnow,
+    certificate_expired,
 )
-from provisioner.errors import InputError, TransitionError
+from provisioner.errors import InputError
 from provisioner.handle import Gpuctl
 from provisioner.inventory import validate
 from provisioner.inventory.lifecycle import State, get_node, record_event
-from provisioner.runs import recover_abandoned
 
 
 @dataclass
@@ -233,33 +232,11 @@ def _burnin_summary(session: Session, node: Node
                      .order_by(col(Certificate.id).desc()).limit(1)).first()
     cert = None
     if c is not None:
-        now = utcnow().replace(tzinfo=None)
-        exp = c.expires_at.replace(tzinfo=None) if c.expires_at else None
         cert = {"run": c.run_id, "profile": c.profile, "level": c.level,
                 "driver_version": c.driver_version, "cuda_version": c.cuda_version,
                 "issued_at": _iso(c.issued_at), "expires_at": _iso(c.expires_at),
-                "expired": exp is not None and exp < now, "results_digest": c.results_digest}
+                "expired": certificate_expired(c.expires_at), "results_digest": c.results_digest}
     return burnin, cert
-
-
-def remove_nodes(gc: Gpuctl, names: list[str]) -> list[str]:
-    """Delete nodes with their snapshots and history (the schema cascades), all or none.
-
-    Raises:
-        NotFoundError: any name is unknown; nothing is removed.
-        TransitionError: a run holds one of the nodes; nothing is removed.
-    """
-    recover_abandoned(gc)
-    with gc.session() as session:
-        nodes = [get_node(session, n) for n in dict.fromkeys(names)]
-        for node in nodes:
-            lock = session.get(NodeLock, node.id)
-            if lock is not None:
-                raise TransitionError(f"{node.name} is held by run {lock.run_id}; wait for "
-                                      "it to finish (or stop it) first")
-        for node in nodes:
-            session.delete(node)
-    return names
 
 
 def label_nodes(

@@ -9,8 +9,9 @@ from sqlmodel import col, select
 
 from provisioner.db.models import Node
 from provisioner.errors import NotFoundError
+from provisioner.fleet.ops import remove_nodes
 from provisioner.handle import Gpuctl
-from provisioner.inventory.registry import NodeSpec, add_nodes, remove_nodes
+from provisioner.inventory.registry import NodeSpec, add_nodes
 from provisioner.lab.nodes import LabNode
 from provisioner.lab.packages import REPO_IN_NODE
 from provisioner.ssh.hostkeys import KnownHosts

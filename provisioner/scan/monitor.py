@@ -4,8 +4,9 @@ One pass probes every serving node (certified or in service) with the scan's pro
 applies only its passive checks: new XIDs, ECC and row-remap errors, GPUs missing,
 PCIe width, InfiniBand ports, NVLink links (``nvidia-smi nvlink --status``), the fabric
 manager's registration of every GPU on NVSwitch systems, persistence mode. A critical
-finding quarantines the node and, when Slurm sync is on, drains it in Slurm with the
-reason, in the same pass. A healthy node costs one
+finding quarantines the node; the schedulers listening (``provisioner.events``) drain it
+with the reason as the quarantine commits, and each pass ends with their ``reconcile``,
+which retries what they could not do before. A healthy node costs one
 SSH exec and no database write (its last snapshot stays the reference), which is what
 makes the pass cheaper than ``scan``.
 """
@@ -21,6 +22,7 @@ from sqlmodel import col, select
 from provisioner.catalogue import Sku
 from provisioner.db.models import Node
 from provisioner.errors import NotFoundError
+from provisioner.events import SyncReport, merge_reports
 from provisioner.handle import Gpuctl
 from provisioner.inventory.lifecycle import SERVING, get_node
 from provisioner.probe.facts import HardwareFacts
@@ -28,7 +30,6 @@ from provisioner.runs import RunScope, recover_abandoned
 from provisioner.scan.findings import Finding, health_findings
 from provisioner.scan.run import judge_facts, probe_failed, probe_node
 from provisioner.scan.store import apply_findings, store_snapshot
-from provisioner.slurm.sync import SyncResult, sync_slurm
 from provisioner.ssh.exec import Target
 from provisioner.ssh.hostkeys import KnownHosts
 
@@ -44,7 +45,8 @@ class MonitorNode:
 class MonitorSummary:
     run_id: int
     nodes: list[MonitorNode] = field(default_factory=list)
-    slurm: SyncResult | None = None
+    # What each scheduler did in the pass, by name (``slurm``).
+    schedulers: dict[str, SyncReport] = field(default_factory=dict)
 
     @property
     def quarantined(self) -> list[str]:
@@ -53,7 +55,7 @@ class MonitorSummary:
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "nodes": [asdict(n) for n in self.nodes],
                 "quarantined": self.quarantined,
-                "slurm": self.slurm.to_dict() if self.slurm else None}
+                "schedulers": {k: v.to_dict() for k, v in self.schedulers.items()}}
 
 
 def service_findings(facts: HardwareFacts, sku: Sku | None) -> list[Finding]:
@@ -102,11 +104,12 @@ def monitor_pass(gc: Gpuctl, *, parallel: int = 32, connect_timeout: float = 10.
                                                         command_timeout), targets):
                 summary.nodes.append(_judge(gc, probe, run.run_id))
         run.node_ok = {n.name: n.outcome in ("ok", "warning") for n in summary.nodes}
-        summary.slurm = sync_slurm(gc)
+        # What the listeners did as nodes were quarantined, then their reconcile.
+        summary.schedulers = merge_reports(gc.take_reports() + gc.reconcile())
         run.summary = {"quarantined": summary.quarantined,
                        "unreachable": [n.name for n in summary.nodes
                                        if n.outcome == "unreachable"],
-                       "slurm": summary.slurm.to_dict() if summary.slurm else None}
+                       "schedulers": {k: v.to_dict() for k, v in summary.schedulers.items()}}
     return summary
 
 

@@ -22,15 +22,7 @@ from sqlmodel import select
 from provisioner.burnin.command import DEFAULT_PYTHON
 from provisioner.db.models import Node
 from provisioner.errors import GpuctlError
-from provisioner.fleet.handoff import (
-    HandoffInput,
-    HandoffNode,
-    HandoffResult,
-    gres_type,
-    hand_off,
-    real_memory_mib,
-    render_slurm,
-)
+from provisioner.fleet.handoff import HandoffInput, HandoffNode, HandoffResult, hand_off
 from provisioner.handle import Gpuctl
 from provisioner.inventory.lifecycle import State, get_node, record_event
 from provisioner.slurm.apply import (
@@ -42,6 +34,7 @@ from provisioner.slurm.apply import (
     write_config,
 )
 from provisioner.slurm.client import SlurmError
+from provisioner.slurm.render import gres_type, real_memory_mib, render_slurm
 from provisioner.slurm.smoke import SmokeResult, run_smoke
 from provisioner.slurm.sync import sync_slurm
 from provisioner.ssh.exec import Target, run_on_node

@@ -1,9 +1,12 @@
 """gpuctl's node states and Slurm's, kept in step both ways.
 
 gpuctl -> Slurm: a node gpuctl does not consider serving (quarantined, drained, retired,
-being provisioned or burned in) is DRAINed in Slurm with gpuctl's reason, so running
-jobs finish and no new ones start; a serving node (certified, in service) that gpuctl
-drained is resumed. A drain somebody else set is never lifted by gpuctl.
+being provisioned or burned in, removed from gpuctl) is DRAINed in Slurm with gpuctl's
+reason, so running jobs finish and no new ones start; a serving node (certified, in
+service) that gpuctl drained is resumed. A drain somebody else set is never lifted by
+gpuctl. ``SlurmListener`` does this for each state change as it commits (so a node is
+drained before the run that moved it starts work); ``sync_slurm`` does it for every node
+(``gpuctl monitor``'s reconcile, and the hand-off), retrying what failed before.
 Slurm -> gpuctl: a serving node that Slurm has drained (by someone else), DOWN or not
 responding is a disagreement: ``gpuctl status`` shows it, and a sync records one event
 in the node's history the first time it sees each such drain.
@@ -11,12 +14,18 @@ in the node's history the first time it sees each such drain.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlmodel import Session, col, func, select
 
 from provisioner.db.models import Event, Node
+from provisioner.events import (
+    Change,
+    PoolsChanged,
+    StateChange,
+    SyncReport,
+    last_state_changes,
+)
 from provisioner.handle import Gpuctl
 from provisioner.inventory.lifecycle import SERVING, State, record_event
 from provisioner.slurm.apply import load_settings
@@ -28,31 +37,78 @@ from provisioner.slurm.client import (
     resume,
     slurm_nodes,
 )
+from provisioner.slurm.pools import sync_pools
 
 ACTOR_SLURM = "slurm"
 
 
-@dataclass
-class SyncResult:
-    drained: list[str] = field(default_factory=list)
-    resumed: list[str] = field(default_factory=list)
-    foreign: list[str] = field(default_factory=list)  # drained in Slurm by someone else
-    error: str = ""
+class SlurmListener:
+    """gpuctl's changes, mirrored in the live Slurm once ``handoff slurm --apply``
+    recorded where it is (``provisioner.events.Listener``)."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    name = "slurm"
 
-    def lines(self) -> list[str]:
-        out = []
-        if self.drained:
-            out.append(f"slurm: drained {', '.join(self.drained)}")
-        if self.resumed:
-            out.append(f"slurm: resumed {', '.join(self.resumed)}")
-        if self.foreign:
-            out.append(f"slurm: drained by someone else: {', '.join(self.foreign)}")
-        if self.error:
-            out.append(f"slurm: not updated ({self.error}); `gpuctl monitor` retries")
-        return out
+    def changed(self, gc: Gpuctl, changes: list[Change]) -> SyncReport | None:
+        if load_settings(gc) is None:
+            return None
+        report = SyncReport(self.name)
+        states = last_state_changes(changes)
+        try:
+            if states:
+                _mirror(gc, states, report)
+            if any(isinstance(c, PoolsChanged) for c in changes):
+                report.notes += sync_pools(gc) or []
+        except SlurmError as exc:
+            report.error = str(exc)
+        return report
+
+    def reconcile(self, gc: Gpuctl) -> SyncReport | None:
+        return sync_slurm(gc)
+
+
+def _wanted(snode: SlurmNode, serving: bool, reason: str) -> str:
+    """What Slurm must do to the node: "resume", "drain", "foreign" (drained by
+    someone else: left alone) or ""."""
+    if serving:
+        if snode.drained:
+            return "resume" if snode.by_gpuctl else "foreign"
+        return ""
+    # Not drained yet, or drained by gpuctl for an older reason (drained for
+    # maintenance, then quarantined): Slurm gets the current one.
+    if not snode.drained or (snode.by_gpuctl and snode.reason != drain_reason(reason)):
+        return "drain"
+    return ""
+
+
+def _mirror(gc: Gpuctl, states: dict[str, StateChange], report: SyncReport) -> None:
+    """Drain, resume or leave alone each node whose state just changed (only those
+    Slurm knows). A node that stops serving is drained before its run's work starts."""
+    view = slurm_nodes()
+    to_drain: dict[str, str] = {}
+    for name, change in states.items():
+        snode = view.get(name)
+        if snode is None:
+            continue
+        reason = f"{change.to_state}: {change.reason}"
+        action = _wanted(snode, change.to_state in SERVING, reason)
+        if action == "drain":
+            to_drain[name] = reason
+        elif action == "resume":
+            report.resumed.append(name)
+        elif action == "foreign":
+            report.foreign.append(name)
+    if report.foreign:
+        with gc.session() as session:
+            for node in session.exec(select(Node).where(col(Node.name).in_(report.foreign))):
+                _note_foreign_drain(session, node, view[node.name])
+    _apply(to_drain, report)
+
+
+def _apply(to_drain: dict[str, str], report: SyncReport) -> None:
+    for name, reason in to_drain.items():
+        drain([name], reason)
+        report.drained.append(name)
+    resume(report.resumed)
 
 
 def _last_reasons(session: Session, node_ids: list[int]) -> dict[int, str]:
@@ -82,14 +138,14 @@ def disagreement(state: str, snode: SlurmNode | None) -> str:
     return ""
 
 
-def sync_slurm(gc: Gpuctl, names: list[str] | None = None) -> SyncResult | None:
+def sync_slurm(gc: Gpuctl, names: list[str] | None = None) -> SyncReport | None:
     """Push gpuctl's states of ``names`` (default: every node Slurm knows) to Slurm and
     record drains set by others. None when Slurm sync is off (no ``--apply`` yet).
-    Never raises for Slurm trouble: the result carries the error, gpuctl's own state
+    Never raises for Slurm trouble: the report carries the error, gpuctl's own state
     change stands, and the next sync retries."""
     if load_settings(gc) is None:
         return None
-    result = SyncResult()
+    report = SyncReport(ACTOR_SLURM)
     try:
         view = slurm_nodes()
         to_drain: dict[str, str] = {}
@@ -102,29 +158,22 @@ def sync_slurm(gc: Gpuctl, names: list[str] | None = None) -> SyncResult | None:
                                               if n.state not in SERVING and n.id])
             for node in nodes:
                 snode = view[node.name]
-                if node.state in SERVING:
-                    if snode.drained and snode.by_gpuctl:
-                        result.resumed.append(node.name)
-                    elif snode.drained:
-                        result.foreign.append(node.name)
-                        _note_foreign_drain(gc, session, node, snode)
-                else:
-                    reason = f"{node.state}: {reasons.get(node.id or 0, node.state)}"
-                    # Not drained yet, or drained by gpuctl for an older reason (drained
-                    # for maintenance, then quarantined): Slurm gets the current one.
-                    if not snode.drained or (snode.by_gpuctl
-                                             and snode.reason != drain_reason(reason)):
-                        to_drain[node.name] = reason
-        for name, reason in to_drain.items():
-            drain([name], reason)
-            result.drained.append(name)
-        resume(result.resumed)
+                reason = f"{node.state}: {reasons.get(node.id or 0, node.state)}"
+                action = _wanted(snode, node.state in SERVING, reason)
+                if action == "drain":
+                    to_drain[node.name] = reason
+                elif action == "resume":
+                    report.resumed.append(node.name)
+                elif action == "foreign":
+                    report.foreign.append(node.name)
+                    _note_foreign_drain(session, node, snode)
+        _apply(to_drain, report)
     except SlurmError as exc:
-        result.error = str(exc)
-    return result
+        report.error = str(exc)
+    return report
 
 
-def _note_foreign_drain(gc: Gpuctl, session: Session, node: Node, snode: SlurmNode) -> None:
+def _note_foreign_drain(session: Session, node: Node, snode: SlurmNode) -> None:
     """One event per distinct drain someone else set on a serving node."""
     text = f"drained in Slurm by {snode.reason_user or 'someone'}: {snode.reason}"[:500]
     last = session.exec(select(Event.reason).where(

@@ -15,6 +15,7 @@ from provisioner.ui.style import STATE_STYLE, styled
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from provisioner.fleet.handoff import Applied
     from provisioner.fleet.pools import PoolView
     from provisioner.slurm.live import LiveHandoff
 
@@ -150,6 +151,20 @@ def pools_table(views: list[PoolView]) -> Table:
                                        + ("" if a["state"] in USABLE else
                                           f" ({a['state']})") for a in v.allocations)))
     return table
+
+
+def render_applied(out: Console, err: Console, target: str, applied: Applied) -> None:
+    """``handoff <target> --apply``: the target's own table where it has one."""
+    if target == "slurm":
+        render_live_handoff(out, err, applied)  # type: ignore[arg-type]
+        return
+    r = applied.result
+    for line in r.skipped:
+        err.print(f"skipped {escape(line)}")
+    for name, why in sorted(r.problems.items()):
+        err.print(f"{escape(name)}: not handed off: {escape(why)}")
+    err.print(f"{target}: {len(r.nodes)} nodes; {r.moved} moved to in-service "
+              f"(run {r.run_id})", highlight=False)
 
 
 def render_live_handoff(out: Console, err: Console, live: LiveHandoff) -> None:

@@ -83,7 +83,8 @@ def skus_table(skus: dict[str, Sku]) -> Table:
         table.add_row(escape(s.name), str(s.gpu_count), escape(str(s.gpu["model_match"])),
                       "yes" if s.nvswitch else "no",
                       escape(f"{branch} {s.provision.get('driver_kernel_modules', '')}")
-                      if branch else "-", escape(s.gres_type or "-"),
+                      if branch else "-",
+                      escape(str(s.targets.get("slurm", {}).get("gres_type") or "-")),
                       str(len(s.burnin.get("tests") or {})))
     return table
 
@@ -92,11 +93,11 @@ def sku_detail(sku: Sku) -> RenderableType:
     """``gpuctl skus show``: every part of one SKU's catalogue file."""
     parts: list[RenderableType] = [f"[bold]{escape(sku.name)}[/]: {escape(sku.description)}",
                                    f"file {escape(sku.source)}"]
-    for part in ("gpu", "fabric", "slurm", "provision", "burnin", "lab"):
+    fixed = {p: getattr(sku, p) for p in ("gpu", "fabric", "provision", "burnin", "lab")}
+    for part, values in {**fixed, **sku.targets}.items():
         table = Table(title=part, title_justify="left", show_header=False)
         table.add_column("key", style="bold", no_wrap=True)
         table.add_column("value", overflow="fold")
-        values = getattr(sku, part)
         rows = values.get("tests", {}) if part == "burnin" else {}
         for key, value in values.items():
             if part == "burnin" and key == "tests":

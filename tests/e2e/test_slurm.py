@@ -110,7 +110,7 @@ def test_day2_with_real_slurm(lab, gpuctl, paths, monkeypatch) -> None:  # type:
     assert gpuctl("lab", "fault", "gpu-node-03", "ecc-uncorrectable").code == 0
     code, mon = command_json(gpuctl, "monitor")
     assert code == 3 and mon["quarantined"] == ["gpu-node-03"], mon
-    assert mon["slurm"]["drained"] == ["gpu-node-03"], mon
+    assert mon["schedulers"]["slurm"]["drained"] == ["gpu-node-03"], mon
     state, _, reason = sinfo()["gpu-node-03"]
     assert state == "drained" and reason.startswith("gpuctl: quarantined: ecc-uncorrectable")
 
@@ -122,8 +122,9 @@ def test_day2_with_real_slurm(lab, gpuctl, paths, monkeypatch) -> None:  # type:
     why = {d["node"]: d["why"] for d in status["slurm"]["disagreements"]}
     assert why == {"gpu-node-02": "DRAINED in Slurm by root: fan noise, ticket 4411"}, status
     code, mon = command_json(gpuctl, "monitor")
-    assert code == 0 and mon["slurm"]["foreign"] == ["gpu-node-02"], mon
-    assert mon["slurm"]["drained"] == mon["slurm"]["resumed"] == [], mon  # in step already
+    synced = mon["schedulers"]["slurm"]
+    assert code == 0 and synced["foreign"] == ["gpu-node-02"], mon
+    assert synced["drained"] == synced["resumed"] == [], mon  # in step already
     assert any(e["kind"] == "slurm" and "fan noise" in e["reason"]
                for e in events(gpuctl, "gpu-node-02"))
     assert sinfo()["gpu-node-02"][0] == "drained"

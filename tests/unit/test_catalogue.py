@@ -31,7 +31,7 @@ def test_every_shipped_sku_has_every_part() -> None:
 @pytest.mark.parametrize("name", sorted(n for n, s in SKUS.items() if s.gpu_count))
 def test_gpu_sku_parts_agree(name: str) -> None:
     sku = SKUS[name]
-    assert sku.gres_type and sku.family and sku.compute.count(".") == 1
+    assert sku.targets["slurm"]["gres_type"] and sku.family and sku.compute.count(".") == 1
     assert sku.provision["driver_branch"] and sku.provision["driver_kernel_modules"]
     assert sku.burnin["tests"] and sku.burnin["telemetry"]["max_temp_c"]
     assert "# " in (SHIPPED / f"{name}.yml").read_text().split("burnin:")[0]  # sources cited
@@ -66,10 +66,19 @@ def test_a_site_file_adds_a_sku_and_a_broken_one_is_named(paths: Paths) -> None:
     skus = catalogue(paths)
     assert skus["l40s-8"].gpu_count == 8 and "l40s-4" in skus
     assert infer_sku(skus, ["NVIDIA L40S"] * 8) == "l40s-8"
+    # A target's part is optional (the target has defaults), but must be a mapping.
     del doc["slurm"]
+    (site / "l40s-8.yml").write_text(yaml.safe_dump(doc))
+    assert catalogue(paths)["l40s-8"].targets == {}
+    doc["slurm"] = "l40s"
+    (site / "l40s-8.yml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(InputError, match=r"l40s-8.yml: slurm: a target's part is a mapping"):
+        catalogue(paths)
+    doc["slurm"] = {"gres_type": "l40s"}
+    doc["gpu"].pop("count")
     doc["burnin"].pop("tests")
     (site / "l40s-8.yml").write_text(yaml.safe_dump(doc))
-    with pytest.raises(InputError, match=r"l40s-8.yml: missing slurm, burnin.tests"):
+    with pytest.raises(InputError, match=r"l40s-8.yml: missing gpu.count, burnin.tests"):
         catalogue(paths)
 
 

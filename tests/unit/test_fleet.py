@@ -19,6 +19,10 @@ from provisioner.fleet import handoff as ho
 from provisioner.fleet import ops, pools
 from provisioner.fleet.status import fleet_status
 from provisioner.handle import Gpuctl
+from provisioner.slurm.render import render_slurm
+from provisioner.targets.ansible import render_ansible
+from provisioner.targets.k8s import render_k8s
+from provisioner.targets.prometheus import render_prometheus
 from tests.fleet_fixtures import fill_fleet
 
 # fill_fleet cycles states: gpu00000 in-service, 01 certified, 02 quarantined,
@@ -134,7 +138,7 @@ def test_slurm_handoff(fleet: Gpuctl, tmp_path: Path) -> None:
     assert [s.split(":")[0] for s in skipped] == ["gpu00000", "gpu00006"]
     assert all(re.fullmatch(r"gpu0000[06]: certificate expired \d{4}-\d\d-\d\d; re-run "
                             r"burn-in", s) for s in skipped), skipped
-    files = ho.render_slurm(chosen, "h100")
+    files = render_slurm(chosen, "h100")
     lines = files["slurm.conf"].splitlines()
     assert lines[1] == "GresTypes=gpu"
     assert lines[2] == ("NodeName=gpu00001 NodeAddr=127.1.0.1 CPUs=384 Boards=1 "
@@ -170,7 +174,7 @@ def test_k8s_labels_are_valid_kubernetes_labels(fleet: Gpuctl) -> None:
     with fleet.session() as session:
         chosen, _ = ho.select_handoff(session, fleet.skus(), [], None)
     chosen[0].gpu_model = "NVIDIA H100 80GB HBM3 (weird/name) " + "x" * 80
-    doc = yaml.safe_load(ho.render_k8s(chosen))
+    doc = yaml.safe_load(render_k8s(chosen))
     assert doc["kind"] == "List" and [i["kind"] for i in doc["items"]] == ["Node", "Node"]
     labels = doc["items"][1]["metadata"]["labels"]
     assert labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
@@ -188,7 +192,7 @@ def test_ansible_handoff_is_accepted_by_ansible_inventory(fleet: Gpuctl, tmp_pat
     with fleet.session() as session:
         chosen, _ = ho.select_handoff(session, fleet.skus(), [], None)
     path = tmp_path / "in-service.yml"
-    path.write_text(ho.render_ansible(chosen))
+    path.write_text(render_ansible(chosen))
     tool = shutil.which("ansible-inventory") or str(Path(__file__).parents[2] /
                                                      ".venv/bin/ansible-inventory")
     proc = subprocess.run([tool, "-i", str(path), "--list"], capture_output=True, text=True,
@@ -212,7 +216,7 @@ def test_prometheus_textfile_passes_promtool(fleet: Gpuctl, tmp_path: Path) -> N
         chosen, _ = ho.select_handoff(session, fleet.skus(), [], None)
         states = [tuple(r) for r in session.exec(select(Node.name, Node.sku, Node.state)
                                                  .order_by(Node.name)).all()]
-        text = ho.render_prometheus(states, chosen)  # type: ignore[arg-type]
+        text = render_prometheus(states, chosen)  # type: ignore[arg-type]
     proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
                           text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).parents[2] / "provisioner"
 SHELLS = ("cli", "ui", "lab")  # the outer layers
 
@@ -92,8 +94,62 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return cycles
 
 
+def folder_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The same graph between folders (``fleet``, ``slurm``) and top-level modules
+    (``handle``, ``runs``): A -> B when any module of A imports one of B."""
+    out: dict[str, set[str]] = {}
+    for module, imports in graph.items():
+        if _layer(module):  # the package's __init__ (its version) is no folder
+            out.setdefault(_layer(module), set()).update(
+                _layer(i) for i in imports if _layer(i) not in ("", _layer(module)))
+    return out
+
+
+FOLDERS = folder_graph(GRAPH)
+
+
 def test_no_import_cycle() -> None:
     assert find_cycles(GRAPH) == []
+
+
+def test_no_folder_import_cycle() -> None:
+    """Imports point down between folders too: no folder imports one that imports it
+    back, even through different modules."""
+    assert find_cycles(FOLDERS) == []
+
+
+# The three folder cycles the scheduler-adapter redesign removed: status asked Slurm for
+# its view (while Slurm's modules import fleet's), the registry recovered dead runs
+# (while runs import the lifecycle), the database's backup took the handle (while the
+# handle opens the database).
+OLD_EDGES = [("provisioner.fleet.status", "provisioner.slurm.sync"),
+             ("provisioner.inventory.registry", "provisioner.runs"),
+             ("provisioner.db.backup", "provisioner.handle")]
+
+
+@pytest.mark.parametrize(("importer", "imported"), OLD_EDGES)
+def test_the_folder_check_finds_each_old_cycle(importer: str, imported: str) -> None:
+    assert imported not in GRAPH[importer]
+    old = {**GRAPH, importer: GRAPH[importer] | {imported}}
+    cycles = find_cycles(folder_graph(old))
+    assert any({_layer(importer), _layer(imported)} <= set(c) for c in cycles), cycles
+
+
+def test_architecture_doc_draws_the_folder_graph() -> None:
+    """docs/architecture.md's table names, for each folder, the folders it depends on:
+    exactly the test's graph."""
+    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    drawn: dict[str, set[str]] = {}
+    for line in doc.split("## Layers", 1)[1].split("\n## ", 1)[0].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`provisioner/"):
+            continue
+        name = cells[0].strip("`").removeprefix("provisioner/").removesuffix("/")
+        name = name.removesuffix(".py")
+        deps = cells[-1]
+        drawn[name] = set() if deps in ("-", "") else {
+            d.strip().strip("`").removesuffix("/") for d in deps.split(",")}
+    assert drawn == FOLDERS
 
 
 def test_the_check_finds_a_cycle() -> None:

@@ -98,8 +98,9 @@ def test_removing_a_node_cascades_in_the_schema(paths: Paths) -> None:
         PoolAllocation,
         Run,
     )
+    from provisioner.fleet.ops import remove_nodes
     from provisioner.handle import Gpuctl
-    from provisioner.inventory.registry import NodeSpec, add_nodes, remove_nodes
+    from provisioner.inventory.registry import NodeSpec, add_nodes
 
     gc = Gpuctl(paths)
     add_nodes(gc, [NodeSpec(name="n1", address="127.0.0.21"),

@@ -1,0 +1,147 @@
+"""State changes reach the listeners (schedulers) when, and only when, they commit; a
+listener's trouble never undoes or blocks gpuctl's change; a run's nodes are announced
+as busy before the run's body starts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlmodel import select
+
+from provisioner.db.models import Node
+from provisioner.errors import GpuctlError
+from provisioner.events import (
+    REMOVED,
+    Change,
+    PoolsChanged,
+    StateChange,
+    SyncReport,
+    merge_reports,
+)
+from provisioner.fleet import ops, pools
+from provisioner.handle import Gpuctl
+from provisioner.inventory.lifecycle import State, get_node, transition
+from provisioner.runs import RunScope
+from tests.fleet_fixtures import fill_fleet
+
+
+class Recorder:
+    """A listener that keeps what it heard (and can be told to fail)."""
+
+    name = "recorder"
+
+    def __init__(self, fail: BaseException | None = None) -> None:
+        self.heard: list[list[Change]] = []
+        self.fail = fail
+
+    def changed(self, gc: Gpuctl, changes: list[Change]) -> SyncReport | None:
+        self.heard.append(list(changes))
+        if self.fail is not None:
+            raise self.fail
+        return SyncReport(self.name, drained=[c.node for c in changes
+                                              if isinstance(c, StateChange)])
+
+    def reconcile(self, gc: Gpuctl) -> SyncReport | None:
+        return SyncReport(self.name, notes=["reconciled"])
+
+
+@pytest.fixture
+def fleet(gc: Gpuctl) -> Gpuctl:
+    # gpu00000 in-service, 01 certified, 02 quarantined, 03 provisioned, 04 failed, ...
+    fill_fleet(gc.db_url, 8)
+    return gc
+
+
+def test_a_committed_change_is_announced_once_after_commit(fleet: Gpuctl) -> None:
+    rec = Recorder()
+    fleet.listeners.append(rec)
+    seen_in_db: list[str] = []
+
+    def changed(gc: Gpuctl, changes: list[Change]) -> SyncReport | None:
+        # The listener runs after the commit: another transaction sees the new state.
+        with gc.session() as session:
+            seen_in_db.append(get_node(session, "gpu00001").state)
+        return Recorder.changed(rec, gc, changes)
+
+    rec.changed = changed  # type: ignore[method-assign]
+    ops.apply(fleet, "drain", ["gpu00001"], "PSU swap")
+    assert seen_in_db == ["drained"]
+    assert rec.heard == [[StateChange("gpu00001", "certified", "drained",
+                                      "drain: PSU swap", None)]]
+    assert [r.lines() for r in fleet.take_reports()] == [["recorder: drained gpu00001"]]
+    assert fleet.take_reports() == []
+
+
+def test_a_rolled_back_change_is_never_announced(fleet: Gpuctl) -> None:
+    rec = Recorder()
+    fleet.listeners.append(rec)
+    with pytest.raises(RuntimeError), fleet.session() as session:
+        node = get_node(session, "gpu00001")
+        transition(session, node, State.QUARANTINED, actor="t", reason="x")
+        raise RuntimeError("the transaction fails after the transition")
+    assert rec.heard == []
+    with fleet.session() as session:
+        assert get_node(session, "gpu00001").state == "certified"
+
+
+def test_a_failing_listener_neither_raises_nor_undoes_the_change(fleet: Gpuctl) -> None:
+    fleet.listeners += [Recorder(GpuctlError("slurmctld not responding")),
+                        Recorder(KeyError("bug"))]
+    fleet.listeners[1].name = "buggy"  # type: ignore[misc]
+    changes = ops.apply(fleet, "quarantine", ["gpu00000"], "user reports NaNs")
+    assert [c.to_state for c in changes] == ["quarantined"]
+    with fleet.session() as session:
+        assert get_node(session, "gpu00000").state == "quarantined"
+    errors = {r.target: r.error for r in fleet.take_reports()}
+    assert errors == {"recorder": "slurmctld not responding", "buggy": "KeyError: 'bug'"}
+
+
+def test_a_run_announces_its_busy_nodes_before_its_body_runs(fleet: Gpuctl) -> None:
+    rec = Recorder()
+    fleet.listeners.append(rec)
+    with fleet.session() as session:
+        nodes = list(session.exec(select(Node).where(Node.name == "gpu00001")))
+    with RunScope(fleet, "burnin", {}, nodes, busy=State.BURNING_IN) as run:
+        # Inside the body: the scheduler has already heard the node is busy.
+        assert [[(c.node, c.to_state) for c in h] for h in rec.heard] == [
+            [("gpu00001", "burning-in")]]
+        run.node_ok = {"gpu00001": False}
+    # Leaving without a result settles the node to failed: announced too.
+    assert [(c.node, c.to_state) for c in rec.heard[-1]] == [("gpu00001", "failed")]
+
+
+def test_removal_and_pools_are_announced(fleet: Gpuctl) -> None:
+    rec = Recorder()
+    fleet.listeners.append(rec)
+    pools.create_pool(fleet, "team-a", "h100-sxm-8", 8)
+    pools.assign(fleet, "team-a", ["gpu00001"], 8)
+    ops.remove_nodes(fleet, ["gpu00001", "gpu00000"])
+    flat = [c for h in rec.heard for c in h]
+    assert flat[:2] == [PoolsChanged("team-a"), PoolsChanged("team-a")]
+    removed = {c.node: c for c in flat if isinstance(c, StateChange)}
+    assert {n: (c.from_state, c.to_state) for n, c in removed.items()} == {
+        "gpu00001": ("certified", REMOVED), "gpu00000": ("in-service", REMOVED)}
+    # The removed node's pool capacity went with it, and the pool listener heard.
+    assert PoolsChanged("team-a") in rec.heard[-1]
+
+
+def test_reconcile_and_merge(fleet: Gpuctl) -> None:
+    fleet.listeners.append(Recorder())
+    reports = fleet.reconcile()
+    assert [r.notes for r in reports] == [["reconciled"]]
+    merged = merge_reports([SyncReport("slurm", drained=["a"], error="down"),
+                            SyncReport("slurm", drained=["a", "b"], foreign=["c"])])
+    assert merged["slurm"].to_dict() == {"target": "slurm", "drained": ["a", "b"],
+                                         "resumed": [], "foreign": ["c"], "notes": [],
+                                         "error": ""}
+
+
+def test_the_cli_connects_every_target_listener(gpuctl: Any, monkeypatch: Any) -> None:
+    from provisioner import targets
+
+    seen: list[Gpuctl] = []
+    real = targets.connect
+    monkeypatch.setattr(targets, "connect", lambda gc: seen.append(real(gc)) or gc)
+    assert gpuctl("status", "--json").code == 0
+    assert [[lst.name for lst in gc.listeners] for gc in seen] == [["slurm"]]
