@@ -11,6 +11,7 @@ whose failure is a fact, not a threshold.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import functools
 import hashlib
@@ -537,10 +538,12 @@ def collectives(ranks: int, sizes: list[int], iters: int) -> list[Measurement]:
 
 # -- telemetry ---------------------------------------------------------------------------
 
-# nvidia-smi's --query-gpu fields for one telemetry sample; the throttle bitmask is the
-# same one NVML's nvmlDeviceGetCurrentClocksEventReasons returns.
-SMI_SAMPLE = ("index,temperature.gpu,power.draw,clocks.sm,clocks_throttle_reasons.active,"
-              "pcie.link.gen.current,pcie.link.width.current")
+# nvidia-smi's --query-gpu fields for one telemetry sample, and the sample's key for each;
+# the throttle bitmask is the same one NVML's nvmlDeviceGetCurrentClocksEventReasons returns.
+SMI_SAMPLE = {"temperature.gpu": "temp_c", "power.draw": "power_w", "clocks.sm": "sm_mhz",
+              "clocks_throttle_reasons.active": "throttle", "pcie.link.gen.current": "pcie_gen",
+              "pcie.link.width.current": "pcie_width"}
+SMI_INTEGERS = ("throttle", "pcie_gen", "pcie_width")
 
 
 def _smi(args: list[str], timeout: float = 60.0, limit: int = 16 << 20) -> str | None:
@@ -564,6 +567,76 @@ def _number(text: str) -> float | None:
         return None
 
 
+def smi_query_gpu(fields: list[str], timeout: float = 60.0) -> list[dict[str, str]]:
+    """``nvidia-smi --query-gpu=index,FIELDS --format=csv,noheader,nounits``: per GPU, each
+    field's cell as text (``312.50``, ``0x0000000000000040``, ``[N/A]``; ``_number`` reads
+    it), plus ``index``. Lines without an integer index or with a cell too many or too few
+    are left out; empty without nvidia-smi."""
+    names = ["index", *fields]
+    text = _smi(["--query-gpu=" + ",".join(names), "--format=csv,noheader,nounits"], timeout)
+    rows = []
+    for line in (text or "").splitlines()[:64]:
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) == len(names) and cells[0].isdigit():
+            rows.append({name: cells[i] for i, name in enumerate(names)})
+    return rows
+
+
+_NVML_LOCK = threading.Lock()
+# sys.modules' ``pynvml`` when nvmlInit was last tried, and the module if that worked.
+# Keyed on that entry, not tried once for good, so a pynvml put there later (a test's
+# fake) is initialised in its turn.
+_NVML: dict[str, Any] = {"key": None, "lib": None, "tried": False}
+_ABSENT = object()
+
+
+def nvml() -> Any:
+    """The pynvml module, initialised; None without pynvml or a driver. Every NVML reader
+    in the agent comes through here, so nvmlInit runs once per process (a failure is
+    remembered too) and nvmlShutdown once, at exit."""
+    with _NVML_LOCK:
+        if _NVML["tried"] and sys.modules.get("pynvml", _ABSENT) is _NVML["key"]:
+            return _NVML["lib"]
+        try:
+            import pynvml  # noqa: PLC0415
+
+            pynvml.nvmlInit()
+        except Exception:  # no pynvml, no driver: the callers ask nvidia-smi
+            lib = None
+        else:
+            lib = pynvml
+            atexit.register(_nvml_shutdown, pynvml)
+        _NVML.update(key=sys.modules.get("pynvml", _ABSENT), lib=lib, tried=True)
+        return lib
+
+
+def _nvml_shutdown(lib: Any) -> None:
+    with contextlib.suppress(Exception):  # at exit, a failure has nobody to tell
+        lib.nvmlShutdown()
+
+
+def nvml_query(func: str | Callable[..., Any], *args: Any, default: Any = None) -> Any:
+    """``pynvml.<func>(*args)``, or ``func(*args)`` for a callable, once NVML is
+    initialised; ``default`` without pynvml or a driver, or when the call raises (an
+    NVMLError such as a metric this GPU does not support, a function this pynvml lacks).
+    After nvitop's ``nvmlQuery(func, *args, default=NA)``."""
+    lib = nvml()
+    if lib is None:
+        return default
+    try:
+        return (getattr(lib, func) if isinstance(func, str) else func)(*args)
+    except Exception:
+        return default
+
+
+def _nvml_each_gpu(read: Callable[[Any, Any], Any]) -> list[Any] | None:
+    """``read(pynvml, handle)`` for every GPU NVML sees; None without NVML or a driver, or
+    when a read fails part-way (the caller then asks nvidia-smi)."""
+    lib = nvml()
+    return nvml_query(lambda: [read(lib, lib.nvmlDeviceGetHandleByIndex(i))
+                               for i in range(lib.nvmlDeviceGetCount())])
+
+
 class Telemetry:
     """Samples the GPUs while tests run: temperature, power, SM clock, throttle reasons.
     Through NVML where pynvml is installed, else through ``nvidia-smi --query-gpu``; where
@@ -575,62 +648,42 @@ class Telemetry:
         self.source = "none"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._handles: list[Any] = []
-        self._nvml: Any = None
-        try:
-            import pynvml  # noqa: PLC0415
-
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i)
-                             for i in range(pynvml.nvmlDeviceGetCount())]
+        handles = _nvml_each_gpu(lambda lib, handle: handle)
+        self._handles: list[Any] = handles or []
+        if handles is not None:
             self.source = "nvml"
-        except Exception:  # NVML missing or no driver: try nvidia-smi
-            self._nvml = None
-            if _smi(["--query-gpu=" + SMI_SAMPLE, "--format=csv,noheader,nounits"], 30):
-                self.source = "nvidia-smi"
+        elif smi_query_gpu(list(SMI_SAMPLE), 30):
+            self.source = "nvidia-smi"
 
     @property
     def available(self) -> bool:
         return self.source != "none"
 
-    def _query(self, func: str, *args: Any) -> Any:
-        try:
-            return getattr(self._nvml, func)(*args)
-        except Exception:  # a metric this GPU does not support
-            return None
-
     def sample(self) -> None:
         now = time.time()
         if self.source == "nvml":
             for i, h in enumerate(self._handles):
-                power = self._query("nvmlDeviceGetPowerUsage", h)
-                throttle = self._query("nvmlDeviceGetCurrentClocksEventReasons", h)
-                if throttle is None:
-                    throttle = self._query("nvmlDeviceGetCurrentClocksThrottleReasons", h)
+                power = nvml_query("nvmlDeviceGetPowerUsage", h)
+                throttle = nvml_query("nvmlDeviceGetCurrentClocksEventReasons", h)
+                if throttle is None:  # the name before NVML 12.535 (R535) deprecated it
+                    throttle = nvml_query("nvmlDeviceGetCurrentClocksThrottleReasons", h)
                 self.samples.append({
                     "t": now, "gpu": i,
-                    "temp_c": self._query("nvmlDeviceGetTemperature", h, 0),
+                    "temp_c": nvml_query("nvmlDeviceGetTemperature", h, 0),
                     "power_w": power / 1000 if power is not None else None,
-                    "sm_mhz": self._query("nvmlDeviceGetClockInfo", h, 1),
+                    "sm_mhz": nvml_query("nvmlDeviceGetClockInfo", h, 1),
                     "throttle": throttle,
-                    "pcie_gen": self._query("nvmlDeviceGetCurrPcieLinkGeneration", h),
-                    "pcie_width": self._query("nvmlDeviceGetCurrPcieLinkWidth", h),
+                    "pcie_gen": nvml_query("nvmlDeviceGetCurrPcieLinkGeneration", h),
+                    "pcie_width": nvml_query("nvmlDeviceGetCurrPcieLinkWidth", h),
                 })
         elif self.source == "nvidia-smi":
-            out = _smi(["--query-gpu=" + SMI_SAMPLE, "--format=csv,noheader,nounits"], 30)
-            for line in (out or "").splitlines()[:64]:
-                cols = [c.strip() for c in line.split(",")]
-                if len(cols) != 7 or not cols[0].isdigit():
-                    continue
-                throttle, gen, width = _number(cols[4]), _number(cols[5]), _number(cols[6])
-                self.samples.append({
-                    "t": now, "gpu": int(cols[0]), "temp_c": _number(cols[1]),
-                    "power_w": _number(cols[2]), "sm_mhz": _number(cols[3]),
-                    "throttle": int(throttle) if throttle is not None else None,
-                    "pcie_gen": int(gen) if gen is not None else None,
-                    "pcie_width": int(width) if width is not None else None,
-                })
+            for row in smi_query_gpu(list(SMI_SAMPLE), 30):
+                sample: dict[str, Any] = {"t": now, "gpu": int(row["index"])}
+                for name, key in SMI_SAMPLE.items():
+                    value = _number(row[name])
+                    sample[key] = int(value) if key in SMI_INTEGERS and value is not None \
+                        else value
+                self.samples.append(sample)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -691,23 +744,6 @@ def health_snapshot() -> dict[str, Any]:
 NVLINK_MAX_LINKS = 18  # NVML_NVLINK_MAX_LINKS
 
 
-def _nvml_each_gpu(read: Callable[[Any, Any], dict[str, Any]]) -> list[dict[str, Any]] | None:
-    """``read(pynvml, handle)`` for every GPU NVML sees; None without NVML or a driver."""
-    try:
-        import pynvml  # noqa: PLC0415
-
-        pynvml.nvmlInit()
-    except Exception:  # no pynvml, no driver: the caller asks nvidia-smi
-        return None
-    try:
-        return [read(pynvml, pynvml.nvmlDeviceGetHandleByIndex(i))
-                for i in range(pynvml.nvmlDeviceGetCount())]
-    except Exception:  # a driver that fails mid-way: the caller asks nvidia-smi
-        return None
-    finally:
-        pynvml.nvmlShutdown()
-
-
 def _nvml_links(nvml: Any, handle: Any) -> dict[str, Any]:
     links = []
     for link in range(NVLINK_MAX_LINKS):
@@ -763,16 +799,10 @@ def gpu_inventory() -> list[dict[str, Any]]:
     found = _nvml_each_gpu(_nvml_ident)
     if found is not None:
         return found
-    text = _smi(["--query-gpu=index,name,uuid,pci.bus_id,memory.total",
-                 "--format=csv,noheader,nounits"], 60)
-    out = []
-    for line in (text or "").splitlines()[:64]:
-        cols = [c.strip() for c in line.split(",")]
-        if len(cols) == 5 and cols[0].isdigit():
-            out.append({"index": int(cols[0]), "name": cols[1], "uuid": cols[2],
-                        "pci_bus_id": cols[3],
-                        "memory_mib": int(cols[4]) if cols[4].isdigit() else None})
-    return out
+    return [{"index": int(r["index"]), "name": r["name"], "uuid": r["uuid"],
+             "pci_bus_id": r["pci.bus_id"],
+             "memory_mib": int(r["memory.total"]) if r["memory.total"].isdigit() else None}
+            for r in smi_query_gpu(["name", "uuid", "pci.bus_id", "memory.total"], 60)]
 
 
 def identities(devs: list[torch.device], inventory: list[dict[str, Any]]

@@ -10,6 +10,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,53 @@ def set_host_var(paths: Any, key: str, value: str) -> None:
             session.add(node)
 
 
+def job(job_id: str) -> dict[str, str]:
+    """``scontrol show job -o``'s fields (JobState, StartTime, Reason, ...)."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
+                         text=True, check=True).stdout
+    return dict(f.split("=", 1) for f in out.split() if "=" in f)
+
+
+def gpuctl_state(paths: Any, node: str) -> str | None:
+    with session_scope(paths.db_url) as session:
+        found = session.exec(select(Node.state).where(Node.name == node)).first()
+    return found
+
+
+def step_keeps_user_jobs_off(paths: Any, node: str, *args: str) -> dict[str, Any]:
+    """Run ``gpuctl ARGS`` (a step that works on ``node``) with a user's job for the node
+    waiting in Slurm (``sbatch -w NODE``, held until the step has begun, so it could start
+    the moment the node is free). Samples gpuctl's state, Slurm's and the job's while the
+    step runs. Returns what was seen, the job id and the step's exit code."""
+    submitted = sbatch("--hold", "-w", node, "--wrap", "true")
+    assert submitted.returncode == 0, submitted
+    job_id = submitted.stdout.strip().split(";")[0]
+    step = subprocess.Popen([sys.executable, "-m", "provisioner", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    samples: list[tuple[str | None, str, str, str]] = []  # gpuctl, slurm, reason, job
+    released = False
+    while step.poll() is None:
+        state, (slurm, _, reason) = gpuctl_state(paths, node), sinfo()[node]
+        if not released and slurm in ("drained", "draining"):
+            # The node is drained: now let the job go. It must still not start.
+            subprocess.run(["scontrol", "release", job_id], check=True)
+            released = True
+        samples.append((state, slurm, reason, job(job_id)["JobState"]))
+        time.sleep(0.2)
+    _, err = step.communicate()
+    return {"samples": samples, "job": job_id, "code": step.returncode, "err": err,
+            "released": released}
+
+
+def check_no_job_while_busy(seen: dict[str, Any], busy: str) -> None:
+    """While gpuctl had the node in ``busy``: Slurm had it drained with gpuctl's reason,
+    and the user's job did not start."""
+    during = [s for s in seen["samples"] if s[0] == busy]
+    assert during and seen["released"], seen
+    assert all(slurm in ("drained", "draining") and reason.startswith(f"gpuctl: {busy}: ")
+               and job_state == "PENDING" for _, slurm, reason, job_state in during), during
+
+
 def events(gpuctl: Any, node: str) -> list[dict[str, Any]]:
     return json.loads(gpuctl("nodes", "show", node, "--json").out)["events"]  # type: ignore[no-any-return]
 
@@ -84,6 +133,25 @@ def test_day2_with_real_slurm(lab, gpuctl, paths, monkeypatch) -> None:  # type:
     assert any(e["kind"] == "smoke" and e["reason"].startswith("failed: job")
                for e in events(gpuctl, "gpu-node-02"))
     set_host_var(paths, "gpuctl_burnin_python", sys.executable)
+
+    # Slurm knows the nodes now, and they are certified: IDLE there. A burn-in and a
+    # provision of such a node drain it in Slurm as their run begins (before they reach
+    # the node), a user's job waiting for the node does not start while they work, and
+    # the node takes jobs again only once it is certified again.
+    for busy, args in (("burning-in", ("burnin", "gpu-node-01", "--duration", "0.2")),
+                       ("provisioning", ("provision", "gpu-node-02"))):
+        node = args[1]
+        seen = step_keeps_user_jobs_off(paths, node, *args)
+        assert seen["code"] == 0, seen["err"][-2000:]
+        check_no_job_while_busy(seen, busy)
+        assert gpuctl_state(paths, node) == "certified"
+        job_id = seen["job"]
+        wait_for(lambda j=job_id: job(j)["JobState"] == "COMPLETED", timeout=90)
+        serving_again = max(e["at"] for e in events(gpuctl, node)
+                            if e["kind"] == "state" and e["to"] == "certified")
+        started = job(job_id)["StartTime"]  # the controller's local time
+        assert time.mktime(time.strptime(started, "%Y-%m-%dT%H:%M:%S")) >= \
+            datetime.fromisoformat(serving_again).timestamp() - 1, (started, serving_again)
 
     # The live hand-off: into slurm.conf/gres.conf, every node IDLE with its 8 GPUs (the
     # first --apply restarted slurmctld for the new nodes), then the smoke job through
@@ -184,3 +252,14 @@ def test_day2_with_real_slurm(lab, gpuctl, paths, monkeypatch) -> None:  # type:
     state, _, reason = sinfo()["gpu-node-02"]
     assert state == "drained" and reason.startswith(
         "gpuctl: quarantined: fabric: NVSwitch fabric not up: state "), reason
+
+    # An in-service node removed from gpuctl: drained in Slurm (nothing vouches for it
+    # any more), and a job waiting for it stays pending.
+    assert gpuctl_state(paths, "gpu-node-03") == "in-service"
+    seen = step_keeps_user_jobs_off(paths, "gpu-node-03", "nodes", "remove", "gpu-node-03", "--yes")
+    assert seen["code"] == 0 and gpuctl_state(paths, "gpu-node-03") is None, seen
+    wait_for(lambda: sinfo()["gpu-node-03"][0] == "drained", timeout=10)
+    assert sinfo()["gpu-node-03"][2].startswith("gpuctl: removed: removed from gpuctl by ")
+    subprocess.run(["scontrol", "release", seen["job"]], check=False)
+    time.sleep(2)
+    assert job(seen["job"])["JobState"] == "PENDING"
