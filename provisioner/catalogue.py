@@ -109,12 +109,10 @@ def _parse(path: Path) -> Sku:
         if not all(isinstance(b, str) for b in doc["lab"][key] or []):
             raise InputError(f"{path}: lab.{key}: quote PCI addresses (\"0000:18:00.0\"); "
                              "unquoted, YAML reads them as numbers")
+    # Other mappings are hand-off targets' parts; other scalars (a note, a vendor) are
+    # ignored, as they always were.
     targets = {key: value for key, value in doc.items()
-               if key not in PARTS and key not in ("name", "description")}
-    bad = [key for key, value in targets.items() if not isinstance(value, dict)]
-    if bad:
-        raise InputError(f"{path}: {', '.join(map(str, bad))}: a target's part is a mapping "
-                         "(e.g. slurm: {gres_type: h100})")
+               if key not in PARTS and isinstance(value, dict)}
     return Sku(name=path.stem, description=str(doc.get("description") or ""),
                source=str(path), targets=targets, **{part: doc[part] for part in PARTS})
 

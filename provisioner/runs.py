@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,6 +37,7 @@ from sqlmodel import Session, col, delete, select
 
 from provisioner.db.models import Event, Node, NodeLock, Run, as_utc, iso_utc, utcnow
 from provisioner.errors import GpuctlError, InputError, NotFoundError
+from provisioner.events import take_changes
 from provisioner.handle import Gpuctl
 from provisioner.inventory.lifecycle import State, get_node, transition
 
@@ -207,9 +209,17 @@ class RunScope:
                     if stored.state != self.busy:
                         transition(session, stored, self.busy, actor=gc.actor,
                                    run_id=run.id, reason=self.start_reason)
+            # Announced below, once the heartbeat runs: draining many nodes in a slow
+            # scheduler must not let another host think this run is dead.
+            busy_changes = take_changes(session)
         self._beat = threading.Thread(target=self._heartbeat, name=f"run-{self.run_id}-beat",
                                       daemon=True)
         self._beat.start()
+        try:
+            gc.announce(busy_changes)  # the schedulers drain the nodes before the body runs
+        except BaseException:  # Ctrl-C while draining: the run still settles
+            self.__exit__(*sys.exc_info())
+            raise
         return self
 
     def _heartbeat(self) -> None:

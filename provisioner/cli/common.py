@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
+from provisioner.events import merge_reports
 from provisioner.handle import Gpuctl
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -33,6 +34,6 @@ def json_option(func: F) -> F:
 def report_listeners(ctx: Ctx) -> None:
     """What the listeners (schedulers) did with the command's changes, on stderr: run
     when the command ends, however it ends."""
-    for report in ctx.gc.take_reports():
+    for report in merge_reports(ctx.gc.take_reports()).values():
         for line in report.lines():
             ctx.err.print(line, markup=False, highlight=False)

@@ -111,12 +111,14 @@ def show(ctx: Ctx, node: str, events: int, as_json: bool) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask.")
 @pass_ctx
 def remove(ctx: Ctx, names: tuple[str, ...], yes: bool) -> None:
-    """Remove nodes with their snapshots and history.
+    """Remove nodes with their snapshots and history. A node a scheduler knows (Slurm,
+    after `handoff slurm --apply`) is drained there: gpuctl no longer vouches for it.
 
     Example: gpuctl nodes remove gpu017 --yes
     """
     if not yes:
-        click.confirm(f"Remove {len(names)} node(s) and their history?", abort=True)
+        click.confirm(f"Remove {len(names)} node(s) and their history (and drain them in "
+                      "the scheduler)?", abort=True)
     ops.remove_nodes(ctx.gc, list(names))
     ctx.console.print(f"removed {', '.join(names)}")
 

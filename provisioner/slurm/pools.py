@@ -44,10 +44,17 @@ def sync_pools(gc: Gpuctl) -> list[str] | None:
         return None
     views = list_pools(gc)
     done = []
-    existing = {q for q in run_slurm(["sacctmgr", "-n", "-P", "show", "qos",
-                                      "format=name"]).split() if q.startswith(QOS_PREFIX)}
+    # name|GrpTRES|Flags of gpuctl's QOS, e.g. "gpuctl-team|gres/gpu=4|DenyOnLimit".
+    existing = {}
+    for row in run_slurm(["sacctmgr", "-n", "-P", "show", "qos",
+                          "format=name,grptres,flags"]).splitlines():
+        name, _, rest = row.partition("|")
+        if name.startswith(QOS_PREFIX):
+            existing[name] = rest
     for v in views:
         limit = [f"GrpTRES=gres/gpu={v.assigned}", "Flags=DenyOnLimit"]
+        if existing.get(qos_name(v.name)) == f"gres/gpu={v.assigned}|DenyOnLimit":
+            continue  # already so: a reconcile changes nothing
         if qos_name(v.name) in existing:
             run_slurm(["sacctmgr", "-i", "modify", "qos", "where", f"name={qos_name(v.name)}",
                        "set", *limit])
@@ -66,7 +73,7 @@ def sync_pools(gc: Gpuctl) -> list[str] | None:
         reconfigure()
         done.append("partitions " + (", ".join(re.findall(r"PartitionName=(\S+)",
                                                            "\n".join(lines))) or "removed"))
-    for stale in sorted(existing - {qos_name(v.name) for v in views}):
+    for stale in sorted(set(existing) - {qos_name(v.name) for v in views}):
         run_slurm(["sacctmgr", "-i", "delete", "qos", stale])
         done.append(f"QOS {stale} deleted")
     return done

@@ -48,10 +48,18 @@ class SlurmListener:
 
     name = "slurm"
 
+    def __init__(self) -> None:
+        # Once Slurm failed in this command, later changes are not sent (each try could
+        # wait for a timeout per node); the reconcile tries again.
+        self.down = ""
+
     def changed(self, gc: Gpuctl, changes: list[Change]) -> SyncReport | None:
         if load_settings(gc) is None:
             return None
         report = SyncReport(self.name)
+        if self.down:
+            report.error = self.down
+            return report
         states = last_state_changes(changes)
         try:
             if states:
@@ -59,11 +67,19 @@ class SlurmListener:
             if any(isinstance(c, PoolsChanged) for c in changes):
                 report.notes += sync_pools(gc) or []
         except SlurmError as exc:
-            report.error = str(exc)
+            report.error = self.down = str(exc)
         return report
 
     def reconcile(self, gc: Gpuctl) -> SyncReport | None:
-        return sync_slurm(gc)
+        """Every node, then the pools (a pool change Slurm missed is caught up here)."""
+        self.down = ""
+        report = sync_slurm(gc)
+        if report is not None and not report.error:
+            try:
+                report.notes += sync_pools(gc) or []
+            except SlurmError as exc:
+                report.error = f"pools: {exc}"
+        return report
 
 
 def _wanted(snode: SlurmNode, serving: bool, reason: str) -> str:
@@ -105,9 +121,13 @@ def _mirror(gc: Gpuctl, states: dict[str, StateChange], report: SyncReport) -> N
 
 
 def _apply(to_drain: dict[str, str], report: SyncReport) -> None:
+    """One scontrol call per distinct reason (a run's nodes share one), one to resume."""
+    by_reason: dict[str, list[str]] = {}
     for name, reason in to_drain.items():
-        drain([name], reason)
-        report.drained.append(name)
+        by_reason.setdefault(reason, []).append(name)
+    for reason, names in by_reason.items():
+        drain(names, reason)
+        report.drained += names
     resume(report.resumed)
 
 

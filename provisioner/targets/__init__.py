@@ -19,10 +19,12 @@ from provisioner.handle import Gpuctl
 @cache
 def targets() -> dict[str, Target]:
     """Every target, by name, in name order."""
-    found = {}
+    found: dict[str, Target] = {}
     for info in pkgutil.iter_modules(__path__):
         target = getattr(importlib.import_module(f"{__name__}.{info.name}"), "TARGET", None)
         if isinstance(target, Target):
+            # Two modules claiming one name would silently replace each other.
+            assert target.name not in found, f"two hand-off targets named {target.name}"
             found[target.name] = target
     return dict(sorted(found.items()))
 
@@ -38,11 +40,6 @@ def connect(gc: Gpuctl) -> Gpuctl:
 
 
 def views(gc: Gpuctl) -> dict[str, Any]:
-    """Each target's view of the nodes for ``gpuctl status`` (targets with one that is
-    configured: a target not handed off to yet gives None and is left out)."""
-    out = {}
-    for target in targets().values():
-        view = target.view(gc) if target.view is not None else None
-        if view is not None:
-            out[target.name] = view
-    return out
+    """Each target's view of the nodes for ``gpuctl status``, by target name (None for
+    a target not handed off to yet)."""
+    return {t.name: t.view(gc) for t in targets().values() if t.view is not None}

@@ -66,15 +66,14 @@ def test_a_site_file_adds_a_sku_and_a_broken_one_is_named(paths: Paths) -> None:
     skus = catalogue(paths)
     assert skus["l40s-8"].gpu_count == 8 and "l40s-4" in skus
     assert infer_sku(skus, ["NVIDIA L40S"] * 8) == "l40s-8"
-    # A target's part is optional (the target has defaults), but must be a mapping.
+    # A target's part is optional (the target has defaults); a scalar key is no part.
     del doc["slurm"]
+    doc["vendor"] = "Supermicro"
     (site / "l40s-8.yml").write_text(yaml.safe_dump(doc))
     assert catalogue(paths)["l40s-8"].targets == {}
-    doc["slurm"] = "l40s"
-    (site / "l40s-8.yml").write_text(yaml.safe_dump(doc))
-    with pytest.raises(InputError, match=r"l40s-8.yml: slurm: a target's part is a mapping"):
-        catalogue(paths)
     doc["slurm"] = {"gres_type": "l40s"}
+    (site / "l40s-8.yml").write_text(yaml.safe_dump(doc))
+    assert catalogue(paths)["l40s-8"].targets == {"slurm": {"gres_type": "l40s"}}
     doc["gpu"].pop("count")
     doc["burnin"].pop("tests")
     (site / "l40s-8.yml").write_text(yaml.safe_dump(doc))

@@ -145,3 +145,33 @@ def test_the_cli_connects_every_target_listener(gpuctl: Any, monkeypatch: Any) -
     monkeypatch.setattr(targets, "connect", lambda gc: seen.append(real(gc)) or gc)
     assert gpuctl("status", "--json").code == 0
     assert [[lst.name for lst in gc.listeners] for gc in seen] == [["slurm"]]
+
+
+def test_the_heartbeat_runs_while_schedulers_drain_and_ctrl_c_there_settles(
+        fleet: Gpuctl) -> None:
+    import threading
+
+    from provisioner.db.models import NodeLock, Run
+
+    beats: list[bool] = []
+
+    class SlowScheduler(Recorder):
+        def changed(self, gc: Gpuctl, changes: list[Change]) -> SyncReport | None:
+            if any(c.to_state == "burning-in" for c in changes if isinstance(c, StateChange)):
+                beats.append(any(t.name.endswith("-beat") for t in threading.enumerate()))
+                raise KeyboardInterrupt  # the admin presses Ctrl-C while Slurm drains
+            return None
+
+    fleet.listeners.append(SlowScheduler())
+    with fleet.session() as session:
+        nodes = list(session.exec(select(Node).where(Node.name == "gpu00001")))
+    with pytest.raises(KeyboardInterrupt), RunScope(fleet, "burnin", {}, nodes,
+                                                     busy=State.BURNING_IN):
+        raise AssertionError("the body must not run")
+    assert beats == [True]
+    with fleet.session() as session:
+        run = session.exec(select(Run).where(Run.kind == "burnin", Run.actor != "fixture")
+                           ).one()
+        assert run.status == "interrupted"
+        assert session.exec(select(NodeLock)).all() == []
+        assert get_node(session, "gpu00001").state == "failed"

@@ -24,7 +24,7 @@ def test_registry_finds_every_target_module() -> None:
 def test_connect_is_idempotent_and_views_skip_unconfigured(gc: Gpuctl) -> None:
     connect(connect(gc))
     assert [lst.name for lst in gc.listeners] == ["slurm"]
-    assert views(gc) == {}  # no `handoff slurm --apply` yet: Slurm sync is off
+    assert views(gc) == {"slurm": None}  # no `handoff slurm --apply` yet: sync is off
 
 
 def test_hosts_lines(gc: Gpuctl) -> None:
