@@ -30,9 +30,9 @@ import yaml
 
 from provisioner.catalogue import catalogue
 from provisioner.cli import main as _gpuctl
-from provisioner.project import project_dir
 from provisioner.provision.inventory import group_name
 from provisioner.provision.run import _control_machine_id
+from provisioner.shipped import shipped_dir
 
 
 def gpuctl(argv: list[str]) -> tuple[int, str]:
@@ -54,7 +54,7 @@ def lab(home: Path, nodes: int, block: int, os_name: str) -> None:
 
 def plain_ansible(home: Path, forks: int) -> float:
     inv_dir = home / "plain-inventory"
-    shutil.copytree(project_dir() / "inventory/group_vars", inv_dir / "group_vars")
+    shutil.copytree(shipped_dir() / "inventory/group_vars", inv_dir / "group_vars")
     for sku in catalogue().values():  # the SKU pins gpuctl renders (group sku_<name>)
         (inv_dir / "group_vars" / f"{group_name('sku_' + sku.name)}.yml").write_text(
             yaml.safe_dump(sku.provision))
@@ -68,7 +68,7 @@ def plain_ansible(home: Path, forks: int) -> float:
     res = subprocess.run([str(bin_dir / "ansible-playbook"), "-i", str(inv_dir / "hosts.yml"),
                           "-f", str(forks), "-e", f"preflight_control_machine_id="
                           f"{_control_machine_id()}", "provision.yml"],
-                         cwd=project_dir() / "playbooks", env=env, capture_output=True,
+                         cwd=shipped_dir() / "playbooks", env=env, capture_output=True,
                          text=True, check=False)
     seconds = time.perf_counter() - start
     if res.returncode != 0:

@@ -20,7 +20,7 @@ import yaml
 
 from provisioner.errors import InputError, NotFoundError
 from provisioner.paths import Paths
-from provisioner.project import project_dir
+from provisioner.shipped import shipped_dir
 
 # Every part a SKU file must have, and the keys each part must hold. Any other mapping
 # in the file is a hand-off target's part (``slurm: {gres_type: h100}``), optional: the
@@ -128,7 +128,7 @@ def catalogue(paths: Paths | None = None) -> dict[str, Sku]:
     Raises:
         InputError: a SKU file is unreadable or lacks a part (the message names it).
     """
-    dirs = [project_dir() / "inventory/skus"]
+    dirs = [shipped_dir() / "inventory/skus"]
     if paths is not None:
         dirs.append(paths.home / "skus")
     found: dict[str, Path] = {}

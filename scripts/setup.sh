@@ -27,8 +27,9 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[dev]'
-# The burn-in agent's torch: the CPU build of 2.13.0 lies on this machine kind's disk
-# (any newer release would pull a multi-GB CUDA build here; GPU nodes bring their own).
-.venv/bin/python -m pip install -q 'torch==2.13.0' 'numpy>=1.26'
+# gpuctl with its development tools and the burn-in extra (the lab's nodes run the agent
+# with this environment's Python). The burn-in's torch is pinned to the CPU build of
+# 2.13.0 that lies on this machine kind's disk (any newer release would pull a multi-GB
+# CUDA build here; GPU nodes bring their own).
+.venv/bin/python -m pip install -q -e '.[dev,burnin]' 'torch==2.13.0'
 echo "gpuctl $(.venv/bin/gpuctl --version | awk '{print $NF}') ready in $(pwd)/.venv"

@@ -24,7 +24,7 @@ import yaml
 
 from provisioner.errors import InputError
 from provisioner.handle import Gpuctl
-from provisioner.project import project_dir
+from provisioner.shipped import shipped_dir
 
 GENERIC = "generic"
 
@@ -63,11 +63,11 @@ def load_profile(gc: Gpuctl, name: str) -> dict[str, Any]:
     sku = gc.sku(name)
     if sku is not None:
         return sku.threshold_profile()
-    shipped = project_dir() / "inventory/thresholds" / f"{name}.yml"
+    shipped = shipped_dir() / "inventory/thresholds" / f"{name}.yml"
     if shipped.is_file():
         return _profile_file(shipped)
     known = sorted(gc.skus()) + sorted(
-        p.stem for p in (project_dir() / "inventory/thresholds").glob("*.yml"))
+        p.stem for p in (shipped_dir() / "inventory/thresholds").glob("*.yml"))
     raise InputError(f"no threshold profile {name!r}; known: {', '.join(known)}")
 
 

@@ -23,7 +23,7 @@ COMMANDS = {
     "drain": "fleet:drain", "undrain": "fleet:undrain", "quarantine": "fleet:quarantine",
     "release": "fleet:release", "retire": "fleet:retire", "pool": "fleet:pool",
     "handoff": "fleet:handoff", "runs": "runs:runs", "skus": "runs:skus",
-    "db": "db:db", "monitor": "monitor:monitor",
+    "db": "db:db", "monitor": "monitor:monitor", "doctor": "doctor:doctor",
 }
 
 
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors for users, tracebacks only for bugs."""
     err = Console(stderr=True, emoji=False, highlight=False)
     try:
-        cli.main(args=argv, prog_name="gpuctl", standalone_mode=False)
+        # Without standalone mode click returns ctx.exit(N)'s N instead of raising.
+        code = cli.main(args=argv, prog_name="gpuctl", standalone_mode=False)
     except click.UsageError as exc:
         exc.show()
         return EXIT_USAGE
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("Interrupted.")
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

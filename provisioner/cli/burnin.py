@@ -8,7 +8,12 @@ from rich.table import Table
 
 from provisioner.burnin.levels import LEVELS
 from provisioner.burnin.run import CERTIFICATE_DAYS, NodeBurnin, burnin_nodes
-from provisioner.cli.common import Ctx, json_option, pass_ctx
+from provisioner.cli.common import (
+    Ctx,
+    complete_nodes,
+    json_option,
+    pass_ctx,
+)
 from provisioner.errors import NodesFailedError
 from provisioner.ui.render import print_json, styled
 
@@ -23,7 +28,7 @@ def _first_failures(failures: list[str], shown: int = 3) -> str:
 
 
 @click.command()
-@click.argument("nodes", nargs=-1)
+@click.argument("nodes", nargs=-1, shell_complete=complete_nodes)
 @click.option("--all", "all_nodes", is_flag=True, help="Every provisioned or certified node.")
 @click.option("--level", type=click.Choice(list(LEVELS)), default="quick",
               show_default=True, help="Like DCGM's diag levels: quick ~1 min, standard, extended.")

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import click
+from click.shell_completion import CompletionItem
 from rich.console import Console
 
 from provisioner.events import merge_reports
 from provisioner.handle import Gpuctl
+from provisioner.paths import Paths
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,3 +39,23 @@ def report_listeners(ctx: Ctx) -> None:
     for report in merge_reports(ctx.gc.take_reports()).values():
         for line in report.lines():
             ctx.err.print(line, markup=False, highlight=False)
+
+
+def _completer(kind: str) -> Callable[[click.Context, click.Parameter, str],
+                                      list[CompletionItem]]:
+    def complete(ctx: click.Context, param: click.Parameter,
+                 incomplete: str) -> list[CompletionItem]:
+        from provisioner import completion  # noqa: PLC0415  (only when completing)
+
+        # The root's --db (or GPUCTL_DB) picks the database, as for the command itself.
+        paths = Paths.from_env(ctx.find_root().params.get("db"))
+        names = getattr(completion, f"{kind}_names")(paths, incomplete)
+        return [CompletionItem(name) for name in names]
+
+    return complete
+
+
+# shell_complete= for arguments and options that name nodes, pools or SKUs.
+complete_nodes = _completer("node")
+complete_pools = _completer("pool")
+complete_skus = _completer("sku")

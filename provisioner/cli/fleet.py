@@ -10,7 +10,14 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from provisioner.cli.common import Ctx, json_option, pass_ctx
+from provisioner.cli.common import (
+    Ctx,
+    complete_nodes,
+    complete_pools,
+    complete_skus,
+    json_option,
+    pass_ctx,
+)
 from provisioner.errors import NodesFailedError
 from provisioner.fleet import handoff as ho
 from provisioner.fleet import ops, pools
@@ -55,7 +62,7 @@ def status(ctx: Ctx, watch: bool, interval: float, expiring_days: int, as_json: 
 
 def _lifecycle(op: str, help_text: str, reason_required: bool) -> click.Command:
     @click.command(name=op, help=help_text)
-    @click.argument("names", nargs=-1, required=True)
+    @click.argument("names", nargs=-1, required=True, shell_complete=complete_nodes)
     @click.option("--reason", required=reason_required,
                   help="Why (kept in the node's history)." if not reason_required else
                   "Why (required; kept in the node's history).")
@@ -91,7 +98,8 @@ def pool() -> None:
 
 @pool.command("create")
 @click.argument("name")
-@click.option("--sku", required=True, help="e.g. h100-sxm-8")
+@click.option("--sku", required=True, shell_complete=complete_skus,
+              help="e.g. h100-sxm-8")
 @click.option("--gpus", type=int, required=True, help="GPUs promised to the team.")
 @pass_ctx
 def pool_create(ctx: Ctx, name: str, sku: str, gpus: int) -> None:
@@ -104,8 +112,8 @@ def pool_create(ctx: Ctx, name: str, sku: str, gpus: int) -> None:
 
 
 @pool.command("assign")
-@click.argument("name")
-@click.argument("nodes", nargs=-1)
+@click.argument("name", shell_complete=complete_pools)
+@click.argument("nodes", nargs=-1, shell_complete=complete_nodes)
 @click.option("--gpus", type=int, help="Slice size per node: 8, 4, 2 or 1 (default whole).")
 @pass_ctx
 def pool_assign(ctx: Ctx, name: str, nodes: tuple[str, ...], gpus: int | None) -> None:
@@ -119,8 +127,8 @@ def pool_assign(ctx: Ctx, name: str, nodes: tuple[str, ...], gpus: int | None) -
 
 
 @pool.command("release")
-@click.argument("name")
-@click.argument("nodes", nargs=-1)
+@click.argument("name", shell_complete=complete_pools)
+@click.argument("nodes", nargs=-1, shell_complete=complete_nodes)
 @pass_ctx
 def pool_release(ctx: Ctx, name: str, nodes: tuple[str, ...]) -> None:
     """Take the named nodes' slices (or all) back from the pool.
@@ -132,7 +140,7 @@ def pool_release(ctx: Ctx, name: str, nodes: tuple[str, ...]) -> None:
 
 
 @pool.command("delete")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_pools)
 @pass_ctx
 def pool_delete(ctx: Ctx, name: str) -> None:
     """Delete a pool and its allocations."""
@@ -236,8 +244,8 @@ def _target_command(target: ho.Target) -> click.Command:
                       f"in-service (run {result.run_id})", markup=False, highlight=False)
 
     params: list[Any] = [
-        click.argument("nodes", nargs=-1),
-        click.option("--sku", help="Only nodes of this SKU."),
+        click.argument("nodes", nargs=-1, shell_complete=complete_nodes),
+        click.option("--sku", shell_complete=complete_skus, help="Only nodes of this SKU."),
         click.option("--dry-run", is_flag=True,
                      help="Write the output but leave the nodes' states alone."),
         click.option("--force", is_flag=True,

@@ -12,6 +12,9 @@ from provisioner.lab.nodes import Lab
 from provisioner.lab.os_images import LAB_OSES
 from provisioner.lab.profiles import profile_names
 from provisioner.lab.registration import (
+    burnin_python as lab_burnin_python,
+)
+from provisioner.lab.registration import (
     register_lab_nodes,
     set_slurmd_ports,
     unregister_lab_nodes,
@@ -44,22 +47,26 @@ def lab() -> None:
 @click.option("--no-register", is_flag=True, help="Do not add the nodes to the inventory.")
 @click.option("--slurm", "with_slurm", is_flag=True,
               help="Also start the lab's Slurm (as `gpuctl lab slurm up`).")
+@click.option("--burnin-python", metavar="PATH",
+              help="A Python with torch that the nodes run the burn-in agent with "
+                   "(default: gpuctl's own, if it has torch).")
 @json_option
 @pass_ctx
 def up(ctx: Ctx, count: int, profile: str, smi_xml: Path | None, faults: tuple[str, ...],
        first_address: str, port: int, driver: bool, os_name: str, no_register: bool,
-       with_slurm: bool, as_json: bool) -> None:
+       with_slurm: bool, burnin_python: str | None, as_json: bool) -> None:
     """Start N lab nodes and register them in the inventory.
 
     Example: gpuctl lab up --nodes 4 --fault gpu-node-03:pcie-downgrade
     """
     parsed = [parse_fault(f) for f in faults]
+    python = None if no_register else lab_burnin_python(burnin_python)
     the_lab = Lab(ctx.gc.paths)
     started = the_lab.up(count, profile=profile, smi_xml=smi_xml, faults=parsed,
                          first_address=first_address, port=port, driver=driver,
                          os_name=os_name)
-    if not no_register:
-        register_lab_nodes(ctx.gc, started, str(the_lab.client_key))
+    if python is not None:
+        register_lab_nodes(ctx.gc, started, str(the_lab.client_key), python)
     if with_slurm:
         _slurm_up(ctx, the_lab, quiet=as_json)
     if as_json:

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from provisioner.cli.common import Ctx, json_option, pass_ctx
+from provisioner.cli.common import (
+    Ctx,
+    complete_nodes,
+    complete_skus,
+    json_option,
+    pass_ctx,
+)
 from provisioner.fleet import ops
 from provisioner.inventory import registry
 from provisioner.inventory.importers import import_nodes
@@ -41,7 +47,8 @@ def nodes() -> None:
 @click.option("--port", default=22, show_default=True, type=int)
 @click.option("--user", default="root", show_default=True)
 @click.option("--key", "key_path", help="Private key file for SSH.")
-@click.option("--sku", help="Expected SKU, e.g. h100-sxm-8 (else inferred at scan).")
+@click.option("--sku", shell_complete=complete_skus,
+              help="Expected SKU, e.g. h100-sxm-8 (else inferred at scan).")
 @click.option("--label", "labels", multiple=True, metavar="K=V", help="Repeatable.")
 @click.option("--replace", is_flag=True, help="Update the node if it exists.")
 @pass_ctx
@@ -72,7 +79,7 @@ def import_(ctx: Ctx, file: Path, replace: bool) -> None:
 
 @nodes.command("list")
 @click.option("--state", type=click.Choice([s.value for s in State]))
-@click.option("--sku")
+@click.option("--sku", shell_complete=complete_skus)
 @click.option("--label", "labels", multiple=True, metavar="K=V", help="Repeatable; all must match.")
 @json_option
 @pass_ctx
@@ -90,7 +97,7 @@ def list_(ctx: Ctx, state: str | None, sku: str | None, labels: tuple[str, ...],
 
 
 @nodes.command("show")
-@click.argument("node")
+@click.argument("node", shell_complete=complete_nodes)
 @click.option("--events", default=50, show_default=True, help="How many history rows.")
 @json_option
 @pass_ctx
@@ -107,7 +114,7 @@ def show(ctx: Ctx, node: str, events: int, as_json: bool) -> None:
 
 
 @nodes.command("remove")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_nodes)
 @click.option("--yes", is_flag=True, help="Do not ask.")
 @pass_ctx
 def remove(ctx: Ctx, names: tuple[str, ...], yes: bool) -> None:
@@ -124,7 +131,7 @@ def remove(ctx: Ctx, names: tuple[str, ...], yes: bool) -> None:
 
 
 @nodes.command("label")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_nodes)
 @click.option("--set", "set_", multiple=True, metavar="K=V", help="Repeatable.")
 @click.option("--remove", "remove_keys", multiple=True, metavar="K", help="Repeatable.")
 @json_option
@@ -145,7 +152,7 @@ def label(ctx: Ctx, names: tuple[str, ...], set_: tuple[str, ...],
 
 
 @nodes.command("forget-hostkey")
-@click.argument("node")
+@click.argument("node", shell_complete=complete_nodes)
 @pass_ctx
 def forget_hostkey(ctx: Ctx, node: str) -> None:
     """Forget a node's SSH host key after you verified a reinstall.

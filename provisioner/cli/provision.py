@@ -5,7 +5,12 @@ from __future__ import annotations
 import click
 from rich.live import Live
 
-from provisioner.cli.common import Ctx, json_option, pass_ctx
+from provisioner.cli.common import (
+    Ctx,
+    complete_nodes,
+    json_option,
+    pass_ctx,
+)
 from provisioner.errors import NodesFailedError
 from provisioner.inventory.lifecycle import State
 from provisioner.provision.inventory import FORMATS, export_inventory
@@ -14,7 +19,7 @@ from provisioner.ui.render import print_json, progress_table, provision_summary
 
 
 @click.command()
-@click.argument("nodes", nargs=-1)
+@click.argument("nodes", nargs=-1, shell_complete=complete_nodes)
 @click.option("--all", "all_nodes", is_flag=True,
               help="Every node that is discovered, provisioned, failed or certified.")
 @click.option("--retry-failed", is_flag=True, help="Only the nodes that failed last time.")

@@ -5,7 +5,12 @@ from __future__ import annotations
 import click
 
 from provisioner.catalogue import require_sku
-from provisioner.cli.common import Ctx, json_option, pass_ctx
+from provisioner.cli.common import (
+    Ctx,
+    complete_skus,
+    json_option,
+    pass_ctx,
+)
 from provisioner.runs import RunStatus, list_runs, recover_abandoned, show_run
 from provisioner.ui.style import print_json
 from provisioner.ui.tables import recovered_lines, run_detail, runs_table, sku_detail, skus_table
@@ -91,7 +96,7 @@ def skus_list(ctx: Ctx, as_json: bool) -> None:
 
 
 @skus.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_skus)
 @json_option
 @pass_ctx
 def skus_show(ctx: Ctx, name: str, as_json: bool) -> None:

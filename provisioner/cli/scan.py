@@ -5,14 +5,19 @@ from __future__ import annotations
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from provisioner.cli.common import Ctx, json_option, pass_ctx
+from provisioner.cli.common import (
+    Ctx,
+    complete_nodes,
+    json_option,
+    pass_ctx,
+)
 from provisioner.errors import NodesFailedError
 from provisioner.scan.run import NodeScanResult, scan_nodes
 from provisioner.ui.render import print_json, scan_line, scan_summary
 
 
 @click.command()
-@click.argument("nodes", nargs=-1)
+@click.argument("nodes", nargs=-1, shell_complete=complete_nodes)
 @click.option("--all", "all_nodes", is_flag=True, help="Every node that is not retired.")
 @click.option("--parallel", default=32, show_default=True, help="Nodes probed at once.")
 @click.option("--accept-new", is_flag=True,

@@ -90,7 +90,7 @@ def get_engine(url: str, *, create: bool = False) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _begin_immediate)
     else:
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = _postgresql_engine(url)
     try:
         version = _schema_version(engine)
         if not create and version is None:
@@ -111,6 +111,54 @@ def get_engine(url: str, *, create: bool = False) -> Engine:
         raise GpuctlError(f"database {redact_url(url)}: {_one_line(exc.orig)}") from None
     _engines[url] = engine
     return engine
+
+
+POSTGRESQL_DRIVER_HINT = ("a PostgreSQL database needs the psycopg driver, which is not "
+                          "installed: pip install 'gpuctl[postgresql]' (with pipx: pipx "
+                          "inject gpuctl 'psycopg[binary]')")
+
+
+def _postgresql_engine(url: str, **connect_args: Any) -> Engine:
+    try:
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    except ModuleNotFoundError:
+        raise GpuctlError(POSTGRESQL_DRIVER_HINT) from None
+
+
+def read_only_engine(url: str, *, timeout: float = 5.0) -> Engine:
+    """An engine that never creates or migrates the database: SQLite opened read-only
+    (no WAL file made, no write lock taken), PostgreSQL with a connect timeout. For
+    readers that must change nothing (`gpuctl doctor`, shell completion); dispose it.
+
+    Raises:
+        GpuctlError: the URL is unsupported, or the SQLite file is missing.
+    """
+    path = _check_url(url)
+    if path is None:
+        return _postgresql_engine(url, connect_timeout=max(1, int(timeout)))
+    if not path.is_file():
+        raise GpuctlError(f"no database at {path}; {INIT_HINT}")
+    return create_engine(f"sqlite:///file:{path}?mode=ro&uri=true",
+                         connect_args={"timeout": timeout})
+
+
+def schema_revision(url: str, *, timeout: float = 5.0) -> tuple[str | None, str]:
+    """(the database's schema revision, the newest gpuctl knows), read without creating,
+    migrating or writing anything (`gpuctl doctor`). The revision is None for a database
+    with no gpuctl schema.
+
+    Raises:
+        GpuctlError: the URL is unsupported, or the database is missing or cannot be
+            opened (one line, naming it).
+    """
+    engine = read_only_engine(url, timeout=timeout)
+    try:
+        return _schema_version(engine), head_revision()
+    except (OperationalError, DatabaseError) as exc:
+        raise GpuctlError(f"cannot open database {redact_url(url)}: {_one_line(exc.orig)}"
+                          ) from None
+    finally:
+        engine.dispose()
 
 
 def _is_corruption(exc: DatabaseError) -> bool:

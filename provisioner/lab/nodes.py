@@ -80,10 +80,15 @@ def require_lab_support() -> None:
     if os.geteuid() != 0:
         raise LabError("the lab needs root (mount namespaces, overlayfs); run as root, or use "
                        "the Vagrantfile for a VM lab")
-    for tool, path in (("unshare", shutil.which("unshare")), ("nsenter", shutil.which("nsenter")),
-                       ("sshd", "/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)):
-        if not path:
-            raise LabError(f"{tool} not found: install util-linux and openssh-server")
+    needs = {"unshare": "util-linux", "nsenter": "util-linux", "mount": "util-linux",
+             "/usr/sbin/sshd": "openssh-server", "dpkg-deb": "dpkg"}
+    missing = {tool: package for tool, package in needs.items()
+               if not (os.path.exists(tool) if tool.startswith("/") else shutil.which(tool))}
+    if missing:
+        # Every missing tool in one line: an admin installs them in one go.
+        raise LabError(f"the lab needs {', '.join(missing)}, not found: install "
+                       f"{' '.join(sorted(set(missing.values())))} (scripts/setup.sh "
+                       "installs everything the lab uses)")
 
 
 class Lab:

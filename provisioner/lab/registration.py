@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import subprocess
 import sys
 
 from sqlmodel import col, select
 
 from provisioner.db.models import Node
-from provisioner.errors import NotFoundError
+from provisioner.errors import LabError, NotFoundError
 from provisioner.fleet.ops import remove_nodes
 from provisioner.handle import Gpuctl
 from provisioner.inventory.registry import NodeSpec, add_nodes
@@ -27,11 +29,11 @@ LAB_HOST_VARS = {
     "nvidia_repo_apt_retries": "1",
     "reboot_boot_time_command": "cat /run/gpuctl-lab/boot_id",
     "reboot_timeout": "120",
-    # Burn-in: the agent runs on the CPU (gloo) with this machine's torch, which the
-    # nodes see through their overlay; real nodes get a Python with torch installed. The
-    # node is judged by its SKU's profile (inventory, memory, health, NVLink) with the
-    # throughput floors replaced by those measured for the CPU lab.
-    "gpuctl_burnin_python": sys.executable,
+    # Burn-in: the agent runs on the CPU (gloo) with a Python of this machine's that has
+    # torch (burnin_python), which the nodes see through their overlay; real nodes get a
+    # Python with torch installed by the burnin_env role. The node is judged by its
+    # SKU's profile (inventory, memory, health, NVLink) with the throughput floors
+    # replaced by those measured for the CPU lab.
     "gpuctl_burnin_floors": "cpu-lab",
     # Lab nodes share this machine's loopback: gloo's cross-node traffic goes over lo.
     "gpuctl_burnin_env": "GLOO_SOCKET_IFNAME=lo",
@@ -48,12 +50,43 @@ LAB_OS_VARS = {
 }
 
 
-def register_lab_nodes(gc: Gpuctl, nodes: list[LabNode], key_path: str) -> list[str]:
-    """Register (or update) every lab node with the lab's client key."""
+TORCH_CHECK = "import importlib.util as u, sys; sys.exit(not u.find_spec('torch'))"
+
+
+def burnin_python(choice: str | None = None) -> str:
+    """The interpreter the lab's nodes run the burn-in agent with: ``choice`` (``lab up
+    --burnin-python``), else gpuctl's own when it has torch (a checkout's environment,
+    or gpuctl installed with the burnin extra). A control host's gpuctl needs no torch.
+
+    Raises:
+        LabError: the interpreter is missing or cannot import torch.
+    """
+    if choice is None:
+        if importlib.util.find_spec("torch") is not None:
+            return sys.executable
+        raise LabError("gpuctl's Python has no torch, which the lab's nodes run the burn-in "
+                       "agent with: pass --burnin-python PATH (a Python with torch), or "
+                       "install gpuctl with the burnin extra")
+    try:
+        res = subprocess.run([choice, "-c", TORCH_CHECK], capture_output=True, timeout=60,
+                             check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LabError(f"--burnin-python {choice}: cannot run it ({exc})") from None
+    if res.returncode != 0:
+        raise LabError(f"--burnin-python {choice} cannot import torch (the lab's nodes run "
+                       "the burn-in agent with it)")
+    return choice
+
+
+def register_lab_nodes(gc: Gpuctl, nodes: list[LabNode], key_path: str,
+                       python: str) -> list[str]:
+    """Register (or update) every lab node with the lab's client key; ``python`` is
+    the nodes' burn-in interpreter (``burnin_python``)."""
     specs = [NodeSpec(name=n.name, address=n.address, port=n.port, user="root",
                       key_path=key_path, sku=n.sku,
                       labels={"lab": "true", "profile": n.profile, "os": n.os},
-                      ansible_vars={**LAB_HOST_VARS, **LAB_OS_VARS[n.os]}) for n in nodes]
+                      ansible_vars={**LAB_HOST_VARS, **LAB_OS_VARS[n.os],
+                                    "gpuctl_burnin_python": python}) for n in nodes]
     return add_nodes(gc, specs, replace=True)
 
 

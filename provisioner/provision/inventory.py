@@ -22,7 +22,7 @@ from provisioner.errors import InputError
 from provisioner.handle import Gpuctl
 from provisioner.inventory.validate import check_stored_node
 from provisioner.paths import Paths
-from provisioner.project import project_dir
+from provisioner.shipped import shipped_dir
 
 FORMATS = ("ini", "yaml", "json")
 
@@ -79,7 +79,7 @@ def build_inventory(gc: Gpuctl, nodes: list[Node],
 
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(project_dir() / "templates"),
+        loader=jinja2.FileSystemLoader(shipped_dir() / "templates"),
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
         autoescape=False,  # noqa: S701  (renders Ansible inventories, not HTML)
     )

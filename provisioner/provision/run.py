@@ -28,10 +28,10 @@ from provisioner.inventory.lifecycle import (
     record_event,
     transition,
 )
-from provisioner.project import project_dir
 from provisioner.provision.inventory import build_inventory, group_name, render_inventory
 from provisioner.provision.runner import RunnerJob, TaskEvent
 from provisioner.runs import RunScope, RunStatus, recover_abandoned, select_nodes
+from provisioner.shipped import shipped_dir
 
 ELIGIBLE = {State.DISCOVERED, State.PROVISIONED, State.FAILED, State.CERTIFIED}
 BECOME_ENV = "GPUCTL_BECOME_PASSWORD"
@@ -124,7 +124,7 @@ def _prepare_run_dir(gc: Gpuctl, run_id: int, nodes: list[Node],
     inv_dir = run_dir / "inventory"
     inv_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     group_vars = inv_dir / "group_vars"
-    shutil.copytree(project_dir() / "inventory/group_vars", group_vars, dirs_exist_ok=True)
+    shutil.copytree(shipped_dir() / "inventory/group_vars", group_vars, dirs_exist_ok=True)
     # Each SKU's pins are the ``provision`` part of its catalogue file: group sku_<name>.
     for sku in gc.skus().values():
         (group_vars / f"{group_name('sku_' + sku.name)}.yml").write_text(
@@ -219,7 +219,7 @@ def provision_nodes(
             all_vars = {"preflight_control_machine_id": _control_machine_id(),
                         "preflight_allow_control_host": allow_control_host}
             run_dir, hosts = _prepare_run_dir(gc, run.run_id, nodes, all_vars)
-            job = RunnerJob(run_dir=run_dir, project=project_dir() / "playbooks",
+            job = RunnerJob(run_dir=run_dir, project=shipped_dir() / "playbooks",
                             playbook="provision.yml", inventory=hosts, limit=list(node_ids),
                             tags=tags, forks=forks, check=check, diff=diff,
                             become_password=become_password,

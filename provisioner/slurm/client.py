@@ -75,6 +75,22 @@ def run_slurm(argv: list[str], *, timeout: float = TIMEOUT,
     return res.stdout
 
 
+def slurm_version(timeout: float = 15.0) -> tuple[int, int, int]:
+    """The Slurm release of the client tools, from ``scontrol --version`` (Debian 12's
+    prints "slurm-wlm 22.05.8"; the first N.N.N is taken). scontrol reads the
+    configuration first, so this needs a readable ``slurm.conf``.
+
+    Raises:
+        SlurmError: scontrol is missing or fails, or prints no version.
+    """
+    out = run_slurm(["scontrol", "--version"], timeout=timeout)
+    found = re.search(r"\b(\d+)\.(\d+)\.(\d+)", out)
+    if found is None:
+        raise SlurmError(f"scontrol --version printed no version: {out.strip()[:80]!r}")
+    major, minor, patch = (int(x) for x in found.groups())
+    return major, minor, patch
+
+
 def parse_sinfo(text: str) -> dict[str, SlurmNode]:
     """``sinfo -N -h -o '%N|%T|%G|%u|%E'`` (one line per node and partition)."""
     out: dict[str, SlurmNode] = {}

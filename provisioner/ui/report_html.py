@@ -9,7 +9,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup, escape
 
-from provisioner.project import project_dir
+from provisioner.shipped import shipped_dir
 from provisioner.ui.report import LOWER_IS_BETTER, fmt_threshold, fmt_value, test_label
 
 # Throughput tests plotted against their floors, in report order.
@@ -196,7 +196,7 @@ def render_html(doc: dict[str, Any]) -> str:
                       "threshold_text": fmt_threshold(r)} for r in n["results"]],
         })
     env = jinja2.Environment(  # noqa: S701  (autoescape on for the template below)
-        loader=jinja2.FileSystemLoader(str(project_dir() / "templates")),
+        loader=jinja2.FileSystemLoader(str(shipped_dir() / "templates")),
         autoescape=jinja2.select_autoescape(["html", "j2"], default=True),
         undefined=jinja2.StrictUndefined)
     return env.get_template("report.html.j2").render(

@@ -13,6 +13,7 @@ from provisioner.ui.style import styled
 
 if TYPE_CHECKING:
     from provisioner.catalogue import Sku
+    from provisioner.doctor import DoctorReport
     from provisioner.runs import Recovered, RunView
 
 RUN_STYLE = {"ok": "green", "partial": "yellow", "failed": "red", "interrupted": "yellow",
@@ -107,3 +108,17 @@ def sku_detail(sku: Sku) -> RenderableType:
             table.add_row(escape(test), escape(f">= {spec.get('min')} {spec.get('unit', '')}"))
         parts.append(table)
     return Group(*parts)
+
+
+def doctor_lines(report: DoctorReport) -> list[str]:
+    """One line per check: ``ok`` or ``FAIL``, the check, what was found (and the fix)."""
+    width = max((len(c.name) for c in report.checks), default=0)
+    lines = []
+    for c in report.checks:
+        mark = "[green]ok  [/]" if c.ok else "[bold red]FAIL[/]"
+        fix = f" [bold]->[/] {escape(c.fix)}" if c.fix and not c.ok else ""
+        lines.append(f"{mark} {escape(c.name):<{width}}  {escape(c.detail)}{fix}")
+    failed = sum(not c.ok for c in report.checks)
+    lines.append("[green]all checks passed[/]" if not failed else
+                 f"[bold red]{failed} of {len(report.checks)} checks failed[/]")
+    return lines

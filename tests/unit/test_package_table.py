@@ -13,13 +13,13 @@ import pytest
 import yaml
 
 from provisioner.lab.packages import all_packages, nvlink5_packages
-from provisioner.project import project_dir
+from provisioner.shipped import shipped_dir
 
 FAMILIES = {"Ubuntu": "ubuntu", "Debian": "debian", "RedHat": "rhel"}
 
 
 def table() -> dict[str, Any]:
-    return yaml.safe_load((project_dir() / "playbooks/vars/nvidia_packages.yml").read_text())
+    return yaml.safe_load((shipped_dir() / "playbooks/vars/nvidia_packages.yml").read_text())
 
 
 def row(family: str, branch: str) -> dict[str, Any]:
@@ -75,7 +75,7 @@ def test_nvsdm_is_unsuffixed_from_580() -> None:
 
 
 def _node_state_module() -> Any:
-    path = Path(project_dir() / "playbooks/library/gpuctl_node_state.py")
+    path = Path(shipped_dir() / "playbooks/library/gpuctl_node_state.py")
     spec = importlib.util.spec_from_file_location("gpuctl_node_state", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
