@@ -1,3 +1,3 @@
 """gpuctl: take bare-metal GPU servers from racked and cabled to certified."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

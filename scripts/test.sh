@@ -28,7 +28,8 @@ run_pytest "$@"
 if [ $# -eq 0 ]; then
   # What touches the database once more, against a real PostgreSQL server the suite
   # starts itself: the end-to-end runs (scan, provision, burn-in, crash recovery with
-  # two control hosts, concurrent writers, hardening), the schema and the run scaffold.
+  # two control hosts, concurrent writers, hardening), the schema, the run scaffold and
+  # doctor's read-only look at the schema.
   # Left out, as they read or write no more than on SQLite: the agent alone, the lab
   # alone, the report in a browser, the dashboard in tmux, hostile input files, the
   # playbook- and profile-behaviour tests of scan and provision (test_provision_real.py;
@@ -41,6 +42,7 @@ if [ $# -eq 0 ]; then
   GPUCTL_TEST_DB=postgresql run_pytest tests/e2e/test_scan.py tests/e2e/test_provision.py \
     tests/e2e/test_recovery.py tests/e2e/test_db_concurrent.py \
     tests/e2e/test_hardening.py tests/unit/test_migrations.py tests/unit/test_runs.py \
+    tests/e2e/test_doctor.py::test_a_healthy_control_host_passes \
     tests/unit/test_fleet.py -k "not become_password and not test_profiles and not \
 huge_command_output and not export_is and not check_mode and not sigint_stops and not \
 failures_rescan"
