@@ -8,6 +8,7 @@ top level. A wheel carries them inside the package, as ``provisioner/share/<name
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from setuptools import setup
@@ -46,6 +47,9 @@ class BuildPyWithShipped(build_py):
 
     def run(self) -> None:
         super().run()
+        if not self.editable_mode:
+            # A file removed from the checkout must not linger from an earlier build.
+            shutil.rmtree(Path(self.build_lib) / "provisioner" / "share", ignore_errors=True)
         for source, target in self._shipped_targets():
             self.mkpath(str(target.parent))
             self.copy_file(str(source), str(target), preserve_mode=True)

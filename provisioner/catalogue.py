@@ -91,7 +91,7 @@ class Sku:
 def _parse(path: Path) -> Sku:
     try:
         doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: not UTF-8
         raise InputError(f"{path}: not a readable YAML file ({' '.join(str(exc).split())})"
                          ) from None
     if not isinstance(doc, dict):

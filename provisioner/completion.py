@@ -54,6 +54,6 @@ def pool_names(paths: Paths, prefix: str = "") -> list[str]:
 
 def sku_names(paths: Paths, prefix: str = "") -> list[str]:
     """SKU names (shipped and site) starting with ``prefix``."""
-    with contextlib.suppress(GpuctlError, OSError):
+    with contextlib.suppress(GpuctlError, OSError, ValueError):
         return sorted(n for n in catalogue(paths) if n.startswith(prefix))
     return []

@@ -1,9 +1,10 @@
 """``gpuctl doctor``: is this control host ready to run gpuctl? One check per
 prerequisite, each saying what it found and, when it fails, what to do.
 
-Read-only: it creates, migrates and writes nothing (the database is opened read-only,
-SQLite in ``mode=ro``), and it connects to nothing but the configured database and,
-when a Slurm hand-off was applied, the Slurm controller through ``scontrol --version``.
+Read-only: it creates, migrates and writes no data (the database is opened read-only,
+SQLite in ``mode=ro``, which may leave a WAL database's -wal/-shm index files beside it
+as any reader does), and it connects to nothing but the configured database and, when a
+Slurm hand-off was applied, the Slurm controller through ``scontrol --version``.
 """
 
 from __future__ import annotations
@@ -144,14 +145,11 @@ def check_data_dir(gc: Gpuctl) -> Check:
     home = gc.paths.home
     name = "data dir"
     try:
-        info = home.lstat()
+        info = home.stat()  # a data dir linked to a bigger disk is checked where it is
     except FileNotFoundError:
         return Check(name, False, f"{home} does not exist", "run `gpuctl init`")
     except OSError as exc:
         return Check(name, False, f"{home}: {exc.strerror}", f"check {home}'s permissions")
-    if stat.S_ISLNK(info.st_mode):
-        return Check(name, False, f"{home} is a symbolic link",
-                     "point GPUCTL_HOME at the real directory")
     if not stat.S_ISDIR(info.st_mode):
         return Check(name, False, f"{home} is not a directory", f"move {home} aside, then "
                      "`gpuctl init`")
@@ -193,12 +191,32 @@ def check_database(gc: Gpuctl) -> Check:
 
 
 def _yaml_vars(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    """A group_vars file's variables ({} for one holding only comments, as Ansible reads
+    it).
+
+    Raises:
+        GpuctlError: not UTF-8 YAML, or not a mapping.
+    """
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: not UTF-8
+        raise GpuctlError(f"{path}: {str(exc).splitlines()[0][:160]}") from None
+    if doc is None:
         return {}
-    doc = yaml.safe_load(path.read_text())
     if not isinstance(doc, dict):
         raise GpuctlError(f"{path} is not a mapping of variables")
     return doc
+
+
+def _all_group_files(group_vars: Path) -> list[Path]:
+    """The files Ansible reads for group ``all`` in a group_vars directory: ``all``,
+    ``all.yml``, ``all.yaml``, ``all.json``, then ``all/`` (its files in name order)."""
+    files = [group_vars / n for n in ("all", "all.yml", "all.yaml", "all.json")]
+    files = [f for f in files if f.is_file()]
+    if (group_vars / "all").is_dir():
+        files += sorted(f for f in (group_vars / "all").rglob("*") if f.is_file()
+                        and f.suffix in ("", ".yml", ".yaml", ".json"))
+    return files
 
 
 def nvidia_repo_setting(gc: Gpuctl) -> tuple[str, str]:
@@ -210,15 +228,14 @@ def nvidia_repo_setting(gc: Gpuctl) -> tuple[str, str]:
         GpuctlError: a group_vars file is not YAML or not a mapping.
     """
     shipped = shipped_dir()
-    sources = [(shipped / "playbooks/roles/nvidia_repo/defaults/main.yml", "the role default"),
-               (shipped / "inventory/group_vars/all.yml", "gpuctl's group_vars"),
-               (gc.paths.home / "group_vars/all.yml", "the site's group_vars")]
+    sources = [(shipped / "playbooks/roles/nvidia_repo/defaults/main.yml", "the role default")]
+    sources += [(f, "gpuctl's group_vars") for f in
+                _all_group_files(shipped / "inventory/group_vars")]
+    sources += [(f, "the site's group_vars") for f in
+                _all_group_files(gc.paths.home / "group_vars")]
     base, mirror, where_base, where_mirror = NVIDIA_REPO, "", "built in", ""
     for path, what in sources:
-        try:
-            values = _yaml_vars(path)
-        except (OSError, yaml.YAMLError) as exc:
-            raise GpuctlError(f"{path}: {str(exc).splitlines()[0]}") from None
+        values = _yaml_vars(path)
         if values.get("nvidia_repo_base"):
             base, where_base = str(values["nvidia_repo_base"]), f"{what} ({path})"
         if "nvidia_repo_mirror_url" in values:
@@ -233,10 +250,21 @@ def check_nvidia_repo(gc: Gpuctl) -> Check:
         url, where = nvidia_repo_setting(gc)
     except GpuctlError as exc:
         return Check(name, False, str(exc), "fix the file's YAML")
-    parsed = urlparse(url)
     fix = ("set nvidia_repo_mirror_url in the data dir's group_vars/all.yml to an "
            "http(s):// or file: URL laid out like NVIDIA's repository, or leave it empty")
-    if parsed.scheme in ("http", "https") and parsed.netloc and " " not in url:
+    if "{{" in url and "\n" not in url:
+        return Check(name, True, f"{url} (a Jinja2 expression Ansible evaluates per node; "
+                     f"not checked here; from {where})")
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        # It goes into an apt sources line or a yum .repo file on every node.
+        return Check(name, False, f"{url[:120]!r} from {where} holds whitespace or "
+                     "control characters", fix)
+    try:
+        parsed = urlparse(url)
+        parsed.port  # noqa: B018  (parses the port: an invalid one raises here)
+    except ValueError as exc:
+        return Check(name, False, f"{url!r} from {where} is not a valid URL ({exc})", fix)
+    if parsed.scheme in ("http", "https") and parsed.netloc:
         official = url.startswith(NVIDIA_REPO)
         return Check(name, True, f"{url} ({'NVIDIA' if official else 'mirror'}, from "
                      f"{where}{'; nodes need to reach it' if official else ''})")
@@ -252,8 +280,8 @@ def check_slurm(gc: Gpuctl) -> list[Check]:
 
     try:
         settings = load_settings(gc)
-    except GpuctlError as exc:
-        return [Check("slurm", False, str(exc), "re-run `gpuctl handoff slurm --apply`")]
+    except GpuctlError as exc:  # its message says to re-run the hand-off
+        return [Check("slurm", False, str(exc))]
     if settings is None:
         return []
     missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]

@@ -12,9 +12,7 @@ from provisioner.lab.nodes import Lab
 from provisioner.lab.os_images import LAB_OSES
 from provisioner.lab.profiles import profile_names
 from provisioner.lab.registration import (
-    burnin_python as lab_burnin_python,
-)
-from provisioner.lab.registration import (
+    check_prerequisites,
     register_lab_nodes,
     set_slurmd_ports,
     unregister_lab_nodes,
@@ -48,8 +46,8 @@ def lab() -> None:
 @click.option("--slurm", "with_slurm", is_flag=True,
               help="Also start the lab's Slurm (as `gpuctl lab slurm up`).")
 @click.option("--burnin-python", metavar="PATH",
-              help="A Python with torch that the nodes run the burn-in agent with "
-                   "(default: gpuctl's own, if it has torch).")
+              help="A Python with torch and nvidia-ml-py that the nodes run the burn-in "
+                   "agent with (default: gpuctl's own, if it has them).")
 @json_option
 @pass_ctx
 def up(ctx: Ctx, count: int, profile: str, smi_xml: Path | None, faults: tuple[str, ...],
@@ -60,7 +58,7 @@ def up(ctx: Ctx, count: int, profile: str, smi_xml: Path | None, faults: tuple[s
     Example: gpuctl lab up --nodes 4 --fault gpu-node-03:pcie-downgrade
     """
     parsed = [parse_fault(f) for f in faults]
-    python = None if no_register else lab_burnin_python(burnin_python)
+    python = check_prerequisites(os_name, with_slurm, burnin_python, not no_register)
     the_lab = Lab(ctx.gc.paths)
     started = the_lab.up(count, profile=profile, smi_xml=smi_xml, faults=parsed,
                          first_address=first_address, port=port, driver=driver,

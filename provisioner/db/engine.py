@@ -3,14 +3,16 @@ gpuctl processes can write at once; PostgreSQL works by URL."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DatabaseError, OperationalError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError, ProgrammingError
 from sqlmodel import Session, create_engine
 
 from provisioner.errors import GpuctlError
@@ -123,12 +125,16 @@ def _postgresql_engine(url: str, **connect_args: Any) -> Engine:
         return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     except ModuleNotFoundError:
         raise GpuctlError(POSTGRESQL_DRIVER_HINT) from None
+    except (ValueError, ArgumentError) as exc:  # a port that is not a number, say
+        raise GpuctlError(f"malformed database URL {redact_url(url)[:80]!r}: "
+                          f"{_one_line(exc)}") from None
 
 
 def read_only_engine(url: str, *, timeout: float = 5.0) -> Engine:
-    """An engine that never creates or migrates the database: SQLite opened read-only
-    (no WAL file made, no write lock taken), PostgreSQL with a connect timeout. For
-    readers that must change nothing (`gpuctl doctor`, shell completion); dispose it.
+    """An engine that never creates, migrates or writes the database: SQLite opened
+    read-only (no write lock taken; SQLite may still create a WAL database's -wal and
+    -shm index files beside it, as any reader does), PostgreSQL with a connect timeout.
+    For readers that must change nothing (`gpuctl doctor`, shell completion); dispose it.
 
     Raises:
         GpuctlError: the URL is unsupported, or the SQLite file is missing.
@@ -138,8 +144,11 @@ def read_only_engine(url: str, *, timeout: float = 5.0) -> Engine:
         return _postgresql_engine(url, connect_timeout=max(1, int(timeout)))
     if not path.is_file():
         raise GpuctlError(f"no database at {path}; {INIT_HINT}")
-    return create_engine(f"sqlite:///file:{path}?mode=ro&uri=true",
-                         connect_args={"timeout": timeout})
+    # An SQLite URI with the path quoted (a '#' or '%' in a directory name is a path
+    # character, not a URI's fragment or escape).
+    uri = f"file:{quote(str(path))}?mode=ro"
+    return create_engine("sqlite://", creator=lambda: sqlite3.connect(
+        uri, uri=True, timeout=timeout, check_same_thread=False))
 
 
 def schema_revision(url: str, *, timeout: float = 5.0) -> tuple[str | None, str]:

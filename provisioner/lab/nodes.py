@@ -72,23 +72,47 @@ class LabNode:
         return asdict(self)
 
 
-def require_lab_support() -> None:
-    """Raises LabError unless this is Linux, as root, with unshare and sshd."""
+# The system tools the lab uses, with the Debian package that has each.
+LAB_TOOLS = {"unshare": "util-linux", "nsenter": "util-linux", "mount": "util-linux",
+             "/usr/sbin/sshd": "openssh-server", "dpkg-deb": "dpkg"}
+RHEL_TOOLS = {"rpmbuild": "rpm", "createrepo_c": "createrepo-c"}
+SLURM_TOOLS = {"slurmctld": "slurmctld", "slurmd": "slurmd", "munged": "munge",
+               "scontrol": "slurm-client", "sinfo": "slurm-client", "sbatch": "slurm-client",
+               "sacctmgr": "slurm-client", "slurmdbd": "slurmdbd", "mariadbd": "mariadb-server",
+               "mariadb-install-db": "mariadb-server"}
+
+
+def missing_lab_tools(os_name: str = "ubuntu22.04", with_slurm: bool = False
+                      ) -> dict[str, str]:
+    """The tools a lab of ``os_name`` nodes (and its Slurm) needs that this machine
+    lacks, each with the Debian package that has it."""
+    needs = dict(LAB_TOOLS)
+    if os_name.startswith("rocky"):
+        needs |= RHEL_TOOLS
+    if with_slurm:
+        needs |= SLURM_TOOLS
+    return {tool: package for tool, package in needs.items()
+            if not (os.path.exists(tool) if tool.startswith("/") else shutil.which(tool))}
+
+
+def missing_line(missing: dict[str, str]) -> str:
+    return (f"{', '.join(t.rsplit('/', 1)[-1] for t in missing)} not found (install "
+            f"{' '.join(sorted(set(missing.values())))})")
+
+
+def require_lab_support(os_name: str = "ubuntu22.04", *, tools: bool = True) -> None:
+    """Raises LabError unless this is Linux, as root, with every tool the lab uses
+    (``tools=False``: the platform and root only)."""
     if platform.system() != "Linux":
         raise LabError("the lab needs Linux namespaces; on this system use the Vagrantfile "
                        "(vagrant up) for a VM lab")
     if os.geteuid() != 0:
         raise LabError("the lab needs root (mount namespaces, overlayfs); run as root, or use "
                        "the Vagrantfile for a VM lab")
-    needs = {"unshare": "util-linux", "nsenter": "util-linux", "mount": "util-linux",
-             "/usr/sbin/sshd": "openssh-server", "dpkg-deb": "dpkg"}
-    missing = {tool: package for tool, package in needs.items()
-               if not (os.path.exists(tool) if tool.startswith("/") else shutil.which(tool))}
+    missing = missing_lab_tools(os_name) if tools else {}
     if missing:
         # Every missing tool in one line: an admin installs them in one go.
-        raise LabError(f"the lab needs {', '.join(missing)}, not found: install "
-                       f"{' '.join(sorted(set(missing.values())))} (scripts/setup.sh "
-                       "installs everything the lab uses)")
+        raise LabError(f"the lab needs tools this machine lacks: {missing_line(missing)}")
 
 
 class Lab:
@@ -141,7 +165,7 @@ class Lab:
         Raises:
             LabError: unsupported host, a lab already up, bad profile/address/fault.
         """
-        require_lab_support()
+        require_lab_support(os_name)
         if self.names():
             raise LabError(f"a lab is already up in {self.dir} ({len(self.names())} nodes); "
                            "run `gpuctl lab down` first")

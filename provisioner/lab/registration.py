@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from sqlmodel import col, select
 
@@ -14,7 +16,12 @@ from provisioner.errors import LabError, NotFoundError
 from provisioner.fleet.ops import remove_nodes
 from provisioner.handle import Gpuctl
 from provisioner.inventory.registry import NodeSpec, add_nodes
-from provisioner.lab.nodes import LabNode
+from provisioner.lab.nodes import (
+    LabNode,
+    missing_lab_tools,
+    missing_line,
+    require_lab_support,
+)
 from provisioner.lab.packages import REPO_IN_NODE
 from provisioner.ssh.hostkeys import KnownHosts
 
@@ -50,32 +57,53 @@ LAB_OS_VARS = {
 }
 
 
-TORCH_CHECK = "import importlib.util as u, sys; sys.exit(not u.find_spec('torch'))"
+# What the burn-in agent imports (the burnin_env role checks the same on real nodes).
+AGENT_MODULES = ("torch", "pynvml")
+MODULES_CHECK = ("import importlib.util as u, sys; "
+                 f"sys.exit(not all(u.find_spec(m) for m in {AGENT_MODULES!r}))")
 
 
-def burnin_python(choice: str | None = None) -> str:
-    """The interpreter the lab's nodes run the burn-in agent with: ``choice`` (``lab up
-    --burnin-python``), else gpuctl's own when it has torch (a checkout's environment,
-    or gpuctl installed with the burnin extra). A control host's gpuctl needs no torch.
-
-    Raises:
-        LabError: the interpreter is missing or cannot import torch.
-    """
+def _python_problem(choice: str | None) -> tuple[str | None, str | None]:
+    """(the lab's burn-in Python as an absolute path, or why there is none)."""
     if choice is None:
-        if importlib.util.find_spec("torch") is not None:
-            return sys.executable
-        raise LabError("gpuctl's Python has no torch, which the lab's nodes run the burn-in "
-                       "agent with: pass --burnin-python PATH (a Python with torch), or "
-                       "install gpuctl with the burnin extra")
+        if all(importlib.util.find_spec(m) for m in AGENT_MODULES):
+            return sys.executable, None
+        return None, ("gpuctl's Python lacks torch or nvidia-ml-py, which the nodes run the "
+                      "burn-in agent with: pass --burnin-python PATH, or install gpuctl "
+                      "with the burnin extra")
+    found = shutil.which(choice)  # the nodes see this machine's files: one absolute path
+    if found is None:
+        return None, f"--burnin-python {choice}: no such program"
+    found = str(Path(found).absolute())
     try:
-        res = subprocess.run([choice, "-c", TORCH_CHECK], capture_output=True, timeout=60,
+        res = subprocess.run([found, "-c", MODULES_CHECK], capture_output=True, timeout=60,
                              check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise LabError(f"--burnin-python {choice}: cannot run it ({exc})") from None
+        return None, f"--burnin-python {choice}: cannot run it ({exc})"
     if res.returncode != 0:
-        raise LabError(f"--burnin-python {choice} cannot import torch (the lab's nodes run "
-                       "the burn-in agent with it)")
-    return choice
+        return None, (f"--burnin-python {choice} cannot import torch and pynvml (the nodes "
+                      "run the burn-in agent with it)")
+    return found, None
+
+
+def check_prerequisites(os_name: str, with_slurm: bool, python: str | None,
+                        register: bool) -> str | None:
+    """Everything ``lab up`` needs, checked before any node starts; returns the nodes'
+    burn-in Python (None without registration).
+
+    Raises:
+        LabError: one line naming everything missing: tools (with their packages) and
+            a Python with the burn-in agent's modules.
+    """
+    require_lab_support(os_name, tools=False)  # Linux and root come first
+    missing = missing_lab_tools(os_name, with_slurm)
+    problems = [missing_line(missing)] if missing else []
+    found, why = _python_problem(python) if register else (None, None)
+    if why:
+        problems.append(why)
+    if problems:
+        raise LabError("the lab cannot start: " + "; ".join(problems))
+    return found
 
 
 def register_lab_nodes(gc: Gpuctl, nodes: list[LabNode], key_path: str,

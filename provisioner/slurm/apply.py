@@ -62,6 +62,9 @@ def load_settings(gc: Gpuctl) -> SlurmSettings | None:
         doc = json.loads(path.read_text())
         settings = SlurmSettings(doc["conf_dir"], doc.get("slurm_conf"),
                                  doc.get("restart_command") or DEFAULT_RESTART)
+        if not (isinstance(settings.conf_dir, str) and isinstance(settings.restart_command, str)
+                and isinstance(settings.slurm_conf, str | None)):
+            raise TypeError("a setting is not text")
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -184,3 +184,57 @@ def test_ansible_is_found_beside_gpuctl_not_on_path() -> None:
     from provisioner.doctor import ansible_playbook
 
     assert ansible_playbook() == str(Path(sys.executable).parent / "ansible-playbook")
+
+
+def test_odd_group_vars_are_one_line_each(gpuctl, gpuctl_home: Path) -> None:  # type: ignore[no-untyped-def]
+    site = gpuctl_home / "group_vars"
+    site.mkdir()
+    for content, ok, said in (
+            (b"# site overrides go here\n", True, "NVIDIA"),  # Ansible reads it as {}
+            (b"\xff\xfe", False, "all.yml"),
+            (b'nvidia_repo_mirror_url: "http://[::1"\n', False, "not a valid URL"),
+            (b'nvidia_repo_mirror_url: "http://mirror/x\\nnext"\n', False, "whitespace"),
+            (b'nvidia_repo_mirror_url: "{{ site_mirror }}"\n', True, "Jinja2")):
+        (site / "all.yml").write_bytes(content)
+        result = gpuctl("doctor")
+        assert result.code == (0 if ok else 1), (content, result)
+        line = next(ln for ln in result.out.splitlines() if "NVIDIA repository" in ln)
+        assert said in line, (content, line)
+        assert "Traceback" not in result.err
+    # Ansible also reads group_vars/all/: a mirror set there is the one nodes use.
+    (site / "all.yml").unlink()
+    (site / "all").mkdir()
+    (site / "all" / "mirror.yml").write_text("nvidia_repo_mirror_url: https://mirror.site/cuda\n")
+    code, checks = doctor(gpuctl)
+    assert code == 0 and "https://mirror.site/cuda (mirror" in str(
+        checks["NVIDIA repository"]["detail"])
+
+
+def test_odd_settings_and_urls_are_one_line_each(gpuctl, gc: Gpuctl, monkeypatch,  # type: ignore[no-untyped-def]
+                                                 tmp_path: Path) -> None:
+    (gc.paths.home / "slurm.json").write_text('{"conf_dir": "/x", "slurm_conf": ["x"]}')
+    code, checks = doctor(gpuctl)
+    assert code == 1 and failing(checks) == ["slurm"]
+    assert "unreadable" in str(checks["slurm"]["detail"])
+    (gc.paths.home / "slurm.json").unlink()
+    code, checks = doctor(gpuctl, "--db", "postgresql+psycopg://u:pw@127.0.0.1:abc/x")
+    assert code == 1 and failing(checks) == ["database"]
+    assert "malformed database URL" in str(checks["database"]["detail"])
+
+
+def test_a_linked_data_dir_or_one_with_a_hash_in_its_path_works(gpuctl, gpuctl_home: Path,  # type: ignore[no-untyped-def]
+                                                                monkeypatch,
+                                                                tmp_path: Path) -> None:
+    if os.environ.get("GPUCTL_TEST_DB") == "postgresql":
+        pytest.skip("SQLite file paths")
+    odd = tmp_path / "data #1"
+    odd.mkdir(mode=0o700)
+    monkeypatch.setenv("GPUCTL_HOME", str(odd))
+    assert gpuctl("init").code == 0
+    code, checks = doctor(gpuctl)
+    assert code == 0, checks
+    link = tmp_path / "linked-home"
+    link.symlink_to(odd)
+    monkeypatch.setenv("GPUCTL_HOME", str(link))
+    code, checks = doctor(gpuctl)
+    assert code == 0, checks

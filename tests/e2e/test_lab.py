@@ -98,3 +98,18 @@ def test_lab_needs_root_and_says_what_to_use_instead(monkeypatch) -> None:  # ty
     monkeypatch.setattr(lab_nodes.os, "geteuid", lambda: 1000)
     with pytest.raises(LabError, match="needs root.*Vagrantfile"):
         lab_nodes.require_lab_support()
+
+
+def test_lab_up_names_everything_missing_in_one_line(gpuctl, monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # A control host with none of the lab's tools on PATH and a Python without torch.
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    result = gpuctl("lab", "up", "--nodes", "1", "--os", "rocky9", "--slurm",
+                    "--first-address", "127.0.39.10", "--burnin-python", "/bin/false")
+    assert result.code == 1 and result.err.strip().count("\n") == 0, result
+    for named in ("unshare", "dpkg-deb", "rpmbuild", "createrepo_c", "slurmctld",
+                  "util-linux", "slurm-client", "(install ", "--burnin-python /bin/false cannot "
+                  "import torch"):
+        assert named in result.err, (named, result.err)
+    assert not (Paths.from_env().lab_dir / "nodes").exists()  # nothing was started

@@ -90,7 +90,7 @@ def test_the_control_host_needs_no_torch_and_the_burnin_extra_is_the_nodes_env(
     assert names("postgresql") == {"psycopg"}
 
 
-def test_a_symlink_in_the_shipped_trees_stops_the_build(tmp_path: Path) -> None:
+def test_the_build_hook_ships_only_current_files_and_no_link(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
     for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "CHANGELOG.md"):
@@ -98,10 +98,25 @@ def test_a_symlink_in_the_shipped_trees_stops_the_build(tmp_path: Path) -> None:
     for top in ("provisioner", *SHIPPED):
         shutil.copytree(ROOT / top, source / top,
                         ignore=shutil.ignore_patterns("__pycache__", "share"))
+    code = "import setuptools.build_meta as b; print(b.build_wheel('out'))"
+
+    def build() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", code], cwd=source, capture_output=True,
+                              text=True, timeout=300, check=False)
+
+    # Built in place twice: a file removed in between does not linger from build/.
+    first = build()
+    assert first.returncode == 0, first.stderr[-1500:]
+    (source / "inventory/thresholds/generic.yml").unlink()
+    second = build()
+    assert second.returncode == 0, second.stderr[-1500:]
+    wheel = source / "out" / second.stdout.strip().splitlines()[-1]
+    assert "provisioner/share/inventory/thresholds/cpu-lab.yml" in \
+        zipfile.ZipFile(wheel).namelist()
+    assert "provisioner/share/inventory/thresholds/generic.yml" not in \
+        zipfile.ZipFile(wheel).namelist()
     (source / "playbooks/vars/passwd.yml").symlink_to("/etc/passwd")
-    code = "import setuptools.build_meta as b; b.build_wheel('out')"
-    res = subprocess.run([sys.executable, "-c", code], cwd=source, capture_output=True,
-                         text=True, timeout=300, check=False)
+    res = build()
     assert res.returncode != 0
     assert "playbooks/vars/passwd.yml is a symbolic link" in res.stdout + res.stderr
 

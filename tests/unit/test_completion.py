@@ -70,6 +70,13 @@ def test_no_database_completes_nothing_and_creates_nothing(tmp_path: Path) -> No
     # A server that is down: nothing offered, no traceback, within the connect timeout.
     down = "postgresql+psycopg://gpuctl@127.0.0.1:9/none"
     assert complete("gpuctl burnin ", env={"GPUCTL_DB": down}) == []
+    assert complete("gpuctl burnin ", env={"GPUCTL_DB": down.replace(":9/", ":abc/")}) == []
+
+
+def test_a_broken_site_sku_file_completes_nothing(gpuctl_home: Path) -> None:
+    (gpuctl_home / "skus").mkdir()
+    (gpuctl_home / "skus" / "bad.yml").write_bytes(b"\xff\xfe\x00")
+    assert complete("gpuctl skus show b") == []
 
 
 def test_the_shells_scripts_come_from_click(gpuctl) -> None:  # type: ignore[no-untyped-def]
