@@ -295,7 +295,7 @@ def check_slurm(gc: Gpuctl) -> list[Check]:
     except SlurmError as exc:
         return [Check("slurm", False, str(exc), f"check SLURM_CONF and {settings.conf_dir}"
                       "; `scontrol ping` must answer")]
-    shown = ".".join(map(str, version))
+    shown = f"{version[0]}.{version[1]:02d}.{version[2]}"  # as Slurm writes it: 22.05.8
     low, high = SLURM_TESTED
     if version[:2] < low:
         return [Check("slurm", False, f"Slurm {shown} is older than gpuctl supports "
