@@ -13,14 +13,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from provisioner.events import Change, Listener, SyncReport, take_changes
 from provisioner.paths import Paths
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from sqlalchemy.engine import Engine
     from sqlmodel import Session
 
@@ -69,17 +68,28 @@ class Gpuctl:
 
         return redact_url(self.db_url)
 
-    def init(self) -> None:
+    def init(self) -> list[str]:
         """Create the data directory and the database, migrated to the newest schema
-        (``gpuctl init``; safe to run again).
+        (``gpuctl init``; safe to run again). Both are private (0700, 0600); returns a
+        warning for each existing one that was not and has been fixed.
 
         Raises:
             GpuctlError: the database cannot be opened or migrated.
         """
         from provisioner.db.engine import get_engine  # noqa: PLC0415
 
-        self.paths.ensure()
-        get_engine(self.db_url, create=True)
+        fixed = self.paths.ensure()
+        url = self.db_url
+        sqlite = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+        made = sqlite is not None and not sqlite.exists()
+        get_engine(url, create=True)
+        if sqlite is not None and made:
+            sqlite.chmod(0o600)  # SQLite gives its -wal and -shm files the same mode
+        elif sqlite is not None and sqlite.stat().st_mode & 0o077:
+            fixed.append(f"{sqlite} had mode {sqlite.stat().st_mode & 0o777:04o}; made 0600 "
+                         "(private)")
+            sqlite.chmod(0o600)
+        return fixed
 
     @property
     def engine(self) -> Engine:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,13 @@ class Paths:
     def runs_dir(self) -> Path:
         return self.home / "runs"
 
-    def ensure(self) -> None:
-        """Create the data directory (mode 0700: it holds keys and host keys)."""
+    def ensure(self) -> list[str]:
+        """Create the data directory, private (0700: it holds known_hosts, the SQLite
+        database and the run records). An existing one others can reach is made private;
+        returns what was fixed."""
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mode = stat.S_IMODE(self.home.stat().st_mode)
+        if not mode & 0o077:
+            return []
+        self.home.chmod(0o700)
+        return [f"{self.home} had mode {mode:04o}; made 0700 (private)"]

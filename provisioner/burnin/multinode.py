@@ -22,6 +22,7 @@ from provisioner.burnin.thresholds import Verdict, evaluate, node_profile
 from provisioner.db.models import Node
 from provisioner.errors import GpuctlError
 from provisioner.handle import Gpuctl
+from provisioner.probe.node_json import NodeOutputError, agent_document
 from provisioner.ssh.exec import Target, run_on_node
 from provisioner.ssh.hostkeys import KnownHosts
 
@@ -96,9 +97,9 @@ class _Group:
                         if "Error" in ln][-1:] or [""]
                 return f"torchrun on {node.name} exited {res.exit_code}: {tail[0][:200]}", None
             try:
-                return None, json.loads(line)["results"][0] if line else None
-            except (ValueError, KeyError, IndexError, TypeError):
-                return f"torchrun on {node.name} printed no result", None
+                return None, agent_document(line)["results"][0] if line else None
+            except (NodeOutputError, IndexError) as exc:
+                return f"torchrun on {node.name} printed no usable result ({exc})", None
 
         with ThreadPoolExecutor(len(group)) as pool:
             answers = list(pool.map(one, group))

@@ -44,6 +44,7 @@ from provisioner.db.models import (
 from provisioner.errors import GpuctlError, InputError, NodesFailedError
 from provisioner.handle import Gpuctl
 from provisioner.inventory.lifecycle import State, get_node, mark_hostkey_changed, transition
+from provisioner.probe.node_json import NodeOutputError, agent_document, loads
 from provisioner.runs import RunScope, RunStatus, recover_abandoned, select_nodes
 from provisioner.ssh.exec import Target, run_on_node
 from provisioner.ssh.hostkeys import HostKeyChanged, KnownHosts
@@ -151,8 +152,16 @@ def burnin_nodes(
         if not interrupted:
             medians = fleet_medians([o[1].get("results", []) for o in outcomes.values()
                                      if o[1]])
-            judged = {n.name: _judge(gc, n, *outcomes[n.name], profile, medians)
-                      for n in nodes}
+            judged = {}
+            for n in nodes:
+                try:
+                    judged[n.name] = _judge(gc, n, *outcomes[n.name], profile, medians)
+                except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+                    # A document that passed the intake checks and still breaks a judge
+                    # fails its node, not the run (the other nodes are judged).
+                    why = f"agent output is unusable ({type(exc).__name__}: {str(exc)[:160]})"
+                    outcomes[n.name] = (why, {})
+                    judged[n.name] = _judge(gc, n, why, {}, profile, medians)
             across = fleet_digest_verdicts({name: doc for name, (err, doc) in
                                             outcomes.items() if err is None and doc})
             for name, extra in across.items():
@@ -211,11 +220,9 @@ def _run_agents(gc: Gpuctl, nodes: list[Node], level: str, seconds: float | None
             tail = res.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
             return f"agent exited {res.exit_code}: {tail[0][:200]}", {}
         try:
-            doc = json.loads(res.stdout)
-            if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
-                raise ValueError("no results")
-        except ValueError as exc:
-            return f"agent output is not a result document ({exc})", {}
+            doc = agent_document(res.stdout)
+        except NodeOutputError as exc:
+            return f"agent output is unusable: {exc}", {}
         if with_dcgm:
             # After our tests, not during them: DCGM's stress would skew both.
             doc["dcgm"] = _run_dcgm(target, known, level)
@@ -268,8 +275,8 @@ def _run_dcgm(target: Target, known: KnownHosts, level: str) -> dict[str, Any]:
     if res.exit_code == 127:
         return {"error": "dcgmi not found (install datacenter-gpu-manager)"}
     try:
-        parsed = json.loads(text[text.find("{"):] if "{" in text else text)
-    except ValueError:
+        parsed = loads(text[text.find("{"):] if "{" in text else text)
+    except NodeOutputError:
         tail = (text.strip() or res.stderr.decode("utf-8", "replace").strip())
         return {"error": f"dcgmi diag -r {LEVELS[level].dcgm} exited {res.exit_code} "
                          f"without JSON: {tail.splitlines()[-1][:200] if tail else ''}"}

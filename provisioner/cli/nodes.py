@@ -32,7 +32,8 @@ def init(ctx: Ctx) -> None:
 
     Example: gpuctl init
     """
-    ctx.gc.init()
+    for warning in ctx.gc.init():
+        ctx.err.print(f"warning: {warning}", markup=False, highlight=False)
     ctx.console.print(f"data dir {ctx.gc.paths.home}\ndatabase {ctx.gc.db_display}")
 
 

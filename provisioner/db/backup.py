@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,21 +33,36 @@ def backup_sqlite(url: str, backups: Path, output: Path | None = None) -> Path:
     if output is None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         output = backups / f"gpuctl-{stamp}.db"
+    if output.is_symlink():
+        raise InputError(f"{output} is a symbolic link; a backup is never written through "
+                         "one")
     if output.exists():
         raise InputError(f"{output} exists; a backup never overwrites a file")
     output.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Into a new private file beside the output (O_EXCL|O_NOFOLLOW), linked into place
+    # only when complete and checked: a link planted meanwhile is never followed, and
+    # os.link refuses to replace anything that appeared at the output.
+    fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True,
-                                                timeout=30)) as src, \
-                contextlib.closing(sqlite3.connect(output)) as dst:
-            src.backup(dst)
-            check = dst.execute("PRAGMA integrity_check").fetchone()[0]
-    except sqlite3.Error as exc:
-        output.unlink(missing_ok=True)
-        raise GpuctlError(f"cannot back up {source}: {exc}") from None
-    if check != "ok":
-        output.unlink(missing_ok=True)
-        raise GpuctlError(f"the copy of {source} fails SQLite's integrity check ({check}); "
-                          "the database itself may be damaged")
-    output.chmod(0o600)
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True,
+                                                    timeout=30)) as src, \
+                    contextlib.closing(sqlite3.connect(tmp)) as dst:
+                src.backup(dst)
+                check = dst.execute("PRAGMA integrity_check").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise GpuctlError(f"cannot back up {source}: {exc}") from None
+        if check != "ok":
+            raise GpuctlError(f"the copy of {source} fails SQLite's integrity check "
+                              f"({check}); the database itself may be damaged")
+        tmp.chmod(0o600)
+        try:
+            os.link(tmp, output)
+        except FileExistsError:
+            raise InputError(f"{output} appeared during the backup; a backup never "
+                             "overwrites a file") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return output

@@ -18,7 +18,7 @@ from defusedxml.ElementTree import fromstring
 from provisioner.errors import GpuctlError
 
 MAX_GPUS = 64
-_NUMBER = re.compile(r"^-?[0-9]+(?:\.[0-9]+)?")
+_NUMBER = re.compile(r"^-?[0-9]{1,400}(?:\.[0-9]{1,400})?")
 
 
 class SmiParseError(GpuctlError):
@@ -80,12 +80,34 @@ def _text(el: Element | None, path: str) -> str | None:
     return None if value in ("", "N/A", "[N/A]", "Unknown Error", "[Unknown Error]") else value
 
 
+# What no GPU reports, whatever its driver: a value outside is a broken or hostile
+# document, and the node's nvidia-smi output is unusable (naming the field), not stored.
+LIMIT = 2.0**53
+RANGES: dict[str, tuple[float, float]] = {
+    "temperature/gpu_temp": (-100, 300), "pcie_gen/current_link_gen": (0, 16),
+    "pcie_gen/max_link_gen": (0, 16), "link_widths/current_link_width": (0, 64),
+    "link_widths/max_link_width": (0, 64), "fb_memory_usage/total": (0, 1 << 24),
+}
+
+
 def _number(el: Element | None, path: str) -> float | None:
+    """The leading number of a field's text ("81 C", "4.5 W"), range-checked.
+
+    Raises:
+        SmiParseError: the number is out of range (the message names the field).
+    """
     value = _text(el, path)
     if value is None:
         return None
     match = _NUMBER.match(value)
-    return float(match.group(0)) if match else None
+    if not match:
+        return None
+    number = float(match.group(0))
+    low, high = RANGES.get(path, (-LIMIT, LIMIT))
+    if not low <= number <= high:  # also false for inf and nan
+        raise SmiParseError(f"nvidia-smi -q -x: <{path}> is {match.group(0)[:24]!r}, "
+                            f"outside {low:g}..{high:g}")
+    return number
 
 
 def _int(el: Element | None, path: str) -> int | None:
@@ -194,7 +216,7 @@ def parse_smi_xml(xml: str | bytes) -> SmiReport:
     )
 
 
-_XID = re.compile(r"NVRM: Xid \((?:PCI:)?([0-9a-fA-F:.]+)\): (\d+),?\s*(.*)")
+_XID = re.compile(r"NVRM: Xid \((?:PCI:)?([0-9a-fA-F:.]{1,32})\): (\d{1,6}),?\s*(.*)")
 
 
 def parse_xid_lines(lines: list[Any]) -> list[dict[str, Any]]:
@@ -211,8 +233,8 @@ def parse_xid_lines(lines: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
-_GPU_LINE = re.compile(r"^GPU (\d+):")
-_LINK_LINE = re.compile(r"^Link (\d+):\s*(.*)$")
+_GPU_LINE = re.compile(r"^GPU (\d{1,4}):")
+_LINK_LINE = re.compile(r"^Link (\d{1,4}):\s*(.*)$")
 
 
 def parse_nvlink_lines(lines: list[Any]) -> list[dict[str, Any]]:

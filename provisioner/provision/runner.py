@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import re
 import shutil
 import signal
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import ansible_runner
+import ansible_runner.interface
 
 from provisioner.errors import GpuctlError
 
@@ -71,6 +73,20 @@ def to_task_event(event: dict[str, Any]) -> TaskEvent | None:
     return TaskEvent(data.get("host", "?"), data.get("task", "?"), data.get("role"),
                      data.get("task_action"), status, _message(res) if status in
                      ("failed", "unreachable") else "", data.get("duration"))
+
+
+# gpuctl's own settings (GPUCTL_DB may carry a PostgreSQL password), libpq's, and
+# anything named like a secret never reach Ansible's environment (nor, through
+# ansible-runner, the run's artifacts on disk). A *_FILE variable names a file, not a
+# secret (ANSIBLE_VAULT_PASSWORD_FILE): it stays.
+_OURS = re.compile(r"^(GPUCTL_|PG)", re.IGNORECASE)
+_SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL", re.IGNORECASE)
+
+
+def scrub_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without the variables gpuctl must not hand to Ansible (see above)."""
+    return {k: v for k, v in env.items() if not _OURS.search(k) and not (
+        _SECRET_NAME.search(k) and not k.upper().endswith("_FILE"))}
 
 
 class RunnerJob:
@@ -146,7 +162,14 @@ class RunnerJob:
 
     def start(self) -> None:
         try:
-            self.thread, self.runner = ansible_runner.run_async(**self._kwargs)
+            # ansible_runner.run_async, with the environment cleaned between preparing
+            # and running: ansible-runner seeds it from ours and writes it, whole, into
+            # the run's artifacts/<id>/command.
+            runner = ansible_runner.interface.init_runner(**self._kwargs)
+            runner.config.env = scrub_env(runner.config.env)
+            self.runner = runner
+            self.thread = threading.Thread(target=runner.run, name="gpuctl-ansible-runner")
+            self.thread.start()
         except (ansible_runner.exceptions.ConfigurationError, OSError) as exc:
             raise GpuctlError(f"cannot start ansible-runner: {exc}") from exc
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from provisioner.probe.facts import HardwareFacts
+from provisioner.probe.facts import UNUSABLE, HardwareFacts
 
 if TYPE_CHECKING:
     from provisioner.catalogue import Sku
@@ -42,6 +42,10 @@ def health_findings(facts: HardwareFacts, sku: Sku | None) -> list[Finding]:
         lost = [p["bus_id"] for p in facts.pci_gpus if p["bus_id"][-12:] not in seen]
         out.append(Finding("gpu-missing", "critical",
                            f"GPU on PCI but not seen by the driver: {', '.join(lost)[:120]}"))
+    unusable = [w for w in facts.warnings if w.startswith(UNUSABLE)]
+    if unusable:
+        # A node that reports a number no node could measure: named, never stored.
+        out.append(Finding("unusable-output", "warning", "; ".join(unusable)[:300]))
     if facts.smi_status in ("failed", "unusable"):
         out.append(Finding("nvidia-smi", "warning",
                            next((w for w in facts.warnings if "nvidia-smi" in w),

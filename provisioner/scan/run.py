@@ -20,7 +20,7 @@ from provisioner.probe.facts import HardwareFacts, parse_probe_output, probe_com
 from provisioner.runs import RunScope, RunStatus, recover_abandoned
 from provisioner.scan.findings import Finding, drift_findings, health_findings, new_only
 from provisioner.scan.store import apply_findings, store_snapshot
-from provisioner.ssh.exec import AuthFailed, Target, Unreachable, run_on_node
+from provisioner.ssh.exec import AuthFailed, CommandTimeout, Target, Unreachable, run_on_node
 from provisioner.ssh.hostkeys import HostKeyChanged, HostKeyError, KnownHosts
 
 OUTCOMES = ("ok", "drift", "fault", "unreachable", "refused", "error")
@@ -84,7 +84,8 @@ def probe_node(target: Target, known_hosts: KnownHosts, accept_new: bool,
 def _classify(exc: GpuctlError) -> str:
     if isinstance(exc, HostKeyError | AuthFailed):
         return "refused"
-    return "unreachable" if isinstance(exc, Unreachable) else "error"
+    # A node that does not finish within --timeout is as good as unreachable.
+    return "unreachable" if isinstance(exc, Unreachable | CommandTimeout) else "error"
 
 
 def _record(gc: Gpuctl, probe: _Probe, run_id: int) -> NodeScanResult:

@@ -252,14 +252,19 @@ def _gres_has(shown: str, wanted: str) -> bool:
 def compare_hardware(slurmd_c: str, *, cpus: int | None, memory_mib: int | None) -> list[str]:
     """Differences between ``slurmd -C`` (Slurm's view of the node's hardware) and the
     NodeName line gpuctl wrote from its snapshot."""
-    seen = dict(re.findall(r"(\w+)=(\S+)", slurmd_c))
+    seen = dict(re.findall(r"(\w{1,40})=(\S{1,40})", slurmd_c[:65536]))
     out = []
+    for key in ("CPUs", "RealMemory"):
+        # A value that is not a count (a hostile or broken node) is a difference too.
+        if key in seen and not re.fullmatch(r"[0-9]{1,12}", seen[key]):
+            out.append(f"slurmd -C reports {key}={seen[key][:20]!r}, not a number")
+            seen.pop(key)
     if cpus and seen.get("CPUs") and int(seen["CPUs"]) != cpus:
         out.append(f"slurmd -C reports CPUs={seen['CPUs']}, gpuctl's snapshot {cpus}")
     if memory_mib and seen.get("RealMemory") and int(seen["RealMemory"]) < memory_mib:
         out.append(f"slurmd -C reports RealMemory={seen['RealMemory']} MiB, below the "
                    f"{memory_mib} MiB configured")
-    if not seen:
+    if not seen and not out:
         out.append("slurmd -C printed nothing usable")
     return out
 

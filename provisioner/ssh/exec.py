@@ -96,13 +96,17 @@ def load_key(path: str) -> paramiko.PKey:
         return key
 
 
+def _timed_out(name: str, seconds: float) -> CommandTimeout:
+    return CommandTimeout(f"{name}: timed out after {seconds:g} s")
+
+
 def _read_capped(chan: paramiko.Channel, max_output: int, deadline: float,
-                 name: str) -> tuple[bytes, bytes]:
+                 name: str, seconds: float) -> tuple[bytes, bytes]:
     out, err = bytearray(), bytearray()
     chan.settimeout(0.05)
     while True:
         if time.monotonic() > deadline:
-            raise CommandTimeout(f"{name}: command did not finish in time")
+            raise _timed_out(name, seconds)
         while chan.recv_stderr_ready():
             err += chan.recv_stderr(65536)[: max(0, 65536 - len(err))]
         try:
@@ -158,6 +162,7 @@ def run_on_node(
     try:
         transport.banner_timeout = connect_timeout
         transport.handshake_timeout = connect_timeout
+        transport.auth_timeout = connect_timeout  # paramiko's default is 30 s
         try:
             transport.start_client(timeout=connect_timeout)
             server_key = transport.get_remote_server_key()
@@ -178,10 +183,19 @@ def run_on_node(
             chan = transport.open_session(timeout=connect_timeout)
             chan.exec_command(command)
             if stdin_data:
-                chan.sendall(stdin_data)
+                # A node that never reads its stdin must not hold gpuctl past the deadline.
+                chan.settimeout(max(0.01, deadline - time.monotonic()))
+                try:
+                    chan.sendall(stdin_data)
+                except TimeoutError:
+                    raise _timed_out(name, command_timeout) from None
             if not keep_stdin_open:
                 chan.shutdown_write()
-            stdout, stderr = _read_capped(chan, max_output, deadline, name)
+            stdout, stderr = _read_capped(chan, max_output, deadline, name, command_timeout)
+            # The output can end (stdout closed) long before the command does: the exit
+            # status is waited for within the same deadline.
+            if not chan.status_event.wait(max(0.0, deadline - time.monotonic())):
+                raise _timed_out(name, command_timeout)
             code = chan.recv_exit_status()
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise Unreachable(f"{name}: SSH session broke off: {exc or type(exc).__name__}") \
