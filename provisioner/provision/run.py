@@ -20,6 +20,7 @@ from sqlmodel import col, select
 from provisioner import __version__
 from provisioner.db.models import Event, Node, Run, TaskResult
 from provisioner.errors import InputError, NodesFailedError
+from provisioner.fsutil import private_dir
 from provisioner.handle import Gpuctl
 from provisioner.inventory.lifecycle import (
     State,
@@ -120,9 +121,10 @@ def last_failed_nodes(gc: Gpuctl) -> list[str]:
 
 def _prepare_run_dir(gc: Gpuctl, run_id: int, nodes: list[Node],
                      all_vars: dict[str, Any]) -> tuple[Path, Path]:
-    run_dir = gc.paths.runs_dir / f"provision-{run_id}"
-    inv_dir = run_dir / "inventory"
-    inv_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # The run's directory holds its inventory and Ansible's records: gpuctl's own, never
+    # a link planted where it should be.
+    run_dir = private_dir(private_dir(gc.paths.runs_dir) / f"provision-{run_id}")
+    inv_dir = private_dir(run_dir / "inventory")
     group_vars = inv_dir / "group_vars"
     shutil.copytree(shipped_dir() / "inventory/group_vars", group_vars, dirs_exist_ok=True)
     # Each SKU's pins are the ``provision`` part of its catalogue file: group sku_<name>.
