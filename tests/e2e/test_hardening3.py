@@ -9,7 +9,6 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,6 +16,7 @@ from provisioner.paths import Paths
 from provisioner.ssh.exec import Target, run_on_node
 from provisioner.ssh.hostkeys import KnownHosts
 from tests.e2e.conftest import by_node, scan_json
+from tests.fleet_fixtures import fill_fleet
 
 pytestmark = pytest.mark.e2e
 
@@ -74,21 +74,19 @@ def test_one_hostile_node_never_stalls_or_crashes_a_20_node_scan(lab, gpuctl, pa
     assert hostile < timeout + normal + 5, (hostile, normal)
 
 
-def test_report_and_backup_never_follow_a_symlink(gpuctl, gpuctl_home: Path,  # type: ignore[no-untyped-def]
-                                                  tmp_path: Path) -> None:
-    if os.environ.get("GPUCTL_TEST_DB") == "postgresql":
-        pytest.skip("db backup is SQLite's")
+def test_report_and_backup_never_follow_a_symlink(gc, gpuctl, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    fill_fleet(gc.db_url, 4)  # a burn-in run and certified nodes to report and hand off
     victim = tmp_path / "victim.txt"
     victim.write_text("someone else's file\n")
-    report = tmp_path / "r.html"
-    report.write_text("<html>an old report</html>\n")
-    (tmp_path / "r.html.bak").symlink_to(victim)
-    result = gpuctl("report", "--format", "html", "-o", str(report), "--force")
-    # No burn-in run yet: whatever the report command says, the link's target is intact.
-    assert victim.read_text() == "someone else's file\n"
-    if result.code == 0:
-        bak = tmp_path / "r.html.bak"
-        assert not bak.is_symlink() and bak.read_text() == "<html>an old report</html>\n"
+    report = tmp_path / "r.json"
+    report.write_text("an old report\n")
+    (tmp_path / "r.json.bak").symlink_to(victim)
+    result = gpuctl("report", "--format", "json", "-o", str(report), "--force")
+    assert result.code == 0, result
+    assert victim.read_text() == "someone else's file\n"  # the link was not followed
+    bak = tmp_path / "r.json.bak"
+    assert not bak.is_symlink() and bak.read_text() == "an old report\n"
+    assert json.loads(report.read_text())["run"]["id"] == 1
     # A link at the output itself: refused without --force, replaced (kept as .bak) with.
     link = tmp_path / "hosts.ini"
     link.symlink_to(victim)
@@ -99,6 +97,8 @@ def test_report_and_backup_never_follow_a_symlink(gpuctl, gpuctl_home: Path,  # 
     assert forced.code == 0, forced
     assert not link.is_symlink() and (tmp_path / "hosts.ini.bak").is_symlink()
     assert victim.read_text() == "someone else's file\n"
+    if os.environ.get("GPUCTL_TEST_DB") == "postgresql":
+        return  # db backup is SQLite's
 
     dangling = tmp_path / "b.db"
     dangling.symlink_to(tmp_path / "where-the-link-points.db")
@@ -128,41 +128,3 @@ def test_init_makes_the_data_dir_and_database_private(gpuctl, tmp_path: Path,  #
     assert "gpuctl.db had mode 0644; made 0600" in result.err
     assert stat.S_IMODE((home / "gpuctl.db").stat().st_mode) == 0o600
     assert gpuctl("init").err == ""  # private already: nothing to say
-
-
-def _files_holding(root: Path, secrets: list[str]) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    for path in root.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            data = path.read_bytes()
-            hits = [s for s in secrets if s.encode() in data]
-            if hits:
-                found[str(path)] = hits
-    return found
-
-
-def test_no_secret_is_stored_after_a_provision(lab, gpuctl, paths, monkeypatch,  # type: ignore[no-untyped-def]
-                                               tmp_path: Path) -> None:
-    lab.up(1)
-    assert scan_json(gpuctl, "--all", "--accept-new")[0] == 0
-    canaries = ["canary-become-51c2", "canary-vault-7e90", "canary-pg-2b44"]
-    db_url = os.environ.get("GPUCTL_DB")
-    if db_url:  # PostgreSQL: a password in the URL (the test server trusts, ignores it)
-        scheme, rest = db_url.split("://", 1)
-        canaries.append("canary-db-8d1f")
-        monkeypatch.setenv("GPUCTL_DB", f"{scheme}://{rest.split('@')[0].split(':')[0]}:"
-                                        f"canary-db-8d1f@{rest.split('@', 1)[1]}")
-    else:  # SQLite: the variable itself must not reach Ansible's environment
-        monkeypatch.setenv("GPUCTL_DB", str(paths.home / "gpuctl.db"))
-    monkeypatch.setenv("GPUCTL_BECOME_PASSWORD", canaries[0])
-    monkeypatch.setenv("PGPASSWORD", canaries[2])
-    vault = tmp_path / "vault-pass"
-    vault.write_text(canaries[1] + "\n")
-    result = gpuctl("provision", "--all", "--vault-password-file", str(vault))
-    assert result.code == 0, result
-    found = _files_holding(paths.home, canaries)
-    assert found == {}, found
-    artifacts = list(paths.runs_dir.rglob("artifacts/*/command"))
-    assert artifacts, "ansible-runner's command record is where the environment went"
-    env: dict[str, Any] = json.loads(artifacts[0].read_text())["env"]
-    assert not [k for k in env if k.startswith(("GPUCTL_", "PG"))], sorted(env)

@@ -179,9 +179,21 @@ def test_installed_gpuctl_provisions_and_burns_in_a_lab_node(  # type: ignore[no
     scan = json.loads(gpuctl("scan", "--all", "--accept-new", "--json"))
     assert [r["outcome"] for r in scan["results"]] == ["ok"], scan
     # Exit 0: every node provisioned (the playbooks, roles and group_vars from the
-    # wheel), then burned in and certified (the agent, the SKU's thresholds).
-    gpuctl("provision", "--all")
+    # wheel), then burned in and certified (the agent, the SKU's thresholds). Canary
+    # secrets are set as an admin's shell would have them: none may be stored.
+    canaries = {"GPUCTL_BECOME_PASSWORD": "canary-become-51c2", "PGPASSWORD": "canary-pg-2b44"}
+    env.update(canaries, GPUCTL_DB=f"sqlite:///{paths.home / 'gpuctl.db'}")
+    vault = tmp_path / "vault-pass"
+    vault.write_text("canary-vault-7e90\n")
+    gpuctl("provision", "--all", "--vault-password-file", str(vault))
     gpuctl("burnin", "--all", "--duration", "0.2")
+    stored = [p for p in paths.home.rglob("*") if p.is_file() and not p.is_symlink()
+              and any(c.encode() in p.read_bytes()
+                      for c in [*canaries.values(), "canary-vault-7e90"])]
+    assert stored == [], stored
+    (record,) = paths.runs_dir.rglob("artifacts/*/command")  # Ansible's environment
+    assert not [k for k in json.loads(record.read_text())["env"]
+                if k.startswith(("GPUCTL_", "PG"))]
     report = tmp_path / "report.html"
     gpuctl("report", "--format", "html", "-o", str(report))
     assert "gpu-node-01" in report.read_text()

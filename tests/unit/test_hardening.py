@@ -198,3 +198,18 @@ def test_a_node_ansible_reported_nothing_for_fails() -> None:
     assert progress["a"].status == "ok"
     assert (progress["b"].status, progress["b"].reason) == (
         "failed", "no task ran on this node (ansible-runner successful)")
+
+
+def test_ansibles_environment_carries_no_secret() -> None:
+    from provisioner.provision.runner import scrub_env
+
+    env = {"PATH": "/usr/bin", "HOME": "/root", "SSH_AUTH_SOCK": "/run/agent",
+           "GPUCTL_DB": "postgresql+psycopg://gpuctl:hunter2@db/gpuctl",
+           "GPUCTL_BECOME_PASSWORD": "hunter2", "PGPASSWORD": "hunter2",
+           "AWS_SECRET_ACCESS_KEY": "x", "VAULT_TOKEN": "x", "MY_API_Credentials": "x",
+           "ANSIBLE_VAULT_PASSWORD_FILE": "/etc/ansible/vault-pass",
+           "ANSIBLE_HOST_KEY_CHECKING": "True"}
+    assert scrub_env(env) == {"PATH": "/usr/bin", "HOME": "/root",
+                              "SSH_AUTH_SOCK": "/run/agent",
+                              "ANSIBLE_VAULT_PASSWORD_FILE": "/etc/ansible/vault-pass",
+                              "ANSIBLE_HOST_KEY_CHECKING": "True"}
