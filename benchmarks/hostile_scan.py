@@ -4,7 +4,7 @@
 
 Starts N lab nodes (127.0.201.0/24, a throw-away GPUCTL_HOME), scans them all, then
 makes two of them hostile, as a node is met over SSH (its own ``python3``, first on the
-probe's PATH, replaced): one closes its output and keeps the session open for 150 s, one
+probe's PATH, replaced): one closes its output (stdout and stderr) and keeps the session open for 150 s, one
 prints 100 kB of random bytes. Scans again with ``--timeout``. Prints each scan's wall
 time and outcomes, and the ratio of the hostile scan to (timeout + the normal scan).
 Target: N-2 nodes ok, the two named, ratio <= 1.
@@ -28,7 +28,7 @@ from provisioner.paths import Paths
 from provisioner.ssh.exec import Target, run_on_node
 from provisioner.ssh.hostkeys import KnownHosts
 
-HOSTILE = {"hang": "exec >&-; sleep 150", "garbage": "head -c 100000 /dev/urandom"}
+HOSTILE = {"hang": "exec >&- 2>&-; sleep 150", "garbage": "head -c 100000 /dev/urandom"}
 
 
 def gpuctl(*argv: str) -> tuple[int, str]:

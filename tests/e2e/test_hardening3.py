@@ -34,7 +34,7 @@ HOSTILE = {
     "huge-temp": "/usr/bin/python3 -I - | sed 's/<gpu_temp>[0-9]* C/<gpu_temp>"
                  + "9" * 400 + " C/'",
     # Closes its output and keeps the session open; prints garbage.
-    "hang": "exec >&-; sleep 150",
+    "hang": "exec >&- 2>&-; sleep 150",
     "garbage": "head -c 100000 /dev/urandom",
 }
 
