@@ -36,8 +36,10 @@ if [ $# -eq 0 ]; then
   # check mode, Ctrl-C and the failures-and-rescan tour, whose database writes -- task
   # results, states, events, locks -- test_recovery.py's provision killed mid-run and
   # test_provision.py's lock test make on PostgreSQL too), and the burn-in's
-  # verdict tests (test_burnin*.py: burn-in's database writes are the run scaffold's,
-  # which test_recovery.py and test_hardening.py exercise with burn-ins killed mid-run).
+  # verdict tests (test_burnin*.py and test_hardening.py's health checks failing closed:
+  # burn-in's database writes are the run scaffold's, which test_recovery.py and
+  # test_hardening.py exercise with burn-ins killed mid-run), and the wheel, doctor
+  # (but its healthy run) and hardening round 3 (files, parsers, SSH deadlines).
   echo "== pytest (PostgreSQL)"
   GPUCTL_TEST_DB=postgresql run_pytest tests/e2e/test_scan.py tests/e2e/test_provision.py \
     tests/e2e/test_recovery.py tests/e2e/test_db_concurrent.py \
@@ -45,5 +47,5 @@ if [ $# -eq 0 ]; then
     tests/e2e/test_doctor.py::test_a_healthy_control_host_passes \
     tests/unit/test_fleet.py -k "not become_password and not test_profiles and not \
 huge_command_output and not export_is and not check_mode and not sigint_stops and not \
-failures_rescan"
+failures_rescan and not health_checks_fail_closed"
 fi
