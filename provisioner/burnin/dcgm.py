@@ -44,7 +44,7 @@ def _messages(result: dict[str, Any]) -> str:
 def _gpu(result: dict[str, Any]) -> int | None:
     for key in ("gpu_id", "entity_id", "gpu_ids"):
         value = str(result.get(key, "")).strip()
-        if value.isdigit():
+        if value.isdigit() and len(value) <= 4:  # a GPU index, never a 20-digit number
             return int(value)
     return None
 

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.exc import StatementError
+
 from provisioner.burnin.command import (
     DEFAULT_PYTHON,
     _agent_command,
@@ -171,8 +173,17 @@ def burnin_nodes(
                 fabric_test(gc, nodes, outcomes, judged, run.run_id, level)
             for node in nodes:
                 err, doc = outcomes[node.name]
-                result = _store(gc, node, snapshots[node.name], err, doc,
-                                *judged[node.name], run.run_id, level, certificate_days)
+                try:
+                    result = _store(gc, node, snapshots[node.name], err, doc,
+                                    *judged[node.name], run.run_id, level, certificate_days)
+                except (TypeError, ValueError, OverflowError, StatementError) as exc:
+                    # What this node sent cannot be stored (its transaction rolled back):
+                    # it fails, with why; the other nodes are stored.
+                    why = f"agent output is unusable ({type(exc).__name__}: " \
+                          f"{' '.join(str(exc).split())[:160]})"
+                    result = _store(gc, node, snapshots[node.name], why, {},
+                                    *_judge(gc, node, why, {}, profile, medians), run.run_id,
+                                    level, certificate_days)
                 summary.nodes.append(result)
                 run.node_ok[node.name] = result.verdict == "pass"
                 if on_result:

@@ -52,6 +52,27 @@ def loads(text: str | bytes) -> Any:
         raise NodeOutputError(f"not JSON ({type(exc).__name__}: {str(exc)[:120]})") from None
 
 
+MAX_VALUE = 1e15  # no measurement (TFLOPS, GB/s, GiB, errors, seconds) comes near this
+SCALAR = (str, int, float, type(None))  # values the judges use as keys or compare
+
+
+def _number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) \
+        and abs(value) <= MAX_VALUE
+
+
+def _check_detail(where: str, detail: dict[str, Any]) -> None:
+    for key in ("n", "seed", "dtype", "product_digest"):
+        if not isinstance(detail.get(key), SCALAR) or (
+                isinstance(detail.get(key), str) and len(detail[key]) > 200):
+            raise NodeOutputError(f"{where}.detail.{key} is not a short scalar")
+    matrix = detail.get("matrix")
+    if matrix is not None and not (isinstance(matrix, list) and all(
+            isinstance(row, list) and all(v is None or _number(v) for v in row)
+            for row in matrix)):
+        raise NodeOutputError(f"{where}.detail.matrix is not a matrix of numbers")
+
+
 def _check_result(i: int, r: Any) -> None:
     where = f"results[{i}]"
     if not isinstance(r, dict):
@@ -59,8 +80,8 @@ def _check_result(i: int, r: Any) -> None:
     if not isinstance(r.get("test"), str) or not 0 < len(r["test"]) <= 100:
         raise NodeOutputError(f"{where}.test is not a test name")
     value = r.get("value")
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise NodeOutputError(f"{where}.value ({r['test'][:40]}) is not a number")
+    if value is not None and not _number(value):
+        raise NodeOutputError(f"{where}.value ({r['test'][:40]}) is not a number in range")
     device = r.get("device")
     if device is not None and (isinstance(device, bool) or not isinstance(device, int)
                                or not 0 <= device < MAX_DEVICES):
@@ -69,6 +90,46 @@ def _check_result(i: int, r: Any) -> None:
         raise NodeOutputError(f"{where}.ok ({r['test'][:40]}) is not true or false")
     if not isinstance(r.get("unit", ""), str) or not isinstance(r.get("detail", {}), dict):
         raise NodeOutputError(f"{where} ({r['test'][:40]}) has a malformed unit or detail")
+    _check_detail(f"{where} ({r['test'][:40]})", r.get("detail") or {})
+
+
+def _list_of(value: Any, kind: type | tuple[type, ...]) -> bool:
+    return isinstance(value, list) and all(isinstance(v, kind) for v in value)
+
+
+def _check_sections(doc: dict[str, Any]) -> None:
+    """The parts of the document besides the results that the judges, the stored
+    artifact and the report read."""
+    if not isinstance(doc.get("torch"), SCALAR) or not isinstance(doc.get("backend"), SCALAR):
+        raise NodeOutputError("torch or backend is not a scalar")
+    gpus = doc.get("gpus")
+    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int)
+                             or not 0 <= gpus <= MAX_DEVICES):
+        raise NodeOutputError("gpus is not a GPU count")
+    devices = doc.get("devices")
+    if devices is not None and not (_list_of(devices, dict) and all(
+            isinstance(d.get(k), SCALAR) for d in devices for k in ("name", "multiprocessors"))):
+        raise NodeOutputError("devices is malformed")
+    telemetry = doc.get("telemetry")
+    if telemetry is not None:
+        samples = telemetry.get("samples") if isinstance(telemetry, dict) else None
+        if not isinstance(telemetry, dict) or (samples is not None and not (
+                _list_of(samples, dict) and all(
+                    isinstance(x.get("gpu"), int | type(None)) for x in samples))):
+            raise NodeOutputError("telemetry.samples is malformed")
+    health = doc.get("health")
+    if health is not None:
+        if not isinstance(health, dict):
+            raise NodeOutputError("health is malformed")
+        for when in ("before", "after"):
+            part = health.get(when)
+            if part is None:
+                continue
+            if not isinstance(part, dict) or not all(
+                    part.get(k) is None or _list_of(part[k], str)
+                    for k in ("xid_lines", "sxid_lines")) or not isinstance(
+                    part.get("smi_xml"), str | type(None)):
+                raise NodeOutputError(f"health.{when} is malformed")
 
 
 def agent_document(text: str | bytes) -> dict[str, Any]:
@@ -82,7 +143,8 @@ def agent_document(text: str | bytes) -> dict[str, Any]:
         raise NodeOutputError("not a result document (no results list)")
     for i, r in enumerate(doc["results"]):
         _check_result(i, r)
-    for key in ("telemetry", "health", "inventory", "nvlink"):
+    _check_sections(doc)
+    for key in ("inventory", "nvlink"):
         if doc.get(key) is not None and not isinstance(doc[key], dict | list):
             raise NodeOutputError(f"{key} is malformed")
     return doc

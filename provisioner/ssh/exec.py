@@ -159,38 +159,59 @@ def run_on_node(
         raise Unreachable(f"{name}: cannot connect to {target.address}:{target.port}: "
                           f"{reason}") from None
     transport = paramiko.Transport(sock)
+    # Some paramiko waits have no timeout of their own (exec_command waits for the
+    # server's answer for ever): a watchdog closes the transport when a phase's deadline
+    # passes, which ends any wait with an error, told apart by ``guard.fired``.
+    guard = _Watchdog(transport)
     try:
         transport.banner_timeout = connect_timeout
         transport.handshake_timeout = connect_timeout
         transport.auth_timeout = connect_timeout  # paramiko's default is 30 s
+        guard.arm(connect_timeout)  # handshake and authentication together
         try:
             transport.start_client(timeout=connect_timeout)
             server_key = transport.get_remote_server_key()
         except (paramiko.SSHException, EOFError, OSError) as exc:
+            if guard.fired.is_set():
+                raise Unreachable(f"{name}: SSH handshake timed out after "
+                                  f"{connect_timeout:g} s") from None
             raise Unreachable(f"{name}: SSH handshake with {target.address}:{target.port} "
                               f"failed: {exc or type(exc).__name__}") from None
         added = known_hosts.check(target.address, target.port, server_key,
                                   accept_new=accept_new, node=name)
         try:
             transport.auth_publickey(target.user, pkey)
-        except paramiko.AuthenticationException:
+        except paramiko.AuthenticationException as exc:
+            if guard.fired.is_set() or "timeout" in str(exc).lower():  # no answer, no refusal
+                raise Unreachable(f"{name}: SSH authentication timed out after "
+                                  f"{connect_timeout:g} s") from None
             raise AuthFailed(f"{name}: {target.user}@{target.address} refused key "
                              f"{target.key_path}") from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
+            if guard.fired.is_set():
+                raise Unreachable(f"{name}: SSH authentication timed out after "
+                                  f"{connect_timeout:g} s") from None
             raise Unreachable(f"{name}: SSH authentication broke off: {exc}") from None
         deadline = time.monotonic() + command_timeout
+        guard.arm(command_timeout + 0.5)  # the loops below see the deadline first
         try:
             chan = transport.open_session(timeout=connect_timeout)
             chan.exec_command(command)
-            if stdin_data:
-                # A node that never reads its stdin must not hold gpuctl past the deadline.
-                chan.settimeout(max(0.01, deadline - time.monotonic()))
-                try:
+            try:
+                if stdin_data:
+                    # A node that never reads its stdin must not hold gpuctl past the
+                    # deadline.
+                    chan.settimeout(max(0.01, deadline - time.monotonic()))
                     chan.sendall(stdin_data)
-                except TimeoutError:
-                    raise _timed_out(name, command_timeout) from None
-            if not keep_stdin_open:
-                chan.shutdown_write()
+                if not keep_stdin_open:
+                    chan.shutdown_write()
+            except TimeoutError:
+                raise _timed_out(name, command_timeout) from None
+            except (paramiko.SSHException, OSError):
+                # A command that ended before reading all its input: its output and exit
+                # status are still there to read.
+                if not (chan.closed or chan.exit_status_ready()) or guard.fired.is_set():
+                    raise
             stdout, stderr = _read_capped(chan, max_output, deadline, name, command_timeout)
             # The output can end (stdout closed) long before the command does: the exit
             # status is waited for within the same deadline.
@@ -198,8 +219,35 @@ def run_on_node(
                 raise _timed_out(name, command_timeout)
             code = chan.recv_exit_status()
         except (paramiko.SSHException, EOFError, OSError) as exc:
+            if guard.fired.is_set():
+                raise _timed_out(name, command_timeout) from None
             raise Unreachable(f"{name}: SSH session broke off: {exc or type(exc).__name__}") \
                 from None
         return ExecResult(code, stdout, stderr, hostkey_added=added)
     finally:
+        guard.cancel()
         transport.close()
+
+
+class _Watchdog:
+    """Closes ``transport`` if the armed deadline passes first."""
+
+    def __init__(self, transport: paramiko.Transport) -> None:
+        self.transport = transport
+        self.fired = threading.Event()
+        self._timer: threading.Timer | None = None
+
+    def _expire(self) -> None:
+        self.fired.set()
+        self.transport.close()
+
+    def arm(self, seconds: float) -> None:
+        self.cancel()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
