@@ -8,6 +8,7 @@ and passes it to a core function; it never opens a session itself.
 from __future__ import annotations
 
 import getpass
+import os
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -82,7 +83,13 @@ class Gpuctl:
         url = self.db_url
         sqlite = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
         made = sqlite is not None and not sqlite.exists()
-        get_engine(url, create=True)
+        # SQLite creates the -wal and -shm files with the database's mode: private from
+        # the first byte.
+        old_umask = os.umask(0o077)
+        try:
+            get_engine(url, create=True)
+        finally:
+            os.umask(old_umask)
         if sqlite is not None and made:
             sqlite.chmod(0o600)  # SQLite gives its -wal and -shm files the same mode
         elif sqlite is not None and sqlite.stat().st_mode & 0o077:

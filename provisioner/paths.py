@@ -7,6 +7,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from provisioner.errors import GpuctlError
+
 
 @dataclass(frozen=True)
 class Paths:
@@ -55,8 +57,13 @@ class Paths:
         database and the run records). An existing one others can reach is made private;
         returns what was fixed."""
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        mode = stat.S_IMODE(self.home.stat().st_mode)
+        info = self.home.stat()
+        mode = stat.S_IMODE(info.st_mode)
         if not mode & 0o077:
             return []
-        self.home.chmod(0o700)
-        return [f"{self.home} had mode {mode:04o}; made 0700 (private)"]
+        if info.st_uid != os.geteuid():
+            raise GpuctlError(f"{self.home} (mode {mode:04o}) belongs to uid {info.st_uid}: "
+                              "run gpuctl as its owner, or point GPUCTL_HOME elsewhere")
+        private = (mode & 0o7000) | 0o700  # keep setgid and the like, drop others' access
+        self.home.chmod(private)
+        return [f"{self.home} had mode {mode:04o}; made {private:04o} (private)"]

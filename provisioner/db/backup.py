@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import sqlite3
 import tempfile
 from datetime import UTC, datetime
@@ -42,7 +44,11 @@ def backup_sqlite(url: str, backups: Path, output: Path | None = None) -> Path:
     # Into a new private file beside the output (O_EXCL|O_NOFOLLOW), linked into place
     # only when complete and checked: a link planted meanwhile is never followed, and
     # os.link refuses to replace anything that appeared at the output.
-    fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp",
+                                    dir=output.parent)
+    except OSError as exc:
+        raise GpuctlError(f"cannot back up to {output}: {exc.strerror or exc}") from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -58,11 +64,34 @@ def backup_sqlite(url: str, backups: Path, output: Path | None = None) -> Path:
             raise GpuctlError(f"the copy of {source} fails SQLite's integrity check "
                               f"({check}); the database itself may be damaged")
         tmp.chmod(0o600)
-        try:
-            os.link(tmp, output)
-        except FileExistsError:
-            raise InputError(f"{output} appeared during the backup; a backup never "
-                             "overwrites a file") from None
+        _place(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
     return output
+
+
+def _place(tmp: Path, output: Path) -> None:
+    """``tmp`` at ``output``, which must not exist: a hard link where the file system
+    has them, else a copy into a file created there with ``O_EXCL|O_NOFOLLOW``.
+
+    Raises:
+        InputError: something appeared at ``output`` meanwhile.
+        GpuctlError: it cannot be written.
+    """
+    try:
+        try:
+            os.link(tmp, output)
+            return
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as dst, open(tmp, "rb") as src:
+            shutil.copyfileobj(src, dst)
+    except FileExistsError:
+        raise InputError(f"{output} appeared during the backup; a backup never "
+                         "overwrites a file") from None
+    except OSError as exc:
+        raise GpuctlError(f"cannot back up to {output}: {exc.strerror or exc}") from None

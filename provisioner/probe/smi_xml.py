@@ -82,7 +82,8 @@ def _text(el: Element | None, path: str) -> str | None:
 
 # What no GPU reports, whatever its driver: a value outside is a broken or hostile
 # document, and the node's nvidia-smi output is unusable (naming the field), not stored.
-LIMIT = 2.0**53
+# Counters are stored in 32-bit columns (PostgreSQL's INTEGER).
+LIMIT = 2.0**31 - 1
 RANGES: dict[str, tuple[float, float]] = {
     "temperature/gpu_temp": (-100, 300), "pcie_gen/current_link_gen": (0, 16),
     "pcie_gen/max_link_gen": (0, 16), "link_widths/current_link_width": (0, 64),
@@ -132,6 +133,9 @@ def _first(el: Element, *paths: str) -> Element | None:
 
 def _sum(values: list[int | None]) -> int | None:
     known = [v for v in values if v is not None]
+    if sum(known) > LIMIT:
+        raise SmiParseError(f"nvidia-smi -q -x: ECC error counts sum to {sum(known)}, "
+                            f"over {LIMIT:.0f}")
     return sum(known) if known else None
 
 

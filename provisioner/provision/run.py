@@ -123,7 +123,11 @@ def _prepare_run_dir(gc: Gpuctl, run_id: int, nodes: list[Node],
                      all_vars: dict[str, Any]) -> tuple[Path, Path]:
     # The run's directory holds its inventory and Ansible's records: gpuctl's own, never
     # a link planted where it should be.
-    run_dir = private_dir(private_dir(gc.paths.runs_dir) / f"provision-{run_id}")
+    run_dir = private_dir(gc.paths.runs_dir) / f"provision-{run_id}"
+    if run_dir.is_dir() and not run_dir.is_symlink():
+        # Left by an older database's run of the same number: none of it is this run's.
+        shutil.rmtree(run_dir)
+    run_dir = private_dir(run_dir)
     inv_dir = private_dir(run_dir / "inventory")
     group_vars = inv_dir / "group_vars"
     shutil.copytree(shipped_dir() / "inventory/group_vars", group_vars, dirs_exist_ok=True)

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from provisioner.errors import InputError
+from provisioner.fsutil import write_bytes_atomically
 from provisioner.handle import Gpuctl
 from provisioner.slurm.client import SlurmError, SlurmNode, reconfigure, slurm_nodes
 
@@ -75,10 +76,8 @@ def load_settings(gc: Gpuctl) -> SlurmSettings | None:
 
 
 def save_settings(gc: Gpuctl, settings: SlurmSettings) -> None:
-    path = gc.paths.home / SETTINGS
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(settings), indent=1))
-    os.replace(tmp, path)
+    write_bytes_atomically(gc.paths.home / SETTINGS,
+                           json.dumps(asdict(settings), indent=1).encode())
 
 
 def split_block(text: str) -> tuple[str, list[str], str]:

@@ -7,6 +7,7 @@ import base64
 import fcntl
 import hashlib
 import os
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -103,10 +104,7 @@ class KnownHosts:
                 self._mtime = None
                 self._reload()
                 self._keys.add(entry, key.get_name(), key)
-                tmp = self.path.with_suffix(".tmp")
-                self._keys.save(str(tmp))
-                os.chmod(tmp, 0o600)
-                os.replace(tmp, self.path)
+                self._save()
                 self._mtime = self.path.stat().st_mtime
             return True
 
@@ -119,8 +117,19 @@ class KnownHosts:
             if entry not in self._keys:
                 return False
             del self._keys[entry]
-            tmp = self.path.with_suffix(".tmp")
-            self._keys.save(str(tmp))
-            os.replace(tmp, self.path)
+            self._save()
             self._mtime = None
             return True
+
+    def _save(self) -> None:
+        """Into a new private file (``O_EXCL``, never a planted link) renamed over the
+        known_hosts file."""
+        fd, name = tempfile.mkstemp(prefix=".known_hosts.", suffix=".tmp",
+                                    dir=self.path.parent)
+        os.close(fd)
+        try:
+            self._keys.save(name)
+            os.replace(name, self.path)
+        except BaseException:
+            os.unlink(name)
+            raise

@@ -107,6 +107,9 @@ def test_report_and_backup_never_follow_a_symlink(gc, gpuctl, tmp_path: Path) ->
     result = gpuctl("db", "backup", "-o", str(dangling))
     assert result.code == 1 and "symbolic link" in result.err, result
     assert not (tmp_path / "where-the-link-points.db").exists()
+    unwritable = gpuctl("db", "backup", "-o", "/proc/gpuctl-backup.db")
+    assert unwritable.code == 1 and unwritable.err.startswith("Error: cannot back up to"), \
+        unwritable
     good = tmp_path / "good.db"
     assert gpuctl("db", "backup", "-o", str(good)).code == 0
     assert stat.S_IMODE(good.stat().st_mode) == 0o600
@@ -130,3 +133,6 @@ def test_init_makes_the_data_dir_and_database_private(gpuctl, tmp_path: Path,  #
     assert "gpuctl.db had mode 0644; made 0600" in result.err
     assert stat.S_IMODE((home / "gpuctl.db").stat().st_mode) == 0o600
     assert gpuctl("init").err == ""  # private already: nothing to say
+    home.chmod(0o2770)  # a group's directory: setgid kept, the group's access dropped
+    assert "made 2700" in gpuctl("init").err
+    assert stat.S_IMODE(home.stat().st_mode) == 0o2700

@@ -213,3 +213,19 @@ def test_ansibles_environment_carries_no_secret() -> None:
                               "SSH_AUTH_SOCK": "/run/agent",
                               "ANSIBLE_VAULT_PASSWORD_FILE": "/etc/ansible/vault-pass",
                               "ANSIBLE_HOST_KEY_CHECKING": "True"}
+
+
+def test_writes_keep_the_umask_and_never_replace_a_device_link(tmp_path: Path) -> None:
+    from provisioner.fsutil import write_atomically
+
+    old = os.umask(0o077)
+    try:
+        write_atomically(tmp_path / "new.txt", "x\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o600
+    out = tmp_path / "out"
+    out.symlink_to("/dev/null")
+    with pytest.raises(InputError, match="link to something that is not a regular file"):
+        write_atomically(out, "x\n", force=True)
+    assert out.is_symlink() and not (tmp_path / "out.bak").exists()

@@ -19,6 +19,7 @@ from provisioner.burnin.health import health_verdicts
 from provisioner.burnin.run import _artifact
 from provisioner.burnin.thresholds import (
     evaluate,
+    fleet_digest_verdicts,
     fleet_medians,
     fleet_outlier_verdicts,
     gpu_outlier_verdicts,
@@ -65,19 +66,24 @@ def _mutate(data: st.DataObject, text: bytes, hostile: list[bytes]) -> bytes:
     return out
 
 
-def _ints_bounded(value: Any) -> bool:
+INT32 = 2**31 - 1  # the GPU counters' columns (PostgreSQL INTEGER)
+
+
+def _ints_bounded(value: Any, limit: int = INT64) -> bool:
     if isinstance(value, bool):
         return True
     if isinstance(value, int):
-        return -INT64 <= value <= INT64
+        return -limit <= value <= limit
     if isinstance(value, float):
         return value == value and abs(value) != float("inf")
     if isinstance(value, dict):
-        return all(_ints_bounded(v) for v in value.values())
+        return all(_ints_bounded(v, limit) for v in value.values())
     if isinstance(value, list | tuple):
-        return all(_ints_bounded(v) for v in value)
+        return all(_ints_bounded(v, limit) for v in value)
     if hasattr(value, "__dataclass_fields__"):
-        return _ints_bounded(vars(value))
+        # A GPU's counters go to 32-bit columns.
+        return _ints_bounded(vars(value), INT32 if type(value).__name__ == "SmiGpu"
+                             else limit)
     return True
 
 
@@ -102,7 +108,7 @@ def test_probe_output(data: st.DataObject) -> None:
 def test_probe_output_with_nvidia_smi_xml(data: st.DataObject) -> None:
     xml = data.draw(st.sampled_from(XMLS))
     hostile_xml = [b"9" * 5000, b"9" * 400 + b" C", b"-" + b"9" * 40, b"1e999", b"N/A",
-                   b"&lt;", b"", b"-1", b"4294967296"]
+                   b"&lt;", b"", b"-1", b"4294967296", b"3000000000", b"2147483647"]
     # Mutate inside the XML text nodes, then carry it in a probe document as a node does.
     numbers = list(re.finditer(rb">(-?\d+(?:\.\d+)?)( [A-Za-z%/]+)?<", xml))
     for _ in range(data.draw(st.integers(1, 6))):
@@ -149,11 +155,15 @@ def test_agent_document_and_its_judges(data: st.DataObject) -> None:
         return
     assert _ints_bounded(doc)
     # What the control host does with an accepted document, for this node and the fleet.
-    medians = fleet_medians([doc["results"], json.loads(AGENT)["results"]])
+    real = json.loads(AGENT)
+    # With two healthy nodes beside it, so the fleet's medians and votes are computed.
+    medians = fleet_medians([doc["results"], real["results"], real["results"]])
+    assert medians
     evaluate(doc["results"], PROFILE, medians)
     health_verdicts(doc, PROFILE)
     fleet_outlier_verdicts(doc["results"], PROFILE, medians)
     gpu_outlier_verdicts(doc["results"], PROFILE)
+    fleet_digest_verdicts({"hostile": doc, "a": real, "b": real})
     json.dumps(_artifact(doc))
 
 
