@@ -4,9 +4,10 @@
 
 Starts N lab nodes (127.0.201.0/24, a throw-away GPUCTL_HOME), scans them all, then
 makes two of them hostile, as a node is met over SSH (its own ``python3``, first on the
-probe's PATH, replaced): one closes its output (stdout and stderr) and keeps the session open for 150 s, one
-prints 100 kB of random bytes. Scans again with ``--timeout``. Prints each scan's wall
-time and outcomes, and the ratio of the hostile scan to (timeout + the normal scan).
+probe's PATH, replaced): one closes its output (stdout and stderr) and keeps the session
+open for 150 s, one prints 100 kB of random bytes. Scans again with ``--timeout``.
+Prints each scan's wall time and outcomes, and the ratio of the hostile scan to
+(timeout + the normal scan).
 Target: N-2 nodes ok, the two named, ratio <= 1.
 """
 
