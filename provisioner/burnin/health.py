@@ -25,6 +25,11 @@ from provisioner.probe.smi_xml import SmiGpu, SmiParseError, parse_smi_xml, pars
 # errors. A profile may set its own (``sram_correctable_max``, ``remapped_rows_max``).
 SRAM_CORRECTABLE_MAX = 10000
 REMAPPED_ROWS_MAX = 512
+# Azure's check_gpu_ecc, as its H200 configuration calls it (conf/nd96isr_h200_v5.conf:
+# `check_gpu_ecc 20000000 10000`; customTests/azure_gpu_ecc.nhc): more than 20,000,000
+# DRAM correctable or uncorrectable errors (volatile or aggregate) fails, and so does
+# any SRAM uncorrectable error (volatile or aggregate).
+DRAM_ERRORS_MAX = 20_000_000
 
 # Clocks-event reasons (NVML's nvmlClocksEventReason* bits) that mean the GPU was slowed
 # by a fault or its environment. SW power cap (0x4) is not among them: a GPU running GEMM
@@ -113,12 +118,17 @@ def health_verdicts(doc: dict[str, Any], profile: dict[str, Any]) -> list[Verdic
         out.append(Verdict("xid", i, float(len(mine)), "events", 0.0, not mine,
                            "" if not mine else f"xid on GPU {i}: XID {mine[0]['xid']} during "
                            f"burn-in ({mine[0]['message'].strip()[:120]})"))
-        unc = g.ecc_uncorrectable_volatile or 0
+        # Every uncorrectable count, volatile (since the last reset) and aggregate (the
+        # GPU's lifetime), as the scan's ecc-uncorrectable finding judges them.
+        unc = max(g.ecc_uncorrectable_volatile or 0, g.ecc_uncorrectable_aggregate or 0)
         old = old_by_bus.get(bus_key(g.pci_bus_id))
-        new_unc = unc - ((old.ecc_uncorrectable_volatile or 0) if old else 0)
+        new_unc = (g.ecc_uncorrectable_volatile or 0) - (
+            (old.ecc_uncorrectable_volatile or 0) if old else 0)
         out.append(Verdict("ecc_uncorrectable", i, float(unc), "errors", 0.0, unc == 0,
                            "" if unc == 0 else f"ecc_uncorrectable on GPU {i}: {unc} "
-                           f"uncorrectable ECC errors ({max(new_unc, 0)} new during burn-in)"))
+                           f"uncorrectable ECC errors (volatile {g.ecc_uncorrectable_volatile},"
+                           f" aggregate {g.ecc_uncorrectable_aggregate}; {max(new_unc, 0)} new "
+                           "during burn-in)"))
         remap = [what for what, bad in (("pending", g.remapped_rows_pending),
                                         ("failed", g.remapped_rows_failure)) if bad]
         out.append(Verdict("row_remap", i, float(len(remap)), "", 0.0, not remap,
@@ -189,6 +199,34 @@ def _counter_verdicts(g: SmiGpu, profile: dict[str, Any]) -> list[Verdict]:
                            float(sram_max), ok, "" if ok else
                            f"ecc_sram_correctable on GPU {g.index}: {sram} correctable SRAM "
                            f"ECC errors > {sram_max}"))
+    sram_unc = max((v for v in (g.ecc_sram_uncorrectable_volatile,
+                                g.ecc_sram_uncorrectable_aggregate) if v is not None),
+                   default=None)
+    if sram_unc is not None:
+        ok = sram_unc == 0
+        out.append(Verdict("ecc_sram_uncorrectable", g.index, float(sram_unc), "errors", 0.0,
+                           ok, "" if ok else f"ecc_sram_uncorrectable on GPU {g.index}: "
+                           f"{sram_unc} uncorrectable SRAM ECC errors (volatile "
+                           f"{g.ecc_sram_uncorrectable_volatile}, aggregate "
+                           f"{g.ecc_sram_uncorrectable_aggregate})"))
+    dram_max = int(profile.get("dram_errors_max", DRAM_ERRORS_MAX))
+    dram = {name: value for name, value in (
+        ("correctable volatile", g.ecc_dram_correctable_volatile),
+        ("correctable aggregate", g.ecc_dram_correctable_aggregate),
+        ("uncorrectable aggregate", g.ecc_dram_uncorrectable_aggregate)) if value is not None}
+    if dram:
+        worst = max(dram, key=lambda k: dram[k])
+        ok = dram[worst] <= dram_max
+        out.append(Verdict("ecc_dram_errors", g.index, float(dram[worst]), "errors",
+                           float(dram_max), ok, "" if ok else
+                           f"ecc_dram_errors on GPU {g.index}: {dram[worst]} DRAM ECC errors "
+                           f"({worst}) > {dram_max}"))
+    flags = g.ecc_memory_flags
+    if flags is not None:
+        out.append(Verdict("ecc_memory_state", g.index, float(len(flags)), "flags", 0.0,
+                           not flags, "" if not flags else f"ecc_memory_state on GPU "
+                           f"{g.index}: {', '.join(flags)} (reset the GPU; replace it if "
+                           "the memory is unrepairable)"))
     rows_max = int(profile.get("remapped_rows_max", REMAPPED_ROWS_MAX))
     rows = g.remapped_rows_uncorrectable
     if rows is not None:
@@ -263,6 +301,9 @@ def health_evidence(doc: dict[str, Any]) -> dict[str, Any]:
                  "remapped_rows_uncorrectable": g.remapped_rows_uncorrectable,
                  "remapped_rows_pending": g.remapped_rows_pending,
                  "remapped_rows_failure": g.remapped_rows_failure,
+                 "ecc_sram_uncorrectable_aggregate": g.ecc_sram_uncorrectable_aggregate,
+                 "ecc_dram_correctable_aggregate": g.ecc_dram_correctable_aggregate,
+                 "ecc_memory_flags": g.ecc_memory_flags,
                  "fabric_state": g.fabric_state} for g in gpus]
 
     return {"new_xid_lines": _new_lines(health, "xid_lines")[:100],

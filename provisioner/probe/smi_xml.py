@@ -61,6 +61,16 @@ class SmiGpu:
     fabric_state: str | None = None
     fabric_status: str | None = None
     persistence_mode: str | None = None  # Enabled | Disabled
+    # Driver 580's schema (tests/data/h200-nvidia-smi-q-x.xml): SRAM uncorrectable errors
+    # split into parity and SEC-DED counts, DRAM correctable counts, and the memory's
+    # state flags (sram_threshold_exceeded, unrepairable_memory, *_repair_pending) of
+    # which those set to Yes are listed.
+    ecc_sram_uncorrectable_volatile: int | None = None
+    ecc_sram_uncorrectable_aggregate: int | None = None
+    ecc_dram_uncorrectable_aggregate: int | None = None
+    ecc_dram_correctable_volatile: int | None = None
+    ecc_dram_correctable_aggregate: int | None = None
+    ecc_memory_flags: list[str] | None = None  # None: the schema has none of them
 
 
 @dataclass
@@ -139,13 +149,40 @@ def _sum(values: list[int | None]) -> int | None:
     return sum(known) if known else None
 
 
+def _sram_uncorrectable(gpu: Element, scope: str) -> int | None:
+    """SRAM uncorrectable errors: ``sram_uncorrectable`` (schema v12, drivers before
+    580), or its parts ``sram_uncorrectable_parity`` + ``sram_uncorrectable_secded``
+    (580 and later)."""
+    block = gpu.find(f"ecc_errors/{scope}")
+    if block is None:
+        return None
+    whole = _int(block, "sram_uncorrectable")
+    if whole is not None:
+        return whole
+    return _sum([_int(block, "sram_uncorrectable_parity"),
+                 _int(block, "sram_uncorrectable_secded")])
+
+
 def _ecc_uncorrectable(gpu: Element, scope: str) -> int | None:
     block = gpu.find(f"ecc_errors/{scope}")
     if block is None:
         return None
-    # v12+: dram_/sram_uncorrectable; older: double_bit/total.
-    return _sum([_int(block, "dram_uncorrectable"), _int(block, "sram_uncorrectable"),
+    # v12+: dram_/sram_uncorrectable (580+: SRAM split in two); older: double_bit/total.
+    return _sum([_int(block, "dram_uncorrectable"), _sram_uncorrectable(gpu, scope),
                  _int(block, "double_bit/total")])
+
+
+# Flags of the memory's state in driver 580's <ecc_errors> (Yes is bad).
+MEMORY_FLAGS = ("sram_threshold_exceeded", "unrepairable_memory")
+
+
+def _memory_flags(gpu: Element) -> list[str] | None:
+    block = gpu.find("ecc_errors")
+    flags = [el for el in (block.iter() if block is not None else [])
+             if el.tag in MEMORY_FLAGS or el.tag.endswith("_repair_pending")]
+    if not flags:
+        return None
+    return sorted({el.tag for el in flags if (el.text or "").strip().lower() == "yes"})
 
 
 def _gpu(index: int, gpu: Element) -> SmiGpu:
@@ -188,6 +225,12 @@ def _gpu(index: int, gpu: Element) -> SmiGpu:
         mig_devices=len(gpu.findall("mig_devices/mig_device")),
         ecc_sram_correctable_volatile=_int(gpu, "ecc_errors/volatile/sram_correctable"),
         ecc_sram_correctable_aggregate=_int(gpu, "ecc_errors/aggregate/sram_correctable"),
+        ecc_sram_uncorrectable_volatile=_sram_uncorrectable(gpu, "volatile"),
+        ecc_sram_uncorrectable_aggregate=_sram_uncorrectable(gpu, "aggregate"),
+        ecc_dram_uncorrectable_aggregate=_int(gpu, "ecc_errors/aggregate/dram_uncorrectable"),
+        ecc_dram_correctable_volatile=_int(gpu, "ecc_errors/volatile/dram_correctable"),
+        ecc_dram_correctable_aggregate=_int(gpu, "ecc_errors/aggregate/dram_correctable"),
+        ecc_memory_flags=_memory_flags(gpu),
         fabric_state=_text(gpu, "fabric/state"),
         fabric_status=_text(gpu, "fabric/status"),
         persistence_mode=_text(gpu, "persistence_mode"),

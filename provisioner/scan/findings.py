@@ -76,6 +76,9 @@ def health_findings(facts: HardwareFacts, sku: Sku | None) -> list[Finding]:
                                f"{name} uncorrectable ECC errors: volatile "
                                f"{gpu['ecc_uncorrectable_volatile']}, aggregate "
                                f"{gpu['ecc_uncorrectable_aggregate']}"))
+        if gpu.get("ecc_memory_flags"):
+            out.append(Finding("ecc-memory-state", "critical",
+                               f"{name} memory: {', '.join(gpu['ecc_memory_flags'])}"))
         if gpu["remapped_rows_failure"]:
             out.append(Finding("row-remap-failure", "critical",
                                f"{name} row remapping failed (GPU needs RMA)"))

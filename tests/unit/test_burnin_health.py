@@ -79,8 +79,8 @@ def test_ecc_remap_throttle_and_heat_fail_with_reasons() -> None:
     after = [_gpu(0), _gpu(1, ecc_dram_uncorrectable=3), _gpu(2, remap_failure=True),
              _gpu(3, thermal_slowdown=True, temperature_c=93)]
     failures = _failures(_doc(before, after))
-    assert "ecc_uncorrectable on GPU 1: 3 uncorrectable ECC errors (3 new during burn-in)" \
-        in failures
+    assert "ecc_uncorrectable on GPU 1: 3 uncorrectable ECC errors (volatile 3, aggregate " \
+        "3; 3 new during burn-in)" in failures
     assert any(f.startswith("row_remap on GPU 2: row remapping failed") for f in failures)
     assert any(f.startswith("throttle on GPU 3: hw_slowdown, hw_thermal_slowdown") or
                f.startswith("throttle on GPU 3: hw_thermal_slowdown") for f in failures)
@@ -398,3 +398,60 @@ def test_the_ring_of_pairs_names_the_bad_node_or_link() -> None:
     assert blame(4, {(0, 1)}) == (set(), {(0, 1)})
     # Two nodes: a failure cannot be pinned on either, so it is the link's.
     assert blame(2, {(0, 1)}) == (set(), {(0, 1)})
+
+
+H200_580 = (Path(__file__).parents[1] / "data/h200-nvidia-smi-q-x.xml").read_text()
+
+
+def _h200(edit: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The real H200 capture (driver 580.159.04) before and after a burn-in, the
+    after-snapshot with one field of <ecc_errors> changed."""
+    after = H200_580
+    if edit is not None:
+        assert after.count(edit[0]) >= 1, edit
+        after = after.replace(edit[0], edit[1], 1)
+    log = {"source": "dmesg", "lines": 900}
+    return {"health": {"before": {"smi_xml": H200_580, "xid_lines": [], "kernel_log": log},
+                       "after": {"smi_xml": after, "xid_lines": [], "sxid_lines": [],
+                                 "kernel_log": log}},
+            "telemetry": {"samples": []}, "nvlink": None}
+
+
+@pytest.mark.parametrize(("edit", "named"), [
+    (("<sram_uncorrectable_secded>0<", "<sram_uncorrectable_secded>3<"),
+     "ecc_sram_uncorrectable on GPU 0: 3 uncorrectable SRAM ECC errors (volatile 3"),
+    (("<sram_uncorrectable_parity>0</sram_uncorrectable_parity>\n\t\t\t\t<sram_uncorrectable_"
+      "secded>0</sram_uncorrectable_secded>\n\t\t\t\t<dram_correctable>0</dram_correctable>\n"
+      "\t\t\t\t<dram_uncorrectable>0</dram_uncorrectable>\n\t\t\t\t<sram_threshold",
+      "<sram_uncorrectable_parity>3</sram_uncorrectable_parity>\n\t\t\t\t<sram_uncorrectable_"
+      "secded>0</sram_uncorrectable_secded>\n\t\t\t\t<dram_correctable>0</dram_correctable>\n"
+      "\t\t\t\t<dram_uncorrectable>0</dram_uncorrectable>\n\t\t\t\t<sram_threshold"),
+     "ecc_sram_uncorrectable on GPU 0: 3 uncorrectable SRAM ECC errors (volatile 0, "
+     "aggregate 3)"),
+    (("<dram_uncorrectable>0</dram_uncorrectable>\n\t\t\t\t<sram_threshold",
+      "<dram_uncorrectable>5</dram_uncorrectable>\n\t\t\t\t<sram_threshold"),
+     "ecc_uncorrectable on GPU 0: 5 uncorrectable ECC errors (volatile 0, aggregate 5"),
+    (("<dram_correctable>0<", "<dram_correctable>50000000<"),
+     "ecc_dram_errors on GPU 0: 50000000 DRAM ECC errors (correctable volatile) > 20000000"),
+    (("<unrepairable_memory>No<", "<unrepairable_memory>Yes<"),
+     "ecc_memory_state on GPU 0: unrepairable_memory"),
+    (("<channel_repair_pending>No<", "<channel_repair_pending>Yes<"),
+     "ecc_memory_state on GPU 0: channel_repair_pending"),
+    (("<tpc_repair_pending>No<", "<tpc_repair_pending>Yes<"),
+     "ecc_memory_state on GPU 0: tpc_repair_pending"),
+    (("<sram_threshold_exceeded>No<", "<sram_threshold_exceeded>Yes<"),
+     "ecc_memory_state on GPU 0: sram_threshold_exceeded"),
+])
+def test_driver_580_ecc_fields_each_fail_naming_the_field(edit: tuple[str, str],
+                                                            named: str) -> None:
+    failures = [v.reason for v in health_verdicts(_h200(edit), PROFILE) if not v.passed]
+    assert any(f.startswith(named) for f in failures), failures
+
+
+def test_the_clean_driver_580_capture_passes_every_ecc_check() -> None:
+    verdicts = health_verdicts(_h200(), PROFILE)
+    tests = {v.test for v in verdicts}
+    assert {"ecc_uncorrectable", "ecc_sram_uncorrectable", "ecc_dram_errors",
+            "ecc_memory_state", "ecc_sram_correctable", "remapped_rows"} <= tests, tests
+    assert all(v.passed for v in verdicts if v.test.startswith(("ecc", "remapped"))), \
+        [v.reason for v in verdicts if not v.passed]
