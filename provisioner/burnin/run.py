@@ -29,7 +29,7 @@ from provisioner.burnin.thresholds import (
     Verdict,
     evaluate,
     fleet_digest_verdicts,
-    fleet_medians,
+    fleet_medians_by_kind,
     fleet_outlier_verdicts,
     gpu_outlier_verdicts,
     node_profile,
@@ -152,10 +152,12 @@ def burnin_nodes(
             interrupted = True
             run.status = RunStatus.INTERRUPTED
         if not interrupted:
-            medians = fleet_medians([o[1].get("results", []) for o in outcomes.values()
-                                     if o[1]])
+            by_node = fleet_medians_by_kind(
+                {n.name: n.sku for n in nodes},
+                {name: doc for name, (err, doc) in outcomes.items() if err is None and doc})
             judged = {}
             for n in nodes:
+                medians = by_node.get(n.name, {})
                 try:
                     judged[n.name] = _judge(gc, n, *outcomes[n.name], profile, medians)
                 except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
@@ -182,7 +184,7 @@ def burnin_nodes(
                     why = f"agent output is unusable ({type(exc).__name__}: " \
                           f"{' '.join(str(exc).split())[:160]})"
                     result = _store(gc, node, snapshots[node.name], why, {},
-                                    *_judge(gc, node, why, {}, profile, medians), run.run_id,
+                                    *_judge(gc, node, why, {}, profile, {}), run.run_id,
                                     level, certificate_days)
                 summary.nodes.append(result)
                 run.node_ok[node.name] = result.verdict == "pass"

@@ -271,6 +271,22 @@ def fleet_digest_verdicts(docs: dict[str, dict[str, Any]]) -> dict[str, list[Ver
     return out
 
 
+def fleet_medians_by_kind(kinds: dict[str, Any], docs: dict[str, dict[str, Any]]
+                          ) -> dict[str, dict[str, float]]:
+    """Fleet medians per node, over the nodes of its kind (``kinds``: node -> its SKU
+    and GPU count) in the run, 3 or more of them: a mixed run compares H100s with
+    H100s and L40Ss with L40Ss (one median over both failed every healthy L40S at 57%
+    of the H100s). A kind with fewer than 3 nodes gets none (no fleet comparison)."""
+    groups: dict[Any, list[str]] = {}
+    for name, doc in docs.items():
+        groups.setdefault((kinds.get(name), doc.get("gpus")), []).append(name)
+    out: dict[str, dict[str, float]] = {}
+    for names in groups.values():
+        medians = fleet_medians([docs[n].get("results", []) for n in names])
+        out.update(dict.fromkeys(names, medians))
+    return out
+
+
 def fleet_medians(per_node: list[list[dict[str, Any]]]) -> dict[str, float]:
     """Median per test over the nodes' per-node means (needs at least 3 nodes)."""
     if len(per_node) < 3:

@@ -147,3 +147,40 @@ def test_nodes_whose_gpus_agree_on_a_wrong_product_are_outvoted_by_the_fleet() -
     assert fleet_digest_verdicts({"a": doc("x"), "c": doc("y")}) == {}
     assert fleet_digest_verdicts({"a": doc("x"), "b": doc("x"), "c": doc("y", torch="2.9")}
                                  ) == {}
+
+
+def test_a_mixed_run_compares_each_kind_with_its_own() -> None:
+    """4 nodes of one SKU and 3 of a slower one (an L40S runs at about 57% of an H100),
+    one slow node in each: each kind is judged against its own median, so the healthy
+    nodes of the slower SKU pass and the slow node of each kind is caught."""
+    import copy
+    import json as _json
+    from pathlib import Path as _Path
+
+    from provisioner.burnin.thresholds import fleet_medians_by_kind, fleet_outlier_verdicts
+
+    real = _json.loads((_Path(__file__).parents[1] / "data/h200-agent-quick.json").read_text())
+
+    def scaled(factor: float) -> dict:  # type: ignore[type-arg]
+        doc = copy.deepcopy(real)
+        for r in doc["results"]:
+            if r["test"].startswith("gemm_") and r.get("value") is not None:
+                r["value"] *= factor
+        return doc
+
+    speed = {"h1": 1.0, "h2": 0.98, "h3": 0.99, "h4": 0.5, "l1": 0.57, "l2": 0.56, "l3": 0.28}
+    docs = {name: scaled(f) for name, f in speed.items()}
+    kinds = {name: "h100-sxm-8" if name[0] == "h" else "l40s-4" for name in docs}
+    profile = {"fleet_outlier_fraction": 0.9}
+
+    def failing(by_node: dict) -> set[str]:  # type: ignore[type-arg]
+        return {name for name, doc in docs.items()
+                if fleet_outlier_verdicts(doc["results"], profile, by_node[name])}
+
+    assert failing(fleet_medians_by_kind(kinds, docs)) == {"h4", "l3"}
+    # The issue's run, 3 H100 and 2 L40S: one median over the whole run, as before,
+    # failed both healthy L40S; by kind, the 2 L40S get no fleet comparison (fewer than
+    # 3) and pass.
+    docs = {n: d for n, d in docs.items() if n in ("h1", "h2", "h3", "l1", "l2")}
+    assert failing(fleet_medians_by_kind(dict.fromkeys(docs, "any"), docs)) == {"l1", "l2"}
+    assert failing(fleet_medians_by_kind(kinds, docs)) == set()
