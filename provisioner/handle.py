@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -77,25 +78,22 @@ class Gpuctl:
         Raises:
             GpuctlError: the database cannot be opened or migrated.
         """
-        from provisioner.db.engine import get_engine  # noqa: PLC0415
+        from provisioner.db.engine import get_engine, sqlite_file  # noqa: PLC0415
 
         fixed = self.paths.ensure()
-        url = self.db_url
-        sqlite = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
-        made = sqlite is not None and not sqlite.exists()
-        # SQLite creates the -wal and -shm files with the database's mode: private from
-        # the first byte.
+        # A new database, and the -wal and -shm files SQLite gives the database's mode,
+        # are private from their first byte.
         old_umask = os.umask(0o077)
         try:
-            get_engine(url, create=True)
+            get_engine(self.db_url, create=True)
         finally:
             os.umask(old_umask)
-        if sqlite is not None and made:
-            sqlite.chmod(0o600)  # SQLite gives its -wal and -shm files the same mode
-        elif sqlite is not None and sqlite.stat().st_mode & 0o077:
-            fixed.append(f"{sqlite} had mode {sqlite.stat().st_mode & 0o777:04o}; made 0600 "
-                         "(private)")
+        sqlite = sqlite_file(self.db_url)
+        mode = stat.S_IMODE(sqlite.stat().st_mode) if sqlite is not None else 0
+        if mode & 0o077:  # an existing database others could read
+            assert sqlite is not None
             sqlite.chmod(0o600)
+            fixed.append(f"{sqlite} had mode {mode:04o}; made 0600 (private)")
         return fixed
 
     @property

@@ -163,7 +163,7 @@ def burnin_nodes(
                 except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
                     # A document that passed the intake checks and still breaks a judge
                     # fails its node, not the run (the other nodes are judged).
-                    why = f"agent output is unusable ({type(exc).__name__}: {str(exc)[:160]})"
+                    why = _unusable(exc)
                     outcomes[n.name] = (why, {})
                     judged[n.name] = _judge(gc, n, why, {}, profile, medians)
             across = fleet_digest_verdicts({name: doc for name, (err, doc) in
@@ -181,8 +181,7 @@ def burnin_nodes(
                 except (TypeError, ValueError, OverflowError, StatementError) as exc:
                     # What this node sent cannot be stored (its transaction rolled back):
                     # it fails, with why; the other nodes are stored.
-                    why = f"agent output is unusable ({type(exc).__name__}: " \
-                          f"{' '.join(str(exc).split())[:160]})"
+                    why = _unusable(exc)
                     result = _store(gc, node, snapshots[node.name], why, {},
                                     *_judge(gc, node, why, {}, profile, {}), run.run_id,
                                     level, certificate_days)
@@ -200,6 +199,11 @@ def burnin_nodes(
                                "agents stopped, its nodes marked failed (burn them in again "
                                "by name)")
     return summary
+
+
+def _unusable(exc: Exception) -> str:
+    """Why a node's agent document failed it after intake (one line)."""
+    return f"agent output is unusable ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
 
 
 def _run_agents(gc: Gpuctl, nodes: list[Node], level: str, seconds: float | None,

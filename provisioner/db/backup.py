@@ -11,7 +11,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from provisioner.db.engine import get_engine, redact_url
+from provisioner.db.engine import get_engine, redact_url, sqlite_file
 from provisioner.errors import GpuctlError, InputError
 
 
@@ -31,7 +31,8 @@ def backup_sqlite(url: str, backups: Path, output: Path | None = None) -> Path:
                           "own tool, e.g. `pg_dump --format=custom --file gpuctl.dump "
                           "'postgresql://USER@HOST/DB'` (restore with pg_restore)")
     get_engine(url)  # refuses a missing, empty or damaged database with its reason
-    source = Path(url.removeprefix("sqlite:///"))
+    source = sqlite_file(url)
+    assert source is not None  # an sqlite:/// URL, checked above
     if output is None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         output = backups / f"gpuctl-{stamp}.db"

@@ -40,7 +40,7 @@ SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
 INIT_HINT = "run `gpuctl init` to create one"
 
 
-def _check_url(url: str) -> Path | None:
+def sqlite_file(url: str) -> Path | None:
     """The SQLite file ``url`` names (None for PostgreSQL).
 
     Raises:
@@ -77,7 +77,7 @@ def get_engine(url: str, *, create: bool = False) -> Engine:
     """
     if url in _engines:
         return _engines[url]
-    path = _check_url(url)
+    path = sqlite_file(url)
     if path is not None:
         if path.is_dir():
             raise GpuctlError(f"database {path} is a directory, not a database file")
@@ -139,7 +139,7 @@ def read_only_engine(url: str, *, timeout: float = 5.0) -> Engine:
     Raises:
         GpuctlError: the URL is unsupported, or the SQLite file is missing.
     """
-    path = _check_url(url)
+    path = sqlite_file(url)
     if path is None:
         return _postgresql_engine(url, connect_timeout=max(1, int(timeout)))
     if not path.is_file():
@@ -260,7 +260,7 @@ def session_scope(url: str) -> Iterator[Session]:
             # Locked for longer than the busy timeout, server gone, disk full, a page
             # found corrupt mid-query: not a bug, and one line.
             if url.startswith("sqlite:///") and _is_corruption(exc):
-                raise _damaged(Path(url.removeprefix("sqlite:///")), exc) from None
+                raise _damaged(sqlite_file(url) or Path(url), exc) from None
             raise GpuctlError(f"database {redact_url(url)}: {_one_line(exc.orig)}") from exc
         except BaseException:
             session.rollback()

@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Any
 
 from provisioner.errors import GpuctlError
+from provisioner.probe.node_json import MAX_DIGITS  # longer: nothing a node measured
 from provisioner.probe.smi_xml import (
     SmiGpu,
     SmiParseError,
@@ -28,7 +29,6 @@ from provisioner.probe.smi_xml import (
 UNUSABLE = "unusable value: "  # starts each warning about a dropped number
 MAX_LIST = 1024
 MAX_STR = 512
-MAX_DIGITS = 20  # a JSON integer longer than this is nothing a node could measure
 MAX_COUNT = 2**53  # counts and byte sizes (8 PiB): exact in a double, fits BIGINT
 # Per-field ranges where a wider value is a lie, not a measurement.
 RANGES: dict[str, tuple[int, int]] = {
