@@ -52,6 +52,9 @@ class Gpuctl:
     host: str = field(default_factory=socket.gethostname)
     listeners: list[Listener] = field(default_factory=list)
     reports: list[SyncReport] = field(default_factory=list, repr=False)
+    # Serving nodes this command could not verify (monitor: unreachable, host key
+    # changed), by name -> why: the schedulers keep them drained while they are here.
+    unverified: dict[str, str] = field(default_factory=dict, repr=False)
     _skus: dict[str, Sku] | None = field(default=None, init=False, repr=False)
 
     @classmethod

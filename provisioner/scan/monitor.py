@@ -91,10 +91,15 @@ def monitor_pass(gc: Gpuctl, *, parallel: int = 32, connect_timeout: float = 10.
     """One pass over every serving node (see the module docstring)."""
     recover_abandoned(gc)
     with gc.session() as session:
-        nodes = list(session.exec(select(Node).where(
-            col(Node.state).in_(SERVING), col(Node.hostkey_mismatch).is_(False))
-            .order_by(col(Node.name))))
-        targets = [Target.of(n) for n in nodes]
+        nodes = list(session.exec(select(Node).where(col(Node.state).in_(SERVING))
+                                  .order_by(col(Node.name))))
+        targets = [Target.of(n) for n in nodes if not n.hostkey_mismatch]
+        # A node whose host key changed is not probed (nothing proves it is the same
+        # machine), and it is reported and kept drained on every pass, not only the first.
+        flagged = [MonitorNode(n.name, "refused", "host key changed: not verified "
+                               f"(gpuctl nodes forget-hostkey {n.name}, then scan, once "
+                               "it is known to be the same machine)")
+                   for n in nodes if n.hostkey_mismatch]
     known = KnownHosts(gc.paths.known_hosts)
     summary = MonitorSummary(0)
     with RunScope(gc, "monitor", {"nodes": len(targets)}) as run:
@@ -103,8 +108,13 @@ def monitor_pass(gc: Gpuctl, *, parallel: int = 32, connect_timeout: float = 10.
             for probe in pool.map(lambda t: probe_node(t, known, False, connect_timeout,
                                                         command_timeout), targets):
                 summary.nodes.append(_judge(gc, probe, run.run_id))
+        summary.nodes = sorted(summary.nodes + flagged, key=lambda n: n.name)
         run.node_ok = {n.name: n.outcome in ("ok", "warning") for n in summary.nodes}
-        # What the listeners did as nodes were quarantined, then their reconcile.
+        # What the listeners did as nodes were quarantined, then their reconcile, which
+        # keeps every node this pass could not verify drained.
+        gc.unverified = {n.name: f"unverified: {n.outcome}: {n.message}"
+                         for n in summary.nodes
+                         if n.outcome in ("unreachable", "refused", "error")}
         summary.schedulers = merge_reports(gc.take_reports() + gc.reconcile())
         run.summary = {"quarantined": summary.quarantined,
                        "unreachable": [n.name for n in summary.nodes

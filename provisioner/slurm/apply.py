@@ -1,20 +1,23 @@
 """``gpuctl handoff slurm --apply``: put the certified nodes into the cluster's live
-Slurm configuration and wait until Slurm has them.
+Slurm configuration, safely.
 
 gpuctl owns one marked block in ``slurm.conf`` and one in ``gres.conf`` (in
 ``--slurm-conf-dir``); everything outside the blocks is the admin's and is kept byte for
-byte. Each file is replaced atomically (temporary file, rename) after a copy of the old
-one is kept as ``<name>.gpuctl-bak``. A node handed off before stays in the block while
-gpuctl knows it (drained in Slurm when it is not serving), so Slurm keeps its history.
+byte. A change is planned first (``plan_config``) against the admin's whole effective
+configuration (``provisioner.slurm.conf``: Includes followed) and refused, nothing
+written, when slurmctld would reject it: a node, host or partition defined twice, a
+partition naming a node that is gone, a name Slurm does not take, or a syntax error
+the installed ``scontrol`` finds. The admin's ``GresTypes`` values are merged, never
+replaced (for a repeated key the last value wins). Files are replaced atomically
+through a symbolic link's target (a shared slurm.conf stays shared), keeping owner
+and mode, after a copy of the old one is kept as ``<name>.gpuctl-bak``; the old bytes
+are kept for the rollback (``provisioner.slurm.activate``).
 
-When the block's node list changes, gpuctl restarts slurmctld with the admin's command
-(``--restart-command``, default ``systemctl restart slurmctld``), then runs ``scontrol
-reconfigure`` for the slurmd: Slurm 22.05's ``scontrol reconfigure`` refuses a new node
-count and slurmctld exits ("node count has changed before reconfiguration from 1 to 3.
-You have to restart slurmctld", seen on Debian 12's 22.05.8). A restart is right on
-every version (later releases reworked reconfigure, CHANGELOG/slurm-23.11.md, but gpuctl
-does not rely on that). When only the nodes' attributes change, ``scontrol
-reconfigure``.
+A node new to the block joins Slurm drained (``State=DRAIN Reason="gpuctl: ..."``,
+slurm.conf(5) NodeName ``State``/``Reason``), so no job lands on it before every
+gate of the hand-off has passed. A node handed off before keeps its line's state
+words, and stays in the block while gpuctl knows it (drained in Slurm when it is not
+serving), so Slurm keeps its history.
 """
 
 from __future__ import annotations
@@ -22,23 +25,31 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
-import shutil
-import subprocess
-import time
-from dataclasses import asdict, dataclass
+import stat
+import tempfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from provisioner.errors import InputError
 from provisioner.fsutil import write_bytes_atomically
 from provisioner.handle import Gpuctl
-from provisioner.slurm.client import SlurmError, SlurmNode, reconfigure, slurm_nodes
+from provisioner.slurm.client import REASON_PREFIX
+from provisioner.slurm.conf import (
+    NAME,
+    ConfLine,
+    layout,
+    new_problems,
+    read_effective,
+    setting_values,
+)
 
 BEGIN = "# BEGIN gpuctl managed block (gpuctl handoff slurm --apply rewrites it; edit " \
     "outside it)"
 END = "# END gpuctl managed block"
 DEFAULT_RESTART = "systemctl restart slurmctld"
+DEFAULT_SLURMD_RESTART = "systemctl restart slurmd"
 SETTINGS = "slurm.json"
+JOIN_STATE = f'State=DRAIN Reason="{REASON_PREFIX} joining: not verified yet"'
 
 
 @dataclass
@@ -49,6 +60,7 @@ class SlurmSettings:
     conf_dir: str
     slurm_conf: str | None
     restart_command: str
+    slurmd_restart_command: str = DEFAULT_SLURMD_RESTART
 
     def activate(self) -> None:
         """Point Slurm's commands at this configuration (unless SLURM_CONF is set)."""
@@ -62,8 +74,10 @@ def load_settings(gc: Gpuctl) -> SlurmSettings | None:
     try:
         doc = json.loads(path.read_text())
         settings = SlurmSettings(doc["conf_dir"], doc.get("slurm_conf"),
-                                 doc.get("restart_command") or DEFAULT_RESTART)
+                                 doc.get("restart_command") or DEFAULT_RESTART,
+                                 doc.get("slurmd_restart_command") or DEFAULT_SLURMD_RESTART)
         if not (isinstance(settings.conf_dir, str) and isinstance(settings.restart_command, str)
+                and isinstance(settings.slurmd_restart_command, str)
                 and isinstance(settings.slurm_conf, str | None)):
             raise TypeError("a setting is not text")
     except FileNotFoundError:
@@ -81,8 +95,9 @@ def save_settings(gc: Gpuctl, settings: SlurmSettings) -> None:
 
 
 def split_block(text: str) -> tuple[str, list[str], str]:
-    """(before, block lines, after) of a file; an absent block is empty, at the end."""
-    lines = text.splitlines()
+    """(before, block lines, after) of a file; an absent block is empty, at the end.
+    Lines end at ``\\n`` only, as Slurm reads them (a form feed is not a line break)."""
+    lines = text.split("\n")
     if BEGIN not in lines:
         return text, [], ""
     start = lines.index(BEGIN)
@@ -91,10 +106,8 @@ def split_block(text: str) -> tuple[str, list[str], str]:
     except ValueError:
         raise InputError("gpuctl's block in the Slurm config has no END line; restore it "
                          "(or the .gpuctl-bak copy)") from None
-    before = "\n".join(lines[:start])
-    after = "\n".join(lines[end + 1:])
-    return (before + "\n" if before else ""), lines[start + 1:end], \
-        (after + "\n" if after else "")
+    before = "\n".join(lines[:start]) + ("\n" if start else "")
+    return before, lines[start + 1:end], "\n".join(lines[end + 1:])
 
 
 def with_block(text: str, block: list[str]) -> str:
@@ -114,178 +127,236 @@ def block_node_lines(block: list[str]) -> dict[str, str]:
     return out
 
 
-def _write_with_backup(path: Path, text: str) -> bool:
-    """Atomically replace ``path`` (keeping its mode and a .gpuctl-bak copy); False when
-    it already holds ``text``."""
-    old = path.read_text() if path.exists() else None
-    if old == text:
-        return False
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    if old is not None:
-        shutil.copy2(path, path.with_name(path.name + ".gpuctl-bak"))
-        tmp.chmod(path.stat().st_mode & 0o7777)
+def _state_words(line: str) -> str:
+    """The ``State=... [Reason="..."]`` words gpuctl put at the end of a NodeName line."""
+    found = re.search(r'State=\S+(?: Reason="[^"]*")?$', line)
+    return found.group(0) if found else "State=UNKNOWN"
+
+
+@dataclass
+class ConfigPlan:
+    """A checked change to the Slurm config: each changed file's old bytes (None: it
+    did not exist) and new text, and what it does to gpuctl's nodes."""
+
+    conf_dir: Path
+    files: dict[Path, tuple[bytes | None, str]] = field(default_factory=dict)
+    nodes: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    log_file: str = ""  # SlurmctldLogFile, where slurmctld writes its fatal line
+
+    @property
+    def node_list_changed(self) -> bool:
+        return bool(self.added or self.removed)
+
+    def text(self, name: str) -> str | None:
+        for path, (_, new) in self.files.items():
+            if path.name == name:
+                return new
+        return None
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
+
+
+def _prune_partition(line: str, defined: set[str]) -> str:
+    """A partition line of gpuctl's block, with only nodes that are still defined."""
+    match = re.search(r"(?<!\S)Nodes=(\S*)", line)
+    if not match:
+        return line
+    kept = [n for n in match.group(1).split(",") if n in defined]
+    repl = f"Nodes={','.join(kept)}" if kept else ""
+    return re.sub(r"\s+", " ", line[:match.start()] + repl + line[match.end():]).strip()
+
+
+def _check_names(block: list[str]) -> None:
+    for line in block:
+        match = re.match(r"(NodeName|PartitionName)=(\S*)", line)
+        if match and not NAME.fullmatch(match.group(2)):
+            raise InputError(f"{match.group(1)}={match.group(2)[:40]!r} is not a name Slurm "
+                             "takes (letters, digits, '_' and '-'); nothing was written")
+
+
+def plan_config(conf_dir: Path, conf_lines: list[str], gres_lines: list[str],
+                keep: set[str], partition_lines: list[str] | None = None,
+                partition_prefix: str = "") -> ConfigPlan:
+    """Plan gpuctl's blocks: ``conf_lines``/``gres_lines`` for the nodes handed off now
+    (node lines are replaced, a PartitionName line covers every node of the block),
+    plus the lines of earlier nodes in ``keep``. With ``partition_lines``, the block's
+    partitions named ``partition_prefix...`` are replaced by them instead (pools).
+
+    Raises:
+        InputError: no slurm.conf, an unreadable file, or a change slurmctld would
+            refuse (the conflicting line named); nothing is written.
+    """
+    slurm_conf, gres_conf = conf_dir / "slurm.conf", conf_dir / "gres.conf"
+    old_conf = _read(slurm_conf)
+    if old_conf is None:
+        raise InputError(f"{slurm_conf} not found: --slurm-conf-dir must be the cluster's "
+                         "Slurm configuration directory")
+    old_gres = _read(gres_conf)
+    conf_text = old_conf.decode("utf-8", "replace")
+    gres_text = (old_gres or b"").decode("utf-8", "replace")
+    _, old_block, _ = split_block(conf_text)
+    old_nodes = block_node_lines(old_block)
+    if partition_lines is not None:  # a pool change: the nodes stay as they are
+        new_nodes: dict[str, str] = {}
+        kept = old_nodes
     else:
-        tmp.chmod(0o644)
-    os.replace(tmp, path)
-    return True
+        new_nodes = block_node_lines(conf_lines)
+        kept = {n: ln for n, ln in old_nodes.items() if n in keep and n not in new_nodes}
+    admin = read_effective(slurm_conf, {slurm_conf: with_block(conf_text, [])})
+    admin_nodes = set(layout(admin).nodes)
+    body: list[str] = []
+    admin_gres = setting_values(admin, "GresTypes")
+    if (new_nodes or kept) and "gpu" not in admin_gres:
+        body.append("GresTypes=" + ",".join([*admin_gres, "gpu"]))
+    for name, line in new_nodes.items():
+        words = _state_words(old_nodes[name]) if name in old_nodes else JOIN_STATE
+        body.append(re.sub(r"State=\S+(?: Reason=\"[^\"]*\")?$", "", line).rstrip()
+                    + " " + words)
+    body += list(kept.values())
+    names = sorted(new_nodes) + sorted(kept)
+    defined = set(names) | admin_nodes
+    if partition_lines is not None:
+        parts = [ln for ln in old_block if ln.startswith("PartitionName=")
+                 and not ln.startswith(f"PartitionName={partition_prefix}")]
+        parts += partition_lines
+    else:
+        parts = [re.sub(r"Nodes=\S+", f"Nodes={','.join(sorted(names))}", ln)
+                 for ln in conf_lines if ln.startswith("PartitionName=")]
+        named = {ln.split()[0] for ln in parts}
+        # Pool partitions and partitions of earlier hand-offs stay.
+        parts += [ln for ln in old_block if ln.startswith("PartitionName=")
+                  and ln.split()[0] not in named]
+    body += [_prune_partition(ln, defined) for ln in parts]
+    _check_names(body)
+    new_conf = with_block(conf_text, body)
+    _, old_gres_block, _ = split_block(gres_text)
+    if partition_lines is not None:
+        gres_body = old_gres_block
+    else:
+        gres_body = list(gres_lines) + [ln for ln in old_gres_block
+                                        if (m := re.match(r"NodeName=(\S+)", ln))
+                                        and m.group(1) in kept]
+    new_gres = with_block(gres_text, gres_body)
+    before = read_effective(slurm_conf)
+    after = read_effective(slurm_conf, {slurm_conf: new_conf})
+    problems = new_problems(before, after)
+    final_gres = setting_values(after, "GresTypes")
+    if (new_nodes or kept) and not {"gpu", *admin_gres} <= set(final_gres):
+        last = [ln for ln in after if ln.key == "grestypes"][-1]
+        problems.append(f"GresTypes={','.join(final_gres)} comes after gpuctl's block "
+                        f"and drops gpu: {last.where()} (add gpu to it)")
+    if problems:
+        raise InputError(f"refused, slurmctld would not start with it: {problems[0]}; "
+                         "nothing was written")
+    plan = ConfigPlan(conf_dir, nodes=names, added=sorted(set(names) - set(old_nodes)),
+                      removed=sorted(set(old_nodes) - set(names)),
+                      log_file=_log_file(after))
+    if new_conf.encode() != old_conf:
+        plan.files[slurm_conf] = (old_conf, new_conf)
+    if new_gres.encode() != (old_gres or b"") and (gres_body or old_gres is not None):
+        plan.files[gres_conf] = (old_gres, new_gres)
+    return plan
+
+
+def _log_file(lines: list[ConfLine]) -> str:
+    found = [ln.value for ln in lines if ln.key == "slurmctldlogfile"]
+    return found[-1] if found else ""
+
+
+def _replace(path: Path, data: bytes | None, like: os.stat_result | None) -> None:
+    """``data`` into the file ``path`` names (through a symbolic link to its target),
+    atomically, with the old file's owner and mode (``like``); None removes it."""
+    real = Path(os.path.realpath(path))
+    if data is None:
+        real.unlink(missing_ok=True)
+        return
+    fd, name = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if like is not None:
+                os.fchmod(fh.fileno(), stat.S_IMODE(like.st_mode))
+                if (like.st_uid, like.st_gid) != (os.geteuid(), os.getegid()):
+                    os.fchown(fh.fileno(), like.st_uid, like.st_gid)
+            else:
+                os.fchmod(fh.fileno(), 0o644)
+            os.fsync(fh.fileno())
+        os.replace(name, real)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+
+
+def write_plan(plan: ConfigPlan) -> list[str]:
+    """Write the plan's files (keeping ``<name>.gpuctl-bak`` copies); returns them.
+
+    Raises:
+        InputError: a file cannot be written (the ones written before are restored).
+    """
+    done: list[Path] = []
+    try:
+        for path, (old, new) in plan.files.items():
+            like = os.stat(path) if old is not None else None
+            if old is not None:
+                real = Path(os.path.realpath(path))
+                _replace(real.with_name(real.name + ".gpuctl-bak"), old, like)
+            if like is None and path.name == "gres.conf":
+                like = os.stat(plan.conf_dir / "slurm.conf")  # owner of the directory's
+            _replace(path, new.encode(), like)
+            done.append(path)
+    except OSError as exc:
+        restore_plan(plan, done)
+        raise InputError(f"cannot write the Slurm config in {plan.conf_dir}: {exc}; "
+                         "nothing was changed") from None
+    return [str(p) for p in done]
+
+
+def restore_plan(plan: ConfigPlan, paths: list[Path] | None = None) -> None:
+    """Put the old bytes of the plan's files (or of ``paths``) back."""
+    for path in paths if paths is not None else list(plan.files):
+        old, _ = plan.files[path]
+        like = os.stat(path) if path.exists() else None
+        _replace(path, old, like)
 
 
 def write_config(conf_dir: Path, conf_lines: list[str], gres_lines: list[str],
                  keep: set[str]) -> tuple[list[str], bool]:
-    """Rewrite gpuctl's blocks: ``conf_lines``/``gres_lines`` for the nodes handed off
-    now, plus the lines of earlier nodes in ``keep``. Returns (files changed, whether
-    the node list changed).
-
-    Raises:
-        InputError: no slurm.conf in ``conf_dir``, or a file that cannot be written.
-    """
-    slurm_conf, gres_conf = conf_dir / "slurm.conf", conf_dir / "gres.conf"
-    try:
-        conf_text = slurm_conf.read_text()
-        gres_text = gres_conf.read_text() if gres_conf.exists() else ""
-    except FileNotFoundError:
-        raise InputError(f"{slurm_conf} not found: --slurm-conf-dir must be the cluster's "
-                         "Slurm configuration directory") from None
-    except OSError as exc:
-        raise InputError(f"cannot read the Slurm config in {conf_dir}: {exc}") from None
-    before, old_block, after = split_block(conf_text)
-    old_nodes = block_node_lines(old_block)
-    new_nodes = block_node_lines(conf_lines)
-    kept = {n: line for n, line in old_nodes.items() if n in keep and n not in new_nodes}
-    outside = before + after
-    body = [line for line in conf_lines if not line.startswith(("PartitionName=",
-                                                                "GresTypes="))]
-    if not re.search(r"^GresTypes=.*\bgpu\b", outside, re.M | re.I):
-        body.insert(0, "GresTypes=gpu")
-    body += list(kept.values())
-    all_names = sorted(new_nodes) + sorted(kept)
-    for line in conf_lines:
-        if line.startswith("PartitionName="):
-            body.append(re.sub(r"Nodes=\S+", f"Nodes={','.join(sorted(all_names))}", line))
-    # Pool partitions (``gpuctl pool``), and partitions of earlier hand-offs not named
-    # again, stay as they are.
-    named = set(re.findall(r"^PartitionName=(\S+)", "\n".join(body), re.M))
-    body += [line for line in old_block if line.startswith("PartitionName=")
-             and line.split()[0].split("=", 1)[1] not in named]
-    _, old_gres, _ = split_block(gres_text)
-    gres_body = list(gres_lines) + [line for line in old_gres
-                                    if (m := re.match(r"NodeName=(\S+)", line))
-                                    and m.group(1) in kept]
-    changed = []
-    try:
-        if _write_with_backup(slurm_conf, with_block(conf_text, body)):
-            changed.append(str(slurm_conf))
-        if _write_with_backup(gres_conf, with_block(gres_text, gres_body)):
-            changed.append(str(gres_conf))
-    except OSError as exc:
-        raise InputError(f"cannot write the Slurm config in {conf_dir}: {exc}") from None
-    return changed, set(old_nodes) != set(all_names)
-
-
-def activate_config(node_list_changed: bool, restart_command: str) -> str:
-    """Make slurmctld read the new files; returns what was done.
-
-    Raises:
-        SlurmError: the restart command or ``scontrol reconfigure`` failed.
-    """
-    if node_list_changed:
-        try:
-            res = subprocess.run(shlex.split(restart_command), capture_output=True,
-                                 text=True, timeout=120, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise SlurmError(f"restart command {restart_command!r} failed: {exc}") from None
-        if res.returncode != 0:
-            err = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise SlurmError(f"restart command {restart_command!r} exited "
-                             f"{res.returncode}: {err[0][:200]}")
-        _wait_controller()
-        # The nodes' slurmd learn the new node list too.
-        reconfigure()
-        return "restart"
-    reconfigure()
-    return "reconfigure"
-
-
-def _wait_controller(timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            slurm_nodes()
-            return
-        except SlurmError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
-def wait_registered(expected: dict[str, str], timeout: float,
-                    poll: float = 0.5) -> tuple[dict[str, SlurmNode], dict[str, str]]:
-    """Wait until each node (name -> the gres it must show, e.g. ``gpu:h100:8``) is in
-    Slurm, responding, usable (idle, mixed or allocated) with that gres. Returns the
-    last view and, for each node that did not get there, why (its state and reason)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        view = slurm_nodes(list(expected))
-        problems = {}
-        for name, gres in expected.items():
-            node = view.get(name)
-            if node is None:
-                problems[name] = "not in Slurm"
-            elif node.not_responding or node.state not in ("idle", "mixed", "allocated"):
-                problems[name] = f"{node.label()}" + (f": {node.reason}" if node.reason
-                                                      else "")
-            elif not _gres_has(node.gres, gres):
-                problems[name] = f"Slurm shows gres {node.gres or 'none'}, certified {gres}"
-        if not problems or time.monotonic() > deadline:
-            return view, problems
-        time.sleep(poll)
-
-
-def _gres_has(shown: str, wanted: str) -> bool:
-    """``gpu:h100:8`` within sinfo's ``gpu:h100:8(S:0-1),...``."""
-    items = [re.sub(r"\(.*?\)", "", g) for g in shown.split(",")]
-    return wanted in items
-
-
-def compare_hardware(slurmd_c: str, *, cpus: int | None, memory_mib: int | None) -> list[str]:
-    """Differences between ``slurmd -C`` (Slurm's view of the node's hardware) and the
-    NodeName line gpuctl wrote from its snapshot."""
-    seen = dict(re.findall(r"(\w{1,40})=(\S{1,40})", slurmd_c[:65536]))
-    out = []
-    for key in ("CPUs", "RealMemory"):
-        # A value that is not a count (a hostile or broken node) is a difference too.
-        if key in seen and not re.fullmatch(r"[0-9]{1,12}", seen[key]):
-            out.append(f"slurmd -C reports {key}={seen[key][:20]!r}, not a number")
-            seen.pop(key)
-    if cpus and seen.get("CPUs") and int(seen["CPUs"]) != cpus:
-        out.append(f"slurmd -C reports CPUs={seen['CPUs']}, gpuctl's snapshot {cpus}")
-    if memory_mib and seen.get("RealMemory") and int(seen["RealMemory"]) < memory_mib:
-        out.append(f"slurmd -C reports RealMemory={seen['RealMemory']} MiB, below the "
-                   f"{memory_mib} MiB configured")
-    if not seen and not out:
-        out.append("slurmd -C printed nothing usable")
-    return out
+    """Plan and write gpuctl's blocks (see ``plan_config``) without activating them;
+    returns (files changed, whether the node list changed)."""
+    plan = plan_config(conf_dir, conf_lines, gres_lines, keep)
+    return write_plan(plan), plan.node_list_changed
 
 
 def set_pool_partitions(conf_dir: Path, lines: list[str], prefix: str) -> bool:
     """Replace the pool partitions (``PartitionName=<prefix>...``) in gpuctl's block of
-    slurm.conf with ``lines``; False when nothing changed.
+    slurm.conf with ``lines`` (checked like any change, see ``plan_config``) and write
+    it without activating it; False when nothing changed.
 
     Raises:
-        InputError: no block yet (hand nodes off with --apply first), or unwritable.
+        InputError: no block yet (hand nodes off with --apply first), a change slurmctld
+            would refuse, or unwritable.
     """
+    plan = pool_plan(conf_dir, lines, prefix)
+    return bool(write_plan(plan)) if plan.files else False
+
+
+def pool_plan(conf_dir: Path, lines: list[str], prefix: str) -> ConfigPlan:
+    """The checked change that makes the block's pool partitions ``lines``."""
     path = conf_dir / "slurm.conf"
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc}") from None
+    text = (_read(path) or b"").decode("utf-8", "replace")
     _, block, _ = split_block(text)
     if not block and lines:
         raise InputError(f"{path} has no gpuctl block: hand the nodes off first "
                          "(gpuctl handoff slurm --apply)")
-    body = [ln for ln in block if not ln.startswith(f"PartitionName={prefix}")] + lines
-    try:
-        return _write_with_backup(path, with_block(text, body))
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc}") from None
+    return plan_config(conf_dir, [], [], set(), partition_lines=lines,
+                       partition_prefix=prefix)

@@ -47,6 +47,13 @@ class SlurmNode:
     def by_gpuctl(self) -> bool:
         return self.reason.startswith(REASON_PREFIX)
 
+    @property
+    def admin_owned(self) -> bool:
+        """DOWN, FAIL or DRAIN for a reason gpuctl did not set: never gpuctl's to
+        change (an admin's "PSU dead", or Slurm's own "Not responding")."""
+        return (self.drained or self.state in ("down", "fail", "failing")) \
+            and not self.by_gpuctl
+
     def label(self) -> str:
         return self.state.upper() + ("*" if self.not_responding else "")
 
@@ -117,8 +124,11 @@ def slurm_nodes(names: list[str] | None = None) -> dict[str, SlurmNode]:
 
 def drain_reason(reason: str) -> str:
     """The Reason gpuctl sets for ``reason``: prefixed, one line, no quotes (scontrol
-    takes it as one argument; no shell is involved), at most 200 characters."""
-    return re.sub(r"[\r\n\"']+", " ", f"{REASON_PREFIX} {reason}").strip()[:200]
+    takes it as one argument; no shell is involved), no control characters or escape
+    sequences (a node's XID line may carry them), at most 200 characters."""
+    text = re.sub(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]", " ", f"{REASON_PREFIX} {reason}")
+    text = re.sub(r"[\x00-\x1f\x7f-\x9f\"']+", " ", text)
+    return re.sub(r" {2,}", " ", text).strip()[:200]
 
 
 def drain(names: list[str], reason: str) -> None:
@@ -136,3 +146,49 @@ def resume(names: list[str]) -> None:
 
 def reconfigure() -> None:
     run_slurm(["scontrol", "reconfigure"])
+
+
+def ping(timeout: float = 15.0) -> str:
+    """"" when ``scontrol ping`` says the primary slurmctld is UP, else what it said."""
+    try:
+        out = run_slurm(["scontrol", "ping"], timeout=timeout)
+    except SlurmError as exc:
+        return str(exc)
+    return "" if re.search(r"\bis UP\b", out) else (out.strip()[:200] or "no answer")
+
+
+def node_details(names: list[str]) -> dict[str, dict[str, str]]:
+    """``scontrol show node -o``'s single-word fields (State=IDLE+DRAIN, Gres=...) of
+    each node Slurm knows among ``names``."""
+    if not names:
+        return {}
+    try:
+        out = run_slurm(["scontrol", "show", "node", "-o", ",".join(names)])
+    except SlurmError as exc:
+        if "Invalid node name" in str(exc):
+            # One unknown name fails the whole call: ask for each.
+            found: dict[str, dict[str, str]] = {}
+            for name in names if len(names) > 1 else []:
+                found.update(node_details([name]))
+            return found
+        raise
+    out_nodes = {}
+    for line in out.splitlines():
+        fields = dict(re.findall(r"(\w+)=(\S*)", line))
+        if fields.get("NodeName"):
+            out_nodes[fields["NodeName"]] = fields
+    return out_nodes
+
+
+def create_reservation(name: str, nodes: list[str], users: list[str], minutes: int) -> None:
+    """A reservation of ``nodes`` that only ``users``' jobs (``--reservation=NAME``)
+    may use, from now (scontrol(1) "create reservation"; ``Flags=MAINT`` lets it
+    cover nodes that are in another reservation, and marks the time as maintenance
+    in accounting)."""
+    run_slurm(["scontrol", "create", "reservation", f"ReservationName={name}",
+               f"Nodes={','.join(nodes)}", f"Users={','.join(users)}", "StartTime=now",
+               f"Duration={max(1, minutes)}", "Flags=MAINT"])
+
+
+def delete_reservation(name: str) -> None:
+    run_slurm(["scontrol", "delete", f"ReservationName={name}"])

@@ -1,15 +1,17 @@
 """gpuctl's node states and Slurm's, kept in step both ways.
 
-gpuctl -> Slurm: a node gpuctl does not consider serving (quarantined, drained, retired,
+gpuctl -> Slurm: only an in-service node takes jobs. Any other node gpuctl knows
+(certified but not handed off or failed a hand-off gate, quarantined, drained, retired,
 being provisioned or burned in, removed from gpuctl) is DRAINed in Slurm with gpuctl's
-reason, so running jobs finish and no new ones start; a serving node (certified, in
-service) that gpuctl drained is resumed. A drain somebody else set is never lifted by
-gpuctl. ``SlurmListener`` does this for each state change as it commits (so a node is
-drained before the run that moved it starts work); ``sync_slurm`` does it for every node
-(``gpuctl monitor``'s reconcile, and the hand-off), retrying what failed before.
-Slurm -> gpuctl: a serving node that Slurm has drained (by someone else), DOWN or not
-responding is a disagreement: ``gpuctl status`` shows it, and a sync records one event
-in the node's history the first time it sees each such drain.
+reason, so running jobs finish and no new ones start; an in-service node that gpuctl
+drained is resumed. A node that is DOWN, FAIL or DRAIN for a reason gpuctl did not set
+is never touched (LBNL NHC's rule: it only clears what it marked). ``SlurmListener``
+does this for each state change as it commits (so a node is drained before the run
+that moved it starts work); ``sync_slurm`` does it for every node (``gpuctl
+monitor``'s reconcile, and the hand-off), retrying what failed before.
+Slurm -> gpuctl: a node down, failed or drained by someone else, or a serving node not
+responding, is a disagreement: ``gpuctl status`` shows it, and a sync records one event
+in the node's history the first time it sees each such state.
 """
 
 from __future__ import annotations
@@ -27,19 +29,22 @@ from provisioner.events import (
     last_state_changes,
 )
 from provisioner.handle import Gpuctl
-from provisioner.inventory.lifecycle import SERVING, State, record_event
+from provisioner.inventory.lifecycle import State, record_event
 from provisioner.slurm.apply import load_settings
 from provisioner.slurm.client import (
+    REASON_PREFIX,
     SlurmError,
     SlurmNode,
     drain,
-    drain_reason,
     resume,
     slurm_nodes,
 )
 from provisioner.slurm.pools import sync_pools
 
 ACTOR_SLURM = "slurm"
+# Only an in-service node takes jobs: a certified node has not passed the hand-off's
+# gates (registration, slurmd -C, the smoke job) yet.
+SERVING = (State.IN_SERVICE.value,)
 
 
 class SlurmListener:
@@ -83,15 +88,18 @@ class SlurmListener:
 
 
 def _wanted(snode: SlurmNode, serving: bool, reason: str) -> str:
-    """What Slurm must do to the node: "resume", "drain", "foreign" (drained by
-    someone else: left alone) or ""."""
+    """What Slurm must do to the node: "resume", "drain", "foreign" (down, failed or
+    drained by someone else: left alone, as LBNL NHC leaves a node it did not mark)
+    or ""."""
+    if snode.admin_owned:
+        return "foreign"
     if serving:
-        if snode.drained:
-            return "resume" if snode.by_gpuctl else "foreign"
-        return ""
-    # Not drained yet, or drained by gpuctl for an older reason (drained for
-    # maintenance, then quarantined): Slurm gets the current one.
-    if not snode.drained or (snode.by_gpuctl and snode.reason != drain_reason(reason)):
+        return "resume" if snode.drained else ""
+    # Not drained yet, or drained by gpuctl for another state (drained for maintenance,
+    # then quarantined): Slurm gets the current one. A drain of the same state keeps
+    # its (more precise) reason, such as the hand-off gate a node failed.
+    state = reason.split(":", 1)[0]
+    if not snode.drained or not snode.reason.startswith(f"{REASON_PREFIX} {state}:"):
         return "drain"
     return ""
 
@@ -141,17 +149,17 @@ def _last_reasons(session: Session, node_ids: list[int]) -> dict[int, str]:
 
 
 def disagreement(state: str, snode: SlurmNode | None) -> str:
-    """Why gpuctl's ``state`` and Slurm's view of the node disagree ("" if they agree)."""
+    """Why gpuctl's ``state`` and Slurm's view of the node disagree ("" if they agree).
+    A node down, failed or drained by someone else is always one: gpuctl leaves it."""
     serving = state in SERVING
     if snode is None:
         return "not in Slurm" if state == State.IN_SERVICE.value else ""
-    if serving and snode.drained and not snode.by_gpuctl:
+    if snode.admin_owned and state != State.RETIRED.value:
         who = f" by {snode.reason_user}" if snode.reason_user else ""
         return f"{snode.label()} in Slurm{who}: {snode.reason or 'no reason'}"
     if serving and snode.drained:
         return f"{state} in gpuctl, {snode.label()} in Slurm ({snode.reason})"
-    if state == State.IN_SERVICE.value and (snode.state in ("down", "fail", "failing")
-                                            or snode.not_responding):
+    if serving and snode.not_responding:
         return f"{snode.label()} in Slurm" + (f": {snode.reason}" if snode.reason else "")
     if not serving and not snode.drained and state != State.RETIRED.value:
         return f"{state} in gpuctl, {snode.label()} in Slurm (takes jobs)"
@@ -174,12 +182,14 @@ def sync_slurm(gc: Gpuctl, names: list[str] | None = None) -> SyncReport | None:
             if names is not None:
                 query = query.where(col(Node.name).in_(names))
             nodes = list(session.exec(query.order_by(col(Node.name))))
-            reasons = _last_reasons(session, [n.id for n in nodes
-                                              if n.state not in SERVING and n.id])
+            reasons = _last_reasons(session, [n.id for n in nodes if n.id])
             for node in nodes:
                 snode = view[node.name]
-                reason = f"{node.state}: {reasons.get(node.id or 0, node.state)}"
-                action = _wanted(snode, node.state in SERVING, reason)
+                held = gc.unverified.get(node.name) or (
+                    "unverified: host key changed" if node.hostkey_mismatch else "")
+                serving = node.state in SERVING and not held
+                reason = f"{node.state}: " + (held or reasons.get(node.id or 0, node.state))
+                action = _wanted(snode, serving, reason)
                 if action == "drain":
                     to_drain[node.name] = reason
                 elif action == "resume":
@@ -195,7 +205,8 @@ def sync_slurm(gc: Gpuctl, names: list[str] | None = None) -> SyncReport | None:
 
 def _note_foreign_drain(session: Session, node: Node, snode: SlurmNode) -> None:
     """One event per distinct drain someone else set on a serving node."""
-    text = f"drained in Slurm by {snode.reason_user or 'someone'}: {snode.reason}"[:500]
+    text = (f"{snode.label().split('*')[0].lower()} in Slurm by "
+            f"{snode.reason_user or 'someone'}: {snode.reason}")[:500]
     last = session.exec(select(Event.reason).where(
         Event.node_id == node.id, Event.kind == "slurm")
         .order_by(col(Event.id).desc()).limit(1)).first()

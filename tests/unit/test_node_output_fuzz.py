@@ -32,7 +32,7 @@ from provisioner.probe.smi_xml import (
     parse_smi_xml,
     parse_xid_lines,
 )
-from provisioner.slurm.apply import compare_hardware
+from provisioner.slurm.gates import compare_hardware
 from tests.conftest import DATA
 
 ROOT = Path(__file__).parents[2]

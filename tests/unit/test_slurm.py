@@ -12,11 +12,12 @@ from provisioner.errors import InputError
 from provisioner.slurm.apply import (
     BEGIN,
     END,
-    compare_hardware,
+    JOIN_STATE,
     set_pool_partitions,
     split_block,
     write_config,
 )
+from provisioner.slurm.gates import compare_hardware
 from provisioner.slurm.client import parse_sinfo
 from provisioner.slurm.smoke import verdict
 from provisioner.slurm.sync import disagreement
@@ -47,10 +48,16 @@ def test_sinfo_states_reasons_and_who() -> None:
     ("in-service", 2, "DRAINED in Slurm by root: fan noise, ticket 4411"),
     ("quarantined", 3, ""),
     ("quarantined", 1, "quarantined in gpuctl, IDLE in Slurm (takes jobs)"),
-    ("in-service", 5, "DOWN* in Slurm: Not responding"),
+    ("in-service", 5, "DOWN* in Slurm by slurm: Not responding"),
     ("in-service", 4, "IDLE* in Slurm"),
-    ("certified", 3, "certified in gpuctl, DRAINING in Slurm (gpuctl: quarantined: xid: "
+    ("in-service", 3, "in-service in gpuctl, DRAINING in Slurm (gpuctl: quarantined: xid: "
      "XID 79 on 0000:18:00)"),
+    # Certified is not serving for Slurm: a hand-off's gates come first.
+    ("certified", 3, ""),
+    ("certified", 1, "certified in gpuctl, IDLE in Slurm (takes jobs)"),
+    # Someone else's drain or DOWN is always named, serving or not: gpuctl leaves it.
+    ("quarantined", 2, "DRAINED in Slurm by root: fan noise, ticket 4411"),
+    ("retired", 2, ""),
 ])
 def test_disagreements_between_gpuctl_and_slurm(state: str, line: int, why: str) -> None:
     assert disagreement(state, parse_sinfo(SINFO)[f"gpu-node-0{line}"]) == why
@@ -105,6 +112,11 @@ def _line(name: str) -> str:
     return f"NodeName={name} NodeAddr=127.0.0.21 Gres=gpu:h100:8 State=UNKNOWN"
 
 
+def _joined(name: str) -> str:
+    """A node new to the block joins drained, with gpuctl's reason."""
+    return _line(name).replace("State=UNKNOWN", JOIN_STATE)
+
+
 def test_block_keeps_the_admins_lines_and_a_backup(tmp_path: Path) -> None:
     (tmp_path / "slurm.conf").write_text(ADMIN)
     changed, node_list_changed = write_config(
@@ -116,7 +128,7 @@ def test_block_keeps_the_admins_lines_and_a_backup(tmp_path: Path) -> None:
     before, block, after = split_block(text)
     assert before == ADMIN and after == ""
     # GresTypes is the admin's already: not repeated inside the block.
-    assert block == [_line("gpu01"), _line("gpu02"),
+    assert block == [_joined("gpu01"), _joined("gpu02"),
                      "PartitionName=h100 Nodes=gpu01,gpu02 Default=NO"]
     assert (tmp_path / "slurm.conf.gpuctl-bak").read_text() == ADMIN
     assert not (tmp_path / "gres.conf.gpuctl-bak").exists()  # there was none
@@ -130,7 +142,7 @@ def test_block_keeps_the_admins_lines_and_a_backup(tmp_path: Path) -> None:
         tmp_path, [_line("gpu03"), "PartitionName=h100 Nodes=gpu03 Default=NO"],
         ["NodeName=gpu03 Name=gpu Type=h100 File=/dev/nvidia[0-7]"], keep={"gpu01"})
     _, block, _ = split_block((tmp_path / "slurm.conf").read_text())
-    assert block == [_line("gpu03"), _line("gpu01"),
+    assert block == [_joined("gpu03"), _joined("gpu01"),
                      "PartitionName=h100 Nodes=gpu01,gpu03 Default=NO"]
     _, gres, _ = split_block((tmp_path / "gres.conf").read_text())
     assert gres == ["NodeName=gpu03 Name=gpu Type=h100 File=/dev/nvidia[0-7]",

@@ -1,0 +1,173 @@
+"""The admin's whole Slurm configuration: parsed as slurmctld reads it, and every change
+gpuctl plans checked against it (refused with the conflicting line, nothing written)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from provisioner.errors import InputError
+from provisioner.slurm.apply import (
+    JOIN_STATE,
+    plan_config,
+    restore_plan,
+    set_pool_partitions,
+    split_block,
+    write_config,
+    write_plan,
+)
+from provisioner.slurm.client import drain_reason
+from provisioner.slurm.conf import expand_hostlist, layout, parse_text, read_effective
+
+ADMIN = """ClusterName=Prod
+SlurmctldHost=ctl1
+Include site/%c-nodes.conf
+PartitionName=cpu Nodes=cpu[01-04] Default=YES
+"""
+NODES = """GresTypes=mps,shard
+NodeName=cpu[01-04] CPUs=64
+"""
+
+
+def _line(name: str, addr: str = "127.0.0.21") -> str:
+    return f"NodeName={name} NodeAddr={addr} Gres=gpu:h100:8 State=UNKNOWN"
+
+
+@pytest.fixture
+def etc(tmp_path: Path) -> Path:
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site/prod-nodes.conf").write_text(NODES)
+    (tmp_path / "slurm.conf").write_text(ADMIN)
+    return tmp_path
+
+
+def test_lines_are_read_as_slurm_reads_them() -> None:
+    text = ("A=1 # comment\nB=2\\#3\nNodeName=x \\\n  CPUs=4\n"
+            "# note\x0cDebugFlags=Gres\nReason=\"a b\"\r\n")
+    assert parse_text(text, "f") == [(1, "A=1 "), (2, "B=2\\#3"), (3, "NodeName=x   CPUs=4"),
+                                      (6, 'Reason="a b"\r')]
+    # A form feed does not end a line: the DebugFlags after it stays in the comment.
+    assert not any("DebugFlags" in line for _, line in parse_text(text, "f"))
+
+
+def test_includes_are_followed(etc: Path) -> None:
+    lines = read_effective(etc / "slurm.conf")
+    found = layout(lines)
+    assert sorted(found.nodes) == ["cpu01", "cpu02", "cpu03", "cpu04"]
+    assert found.nodes["cpu01"].file.endswith("site/prod-nodes.conf")
+    (etc / "slurm.conf").write_text(ADMIN + "include /nonexistent.conf\n")
+    with pytest.raises(InputError, match="/nonexistent.conf not found"):
+        read_effective(etc / "slurm.conf")
+    (etc / "slurm.conf").write_text(ADMIN + "Include slurm.conf\n")
+    with pytest.raises(InputError, match="Include loop"):
+        read_effective(etc / "slurm.conf")
+
+
+def test_hostlists() -> None:
+    assert expand_hostlist("gpu[01-03,07],login1") == ["gpu01", "gpu02", "gpu03", "gpu07",
+                                                      "login1"]
+    assert expand_hostlist("r[1-2]n[8-9]") == ["r1n8", "r1n9", "r2n8", "r2n9"]
+    for bad in ("gpu[a-b]", "gpu[1-9999999]"):
+        with pytest.raises(InputError):
+            expand_hostlist(bad)
+
+
+def test_gres_types_are_merged_never_dropped(etc: Path) -> None:
+    write_config(etc, [_line("gpu01")], [], keep=set())
+    _, block, _ = split_block((etc / "slurm.conf").read_text())
+    assert block[0] == "GresTypes=mps,shard,gpu"
+    assert block[1] == _line("gpu01").replace("State=UNKNOWN", JOIN_STATE)
+
+
+def _unchanged(etc: Path) -> None:
+    assert (etc / "slurm.conf").read_text() == ADMIN
+    assert not (etc / "gres.conf").exists()
+
+
+@pytest.mark.parametrize(("conf", "partition", "match"), [
+    # The admin has a partition of that name already.
+    ("PartitionName=h100 Nodes=cpu01\n", "h100",
+     r"partition h100 is defined twice: .*slurm.conf:5: PartitionName=h100 Nodes=cpu01"),
+    # The admin's node claims the host gpuctl's node would use.
+    ("NodeName=old01 NodeHostName=gpu01\n", None,
+     r"two nodes on host gpu01: .*slurm.conf:5: NodeName=old01"),
+    # The admin defines the same node.
+    ("NodeName=gpu01 CPUs=8\n", None, r"node gpu01 is defined twice"),
+])
+def test_conflicts_with_the_admin_are_refused(etc: Path, conf: str, partition: str | None,
+                                              match: str) -> None:
+    (etc / "slurm.conf").write_text(ADMIN + conf)
+    lines = [_line("gpu01")]
+    if partition:
+        lines.append(f"PartitionName={partition} Nodes=gpu01 Default=NO")
+    with pytest.raises(InputError, match="refused, slurmctld would not start with it: "
+                       + match):
+        plan_config(etc, lines, [], keep=set())
+    assert (etc / "slurm.conf").read_text() == ADMIN + conf
+
+
+def test_a_retired_node_leaves_the_pool_partition(etc: Path) -> None:
+    write_config(etc, [_line("gpu01"), _line("gpu03", "127.0.0.23")], [], keep=set())
+    assert set_pool_partitions(etc, ["PartitionName=pool-team-a Nodes=gpu03 QOS=gpuctl-a"],
+                               "pool-")
+    # gpu03 is retired: its NodeName goes, and so does it from the pool's partition
+    # (slurmctld: "fatal: Invalid node names in partition pool-team-a").
+    plan = plan_config(etc, [_line("gpu01")], [], keep={"gpu01"})
+    assert plan.removed == ["gpu03"] and plan.node_list_changed
+    _, block, _ = split_block(plan.text("slurm.conf") or "")
+    assert "PartitionName=pool-team-a QOS=gpuctl-a" in block
+    assert not any("gpu03" in line for line in block)
+
+
+def test_an_admins_partition_keeps_gpuctls_node(etc: Path) -> None:
+    write_config(etc, [_line("gpu01"), _line("gpu03", "127.0.0.23")], [], keep=set())
+    with open(etc / "slurm.conf", "a") as fh:
+        fh.write("PartitionName=debug Nodes=gpu03\n")
+    before = (etc / "slurm.conf").read_text()
+    with pytest.raises(InputError, match="partition debug names undefined node gpu03"):
+        plan_config(etc, [_line("gpu01")], [], keep={"gpu01"})
+    assert (etc / "slurm.conf").read_text() == before
+
+
+def test_gres_types_after_the_block_must_keep_gpu(etc: Path) -> None:
+    write_config(etc, [_line("gpu01")], [], keep=set())
+    with open(etc / "slurm.conf", "a") as fh:
+        fh.write("GresTypes=mps\n")
+    with pytest.raises(InputError, match=r"GresTypes=mps comes after gpuctl's block"):
+        plan_config(etc, [_line("gpu01"), _line("gpu02", "127.0.0.22")], [], keep=set())
+
+
+def test_names_slurm_does_not_take_are_refused(etc: Path) -> None:
+    with pytest.raises(InputError, match="not a name Slurm takes"):
+        plan_config(etc, [_line("gpu01"), "PartitionName=h100;x Nodes=gpu01"], [], set())
+    _unchanged(etc)
+
+
+def test_a_symlinked_config_stays_shared_with_owner_and_mode(etc: Path, tmp_path: Path) -> None:
+    shared = tmp_path / "nfs" / "slurm.conf"
+    shared.parent.mkdir()
+    os.replace(etc / "slurm.conf", shared)
+    (etc / "slurm.conf").symlink_to(shared)
+    shared.chmod(0o640)
+    if os.geteuid() == 0:
+        os.chown(shared, 65534, 65534)
+    plan = plan_config(etc, [_line("gpu01")], ["NodeName=gpu01 Name=gpu File=/dev/nvidia0"],
+                       keep=set())
+    write_plan(plan)
+    assert (etc / "slurm.conf").is_symlink() and "NodeName=gpu01" in shared.read_text()
+    info = shared.stat()
+    assert oct(info.st_mode & 0o777) == "0o640"
+    if os.geteuid() == 0:
+        assert (info.st_uid, info.st_gid) == (65534, 65534)
+    assert (shared.parent / "slurm.conf.gpuctl-bak").read_text() == ADMIN
+    # The rollback puts the admin's bytes back, through the link again.
+    restore_plan(plan)
+    assert (etc / "slurm.conf").is_symlink() and shared.read_text() == ADMIN
+    assert not (etc / "gres.conf").exists()
+
+
+def test_reasons_carry_no_control_characters() -> None:
+    reason = drain_reason("xid: \x1b[31mXID 79\x1b[0m fell off\r\nthe bus\x0c\"q\"\x07")
+    assert reason == "gpuctl: xid: XID 79 fell off the bus q"
