@@ -17,8 +17,8 @@ from provisioner.slurm.apply import (
     split_block,
     write_config,
 )
-from provisioner.slurm.gates import compare_hardware
 from provisioner.slurm.client import parse_sinfo
+from provisioner.slurm.gates import compare_hardware
 from provisioner.slurm.smoke import verdict
 from provisioner.slurm.sync import disagreement
 
