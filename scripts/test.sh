@@ -11,6 +11,8 @@ bash scripts/setup.sh
 test_packages=(vagrant chromium tmux postgresql prometheus)
 source scripts/apt.sh
 apt_install_missing "test tools" "${test_packages[@]}"
+# The lab's second Slurm release, Debian 13's 24.11, in a root of its own (debootstrap).
+bash scripts/lab-debian13.sh
 export PATH="$(pwd)/.venv/bin:$PATH"
 echo "== ruff"; ruff check provisioner tests benchmarks
 echo "== mypy"; mypy provisioner

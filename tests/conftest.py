@@ -65,6 +65,7 @@ def gpuctl_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     # Slurm's commands follow SLURM_CONF; a test's lab Slurm never outlives the test.
     monkeypatch.delenv("SLURM_CONF", raising=False)
     monkeypatch.delenv("GPUCTL_SLURM_RESTART", raising=False)
+    monkeypatch.delenv("GPUCTL_SLURMD_RESTART", raising=False)
     if pg_server is not None:
         monkeypatch.setenv("GPUCTL_DB", pg_server.create_database(
             f"t{next(_databases)}", template=template_db))

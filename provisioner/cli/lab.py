@@ -17,7 +17,7 @@ from provisioner.lab.registration import (
     set_slurmd_ports,
     unregister_lab_nodes,
 )
-from provisioner.lab.slurm import LabSlurm, LabSlurmInfo
+from provisioner.lab.slurm import RELEASES, LabSlurm, LabSlurmInfo
 from provisioner.ui.render import lab_table, print_json
 
 
@@ -45,6 +45,8 @@ def lab() -> None:
 @click.option("--no-register", is_flag=True, help="Do not add the nodes to the inventory.")
 @click.option("--slurm", "with_slurm", is_flag=True,
               help="Also start the lab's Slurm (as `gpuctl lab slurm up`).")
+@click.option("--slurm-release", type=click.Choice(list(RELEASES)), default="22.05",
+              show_default=True, help="With --slurm: Debian 12's 22.05 or Debian 13's 24.11.")
 @click.option("--burnin-python", metavar="PATH",
               help="A Python with torch and nvidia-ml-py that the nodes run the burn-in "
                    "agent with (default: gpuctl's own, if it has them).")
@@ -52,7 +54,8 @@ def lab() -> None:
 @pass_ctx
 def up(ctx: Ctx, count: int, profile: str, smi_xml: Path | None, faults: tuple[str, ...],
        first_address: str, port: int, driver: bool, os_name: str, no_register: bool,
-       with_slurm: bool, burnin_python: str | None, as_json: bool) -> None:
+       with_slurm: bool, slurm_release: str, burnin_python: str | None,
+       as_json: bool) -> None:
     """Start N lab nodes and register them in the inventory.
 
     Example: gpuctl lab up --nodes 4 --fault gpu-node-03:pcie-downgrade
@@ -66,7 +69,7 @@ def up(ctx: Ctx, count: int, profile: str, smi_xml: Path | None, faults: tuple[s
     if python is not None:
         register_lab_nodes(ctx.gc, started, str(the_lab.client_key), python)
     if with_slurm:
-        _slurm_up(ctx, the_lab, quiet=as_json)
+        _slurm_up(ctx, the_lab, quiet=as_json, release=slurm_release)
     if as_json:
         print_json(ctx.console, [n.to_dict() for n in started])
         return
@@ -126,11 +129,13 @@ def down(ctx: Ctx, keep_nodes: bool) -> None:
     ctx.console.print(f"lab down: {len(gone)} nodes stopped")
 
 
-def _slurm_up(ctx: Ctx, the_lab: Lab, quiet: bool = False) -> LabSlurmInfo:
-    info = LabSlurm(the_lab).up()
+def _slurm_up(ctx: Ctx, the_lab: Lab, quiet: bool = False,
+              release: str = "22.05") -> LabSlurmInfo:
+    info = LabSlurm(the_lab).up(release)
     set_slurmd_ports(ctx.gc, info.nodes)
     if not quiet:
-        ctx.err.print(f"slurm: controller {info.controller}, {len(info.nodes)} slurmd; "
+        ctx.err.print(f"slurm {info.release}: controller {info.controller}, "
+                      f"{len(info.nodes)} slurmd; "
                       f"config {info.conf_dir}; for sinfo/squeue: "
                       "eval \"$(gpuctl lab slurm env)\"", markup=False, highlight=False)
     return info
@@ -142,14 +147,16 @@ def slurm() -> None:
 
 
 @slurm.command("up")
+@click.option("--release", type=click.Choice(list(RELEASES)), default="22.05",
+              show_default=True, help="Debian 12's 22.05 or Debian 13's 24.11.")
 @pass_ctx
-def slurm_up(ctx: Ctx) -> None:
+def slurm_up(ctx: Ctx, release: str) -> None:
     """Start the lab's Slurm controller and each node's slurmd (nodes register once
     `gpuctl handoff slurm --apply` has added them).
 
-    Example: gpuctl lab slurm up && eval "$(gpuctl lab slurm env)"
+    Example: gpuctl lab slurm up --release 24.11 && eval "$(gpuctl lab slurm env)"
     """
-    _slurm_up(ctx, Lab(ctx.gc.paths))
+    _slurm_up(ctx, Lab(ctx.gc.paths), release=release)
 
 
 @slurm.command("env")

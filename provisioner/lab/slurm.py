@@ -10,6 +10,16 @@ directory ``<lab>/slurm/etc`` is shared with the nodes (bind-mounted at the same
 as many sites share /etc/slurm over NFS. All lab nodes share this machine's loopback,
 so each slurmd gets its own port (the ``Port=`` of its NodeName line, set through the
 node's ``gpuctl_slurmd_port`` host variable).
+
+Two Slurm releases: Debian 12's 22.05 (this machine's packages) and Debian 13's 24.11,
+from a Debian 13 root that ``scripts/setup.sh`` makes with debootstrap (Debian's own
+packages, as a site running trixie gets them). Each 24.11 program runs from that root
+(chroot) in a private mount namespace that sees this machine's /proc, /sys, /dev,
+/run (munged's sockets), /tmp, the lab and the Python the jobs use; the lab puts
+wrappers for them first on PATH (``gpuctl lab slurm env``) and on each node's
+/usr/local/sbin, so gpuctl and the tests call ``scontrol`` and ``slurmd`` by name as
+on a real cluster. munged and MariaDB stay this machine's (munge's wire format and
+MySQL's protocol are the same across both releases).
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -37,6 +48,36 @@ if TYPE_CHECKING:
 TOOLS = ("slurmctld", "slurmd", "munged", "scontrol", "sinfo", "sbatch", "sacctmgr",
          "slurmdbd", "mariadbd", "mariadb-install-db")
 RC_SCRIPT = "/etc/rc2.d/S90gpuctl-lab-slurm"
+RELEASES = ("22.05", "24.11")
+# Where scripts/setup.sh puts the Debian 13 root with Slurm 24.11.
+DEBIAN13_ROOT = Path(os.environ.get("GPUCTL_LAB_DEBIAN13_ROOT", "/var/lib/gpuctl-lab/debian13"))
+CHROOT_TOOLS = ("slurmctld", "slurmd", "slurmdbd", "scontrol", "sinfo", "sbatch", "squeue",
+                "srun", "salloc", "sbcast", "scancel", "sacctmgr", "sacct")
+ENTER = """#!/bin/sh
+# gpuctl lab: run one program of Debian 13's Slurm from its own root ({root}), in the
+# private mount namespace its wrapper made: this machine's (or this node's) /proc,
+# /sys, /dev, /run, /tmp, /etc/hosts, the lab and the jobs' Python are bound in, then
+# chroot, in the caller's working directory.
+set -e
+root={root}
+for d in {binds}; do
+  if [ -d "$d" ]; then mkdir -p "$root$d"; mount --rbind "$d" "$root$d"; fi
+done
+# The names of this host and the other lab nodes (a job's rendezvous looks them up).
+[ -e "$root/etc/hosts" ] || : > "$root/etc/hosts"
+mount --bind /etc/hosts "$root/etc/hosts"
+mkdir -p "$root/var/spool/slurmd"
+dir=$PWD
+exec chroot "$root" /bin/sh -c 'cd "$1" 2>/dev/null || cd /; shift; exec "$@"' sh "$dir" "$@"
+"""
+WRAPPER = """#!/bin/sh
+# gpuctl lab: {tool} of Debian 13's Slurm 24.11 ({root})
+if [ -f /.gpuctl-complete ]; then
+  # Already inside that root (a job's own scontrol, sbcast, srun): the program itself.
+  for d in /usr/sbin /usr/bin; do [ -x "$d/{tool}" ] && exec "$d/{tool}" "$@"; done
+fi
+exec unshare --mount --propagation private -- /bin/sh {enter} {tool} "$@"
+"""
 # Settings the lab needs inside namespaces that share one kernel (issue 13's notes):
 # no cgroup-based tracking or task plugin, no accounting gatherer.
 CONF = """# gpuctl lab: the lab's Slurm controller (gpuctl lab slurm up). NodeName and
@@ -102,9 +143,13 @@ start)
   munged --force --socket={socket} --key-file={key} --pid-file={sockdir}/munged.pid \\
     --log-file=/var/log/munge/munged.log --seed-file=/var/lib/munge/munged.seed
   # systemd's Restart=: a slurmd whose node is not configured yet exits; retry.
-  ( while :; do SLURM_CONF={conf} slurmd -D -f {conf} >>/var/log/slurmd.out 2>&1
+  ( while :; do SLURM_CONF={conf} {slurmd} -D -f {conf} >>/var/log/slurmd.out 2>&1
       sleep 5; done ) </dev/null >/dev/null 2>&1 &
   echo $! > /run/gpuctl-lab-slurmd-loop.pid
+  ;;
+restart)
+  # as systemctl restart slurmd: this slurmd stops, the loop above starts a new one
+  kill "$(cat /run/slurmd.pid 2>/dev/null)" 2>/dev/null
   ;;
 stop)
   kill "$(cat /run/gpuctl-lab-slurmd-loop.pid 2>/dev/null)" 2>/dev/null
@@ -122,18 +167,38 @@ class LabSlurmInfo:
     conf_dir: str
     controller: str
     nodes: dict[str, int]
+    release: str = "22.05"
+    bin_dir: str = ""  # the 24.11 programs' wrappers ("" for 22.05)
 
     def exports(self) -> str:
         """Shell lines that point Slurm's commands, and gpuctl, at the lab's controller."""
         restart = f"{sys.executable} -m provisioner lab slurm restart"
-        return (f"export SLURM_CONF={shlex.quote(self.conf)}\n"
-                f"export GPUCTL_SLURM_RESTART={shlex.quote(restart)}\n")
+        # On a node (over SSH): the boot script's restart, as systemctl restart slurmd.
+        slurmd = f"sh {RC_SCRIPT} restart"
+        path = f"export PATH={shlex.quote(self.bin_dir)}:\"$PATH\"\n" if self.bin_dir else ""
+        return (path + f"export SLURM_CONF={shlex.quote(self.conf)}\n"
+                f"export GPUCTL_SLURM_RESTART={shlex.quote(restart)}\n"
+                f"export GPUCTL_SLURMD_RESTART={shlex.quote(slurmd)}\n")
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port below the kernel's ephemeral range (ip_local_port_range, 32768 up by
+    default): a port from bind(0) is one an outgoing connection may take before the
+    daemon binds it ("Address already in use", seen while the machine downloaded)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = secrets.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(10000, max(10001, low))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise LabError("no free port below the ephemeral range on 127.0.0.1")
 
 
 class LabSlurm:
@@ -149,28 +214,64 @@ class LabSlurm:
         tag = hashlib.sha256(str(self.dir).encode()).hexdigest()[:10]
         self.sockdir = f"/run/gpuctl-lab-munge-{tag}"
         self.socket = f"{self.sockdir}/munge.socket.2"
+        self.bin = self.dir / "bin"
+
+    @property
+    def release(self) -> str:
+        try:
+            return str(json.loads((self.dir / "slurm.json").read_text()).get("release",
+                                                                           "22.05"))
+        except (OSError, ValueError):
+            return "22.05"
 
     def info(self) -> LabSlurmInfo:
         path = self.dir / "slurm.json"
         if not path.exists():
             raise LabError("the lab has no Slurm (run `gpuctl lab slurm up`)")
         doc = json.loads(path.read_text())
-        return LabSlurmInfo(str(self.conf), str(self.etc), doc["controller"], doc["nodes"])
+        release = doc.get("release", "22.05")
+        return LabSlurmInfo(str(self.conf), str(self.etc), doc["controller"], doc["nodes"],
+                            release, str(self.bin) if release != "22.05" else "")
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "SLURM_CONF": str(self.conf)}
+        env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        if self.release != "22.05":
+            env["PATH"] = f"{self.bin}:{env.get('PATH', '')}"
+        return env
 
-    def up(self) -> LabSlurmInfo:
+    def _write_wrappers(self) -> None:
+        """The 24.11 programs' wrappers (see the module docstring)."""
+        binds = ["/proc", "/sys", "/dev", "/run", "/tmp", str(self.lab.dir),  # noqa: S108
+                 str(Path(__file__).resolve().parents[2]), sys.prefix,
+                 str(Path(os.path.realpath(sys.executable)).parents[1])]
+        binds = sorted({b for b in binds if b != "/"}, key=len)
+        self.bin.mkdir(parents=True, exist_ok=True)
+        enter = self.bin / "enter.sh"
+        enter.write_text(ENTER.format(root=shlex.quote(str(DEBIAN13_ROOT)),
+                                      binds=" ".join(shlex.quote(b) for b in binds)))
+        for tool in CHROOT_TOOLS:
+            path = self.bin / tool
+            path.write_text(WRAPPER.format(tool=tool, root=DEBIAN13_ROOT,
+                                           enter=shlex.quote(str(enter))))
+            path.chmod(0o755)
+
+    def up(self, release: str = "22.05") -> LabSlurmInfo:
         """Start the controller and every running node's munged and slurmd.
 
         Raises:
             LabError: no lab, Slurm missing on this machine, or a daemon that did not
                 start (its log's last line).
         """
-        missing = [t for t in TOOLS if not shutil.which(t)]
+        if release not in RELEASES:
+            raise LabError(f"Slurm {release[:20]!r}: the lab runs {' or '.join(RELEASES)}")
+        local = TOOLS if release == "22.05" else ("munged", "mariadbd", "mariadb-install-db")
+        missing = [t for t in local if not shutil.which(t)]
         if missing:
             raise LabError(f"{', '.join(missing)} not found: install Debian's slurmctld, "
                            "slurmd, slurm-client and munge (scripts/setup.sh does)")
+        if release != "22.05" and not (DEBIAN13_ROOT / "usr/sbin/slurmctld").exists():
+            raise LabError(f"no Debian 13 root with Slurm 24.11 at {DEBIAN13_ROOT} "
+                           "(scripts/setup.sh makes it with debootstrap)")
         names = self.lab.names()
         if not names:
             raise LabError("no lab is up (run `gpuctl lab up` first)")
@@ -178,6 +279,8 @@ class LabSlurm:
             return self.info()
         for sub in ("etc", "state", "log"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        if release != "22.05":
+            self._write_wrappers()
         key = self.etc / "munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o600)
@@ -193,8 +296,8 @@ class LabSlurm:
         (self.etc / "gres.conf").write_text("# gpuctl lab: GPU lines come from gpuctl "
                                             "handoff slurm --apply\n")
         (self.dir / "slurm.json").write_text(json.dumps(
-            {"controller": f"127.0.0.1:{ctld_port}", "nodes": nodes, "db_port": db_port},
-            indent=1))
+            {"controller": f"127.0.0.1:{ctld_port}", "nodes": nodes, "db_port": db_port,
+             "release": release}, indent=1))
         try:
             self._start_controller(key)
             hosts = "".join(f"{self.lab.spec(n)['address']}\t{n}\n" for n in names)
@@ -276,11 +379,23 @@ class LabSlurm:
                              text=True, check=False)
         if res.returncode != 0:
             raise LabError(f"cannot share the Slurm config with {name}: {res.stderr[:200]}")
+        slurmd = "slurmd"
+        if self.release != "22.05":
+            # The 24.11 wrappers, at the same path, and first on the node's PATH (an SSH
+            # session's `slurmd -C` is 24.11's, as on a trixie node).
+            self.lab.node_exec(name, ["mkdir", "-p", str(self.bin)])
+            subprocess.run(["nsenter", "-t", str(pid), "-m", "--", "mount", "--bind",
+                            str(self.bin), f"{root}{self.bin}"], check=False)
+            for tool in CHROOT_TOOLS:
+                self.lab.put_file(name, f"/usr/local/sbin/{tool}",
+                                  f"#!/bin/sh\nexec {self.bin}/{tool} \"$@\"\n".encode(),
+                                  0o755)
+            slurmd = f"{self.bin}/slurmd"
         current = self.lab.node_exec(name, ["cat", "/etc/hosts"]).stdout.decode()
         self.lab.put_file(name, "/etc/hosts", (current.rstrip("\n") + "\n# gpuctl lab "
                                                "nodes\n" + hosts).encode())
         script = NODE_SCRIPT.format(sockdir=self.sockdir, socket=self.socket, key=key,
-                                    conf=self.conf)
+                                    conf=self.conf, slurmd=slurmd)
         self.lab.put_file(name, RC_SCRIPT, script.encode(), 0o755)
         started = self.lab.node_exec(name, ["sh", RC_SCRIPT, "start"])
         if started.returncode != 0:
