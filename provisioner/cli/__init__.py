@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 
 import click
 from rich.console import Console
@@ -75,9 +77,21 @@ def cli(ctx: click.Context, db: str | None) -> None:
     ctx.call_on_close(lambda: report_listeners(ctx.obj))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``systemctl stop``, ``timeout``, a scheduler's kill): unwinds as Ctrl-C
+    does, so every run settles its nodes and every cleanup runs (a hand-off drains the
+    nodes it was verifying and deletes its reservation) instead of dying half way."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors for users, tracebacks only for bugs."""
     err = Console(stderr=True, emoji=False, highlight=False)
+    previous = signal.signal(signal.SIGTERM, _terminate) \
+        if threading.current_thread() is threading.main_thread() else None
     try:
         # Without standalone mode click returns ctx.exit(N)'s N instead of raising.
         code = cli.main(args=argv, prog_name="gpuctl", standalone_mode=False)
@@ -87,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, Terminated):  # click turns ^C and SIGTERM into Abort
+            err.print("Terminated.")
+            return 143
         err.print("Aborted.")
         return 130
     except click.exceptions.Exit as exc:
@@ -95,9 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     except GpuctlError as exc:
         err.print(f"[bold red]Error:[/] {escape(str(exc))}", soft_wrap=True)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated):
+            err.print("Terminated.")
+            return 143
         err.print("Interrupted.")
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return code if isinstance(code, int) else 0
 
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 from tests.conftest import DATA
 
@@ -115,3 +119,21 @@ def test_list_and_show_count_gpus_the_same_way(gpuctl, gc) -> None:  # type: ign
     listed = json.loads(gpuctl("nodes", "list", "--json").out)[0]["gpus"]
     shown = json.loads(gpuctl("nodes", "show", "gpu1", "--json").out)["node"]["gpus"]
     assert listed == shown == 2
+
+
+def test_sigterm_unwinds_like_ctrl_c() -> None:
+    """systemctl stop (SIGTERM) ends a command the way Ctrl-C does: its cleanups run
+    (a hand-off drains what it was verifying, a run settles its nodes), then exit 143
+    with one line, not a silent death half way."""
+    proc = subprocess.Popen([sys.executable, "-m", "provisioner", "monitor", "--every",
+                             "1h"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        time.sleep(3)  # past its first pass, asleep until the next
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, (out, err)
+    assert err.strip().splitlines()[-1] == "Terminated.", err
