@@ -118,3 +118,11 @@ class Listener(Protocol):
 
     def reconcile(self, gc: Gpuctl) -> SyncReport | None:
         """Bring the whole system in line with gpuctl (what ``changed`` could not do)."""
+
+    def jobs_left(self, gc: Gpuctl, names: list[str]) -> dict[str, str] | None:
+        """Of ``names``, the nodes where the system still runs work (node -> its state
+        there), after they were drained for gpuctl's own run.
+
+        Raises:
+            GpuctlError: the system cannot be asked (a run must not start on a guess).
+        """

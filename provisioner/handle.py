@@ -137,6 +137,28 @@ class Gpuctl:
         for listener in self.listeners:
             self._collect(listener.name, partial(listener.changed, self, changes))
 
+    def wait_quiet(self, names: list[str], timeout: float) -> dict[str, str]:
+        """Wait up to ``timeout`` seconds for the schedulers to have no work left on
+        ``names`` (drained, not draining); returns the nodes that still have some, or
+        whose scheduler could not be asked, with why. Never raises."""
+        import time  # noqa: PLC0415
+
+        from provisioner.errors import GpuctlError  # noqa: PLC0415
+
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            left: dict[str, str] = {}
+            for listener in self.listeners:
+                try:
+                    left.update(listener.jobs_left(self, names) or {})
+                except GpuctlError as exc:
+                    left.update({n: f"cannot ask {listener.name} whether jobs still run "
+                                    f"there: {exc}" for n in names})
+            remaining = deadline - time.monotonic()
+            if not left or remaining <= 0:
+                return left
+            time.sleep(min(2.0, remaining))
+
     def reconcile(self) -> list[SyncReport]:
         """Every listener brings its system in line with gpuctl (``gpuctl monitor``
         calls this each pass: it retries what a listener could not do at the time)."""

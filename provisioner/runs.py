@@ -161,14 +161,20 @@ class RunScope:
     move to that state. The body sets ``run.status`` (else it is derived from
     ``run.node_ok``) and may add to ``run.summary``. Leaving settles everything.
 
+    With ``busy``, the schedulers drain the nodes, and the body starts only once no job
+    runs on any of them: up to ``wait`` seconds for the jobs to end (sinfo's DRAINING
+    to DRAINED); after that the run fails before touching a node (the drain stays, the
+    jobs run on).
+
     Raises (on entering):
-        NodeBusyError: a live run holds one of the nodes; no run is recorded.
+        NodeBusyError: a live run holds one of the nodes (no run is recorded), or jobs
+            still run on one after ``wait`` (the run is recorded as failed).
     """
 
     def __init__(self, gc: Gpuctl, kind: str, args: dict[str, Any],
                  nodes: list[Node] | None = None, *, busy: State | None = None,
-                 start_reason: str = "") -> None:
-        self.gc, self.kind, self.args = gc, kind, args
+                 start_reason: str = "", wait: float = 0.0) -> None:
+        self.gc, self.kind, self.args, self.wait = gc, kind, args, wait
         self.nodes = list(nodes or [])
         self.busy, self.start_reason = busy, start_reason or f"{kind} started"
         self.run_id = 0
@@ -217,6 +223,15 @@ class RunScope:
         self._beat.start()
         try:
             gc.announce(busy_changes)  # the schedulers drain the nodes before the body runs
+            left = gc.wait_quiet(list(names.values()), self.wait) \
+                if self.busy is not None and names else {}
+            if left:
+                first, why = next(iter(sorted(left.items())))
+                more = f" (+{len(left) - 1} more)" if len(left) > 1 else ""
+                raise NodeBusyError(
+                    f"{first}: {why}{more}; waited {self.wait:g} s; "
+                    f"nothing was done on the nodes: wait for the jobs to end (or pass "
+                    "--wait SECONDS)")
         except BaseException:  # Ctrl-C while draining: the run still settles
             self.__exit__(*sys.exc_info())
             raise

@@ -121,6 +121,7 @@ def burnin_nodes(
     certificate_days: int = CERTIFICATE_DAYS,
     seed: int | None = None,
     on_result: Callable[[NodeBurnin], None] | None = None,
+    wait_jobs: float = 0.0,
 ) -> BurninSummary:
     """Burn in the nodes and certify or quarantine each one.
 
@@ -144,7 +145,7 @@ def burnin_nodes(
             "profile": profile, "with_dcgm": with_dcgm, "multinode": multinode, "seed": seed}
     interrupted = False
     with RunScope(gc, "burnin", args, nodes, busy=State.BURNING_IN,
-                  start_reason=f"burn-in ({level}) started") as run:
+                  start_reason=f"burn-in ({level}) started", wait=wait_jobs) as run:
         summary = BurninSummary(run.run_id, level, [], seed)
         try:
             outcomes = _run_agents(gc, nodes, level, seconds, parallel, with_dcgm, seed)

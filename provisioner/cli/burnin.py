@@ -45,11 +45,16 @@ def _first_failures(failures: list[str], shown: int = 3) -> str:
                    "recorded in the run, so a failure can be replayed with it).")
 @click.option("--valid-days", type=click.IntRange(1, 3650), default=CERTIFICATE_DAYS,
               show_default=True, help="Days a certificate stays valid.")
+@click.option("--wait", "wait_jobs", type=click.FloatRange(0, 7 * 86400), default=0,
+              show_default=True, metavar="SECONDS",
+              help="With Slurm: how long to wait for jobs on the drained nodes to end "
+                   "before the run fails without touching them.")
 @json_option
 @pass_ctx
 def burnin(ctx: Ctx, nodes: tuple[str, ...], all_nodes: bool, level: str,
            seconds: float | None, profile: str | None, parallel: int, with_dcgm: bool,
-           multinode: bool, seed: int | None, valid_days: int, as_json: bool) -> None:
+           multinode: bool, seed: int | None, valid_days: int, wait_jobs: float,
+           as_json: bool) -> None:
     """Stress-test nodes (GEMM with corruption checks, memory, bandwidth, collectives)
     and certify or quarantine each one against its SKU's thresholds.
 
@@ -66,7 +71,7 @@ def burnin(ctx: Ctx, nodes: tuple[str, ...], all_nodes: bool, level: str,
                            seconds=seconds, profile=profile, parallel=parallel,
                            with_dcgm=with_dcgm, multinode=multinode,
                            certificate_days=valid_days, seed=seed,
-                           on_result=on_result)
+                           on_result=on_result, wait_jobs=wait_jobs)
     if as_json:
         print_json(ctx.console, summary.to_dict())
     else:

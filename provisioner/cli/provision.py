@@ -31,11 +31,15 @@ from provisioner.ui.render import print_json, progress_table, provision_summary
               help="Allow provisioning the machine gpuctl runs on (never rebooted).")
 @click.option("--vault-password-file", type=click.Path(exists=True, dir_okay=False),
               help="For ansible-vault encrypted group_vars.")
+@click.option("--wait", "wait_jobs", type=click.FloatRange(0, 7 * 86400), default=0,
+              show_default=True, metavar="SECONDS",
+              help="With Slurm: how long to wait for jobs on the drained nodes to end "
+                   "before the run fails without touching them.")
 @json_option
 @pass_ctx
 def provision(ctx: Ctx, nodes: tuple[str, ...], all_nodes: bool, retry_failed: bool,
               tags: str | None, check: bool, diff: bool, forks: int, allow_control_host: bool,
-              vault_password_file: str | None, as_json: bool) -> None:
+              vault_password_file: str | None, wait_jobs: float, as_json: bool) -> None:
     """Install the NVIDIA driver, CUDA, fabric manager and friends with Ansible.
 
     Pins come from inventory/group_vars (per SKU) and <data dir>/group_vars. A become
@@ -55,7 +59,7 @@ def provision(ctx: Ctx, nodes: tuple[str, ...], all_nodes: bool, retry_failed: b
         summary = provision_nodes(
             ctx.gc, list(nodes), all_nodes=all_nodes, retry_failed=retry_failed, tags=tags,
             check=check, diff=diff, forks=forks, allow_control_host=allow_control_host,
-            vault_password_file=vault_password_file)
+            vault_password_file=vault_password_file, wait_jobs=wait_jobs)
         print_json(ctx.console, summary.to_dict())
     else:
         with live:
@@ -63,7 +67,8 @@ def provision(ctx: Ctx, nodes: tuple[str, ...], all_nodes: bool, retry_failed: b
                 ctx.gc, list(nodes), all_nodes=all_nodes, retry_failed=retry_failed,
                 tags=tags, check=check, diff=diff, forks=forks,
                 allow_control_host=allow_control_host,
-                vault_password_file=vault_password_file, on_progress=on_progress)
+                vault_password_file=vault_password_file, on_progress=on_progress,
+                wait_jobs=wait_jobs)
         ctx.console.print(provision_summary(summary))
     if summary.failed:
         raise NodesFailedError(f"{len(summary.failed)} of {len(summary.nodes)} nodes failed "

@@ -189,6 +189,7 @@ def provision_nodes(
     allow_control_host: bool = False,
     vault_password_file: str | None = None,
     on_progress: Callable[[list[NodeProgress]], None] | None = None,
+    wait_jobs: float = 0.0,
 ) -> ProvisionSummary:
     """Run playbooks/provision.yml on the nodes.
 
@@ -219,7 +220,7 @@ def provision_nodes(
     status = "not started"  # ansible-runner's final status once it ran
     with RunScope(gc, "provision", args, nodes,
                   busy=None if check else State.PROVISIONING,
-                  start_reason="provision started") as run:
+                  start_reason="provision started", wait=wait_jobs) as run:
         node_ids = {n.name: n.id for n in nodes if n.id is not None}
         try:
             all_vars = {"preflight_control_machine_id": _control_machine_id(),

@@ -47,6 +47,12 @@ ACTOR_SLURM = "slurm"
 SERVING = (State.IN_SERVICE.value,)
 
 
+# sinfo's %T states (sinfo(1) NODE STATE CODES): a node with jobs on it, and a node
+# where none runs or can start.
+JOBS_LEFT = ("draining", "allocated", "mixed", "completing", "failing")
+QUIET = ("drained", "down", "fail")
+
+
 class SlurmListener:
     """gpuctl's changes, mirrored in the live Slurm once ``handoff slurm --apply``
     recorded where it is (``provisioner.events.Listener``)."""
@@ -74,6 +80,23 @@ class SlurmListener:
         except SlurmError as exc:
             report.error = self.down = str(exc)
         return report
+
+    def jobs_left(self, gc: Gpuctl, names: list[str]) -> dict[str, str] | None:
+        """Nodes that are not quiet in Slurm: jobs still run there (sinfo's DRAINING,
+        ALLOCATED, MIXED, COMPLETING, FAILING), or the drain did not take (IDLE: a job
+        could start there). Quiet: DRAINED, DOWN, FAIL, or a node Slurm does not know."""
+        if load_settings(gc) is None:
+            return None
+        view = slurm_nodes(names)  # a node in no partition (not listed) runs no job
+        out = {}
+        for n in names:
+            snode = view.get(n)
+            if snode is None or snode.state in QUIET:
+                continue
+            out[n] = (f"{snode.label()} in Slurm: jobs still run there"
+                      if snode.state in JOBS_LEFT else
+                      f"{snode.label()} in Slurm: not drained, jobs can start there")
+        return out
 
     def reconcile(self, gc: Gpuctl) -> SyncReport | None:
         """Every node, then the pools (a pool change Slurm missed is caught up here)."""

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from provisioner.db.models import Node
+from provisioner.db.models import Node, NodeLock
 from provisioner.errors import GpuctlError
 from provisioner.events import (
     REMOVED,
@@ -23,6 +23,7 @@ from provisioner.fleet import ops, pools
 from provisioner.handle import Gpuctl
 from provisioner.inventory.lifecycle import State, get_node, transition
 from provisioner.runs import RunScope
+from provisioner.slurm.client import SlurmError
 from tests.fleet_fixtures import fill_fleet
 
 
@@ -44,6 +45,9 @@ class Recorder:
 
     def reconcile(self, gc: Gpuctl) -> SyncReport | None:
         return SyncReport(self.name, notes=["reconciled"])
+
+    def jobs_left(self, gc: Gpuctl, names: list[str]) -> dict[str, str] | None:
+        return None
 
 
 @pytest.fixture
@@ -114,7 +118,7 @@ def test_a_run_announces_its_busy_nodes_before_its_body_runs(fleet: Gpuctl) -> N
 def test_removal_and_pools_are_announced(fleet: Gpuctl) -> None:
     rec = Recorder()
     fleet.listeners.append(rec)
-    pools.create_pool(fleet, "team-a", "h100-sxm-8", 8)
+    pools.create_pool(fleet, "team-a", "h100-sxm-8", 8, open_to_all=True)
     pools.assign(fleet, "team-a", ["gpu00001"], 8)
     ops.remove_nodes(fleet, ["gpu00001", "gpu00000"])
     flat = [c for h in rec.heard for c in h]
@@ -175,3 +179,79 @@ def test_the_heartbeat_runs_while_schedulers_drain_and_ctrl_c_there_settles(
         assert run.status == "interrupted"
         assert session.exec(select(NodeLock)).all() == []
         assert get_node(session, "gpu00001").state == "failed"
+
+
+class Busy(Recorder):
+    """A scheduler where jobs still run on the drained nodes for ``polls`` more asks
+    (forever with None), or that cannot be asked (``fail``)."""
+
+    def __init__(self, polls: int | None, fail: BaseException | None = None) -> None:
+        super().__init__()
+        self.polls, self.asked, self.ask_fail = polls, 0, fail
+
+    def changed(self, gc: Gpuctl, changes: list[Change]) -> SyncReport | None:
+        return None
+
+    def jobs_left(self, gc: Gpuctl, names: list[str]) -> dict[str, str] | None:
+        self.asked += 1
+        if self.ask_fail is not None:
+            raise self.ask_fail
+        if self.polls is None or self.asked <= self.polls:
+            return {n: "DRAINING in Slurm: jobs still run there" for n in names}
+        return {}
+
+
+def _burnin_scope(fleet: Gpuctl, wait: float) -> RunScope:
+    with fleet.session() as session:
+        nodes = list(session.exec(select(Node).where(Node.name == "gpu00001")))
+    return RunScope(fleet, "burnin", {}, nodes, busy=State.BURNING_IN, wait=wait)
+
+
+@pytest.mark.parametrize("scheduler", [Busy(None), Busy(0, fail=SlurmError("sinfo failed: "
+                                                                          "timed out"))])
+def test_no_disruptive_run_starts_while_jobs_run_on_its_nodes(fleet: Gpuctl,
+                                                              scheduler: Busy) -> None:
+    """Jobs still on a drained node (or a scheduler that cannot tell): the run fails
+    before its body, with why, and settles its node."""
+    from provisioner.runs import NodeBusyError
+
+    fleet.listeners.append(scheduler)
+    with pytest.raises(NodeBusyError) as err, _burnin_scope(fleet, 0.0):
+        raise AssertionError("the body must not run")
+    message = str(err.value)
+    assert message.startswith("gpu00001: ") and "waited 0 s; nothing was done on the " \
+        "nodes: wait for the jobs to end (or pass --wait SECONDS)" in message, message
+    assert ("jobs still run there" if scheduler.ask_fail is None else
+            "cannot ask recorder whether jobs still run there: sinfo failed") in message
+    with fleet.session() as session:
+        assert get_node(session, "gpu00001").state == "failed"
+        assert not session.exec(select(NodeLock)).all()
+
+
+def test_a_disruptive_run_waits_for_the_jobs_to_end(fleet: Gpuctl) -> None:
+    scheduler = Busy(2)
+    fleet.listeners.append(scheduler)
+    with _burnin_scope(fleet, 30.0) as run:
+        ran = run.run_id
+    assert ran and scheduler.asked == 3
+
+
+def test_slurm_is_quiet_only_where_no_job_runs_or_can_start(
+        gc: Gpuctl, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node whose drain did not take (IDLE) is as busy as one with jobs left; DRAINED,
+    DOWN and FAIL are quiet, as is a node in no partition (sinfo does not list it)."""
+    from provisioner.slurm import sync
+    from provisioner.slurm.client import SlurmNode
+
+    states = {"n-idle": "idle", "n-draining": "draining", "n-mixed": "mixed",
+              "n-failing": "failing", "n-drained": "drained", "n-down": "down",
+              "n-fail": "fail"}
+    monkeypatch.setattr(sync, "load_settings", lambda gc: object())
+    monkeypatch.setattr(sync, "slurm_nodes", lambda names: {
+        n: SlurmNode(n, states[n], False, "gpu:8", "", "") for n in names if n in states})
+    left = sync.SlurmListener().jobs_left(gc, [*states, "n-nowhere"])
+    assert left == {
+        "n-idle": "IDLE in Slurm: not drained, jobs can start there",
+        "n-draining": "DRAINING in Slurm: jobs still run there",
+        "n-mixed": "MIXED in Slurm: jobs still run there",
+        "n-failing": "FAILING in Slurm: jobs still run there"}
