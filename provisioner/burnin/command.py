@@ -30,7 +30,7 @@ def burnin_env(host_vars: dict[str, Any]) -> dict[str, str]:
     out = {}
     for pair in str(host_vars.get("gpuctl_burnin_env") or "").split():
         key, sep, value = pair.partition("=")
-        if not sep or not _ENV_NAME.match(key):
+        if not sep or not _ENV_NAME.fullmatch(key):
             raise InputError(f"gpuctl_burnin_env: {pair[:60]!r} is not NAME=value")
         out[key] = value
     return out
