@@ -101,14 +101,30 @@ def pool() -> None:
 @click.option("--sku", required=True, shell_complete=complete_skus,
               help="e.g. h100-sxm-8")
 @click.option("--gpus", type=int, required=True, help="GPUs promised to the team.")
+@click.option("--accounts", multiple=True, metavar="A[,B]",
+              help="Slurm accounts whose jobs may use the pool (AllowAccounts).")
+@click.option("--groups", multiple=True, metavar="G[,H]",
+              help="Unix groups whose members may use the pool (AllowGroups).")
+@click.option("--open", "open_to_all", is_flag=True,
+              help="Every user may use the pool (no --accounts or --groups).")
 @pass_ctx
-def pool_create(ctx: Ctx, name: str, sku: str, gpus: int) -> None:
-    """Create a pool.
+def pool_create(ctx: Ctx, name: str, sku: str, gpus: int, accounts: tuple[str, ...],
+                groups: tuple[str, ...], open_to_all: bool) -> None:
+    """Create a pool for the named accounts or groups (or --open for everyone).
 
-    Example: gpuctl pool create llm-team --sku h100-sxm-8 --gpus 64
+    With the Slurm hand-off applied, the pool is refused unless Slurm enforces its
+    limit (accounting through slurmdbd, AccountingStorageEnforce with limits,
+    gres/gpu in AccountingStorageTRES).
+
+    Example: gpuctl pool create llm-team --sku h100-sxm-8 --gpus 64 --accounts llm
     """
-    pools.create_pool(ctx.gc, name, sku, gpus)
-    ctx.console.print(f"pool {escape(name)}: {gpus} {escape(sku)} GPUs")
+    from provisioner.slurm.pools import check_enforcement  # noqa: PLC0415
+
+    check_enforcement(ctx.gc)
+    pools.create_pool(ctx.gc, name, sku, gpus, accounts=list(accounts), groups=list(groups),
+                      open_to_all=open_to_all)
+    who = ", ".join([*accounts, *groups]) or "everyone"
+    ctx.console.print(f"pool {escape(name)}: {gpus} {escape(sku)} GPUs for {escape(who)}")
 
 
 @pool.command("assign")
@@ -146,6 +162,48 @@ def pool_delete(ctx: Ctx, name: str) -> None:
     """Delete a pool and its allocations."""
     pools.delete_pool(ctx.gc, name)
     ctx.console.print(f"pool {escape(name)} deleted")
+
+
+@pool.command("show")
+@click.argument("name", shell_complete=complete_pools)
+@json_option
+@pass_ctx
+def pool_show(ctx: Ctx, name: str, as_json: bool) -> None:
+    """A pool, and the salloc line a team member runs to get 1, 2, 4 or 8 of its GPUs
+    now (partition, account, time limit), with what running jobs hold.
+
+    Example: gpuctl pool show vision-team
+    """
+    from provisioner.slurm.apply import load_settings  # noqa: PLC0415
+    from provisioner.slurm.pools import how_to_use  # noqa: PLC0415
+
+    view = pools.get_pool(ctx.gc, name)
+    use = how_to_use(view) if load_settings(ctx.gc) is not None else None
+    if as_json:
+        print_json(ctx.console, {**view.to_dict(), "slurm": use})
+        return
+    ctx.console.print(pools_table([view]))
+    if use is None:
+        ctx.console.print("Slurm: not handed off (gpuctl handoff slurm --apply)")
+        return
+    ctx.console.print(f"Slurm: partition {use['partition']}, QOS {use['qos']}, time limit "
+                      f"{use['time_limit']}; running jobs hold {use['gpus_held']} of "
+                      f"{view.usable} GPUs; {use['guarantee']}", highlight=False)
+    for n, line in use["salloc"].items():  # type: ignore[attr-defined]
+        ctx.console.print(f"  {n} GPU{'s' if n > 1 else ''}: {escape(line)}", highlight=False)
+
+
+@pool.command("sync")
+@pass_ctx
+def pool_sync(ctx: Ctx) -> None:
+    """Make Slurm's QOS and pool partitions match gpuctl's pools now."""
+    from provisioner.slurm.pools import sync_pools  # noqa: PLC0415
+
+    done = sync_pools(ctx.gc)
+    if done is None:
+        ctx.console.print("Slurm: not handed off (gpuctl handoff slurm --apply)")
+        return
+    ctx.console.print("; ".join(done) or "Slurm already matches", highlight=False)
 
 
 @pool.command("list")

@@ -237,6 +237,9 @@ class Pool(SQLModel, table=True):
     gpus: int  # the capacity the team was promised
     created_at: datetime = Field(default_factory=utcnow)
     actor: str = Field(default="", max_length=128)
+    # Who may use it (comma-separated Slurm accounts, Unix groups); both "": everyone.
+    accounts: str = Field(default="", max_length=512)
+    groups: str = Field(default="", max_length=512)
 
 
 class PoolAllocation(SQLModel, table=True):

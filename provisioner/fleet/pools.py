@@ -16,7 +16,11 @@ from provisioner.handle import Gpuctl
 from provisioner.inventory.lifecycle import State, get_node
 
 USABLE = (State.CERTIFIED.value, State.IN_SERVICE.value)
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")
+_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?")
+# A Slurm account (sacctmgr keeps them lower-case) and a Unix group (useradd(8)'s
+# default NAME_REGEX); either ends up in a slurm.conf line, so nothing else passes.
+_ACCOUNT = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,63}")
+_GROUP = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 SLICES = (1, 2, 4, 8)
 
 
@@ -28,6 +32,8 @@ class PoolView:
     assigned: int
     usable: int  # assigned GPUs on nodes that are certified or in service now
     allocations: list[dict[str, Any]] = field(default_factory=list)
+    accounts: list[str] = field(default_factory=list)  # both empty: open to everyone
+    groups: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,9 +46,34 @@ def _pool(session: Session, name: str) -> Pool:
     return pool
 
 
-def create_pool(gc: Gpuctl, name: str, sku: str, gpus: int) -> None:
-    """Raises: InputError for a bad name, unknown SKU, non-positive size or a duplicate."""
-    if not _NAME.match(name):
+def _names(values: list[str], pattern: re.Pattern[str], what: str) -> str:
+    out = []
+    for value in values:
+        for name in value.split(","):
+            if not pattern.fullmatch(name):
+                raise InputError(f"{what} {name[:40]!r} is not a Slurm {what} name")
+            out.append(name)
+    return ",".join(dict.fromkeys(out))
+
+
+def create_pool(gc: Gpuctl, name: str, sku: str, gpus: int, *,
+                accounts: list[str] | None = None, groups: list[str] | None = None,
+                open_to_all: bool = False) -> None:
+    """A pool of ``gpus`` GPUs of ``sku`` that only ``accounts`` (Slurm) and ``groups``
+    (Unix) may use; ``open_to_all`` says, by name, that everyone may.
+
+    Raises:
+        InputError: a bad name, unknown SKU, non-positive size, a duplicate, or no
+            say on who may use it.
+    """
+    account_list = _names(accounts or [], _ACCOUNT, "account")
+    group_list = _names(groups or [], _GROUP, "group")
+    if open_to_all and (account_list or group_list):
+        raise InputError("--open is a pool for everyone; leave out --accounts/--groups")
+    if not (open_to_all or account_list or group_list):
+        raise InputError("say who may use the pool: --accounts A[,B], --groups G[,H], "
+                         "or --open for every user")
+    if not _NAME.fullmatch(name):
         raise InputError(f"pool name {name[:70]!r} must be lower-case letters, digits and "
                          "dashes (at most 64)")
     if gc.sku(sku) is None:
@@ -52,7 +83,8 @@ def create_pool(gc: Gpuctl, name: str, sku: str, gpus: int) -> None:
     with gc.session() as session:
         if session.exec(select(Pool).where(Pool.name == name)).first():
             raise InputError(f"pool {name} exists")
-        session.add(Pool(name=name, sku=sku, gpus=gpus, actor=gc.actor))
+        session.add(Pool(name=name, sku=sku, gpus=gpus, actor=gc.actor,
+                         accounts=account_list, groups=group_list))
         note_change(session, PoolsChanged(name))
 
 
@@ -152,6 +184,14 @@ def delete_pool(gc: Gpuctl, name: str) -> None:
         note_change(session, PoolsChanged(name))
 
 
+def get_pool(gc: Gpuctl, name: str) -> PoolView:
+    """Raises: NotFoundError."""
+    for view in list_pools(gc):
+        if view.name == name:
+            return view
+    raise NotFoundError(f"no pool {name[:64]!r}")
+
+
 def list_pools(gc: Gpuctl) -> list[PoolView]:
     """Every pool with what it holds and on which nodes."""
     with gc.session() as session:
@@ -171,5 +211,6 @@ def pool_views(session: Session, detail: bool = True) -> list[PoolView]:
             sum(a.gpus for a, _, state in mine if state in USABLE),
             [{"node": name, "state": state, "gpus": a.gpus,
               "gpu_indices": f"{a.first_gpu}-{a.first_gpu + a.gpus - 1}"}
-             for a, name, state in mine] if detail else []))
+             for a, name, state in mine] if detail else [],
+            [a for a in p.accounts.split(",") if a], [g for g in p.groups.split(",") if g]))
     return out

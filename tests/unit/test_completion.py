@@ -39,8 +39,10 @@ def test_sku_and_pool_names_are_offered(gpuctl) -> None:  # type: ignore[no-unty
     assert complete("gpuctl skus show h1") == ["h100-pcie-8", "h100-sxm-8"]
     assert complete("gpuctl nodes add n1 --sku h2") == ["h200-sxm-8"]
     assert complete("gpuctl pool create team --sku b2") == ["b200-8"]
-    assert gpuctl("pool", "create", "vision", "--sku", "h100-sxm-8", "--gpus", "8").code == 0
-    assert gpuctl("pool", "create", "video", "--sku", "h100-sxm-8", "--gpus", "8").code == 0
+    made = gpuctl("pool", "create", "vision", "--sku", "h100-sxm-8", "--gpus", "8", "--open")
+    assert made.code == 0
+    made = gpuctl("pool", "create", "video", "--sku", "h100-sxm-8", "--gpus", "8", "--open")
+    assert made.code == 0
     assert complete("gpuctl pool delete vi") == ["video", "vision"]
     assert complete("gpuctl pool assign vis") == ["vision"]
 

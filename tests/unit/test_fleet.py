@@ -85,13 +85,24 @@ def test_nodes_held_by_a_run_are_refused(fleet: Gpuctl) -> None:
 
 
 def test_pools_slice_certified_capacity(fleet: Gpuctl) -> None:
-    pools.create_pool(fleet, "llm", "h100-sxm-8", 16)
-    pools.create_pool(fleet, "vision", "h100-sxm-8", 6)
+    pools.create_pool(fleet, "llm", "h100-sxm-8", 16, accounts=["llm,llm-ops"])
+    pools.create_pool(fleet, "vision", "h100-sxm-8", 6, open_to_all=True)
     for bad, msg in ((("Bad_Name", "h100-sxm-8", 8), "lower-case"),
+                     # re.match with $ took a trailing newline (issue 20)
+                     (("team\n", "h100-sxm-8", 8), "lower-case"),
                      (("x", "h900", 8), "unknown SKU"), (("x", "h100-sxm-8", 0), "at least 1"),
                      (("llm", "h100-sxm-8", 8), "pool llm exists")):
         with pytest.raises(InputError, match=msg):
-            pools.create_pool(fleet, *bad)
+            pools.create_pool(fleet, *bad, open_to_all=True)
+    for access, msg in (({}, "say who may use the pool"),
+                        ({"accounts": ["a b"]}, "account 'a b' is not"),
+                        ({"accounts": ["ok", "x\nMaxTime=1"]}, "account 'x.nMaxTime=1'"),
+                        ({"groups": ["Wheel"]}, "group 'Wheel'"),
+                        ({"groups": ["g"], "open_to_all": True}, "--open is a pool for")):
+        with pytest.raises(InputError, match=msg):
+            pools.create_pool(fleet, "x", "h100-sxm-8", 8, **access)  # type: ignore[arg-type]
+    view = pools.get_pool(fleet, "llm")
+    assert (view.accounts, view.groups) == (["llm", "llm-ops"], [])
     assert pools.assign(fleet, "llm", [], None) == ["gpu00000[0-7]", "gpu00001[0-7]"]
     with pytest.raises(InputError, match="pool llm has 0 of 16 GPUs left"):
         pools.assign(fleet, "llm", ["gpu00006"], 8)

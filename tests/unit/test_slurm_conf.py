@@ -9,17 +9,26 @@ from pathlib import Path
 import pytest
 
 from provisioner.errors import InputError
+from provisioner.fleet.pools import PoolView
 from provisioner.slurm.apply import (
     JOIN_STATE,
     plan_config,
     restore_plan,
     set_pool_partitions,
     split_block,
+    verified_plan,
     write_config,
     write_plan,
 )
 from provisioner.slurm.client import drain_reason
 from provisioner.slurm.conf import expand_hostlist, layout, parse_text, read_effective
+from provisioner.slurm.pools import (
+    _node_shape,
+    _same,
+    enforcement_problem,
+    partition_line,
+    reservation_spec,
+)
 
 ADMIN = """ClusterName=Prod
 SlurmctldHost=ctl1
@@ -171,3 +180,86 @@ def test_a_symlinked_config_stays_shared_with_owner_and_mode(etc: Path, tmp_path
 def test_reasons_carry_no_control_characters() -> None:
     reason = drain_reason("xid: \x1b[31mXID 79\x1b[0m fell off\r\nthe bus\x0c\"q\"\x07")
     assert reason == "gpuctl: xid: XID 79 fell off the bus q"
+
+
+def test_a_node_that_passed_keeps_its_state_across_restarts(etc: Path) -> None:
+    write_config(etc, [_line("gpu01"), _line("gpu02", "127.0.0.22")], [], keep=set())
+    plan = verified_plan(etc, ["gpu02"])
+    write_plan(plan)
+    _, block, _ = split_block((etc / "slurm.conf").read_text())
+    assert block[1] == _line("gpu01").replace("State=UNKNOWN", JOIN_STATE)
+    assert block[2] == _line("gpu02", "127.0.0.22")
+    # A later hand-off keeps each line's state words as they are.
+    assert write_config(etc, [_line("gpu01"), _line("gpu02", "127.0.0.22")], [],
+                        keep=set()) == ([], False)
+    assert not verified_plan(etc, ["gpu02"]).files
+
+
+def test_pools_are_refused_where_slurm_would_not_enforce_them(etc: Path) -> None:
+    """A pool's QOS limit binds only with accounting through slurmdbd, limits enforced
+    (safe and all imply it) and gres/gpu tracked; each missing piece is named, read
+    from the whole configuration (Includes too), and the last value of a key wins."""
+    conf = etc / "slurm.conf"
+    problem = enforcement_problem(conf)
+    for missing in ("AccountingStorageType=accounting_storage/slurmdbd (now unset)",
+                    "AccountingStorageEnforce with limits (now unset)",
+                    "gres/gpu in AccountingStorageTRES"):
+        assert missing in problem, problem
+    assert "gpuctl does not change accounting settings" in problem
+    (etc / "site/prod-nodes.conf").write_text(
+        NODES + "AccountingStorageType=accounting_storage/slurmdbd\n"
+        "AccountingStorageEnforce=limits,qos\nAccountingStorageTRES=gres/gpu:h100\n")
+    assert enforcement_problem(conf).endswith(
+        "needs gres/gpu in AccountingStorageTRES (slurm.conf(5), resource_limits.html). "
+        "gpuctl does not change accounting settings, which bind every job: set them, "
+        "restart slurmctld, then run `gpuctl pool sync`")
+    conf.write_text(ADMIN + "AccountingStorageTRES=gres/gpu,gres/gpu:h100\n"
+                    "accountingstorageenforce=associations\n")
+    assert "AccountingStorageEnforce with limits (now associations)" in \
+        enforcement_problem(conf)
+    for enforce in ("safe", "all", "associations,limits"):
+        conf.write_text(ADMIN + "AccountingStorageTRES=gres/gpu\n"
+                        f"AccountingStorageEnforce={enforce}\n")
+        assert enforcement_problem(conf) == "", enforce
+
+
+def test_a_pool_partition_admits_only_its_accounts_and_groups() -> None:
+    view = PoolView("vision", "h100-sxm-8", 8, 4, 4, accounts=["vision", "ops"],
+                    groups=["gpu-users"])
+    assert partition_line(view, ["gpu-node-01"]) == (
+        "PartitionName=pool-vision Nodes=gpu-node-01 QOS=gpuctl-vision "
+        "AllowAccounts=vision,ops AllowGroups=gpu-users Default=NO MaxTime=INFINITE "
+        "State=UP")
+    assert "Allow" not in partition_line(PoolView("open", "h100-sxm-8", 8, 0, 0), ["n1"])
+
+
+def test_a_team_pool_reserves_its_gpus_and_an_open_pool_does_not() -> None:
+    allocations = [{"node": "gpu-node-01", "gpus": 4}, {"node": "gpu-node-02", "gpus": 2},
+                   {"node": "gpu-node-09", "gpus": 8}]  # 09: not in Slurm
+    team = PoolView("vision", "h100-sxm-8", 14, 14, 14, allocations=allocations,
+                    accounts=["vision", "ops"], groups=["gpu-users"])
+    # 112 cores and 8 GPUs on 01 (half its GPUs: 56 cores); 02 unknown to the shape.
+    shape = _node_shape({"gpu-node-01": {"Sockets": "2", "CoresPerSocket": "56",
+                                         "Gres": "gpu:h100:8(S:0-1)"},
+                         "gpu-node-03": {"Sockets": "2", "Gres": "gpu:8"}})
+    assert shape == {"gpu-node-01": (112, 8)}
+    spec = reservation_spec(team, ["gpu-node-01", "gpu-node-02"], shape)
+    assert spec == {"Nodes": "gpu-node-01,gpu-node-02", "TRES": "cpu=57,gres/gpu=6",
+                    "Accounts": "vision,ops"}
+    by_group = PoolView("g", "h100-sxm-8", 4, 4, 4, allocations=allocations[:1],
+                        groups=["gpu-users"])
+    assert reservation_spec(by_group, ["gpu-node-01", "gpu-node-02"], shape) == {
+        "Nodes": "gpu-node-01", "TRES": "cpu=56,gres/gpu=4", "Groups": "gpu-users"}
+    open_pool = PoolView("open", "h100-sxm-8", 4, 4, 4, allocations=allocations[:1])
+    assert reservation_spec(open_pool, ["gpu-node-01"], shape) is None
+    assert reservation_spec(team, [], shape) is None
+    # What scontrol shows (hostlist, TRES in its order) is the same reservation; any
+    # other node, core or GPU count or account is not.
+    shown = {"Nodes": "gpu-node-[01-02]", "TRES": "gres/gpu=6,cpu=57",
+             "Accounts": "ops,vision"}
+    assert _same(shown, spec)
+    assert not _same({**shown, "Nodes": "gpu-node-01"}, spec)
+    assert not _same({**shown, "TRES": "cpu=57,gres/gpu=4"}, spec)
+    assert not _same({**shown, "TRES": "cpu=2,gres/gpu=6"}, spec)
+    assert not _same({**shown, "TRES": "cpu=57"}, spec)
+    assert not _same({**shown, "Accounts": "vision"}, spec)
