@@ -38,6 +38,24 @@ from provisioner.inventory.lifecycle import State, transition
 from provisioner.runs import RunScope, recover_abandoned
 
 
+def gpu_devices(facts: dict[str, Any]) -> list[tuple[str, int | None, int | None]]:
+    """The scan's GPUs in PCI bus order, each with its device minor (nvidia-smi) and the
+    CPU socket its PCI device is local to (sysfs ``local_cpulist``), where known. Bus
+    ids are compared on their last 12 characters: nvidia-smi writes an 8-digit PCI
+    domain, sysfs a 4-digit one."""
+    sockets = {str(p.get("bus_id") or "")[-12:]: p.get("socket")
+               for p in facts.get("pci_gpus") or [] if isinstance(p, dict)}
+    out = []
+    for gpu in facts.get("gpus") or []:
+        if not isinstance(gpu, dict):
+            continue
+        bus = str(gpu.get("pci_bus_id") or "").lower()[-12:]
+        minor, socket = gpu.get("minor_number"), sockets.get(bus)
+        out.append((bus, minor if isinstance(minor, int) else None,
+                    socket if isinstance(socket, int) else None))
+    return sorted(out)
+
+
 @dataclass
 class HandoffNode:
     name: str
@@ -67,6 +85,8 @@ class HandoffNode:
     # The node's host variables (gpuctl_slurmd_port, gpuctl_burnin_python, ...).
     host_vars: dict[str, str] = field(default_factory=dict)
     target_parts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Each GPU in PCI bus order: (bus id, /dev/nvidia minor, CPU socket it is local to).
+    gpu_devices: list[tuple[str, int | None, int | None]] = field(default_factory=list)
 
     def part(self, target: str) -> dict[str, Any]:
         """The SKU's settings for ``target`` (empty when its file has none)."""
@@ -195,7 +215,8 @@ def select_handoff(session: Session, skus: dict[str, Sku], names: list[str], sku
             target_parts=dict(sku_info.targets) if sku_info else {},
             family=sku_info.family if sku_info else "",
             compute=sku_info.compute if sku_info else "",
-            host_vars={k: str(v) for k, v in json.loads(node.vars_json or "{}").items()}))
+            host_vars={k: str(v) for k, v in json.loads(node.vars_json or "{}").items()},
+            gpu_devices=gpu_devices(facts)))
     found = {n.name for n in out} | {s.split(":")[0] for s in skipped}
     for name in names:
         if name not in found:

@@ -36,6 +36,34 @@ GEN_SPEED = {1: "2.5 GT/s PCIe", 2: "5.0 GT/s PCIe", 3: "8.0 GT/s PCIe", 4: "16.
              5: "32.0 GT/s PCIe", 6: "64.0 GT/s PCIe"}
 
 
+def _cpus_by_socket() -> list[str]:
+    """This host's processors per CPU socket (in physical id order), each as sysfs
+    writes a cpulist ("0-27,56-83"): a lab GPU is local to the CPUs of one socket, as
+    a real GPU's /sys/bus/pci/devices/*/local_cpulist is to its NUMA node's."""
+    sockets: dict[str, list[int]] = {}
+    proc = None
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "processor":
+            proc = int(value)
+        elif key.strip() == "physical id" and proc is not None:
+            sockets.setdefault(value.strip(), []).append(proc)
+    out = []
+    for key in sorted(sockets, key=lambda k: (len(k), k)):
+        ranges: list[list[int]] = []
+        for cpu in sorted(sockets[key]):
+            if ranges and ranges[-1][1] == cpu - 1:
+                ranges[-1][1] = cpu
+            else:
+                ranges.append([cpu, cpu])
+        out.append(",".join(f"{a}-{b}" if b > a else f"{a}" for a, b in ranges))
+    return out or [f"0-{(os.cpu_count() or 1) - 1}"]
+
+
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -74,14 +102,18 @@ def render_sysfs(sys_dir: Path, spec: dict[str, Any],
                        profile.system_vendor, "bios_version": "2.1.0",
                        "chassis_serial": spec["system_serial"]}.items():
         _write(dmi / key, value + "\n")
+    local_cpus = _cpus_by_socket()
     for i, gpu in enumerate(spec["gpus"]):
         dev = sys_dir / "bus/pci/devices" / gpu["bus_id"].lower()
+        # GPUs 0-3 on the first socket, 4-7 on the second (where the host has one).
+        numa = min(i * 2 // 8, len(local_cpus) - 1)
         for key, value in {
             "vendor": "0x10de", "device": gpu["device_id"], "class": "0x030200",
             "current_link_speed": GEN_SPEED[gpu["pcie_gen_current"]],
             "max_link_speed": GEN_SPEED[gpu["pcie_gen_max"]],
             "current_link_width": str(gpu["pcie_width_current"]),
-            "max_link_width": str(gpu["pcie_width_max"]), "numa_node": str(i * 2 // 8),
+            "max_link_width": str(gpu["pcie_width_max"]), "numa_node": str(numa),
+            "local_cpulist": local_cpus[numa],
         }.items():
             _write(dev / key, value + "\n")
     for bus in profile.nvswitches:

@@ -35,6 +35,7 @@ RANGES: dict[str, tuple[int, int]] = {
     "cpu.sockets": (1, 64), "cpu.cores": (1, 1 << 16), "cpu.threads": (1, 1 << 17),
     "pci_gpus.link_gen_current": (0, 16), "pci_gpus.link_gen_max": (0, 16),
     "pci_gpus.link_width_current": (0, 64), "pci_gpus.link_width_max": (0, 64),
+    "pci_gpus.numa_node": (-1, 1024), "pci_gpus.socket": (0, 63),
     "ib_ports.port": (0, 255), "nics.speed_mbps": (0, 10_000_000),
 }
 
@@ -236,7 +237,9 @@ def _facts(doc: dict[str, Any]) -> HardwareFacts:
                    "link_width_current": _i(g.get("link_width_current"),
                                               "pci_gpus.link_width_current"),
                    "link_width_max": _i(g.get("link_width_max"),
-                                          "pci_gpus.link_width_max")}
+                                          "pci_gpus.link_width_max"),
+                   "numa_node": _i(g.get("numa_node"), "pci_gpus.numa_node"),
+                   "socket": _i(g.get("socket"), "pci_gpus.socket")}
                   for g in _list(doc.get("pci_gpus"))],
         nouveau_loaded=doc.get("nouveau_loaded") is True,
         nvidia_module_loaded=doc.get("nvidia_module_loaded") is True,

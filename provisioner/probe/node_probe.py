@@ -163,8 +163,45 @@ def link_gen(text):
     return GT_TO_GEN.get(text.split()[0])
 
 
+def cpu_packages():
+    """Processor number -> physical package (socket) id, from /proc/cpuinfo."""
+    text = read("/proc/cpuinfo", 4 * 1024 * 1024) or ""
+    out, proc = {}, None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "processor":
+            proc = value
+        elif key == "physical id" and proc is not None:
+            out[proc] = value
+    return out
+
+
+def cpulist(text):
+    """Linux's cpulist format ("0-27,56-83") -> processor numbers (as strings); none at
+    all when any part of it is not that format."""
+    out = set()
+    for part in (text or "").split(","):
+        low, dash, high = part.strip().partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            return set()
+        first, last = int(low), int(high or low)
+        out.update(str(i) for i in range(first, min(last, first + 65536) + 1))
+    return out
+
+
+def device_socket(dev, packages):
+    """The CPU socket a PCI device is local to (its local_cpulist), as Slurm and hwloc
+    count sockets: the logical index in physical id order. None when its CPUs span
+    sockets or are not known."""
+    order = sorted(set(packages.values()), key=lambda p: (len(p), p))
+    found = {packages[c] for c in cpulist(read(dev + "/local_cpulist")) if c in packages}
+    return order.index(found.pop()) if len(found) == 1 else None
+
+
 def pci_gpus():
     out = []
+    packages = cpu_packages()
     for dev in sorted(glob.glob("/sys/bus/pci/devices/*")):
         if read(dev + "/vendor") != "0x10de":
             continue
@@ -180,6 +217,8 @@ def pci_gpus():
             "link_gen_max": link_gen(read(dev + "/max_link_speed")),
             "link_width_current": read_int(dev + "/current_link_width"),
             "link_width_max": read_int(dev + "/max_link_width"),
+            "numa_node": read_int(dev + "/numa_node"),
+            "socket": device_socket(dev, packages),
         })
     return out
 

@@ -53,6 +53,7 @@ class SmiGpu:
     power_limit_w: float | None
     thermal_slowdown: bool | None
     mig_devices: int = 0
+    minor_number: int | None = None  # its /dev/nvidiaN (not PCI order: gres.html)
     ecc_mode_pending: str | None = None  # what ECC will be after the next reset
     ecc_sram_correctable_volatile: int | None = None
     ecc_sram_correctable_aggregate: int | None = None
@@ -98,6 +99,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "temperature/gpu_temp": (-100, 300), "pcie_gen/current_link_gen": (0, 16),
     "pcie_gen/max_link_gen": (0, 16), "link_widths/current_link_width": (0, 64),
     "link_widths/max_link_width": (0, 64), "fb_memory_usage/total": (0, 1 << 24),
+    "minor_number": (0, 4095),
 }
 
 
@@ -200,6 +202,7 @@ def _gpu(index: int, gpu: Element) -> SmiGpu:
         uuid=_text(gpu, "uuid"),
         serial=_text(gpu, "serial"),
         pci_bus_id=(_text(gpu, "pci/pci_bus_id") or gpu.get("id") or "").lower(),
+        minor_number=_int(gpu, "minor_number"),
         vbios=_text(gpu, "vbios_version"),
         memory_mib=_int(gpu, "fb_memory_usage/total"),
         pcie_gen_current=_int(link, "pcie_gen/current_link_gen"),

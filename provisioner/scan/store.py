@@ -36,7 +36,8 @@ def store_snapshot(session: Session, node: Node, facts: HardwareFacts, run_id: i
     for gpu in facts.gpus:
         # Facts the burn-in reads but the Gpu table does not keep.
         fields = {k: v for k, v in gpu.__dict__.items()
-                  if k not in ("mig_devices", "ecc_mode_pending", "persistence_mode")}
+                  if k not in ("mig_devices", "ecc_mode_pending", "persistence_mode",
+                                "minor_number")}
         session.add(Gpu(snapshot_id=snap.id, node_id=node.id,
                         driver_version=facts.driver_version, **fields))
     for nic in facts.nics:
