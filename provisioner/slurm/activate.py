@@ -21,22 +21,24 @@ gpuctl restarts the slurmd of the nodes it manages (over its SSH, the admin's
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from provisioner.errors import InputError
 from provisioner.slurm.apply import ConfigPlan, pool_plan, restore_plan, write_plan
 from provisioner.slurm.client import (
     SlurmError,
+    node_details,
     ping,
     reconfigure,
-    slurm_nodes,
     slurm_version,
 )
 from provisioner.slurm.conf import syntax_check
@@ -85,6 +87,40 @@ class LogTail:
         return res.stdout[:MAX_LOG_READ].decode("utf-8", "replace").splitlines()
 
 
+@contextlib.contextmanager
+def conf_lock(conf_dir: Path, timeout: float = 300) -> Iterator[None]:
+    """Hold gpuctl's lock on the configuration directory (flock(2) on the directory
+    itself: nothing is written there for it) from planning a change until it is
+    confirmed or rolled back, so two gpuctl commands (a hand-off and monitor's pool
+    sync, or two hosts sharing /etc/slurm over a filesystem with flock) never plan
+    from the same file and overwrite each other.
+
+    Raises:
+        SlurmError: another gpuctl held it for ``timeout`` seconds.
+    """
+    try:
+        fd = os.open(conf_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        raise InputError(f"{conf_dir / 'slurm.conf'} not found: --slurm-conf-dir must be "
+                         "the cluster's Slurm configuration directory") from None
+    except OSError as exc:
+        raise InputError(f"cannot open {conf_dir}: {exc.strerror}") from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise SlurmError(f"another gpuctl has been changing {conf_dir} for "
+                                     f"{timeout:g} s; nothing was changed") from None
+                time.sleep(0.5)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _run_restart(command: str) -> str:
     """Run the admin's restart command: "" or why it failed."""
     try:
@@ -110,7 +146,8 @@ def confirm(nodes: list[str], log: LogTail, timeout: float) -> str:
         last = ping(timeout=10)
         if not last:
             try:
-                seen = slurm_nodes(nodes) if nodes else {}
+                # scontrol, not sinfo: sinfo lists a node only through its partitions.
+                seen = node_details(nodes)
             except SlurmError as exc:
                 seen, last = {}, str(exc)
             missing = [n for n in nodes if n not in seen]
@@ -144,14 +181,34 @@ def apply_plan(plan: ConfigPlan, restart_command: str, *,
                              f"{error}; nothing was written")
     version = slurm_version()
     log = LogTail(plan.log_file)
-    write_plan(plan)
-    restart = plan.node_list_changed and version < RECONFIGURE_ADDS_NODES
+    # Up to 24.05 a changed node list needs a restart (scontrol(1) reconfigure, FAQ
+    # #add_nodes); before 23.11 so does a changed gres.conf line of a node
+    # (gres.conf(5) Cores). From 23.11 reconfigure starts new daemons on the new files.
+    restart = ((plan.node_list_changed and version < RECONFIGURE_ADDS_NODES)
+               or (bool(plan.gres_changed) and version < RECONFIGURE_KEEPS_OLD))
     action = "restart" if restart else "reconfigure"
-    why = _run_restart(restart_command) if restart else _reconfigure()
-    if not why:
-        why = confirm(plan.nodes, log, timeout)
+    write_plan(plan)
+    try:
+        why = _run_restart(restart_command) if restart else _reconfigure()
+        if why:
+            # The command failed because slurmctld died reading the files: its own line
+            # says why (give the log a moment to be written).
+            fatal = _wait_fatal(log, 3.0)
+            why = f"slurmctld: {fatal} ({why})" if fatal else why
+        else:
+            why = confirm(plan.nodes, log, timeout)
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM) between the write and the confirmation: the old
+        # files go back and slurmctld to them before the interruption goes on.
+        with contextlib.suppress(Exception):
+            _restore(plan, restart_command, version, restart, timeout)
+        raise
     if why:
-        _roll_back(plan, restart_command, version, restart, why, timeout)
+        how, state = _restore(plan, restart_command, version, restart, timeout)
+        raise SlurmError(f"slurmctld did not take the new configuration: {why}; gpuctl "
+                         f"restored the previous {', '.join(p.name for p in plan.files)} "
+                         f"and {how}: " + ("slurmctld is UP" if not state else
+                                           f"slurmctld is NOT UP: {state}"))
     notes = []
     if restart:
         if restart_slurmds is not None:
@@ -165,6 +222,15 @@ def apply_plan(plan: ConfigPlan, restart_command: str, *,
     return action, notes
 
 
+def _wait_fatal(log: LogTail, seconds: float) -> str:
+    deadline = time.monotonic() + seconds
+    while True:
+        fatal = log.fatal()
+        if fatal or time.monotonic() > deadline:
+            return fatal
+        time.sleep(0.2)
+
+
 def _reconfigure() -> str:
     try:
         reconfigure()
@@ -173,33 +239,37 @@ def _reconfigure() -> str:
     return ""
 
 
-def _roll_back(plan: ConfigPlan, restart_command: str, version: tuple[int, int, int],
-               restarted: bool, why: str, timeout: float) -> None:
-    files = ", ".join(p.name for p in plan.files)
+def _restore(plan: ConfigPlan, restart_command: str, version: tuple[int, int, int],
+             restarted: bool, timeout: float) -> tuple[str, str]:
+    """Put the old files back and slurmctld on them: (what was done, "" when slurmctld
+    is UP after it, else why not).
+
+    Raises:
+        SlurmError: the old files could not be written back.
+    """
     try:
         restore_plan(plan)
     except OSError as exc:
-        raise SlurmError(f"slurmctld did not take the new configuration ({why}), and "
-                         f"gpuctl could not restore {files}: {exc}; restore them from "
-                         "the .gpuctl-bak copies") from None
+        raise SlurmError(f"slurmctld did not take the new configuration, and gpuctl "
+                         f"could not restore {', '.join(p.name for p in plan.files)}: "
+                         f"{exc}; restore them from the .gpuctl-bak copies") from None
     log = LogTail(plan.log_file)
     if restarted or version < RECONFIGURE_KEEPS_OLD or ping(timeout=10):
         # The new files ended (or may have ended) the running slurmctld: start it on
-        # the old ones. From 23.11 a failed reconfigure kept the old one running.
-        done = _run_restart(restart_command)
-        how = "restarted slurmctld"
-    else:
-        done, how = "", "slurmctld kept the old configuration"
-    state = done or confirm([], log, timeout)
-    raise SlurmError(f"slurmctld did not take the new configuration: {why}; gpuctl "
-                     f"restored the previous {files} and {how}: "
-                     + ("slurmctld is UP" if not state else f"slurmctld is NOT UP: {state}"))
+        # the old ones.
+        return "restarted slurmctld", _run_restart(restart_command) or confirm([], log,
+                                                                               timeout)
+    # From 23.11 a failed reconfigure kept the old configuration running; one that
+    # took it but was not confirmed in time did not: re-read the restored files.
+    return ("slurmctld kept the old configuration",
+            _reconfigure() or confirm([], log, timeout))
 
 
 def apply_pool_partitions(conf_dir: Path, lines: list[str], prefix: str,
                           restart_command: str) -> bool:
     """Make the block's pool partitions ``lines`` and activate them (a reconfigure:
     the node list does not change); False when nothing changed."""
-    plan = pool_plan(conf_dir, lines, prefix)
-    action, _ = apply_plan(plan, restart_command)
+    with conf_lock(conf_dir):
+        plan = pool_plan(conf_dir, lines, prefix)
+        action, _ = apply_plan(plan, restart_command)
     return action != "none"

@@ -145,6 +145,11 @@ class ConfigPlan:
     removed: list[str] = field(default_factory=list)
     log_file: str = ""  # SlurmctldLogFile, where slurmctld writes its fatal line
 
+    # Nodes Slurm knew whose gres.conf lines change (File=, Cores=): up to 23.11 only a
+    # restart applies that (gres.conf(5) Cores; scontrol(1) Gres: "modify your
+    # slurm.conf and gres.conf files and restart daemons").
+    gres_changed: list[str] = field(default_factory=list)
+
     @property
     def node_list_changed(self) -> bool:
         return bool(self.added or self.removed)
@@ -183,6 +188,30 @@ def _check_names(block: list[str]) -> None:
                              "takes (letters, digits, '_' and '-'); nothing was written")
 
 
+def _node_lines(block: list[str], name: str) -> list[str]:
+    return [ln for ln in block if ln.startswith(f"NodeName={name} ")]
+
+
+def _gres_body(old: list[str], new: list[str], kept: set[str]) -> list[str]:
+    """gres.conf's block: the kept nodes' old lines and the new nodes' lines, each node
+    where it was (an unchanged block is an unchanged file), new nodes last."""
+    def node(line: str) -> str:
+        found = re.match(r"NodeName=(\S+)", line)
+        return found.group(1) if found else ""
+
+    lines: dict[str, list[str]] = {}
+    for line in old:
+        if node(line) in kept:
+            lines.setdefault(node(line), []).append(line)
+    fresh: dict[str, list[str]] = {}
+    for line in new:
+        fresh.setdefault(node(line), []).append(line)
+    lines.update(fresh)
+    order = list(dict.fromkeys(node(ln) for ln in old))
+    order += sorted(n for n in lines if n not in order)
+    return [ln for n in order for ln in lines.get(n, [])]
+
+
 def plan_config(conf_dir: Path, conf_lines: list[str], gres_lines: list[str],
                 keep: set[str], partition_lines: list[str] | None = None,
                 partition_prefix: str = "") -> ConfigPlan:
@@ -217,11 +246,15 @@ def plan_config(conf_dir: Path, conf_lines: list[str], gres_lines: list[str],
     admin_gres = setting_values(admin, "GresTypes")
     if (new_nodes or kept) and "gpu" not in admin_gres:
         body.append("GresTypes=" + ",".join([*admin_gres, "gpu"]))
+    lines = dict(kept)
     for name, line in new_nodes.items():
         words = _state_words(old_nodes[name]) if name in old_nodes else JOIN_STATE
-        body.append(re.sub(r"State=\S+(?: Reason=\"[^\"]*\")?$", "", line).rstrip()
-                    + " " + words)
-    body += list(kept.values())
+        lines[name] = (re.sub(r"State=\S+(?: Reason=\"[^\"]*\")?$", "", line).rstrip()
+                       + " " + words)
+    # The block's order stays (an unchanged node list is an unchanged file: nothing to
+    # activate); new nodes come last.
+    body += [lines[n] for n in old_nodes if n in lines]
+    body += [lines[n] for n in sorted(lines) if n not in old_nodes]
     names = sorted(new_nodes) + sorted(kept)
     defined = set(names) | admin_nodes
     if partition_lines is not None:
@@ -239,12 +272,13 @@ def plan_config(conf_dir: Path, conf_lines: list[str], gres_lines: list[str],
     _check_names(body)
     new_conf = with_block(conf_text, body)
     _, old_gres_block, _ = split_block(gres_text)
+    gres_changed: list[str] = []
     if partition_lines is not None:
         gres_body = old_gres_block
     else:
-        gres_body = list(gres_lines) + [ln for ln in old_gres_block
-                                        if (m := re.match(r"NodeName=(\S+)", ln))
-                                        and m.group(1) in kept]
+        gres_body = _gres_body(old_gres_block, gres_lines, set(kept))
+    gres_changed = sorted(n for n in set(new_nodes) & set(old_nodes)
+                          if _node_lines(old_gres_block, n) != _node_lines(gres_body, n))
     new_gres = with_block(gres_text, gres_body)
     before = read_effective(slurm_conf)
     after = read_effective(slurm_conf, {slurm_conf: new_conf})
@@ -259,7 +293,7 @@ def plan_config(conf_dir: Path, conf_lines: list[str], gres_lines: list[str],
                          "nothing was written")
     plan = ConfigPlan(conf_dir, nodes=names, added=sorted(set(names) - set(old_nodes)),
                       removed=sorted(set(old_nodes) - set(names)),
-                      log_file=_log_file(after))
+                      log_file=_log_file(after), gres_changed=gres_changed)
     if new_conf.encode() != old_conf:
         plan.files[slurm_conf] = (old_conf, new_conf)
     if new_gres.encode() != (old_gres or b"") and (gres_body or old_gres is not None):
@@ -360,3 +394,33 @@ def pool_plan(conf_dir: Path, lines: list[str], prefix: str) -> ConfigPlan:
                          "(gpuctl handoff slurm --apply)")
     return plan_config(conf_dir, [], [], set(), partition_lines=lines,
                        partition_prefix=prefix)
+
+
+def verified_plan(conf_dir: Path, names: list[str]) -> ConfigPlan:
+    """The checked change that lets ``names`` (which passed every gate) keep their
+    state across a slurmctld restart: their lines' ``State=DRAIN Reason=...`` becomes
+    ``State=UNKNOWN`` (slurm.conf(5): the state is then recovered, not set). A line
+    keeps DRAIN until then because 22.05's slurmctld applies a line's DRAIN to the node
+    again at every restart (seen in the lab), which is right only for a node that has
+    not passed."""
+    path = conf_dir / "slurm.conf"
+    raw = _read(path) or b""
+    if raw.decode("utf-8", "replace").encode() != raw:
+        # Written back, bytes that are not UTF-8 would change (and a rollback could not
+        # restore them): the admin's file is left as it is.
+        raise InputError(f"{path} is not UTF-8 text; gpuctl leaves it as it is")
+    text = raw.decode()
+    _, block, _ = split_block(text)
+    wanted = set(names)
+    lines = []
+    for line in block:
+        match = re.match(r"NodeName=(\S+)", line)
+        if match and match.group(1) in wanted:
+            line = line.removesuffix(_state_words(line)).rstrip() + " State=UNKNOWN"
+        lines.append(line)
+    plan = ConfigPlan(conf_dir, nodes=sorted(block_node_lines(block)))
+    new = with_block(text, lines)
+    if new != text:
+        plan.files[path] = (raw, new)
+    plan.log_file = _log_file(read_effective(path, {path: new}))
+    return plan

@@ -62,8 +62,8 @@ class SlurmNode:
 
 
 def run_slurm(argv: list[str], *, timeout: float = TIMEOUT,
-              env: dict[str, str] | None = None) -> str:
-    """Run one Slurm command; returns its stdout.
+              env: dict[str, str] | None = None, input_text: str | None = None) -> str:
+    """Run one Slurm command (``input_text`` on its standard input); returns its stdout.
 
     Raises:
         SlurmError: the tool is missing, timed out or failed (its last error line).
@@ -73,7 +73,7 @@ def run_slurm(argv: list[str], *, timeout: float = TIMEOUT,
                          "commands; run it where scontrol works (install slurm-client)")
     try:
         res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                             env=env or dict(os.environ), check=False)
+                             env=env or dict(os.environ), check=False, input=input_text)
     except subprocess.TimeoutExpired:
         raise SlurmError(f"{' '.join(argv[:3])} gave no answer in {timeout:g} s") from None
     if res.returncode != 0:
@@ -165,8 +165,12 @@ def node_details(names: list[str]) -> dict[str, dict[str, str]]:
     try:
         out = run_slurm(["scontrol", "show", "node", "-o", ",".join(names)])
     except SlurmError as exc:
-        if "Invalid node name" in str(exc):
-            # One unknown name fails the whole call: ask for each.
+        # scontrol prints "Node NAME not found" for each unknown name and exits 1
+        # (src/scontrol/info_node.c, 22.05 to 24.11); an unparsable list gives
+        # "Invalid node name": ask for each name alone.
+        if len(names) == 1 and f"Node {names[0]} not found" in str(exc):
+            return {}
+        if "not found" in str(exc) or "Invalid node name" in str(exc):
             found: dict[str, dict[str, str]] = {}
             for name in names if len(names) > 1 else []:
                 found.update(node_details([name]))

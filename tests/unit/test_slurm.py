@@ -142,11 +142,16 @@ def test_block_keeps_the_admins_lines_and_a_backup(tmp_path: Path) -> None:
         tmp_path, [_line("gpu03"), "PartitionName=h100 Nodes=gpu03 Default=NO"],
         ["NodeName=gpu03 Name=gpu Type=h100 File=/dev/nvidia[0-7]"], keep={"gpu01"})
     _, block, _ = split_block((tmp_path / "slurm.conf").read_text())
-    assert block == [_joined("gpu03"), _joined("gpu01"),
+    assert block == [_joined("gpu01"), _joined("gpu03"),
                      "PartitionName=h100 Nodes=gpu01,gpu03 Default=NO"]
     _, gres, _ = split_block((tmp_path / "gres.conf").read_text())
-    assert gres == ["NodeName=gpu03 Name=gpu Type=h100 File=/dev/nvidia[0-7]",
-                    "NodeName=gpu01 Name=gpu Type=h100 File=/dev/nvidia[0-7]"]
+    assert gres == ["NodeName=gpu01 Name=gpu Type=h100 File=/dev/nvidia[0-7]",
+                    "NodeName=gpu03 Name=gpu Type=h100 File=/dev/nvidia[0-7]"]
+    # gpu03 handed off again (as after a repair): each node stays where it is, so the
+    # files do not change and nothing is activated.
+    assert write_config(tmp_path, [_line("gpu03")],
+                        ["NodeName=gpu03 Name=gpu Type=h100 File=/dev/nvidia[0-7]"],
+                        keep={"gpu01", "gpu03"}) == ([], False)
     # Pool partitions live in the block too, and survive the next hand-off.
     assert set_pool_partitions(tmp_path, ["PartitionName=pool-a Nodes=gpu01 QOS=gpuctl-a"],
                                "pool-")
