@@ -157,6 +157,16 @@ def ping(timeout: float = 15.0) -> str:
     return "" if re.search(r"\bis UP\b", out) else (out.strip()[:200] or "no answer")
 
 
+def fields_of(line: str) -> dict[str, str]:
+    """A ``scontrol show ... -o`` line's ``Key=value`` words, each key's first: text a
+    node or user sets (``Extra=``, ``Comment=``, ``Reason=``) comes after the fields
+    gpuctl reads and cannot stand in for them (``Extra=x Gres=gpu:8``)."""
+    out: dict[str, str] = {}
+    for key, value in re.findall(r"(\w+)=(\S*)", line):
+        out.setdefault(key, value)
+    return out
+
+
 def node_details(names: list[str]) -> dict[str, dict[str, str]]:
     """``scontrol show node -o``'s single-word fields (State=IDLE+DRAIN, Gres=...) of
     each node Slurm knows among ``names``."""
@@ -165,20 +175,21 @@ def node_details(names: list[str]) -> dict[str, dict[str, str]]:
     try:
         out = run_slurm(["scontrol", "show", "node", "-o", ",".join(names)])
     except SlurmError as exc:
-        # scontrol prints "Node NAME not found" for each unknown name and exits 1
-        # (src/scontrol/info_node.c, 22.05 to 24.11); an unparsable list gives
-        # "Invalid node name": ask for each name alone.
-        if len(names) == 1 and f"Node {names[0]} not found" in str(exc):
-            return {}
-        if "not found" in str(exc) or "Invalid node name" in str(exc):
-            found: dict[str, dict[str, str]] = {}
-            for name in names if len(names) > 1 else []:
-                found.update(node_details([name]))
-            return found
-        raise
+        # scontrol prints "Node NAME not found" (on stdout) for each unknown name and
+        # exits 1 (src/scontrol/info_node.c, 22.05 to 24.11), so the error shows only
+        # the last line; an unparsable list gives "Invalid node name". Ask for each
+        # name alone.
+        if len(names) == 1:
+            if f"Node {names[0]} not found" in str(exc) or "Invalid node name" in str(exc):
+                return {}
+            raise
+        found: dict[str, dict[str, str]] = {}
+        for name in names:
+            found.update(node_details([name]))
+        return found
     out_nodes = {}
     for line in out.splitlines():
-        fields = dict(re.findall(r"(\w+)=(\S*)", line))
+        fields = fields_of(line)
         if fields.get("NodeName"):
             out_nodes[fields["NodeName"]] = fields
     return out_nodes

@@ -25,17 +25,26 @@ Who may use a pool: ``AllowAccounts``/``AllowGroups`` on its partition (slurm.co
 ``limits`` implies ``associations``, so a user cannot name an account they are not in.
 
 From 23.11 a pool for accounts or groups is also a guarantee: a reservation
-``gpuctl-pool-<name>`` of its nodes with ``TRES=gres/gpu=N`` (scontrol(1) TRES: "Current
-supported TRES types with reservations are: CPU, GRES, Node, License and BB"; the 22.05
-page lists no GRES), with the pool's share of those nodes' cores (``cpu=``), for the
-pool's accounts (else groups), from now, with no end. Slurm sets those N GPUs aside: only jobs that name the reservation (``--reservation=``) run on
-them, so another team's job cannot take them even through a general partition. Slurm
-cannot change the nodes of a core- or GRES-based reservation ("Updating core/node TRES
-not supported for core-based reservations", reservation.c ``update_resv``), so a changed
-pool's reservation is deleted and made again; a reservation that still runs jobs cannot
-be deleted (``ESLURM_RESERVATION_BUSY``) and stays as it is until they end (monitor
-retries every pass). An open pool (no accounts, no groups) stays a cap: there is no
-team to hold GPUs for.
+``gpuctl-pool-<name>`` of its nodes with ``TRES=cpu=C,gres/gpu=N`` (scontrol(1) TRES:
+"Current supported TRES types with reservations are: CPU, GRES, Node, License and BB";
+the 22.05 page lists no GRES) for the pool's accounts and groups (a user must be in
+both where both are set: reservation.c), from now. ``Duration=UNLIMITED`` is a year
+in Slurm (reservation.c sets the end to start + YEAR_SECONDS); monitor makes it again
+when it is gone. Slurm sets those N GPUs aside: only jobs that name the reservation
+(``--reservation=``) run on them, so another team's job cannot take them even
+through a general partition. C is the pool's share of the nodes' cores: a count of
+cores makes the reservation core-based, placed beside running jobs (``create_resv``
+refuses a node-list reservation without one while jobs overlap its nodes); Slurm may
+hold more cores than asked (those bound to the GPUs' socket). N counts for the
+reservation as a whole: Slurm places the N GPUs on the pool's nodes as it sees fit.
+
+Slurm cannot change the nodes of a core- or GRES-based reservation ("Updating
+core/node TRES not supported for core-based reservations", reservation.c
+``update_resv``), so a changed pool's reservation is deleted and made again; if the new
+one cannot be made (a node drained or busy) the old one is made again, and the error
+is reported. A reservation that still runs jobs cannot be deleted
+(``ESLURM_RESERVATION_BUSY``) and stays until they end. Monitor retries every pass. An
+open pool (no accounts, no groups) stays a cap: there is no team to hold GPUs for.
 """
 
 from __future__ import annotations
@@ -48,7 +57,13 @@ from provisioner.fleet.pools import PoolView, list_pools
 from provisioner.handle import Gpuctl
 from provisioner.slurm.activate import apply_pool_partitions
 from provisioner.slurm.apply import block_node_lines, load_settings
-from provisioner.slurm.client import SlurmError, node_details, run_slurm, slurm_version
+from provisioner.slurm.client import (
+    SlurmError,
+    fields_of,
+    node_details,
+    run_slurm,
+    slurm_version,
+)
 from provisioner.slurm.conf import NAME, expand_hostlist, read_effective, setting_values
 
 QOS_PREFIX = "gpuctl-"
@@ -228,7 +243,7 @@ def reservation_spec(view: PoolView, nodes: list[str],
             "TRES": f"cpu={cores},gres/gpu={gpus}"}
     if view.accounts:
         spec["Accounts"] = ",".join(view.accounts)
-    else:
+    if view.groups:
         spec["Groups"] = ",".join(view.groups)
     return spec
 
@@ -237,7 +252,7 @@ def _reservations() -> dict[str, dict[str, str]]:
     """gpuctl's pool reservations in Slurm, ``scontrol show reservation -o``'s fields."""
     found = {}
     for line in run_slurm(["scontrol", "show", "reservation", "-o"]).splitlines():
-        fields = dict(re.findall(r"(\w+)=(\S*)", line))
+        fields = fields_of(line)
         if fields.get("ReservationName", "").startswith(RESERVATION_PREFIX):
             found[fields["ReservationName"]] = fields
     return found
@@ -248,19 +263,51 @@ def _tres(text: str) -> dict[str, str]:
 
 
 def _same(have: dict[str, str], spec: dict[str, str]) -> bool:
-    """Slurm's reservation is the one ``spec`` describes (nodes as a hostlist, TRES in
-    any order, the same cores and GPUs, the same accounts or groups)."""
-    shown, wanted = _tres(have.get("TRES", "")), _tres(spec["TRES"])
-    who = "Accounts" if "Accounts" in spec else "Groups"
-    return (sorted(expand_hostlist(have.get("Nodes", ""))) == spec["Nodes"].split(",")
-            and all(shown.get(k) == v for k, v in wanted.items())
-            and sorted(have.get(who, "").split(",")) == sorted(spec[who].split(",")))
+    """Slurm's reservation is the one ``spec`` describes: its nodes (a hostlist), its
+    GPUs, its accounts and groups. Not its cores: Slurm may hold more than asked (the
+    GPUs' socket), and shows threads (``cpu=``) where it counted cores."""
+    try:
+        nodes = sorted(expand_hostlist(have.get("Nodes", "")))
+    except InputError:
+        return False
+    gpus = _tres(have.get("TRES", "")).get("gres/gpu")
+
+    def names(fields: dict[str, str], key: str) -> list[str]:
+        value = fields.get(key, "")
+        return sorted(value.split(",")) if value and value != "(null)" else []
+
+    return (nodes == spec["Nodes"].split(",") and gpus == _tres(spec["TRES"])["gres/gpu"]
+            and all(names(have, k) == names(spec, k) for k in ("Accounts", "Groups")))
+
+
+def _create(name: str, spec: dict[str, str]) -> None:
+    run_slurm(["scontrol", "create", "reservation", f"ReservationName={name}",
+               *(f"{k}={v}" for k, v in spec.items()), "StartTime=now",
+               "Duration=UNLIMITED"])
+
+
+def _as_was(have: dict[str, str]) -> dict[str, str]:
+    """A spec that makes ``have`` (a reservation as scontrol shows it) again."""
+    spec = {"Nodes": have.get("Nodes", ""),
+            "TRES": f"cpu={have.get('CoreCnt', '1')},gres/gpu="
+                    f"{_tres(have.get('TRES', '')).get('gres/gpu', '0')}"}
+    for key in ("Accounts", "Groups"):
+        if have.get(key) and have[key] != "(null)":
+            spec[key] = have[key]
+    return spec
 
 
 def _sync_reservations(wanted: dict[str, dict[str, str]]) -> list[str]:
-    done = []
+    """Make gpuctl's pool reservations ``wanted``; each is done on its own (one that
+    fails does not stop the others), and a changed one whose new form Slurm refuses is
+    made again as it was.
+
+    Raises:
+        SlurmError: what could not be done, after all the rest was.
+    """
+    done: list[str] = []
+    failed: list[str] = []
     have = _reservations()
-    busy = []
     for name in sorted(set(have) | set(wanted)):
         spec = wanted.get(name)
         if name in have and spec is not None and _same(have[name], spec):
@@ -269,16 +316,27 @@ def _sync_reservations(wanted: dict[str, dict[str, str]]) -> list[str]:
             try:
                 run_slurm(["scontrol", "delete", f"ReservationName={name}"])
             except SlurmError as exc:
-                busy.append(f"reservation {name} stays as it is until its jobs end ({exc})")
+                failed.append(f"reservation {name} stays as it is until its jobs end "
+                              f"({exc})")
                 continue
             done.append(f"reservation {name} deleted")
-        if spec is not None:
-            run_slurm(["scontrol", "create", "reservation", f"ReservationName={name}",
-                       *(f"{k}={v}" for k, v in spec.items()), "StartTime=now",
-                       "Duration=UNLIMITED"])
+        if spec is None:
+            continue
+        try:
+            _create(name, spec)
             done.append(f"reservation {name} {spec['TRES']} on {spec['Nodes']}")
-    if busy:
-        raise SlurmError("; ".join(busy) + "; monitor retries every pass")
+        except SlurmError as exc:
+            why = f"reservation {name}: Slurm refused {spec['TRES']} on {spec['Nodes']} ({exc})"
+            if name in have:
+                try:
+                    _create(name, _as_was(have[name]))
+                    why += "; the old one was made again"
+                    done.pop()
+                except SlurmError as again:
+                    why += f"; the old one could not be made again either ({again})"
+            failed.append(why)
+    if failed:
+        raise SlurmError("; ".join(failed) + "; monitor retries every pass")
     return done
 
 
@@ -302,8 +360,7 @@ def how_to_use(view: PoolView) -> dict[str, object]:
         SlurmError: Slurm does not have the pool's partition (not synced yet).
     """
     partition = PARTITION_PREFIX + view.name
-    fields = dict(re.findall(r"(\w+)=(\S*)", run_slurm(
-        ["scontrol", "show", "partition", "-o", partition])))
+    fields = fields_of(run_slurm(["scontrol", "show", "partition", "-o", partition]))
     held = 0
     for row in run_slurm(["squeue", "-h", "-p", partition, "-t", "RUNNING", "-O",
                           "tres-alloc:400"]).splitlines():

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.errors import GpuctlError, InputError
-from provisioner.slurm.client import SlurmError, run_slurm
+from provisioner.slurm.client import SlurmError, fields_of, run_slurm
 from provisioner.ssh.exec import Target, run_on_node
 from provisioner.ssh.hostkeys import KnownHosts
 
@@ -270,7 +270,7 @@ def _wait_job(job_id: str, timeout: float, stop: threading.Event) -> tuple[str, 
     fields: dict[str, str] = {}
     while True:
         text = run_slurm(["scontrol", "show", "job", "-o", job_id])
-        fields = dict(re.findall(r"(\w+)=(\S*)", text))
+        fields = fields_of(text)
         state = fields.get("JobState", "UNKNOWN")
         if state not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED"):
             return state, fields.get("BatchHost", ""), fields.get("ExitCode", "")

@@ -75,10 +75,16 @@ class SlurmListener:
         try:
             if states:
                 _mirror(gc, states, report)
+        except SlurmError as exc:
+            report.error = self.down = str(exc)
+            return report
+        try:
             if any(isinstance(c, PoolsChanged) for c in changes):
                 report.notes += sync_pools(gc) or []
         except SlurmError as exc:
-            report.error = self.down = str(exc)
+            # A pool Slurm did not take (a reservation it refused) is reported; it does
+            # not keep later drains of this command from reaching Slurm.
+            report.error = f"pools: {exc}"
         return report
 
     def jobs_left(self, gc: Gpuctl, names: list[str]) -> dict[str, str] | None:

@@ -198,3 +198,25 @@ def test_monitor_reads_nvlink_status() -> None:
     assert ("nvlink", "critical", "GPU 1: NVLink link 0 inactive") in found
     assert ("nvlink", "critical", f"GPU 0: 2 NVLink links, SKU has "
             f"{sku.fabric['nvlink_links']}") in found
+
+
+def test_node_details_reads_unknown_names_and_the_first_of_each_field(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """scontrol prints "Node X not found" for each unknown name and exits 1 (the error
+    shows only its last line); a node's own text (Extra=) cannot stand in for a field."""
+    from provisioner.slurm import client  # noqa: PLC0415
+
+    known = {"n1": "NodeName=n1 Gres=gpu:h100:8 State=IDLE Extra=x Gres=gpu:h100:99"}
+
+    def fake(argv: list[str], **_: object) -> str:
+        names = argv[-1].split(",")
+        if any(n not in known for n in names):
+            raise client.SlurmError(f"scontrol show failed: Node {names[-1]} not found"
+                                    if names[-1] not in known else known[names[-1]])
+        return "\n".join(known[n] for n in names)
+
+    monkeypatch.setattr(client, "run_slurm", fake)
+    assert client.node_details(["new1", "n1"]) == {"n1": {
+        "NodeName": "n1", "Gres": "gpu:h100:8", "State": "IDLE", "Extra": "x"}}
+    assert client.node_details(["n1", "new1"])["n1"]["Gres"] == "gpu:h100:8"
+    assert client.node_details(["new1"]) == {}

@@ -10,6 +10,7 @@ import pytest
 
 from provisioner.errors import InputError
 from provisioner.fleet.pools import PoolView
+from provisioner.slurm import pools
 from provisioner.slurm.apply import (
     JOIN_STATE,
     plan_config,
@@ -20,7 +21,7 @@ from provisioner.slurm.apply import (
     write_config,
     write_plan,
 )
-from provisioner.slurm.client import drain_reason
+from provisioner.slurm.client import SlurmError, drain_reason
 from provisioner.slurm.conf import expand_hostlist, layout, parse_text, read_effective
 from provisioner.slurm.pools import (
     _node_shape,
@@ -244,8 +245,9 @@ def test_a_team_pool_reserves_its_gpus_and_an_open_pool_does_not() -> None:
                          "gpu-node-03": {"Sockets": "2", "Gres": "gpu:8"}})
     assert shape == {"gpu-node-01": (112, 8)}
     spec = reservation_spec(team, ["gpu-node-01", "gpu-node-02"], shape)
+    # Both accounts and groups: Slurm then admits a user in both, as the partition.
     assert spec == {"Nodes": "gpu-node-01,gpu-node-02", "TRES": "cpu=57,gres/gpu=6",
-                    "Accounts": "vision,ops"}
+                    "Accounts": "vision,ops", "Groups": "gpu-users"}
     by_group = PoolView("g", "h100-sxm-8", 4, 4, 4, allocations=allocations[:1],
                         groups=["gpu-users"])
     assert reservation_spec(by_group, ["gpu-node-01", "gpu-node-02"], shape) == {
@@ -253,13 +255,53 @@ def test_a_team_pool_reserves_its_gpus_and_an_open_pool_does_not() -> None:
     open_pool = PoolView("open", "h100-sxm-8", 4, 4, 4, allocations=allocations[:1])
     assert reservation_spec(open_pool, ["gpu-node-01"], shape) is None
     assert reservation_spec(team, [], shape) is None
-    # What scontrol shows (hostlist, TRES in its order) is the same reservation; any
-    # other node, core or GPU count or account is not.
-    shown = {"Nodes": "gpu-node-[01-02]", "TRES": "gres/gpu=6,cpu=57",
-             "Accounts": "ops,vision"}
+    # What scontrol shows (hostlist, TRES in its order, threads as cpu=, more cores
+    # than asked) is the same reservation; any other node, GPU count, account or
+    # group is not, nor a hostlist gpuctl cannot read.
+    shown = {"Nodes": "gpu-node-[01-02]", "TRES": "gres/gpu=6,cpu=114",
+             "Accounts": "ops,vision", "Groups": "gpu-users"}
     assert _same(shown, spec)
     assert not _same({**shown, "Nodes": "gpu-node-01"}, spec)
+    assert not _same({**shown, "Nodes": "gpu-node-[01-"}, spec)
     assert not _same({**shown, "TRES": "cpu=57,gres/gpu=4"}, spec)
-    assert not _same({**shown, "TRES": "cpu=2,gres/gpu=6"}, spec)
     assert not _same({**shown, "TRES": "cpu=57"}, spec)
     assert not _same({**shown, "Accounts": "vision"}, spec)
+    assert not _same({**shown, "Groups": "(null)"}, spec)
+
+
+def test_a_reservation_slurm_refuses_leaves_the_old_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A changed pool's new reservation refused (a node drained): the old one is made
+    again, the other pools are still done, and the error names what happened."""
+    calls: list[list[str]] = []
+    shown = ("ReservationName=gpuctl-pool-a Nodes=gpu-node-01 CoreCnt=8 TRES=cpu=16,"
+             "gres/gpu=4 Users=(null) Groups=(null) Accounts=vision Extra=x "
+             "ReservationName=gpuctl-pool-z\n"
+             "ReservationName=admin-maint Nodes=gpu-node-09 TRES=cpu=2\n")
+
+    def fake(argv: list[str], **_: object) -> str:
+        calls.append(argv)
+        if argv[:3] == ["scontrol", "show", "reservation"]:
+            return shown
+        if argv[:3] == ["scontrol", "create", "reservation"] and \
+                "Nodes=gpu-node-01,gpu-node-02" in argv:
+            raise SlurmError("scontrol create failed: Requested nodes are busy")
+        return ""
+
+    monkeypatch.setattr(pools, "run_slurm", fake)
+    wanted = {"gpuctl-pool-a": {"Nodes": "gpu-node-01,gpu-node-02", "TRES": "cpu=32,gres/gpu=8",
+                                "Accounts": "vision"},
+              "gpuctl-pool-b": {"Nodes": "gpu-node-03", "TRES": "cpu=8,gres/gpu=2",
+                                "Groups": "ml"}}
+    with pytest.raises(SlurmError) as err:
+        pools._sync_reservations(wanted)
+    assert "reservation gpuctl-pool-a: Slurm refused cpu=32,gres/gpu=8 on " \
+        "gpu-node-01,gpu-node-02" in str(err.value)
+    assert "the old one was made again" in str(err.value)
+    creates = [c for c in calls if c[:2] == ["scontrol", "create"]]
+    assert [c[3] for c in creates] == ["ReservationName=gpuctl-pool-a"] * 2 + [
+        "ReservationName=gpuctl-pool-b"]
+    assert creates[1][4:7] == ["Nodes=gpu-node-01", "TRES=cpu=8,gres/gpu=4",
+                               "Accounts=vision"]
+    # The admin's reservation is never touched; the Extra= text did not rename gpuctl's.
+    assert not any("admin-maint" in " ".join(c) or "gpuctl-pool-z" in " ".join(c)
+                   for c in calls)
