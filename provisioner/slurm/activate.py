@@ -182,10 +182,10 @@ def apply_plan(plan: ConfigPlan, restart_command: str, *,
     version = slurm_version()
     log = LogTail(plan.log_file)
     # Up to 24.05 a changed node list needs a restart (scontrol(1) reconfigure, FAQ
-    # #add_nodes); before 23.11 so does a changed gres.conf line of a node
-    # (gres.conf(5) Cores). From 23.11 reconfigure starts new daemons on the new files.
+    # #add_nodes); before 23.11 so does a node defined anew (ConfigPlan.redefined).
+    # From 23.11 reconfigure starts new daemons on the new files (scontrol(1) 24.11).
     restart = ((plan.node_list_changed and version < RECONFIGURE_ADDS_NODES)
-               or (bool(plan.gres_changed) and version < RECONFIGURE_KEEPS_OLD))
+               or (bool(plan.redefined) and version < RECONFIGURE_KEEPS_OLD))
     action = "restart" if restart else "reconfigure"
     write_plan(plan)
     try:

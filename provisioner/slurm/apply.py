@@ -145,10 +145,12 @@ class ConfigPlan:
     removed: list[str] = field(default_factory=list)
     log_file: str = ""  # SlurmctldLogFile, where slurmctld writes its fatal line
 
-    # Nodes Slurm knew whose gres.conf lines change (File=, Cores=): up to 23.11 only a
-    # restart applies that (gres.conf(5) Cores; scontrol(1) Gres: "modify your
-    # slurm.conf and gres.conf files and restart daemons").
-    gres_changed: list[str] = field(default_factory=list)
+    # Nodes Slurm knew whose NodeName line (CPUs, memory, Gres) or gres.conf lines
+    # (File=, Cores=) change: before 23.11 only a restart applies that (slurm.conf(5)
+    # 22.05 NODE CONFIGURATION: "Changes in node configuration (e.g. adding nodes,
+    # changing their processor count, etc.) require restarting both the slurmctld
+    # daemon and the slurmd daemons"; gres.conf(5) Cores).
+    redefined: list[str] = field(default_factory=list)
 
     @property
     def node_list_changed(self) -> bool:
@@ -186,6 +188,10 @@ def _check_names(block: list[str]) -> None:
         if match and not NAME.fullmatch(match.group(2)):
             raise InputError(f"{match.group(1)}={match.group(2)[:40]!r} is not a name Slurm "
                              "takes (letters, digits, '_' and '-'); nothing was written")
+
+
+def _without_state(line: str) -> str:
+    return line.removesuffix(_state_words(line)).rstrip()
 
 
 def _node_lines(block: list[str], name: str) -> list[str]:
@@ -272,13 +278,14 @@ def plan_config(conf_dir: Path, conf_lines: list[str], gres_lines: list[str],
     _check_names(body)
     new_conf = with_block(conf_text, body)
     _, old_gres_block, _ = split_block(gres_text)
-    gres_changed: list[str] = []
+    redefined: list[str] = []
     if partition_lines is not None:
         gres_body = old_gres_block
     else:
         gres_body = _gres_body(old_gres_block, gres_lines, set(kept))
-    gres_changed = sorted(n for n in set(new_nodes) & set(old_nodes)
-                          if _node_lines(old_gres_block, n) != _node_lines(gres_body, n))
+    redefined = sorted(n for n in set(new_nodes) & set(old_nodes)
+                       if _node_lines(old_gres_block, n) != _node_lines(gres_body, n)
+                       or _without_state(old_nodes[n]) != _without_state(lines[n]))
     new_gres = with_block(gres_text, gres_body)
     before = read_effective(slurm_conf)
     after = read_effective(slurm_conf, {slurm_conf: new_conf})
@@ -293,7 +300,7 @@ def plan_config(conf_dir: Path, conf_lines: list[str], gres_lines: list[str],
                          "nothing was written")
     plan = ConfigPlan(conf_dir, nodes=names, added=sorted(set(names) - set(old_nodes)),
                       removed=sorted(set(old_nodes) - set(names)),
-                      log_file=_log_file(after), gres_changed=gres_changed)
+                      log_file=_log_file(after), redefined=redefined)
     if new_conf.encode() != old_conf:
         plan.files[slurm_conf] = (old_conf, new_conf)
     if new_gres.encode() != (old_gres or b"") and (gres_body or old_gres is not None):

@@ -46,7 +46,7 @@ def gres_lines(n: HandoffNode, gtype: str, autodetect: str | None = None) -> lis
     (gres.html: the /dev/nvidiaN order need not follow PCI order, and Slurm numbers a
     node's GPUs in the order of its lines), with ``Cores=`` the logical cores of the
     socket the GPU is local to: gres.conf(5) counts cores socket by socket from 0 and
-    wants all of a socket's cores together. Without minors: one line of
+    wants all of a socket's cores together. Without minors (or with one twice): one line of
     ``/dev/nvidia[0-N]``, no ``Cores=`` (any core may then be used with any GPU).
 
     With ``autodetect`` each line also has ``AutoDetect=``: slurmd finds files, cores
@@ -55,7 +55,8 @@ def gres_lines(n: HandoffNode, gtype: str, autodetect: str | None = None) -> lis
     drained")."""
     devices = n.gpu_devices
     head = f"NodeName={n.name}" + (f" AutoDetect={autodetect}" if autodetect else "")
-    if len(devices) != n.gpus or any(minor is None for _, minor, _ in devices):
+    minors = [minor for _, minor, _ in devices]
+    if len(devices) != n.gpus or None in minors or len(set(minors)) != len(minors):
         last = n.gpus - 1
         return [f"{head} Name=gpu Type={gtype} File=/dev/nvidia[0-{last}]"
                 if last else f"{head} Name=gpu Type={gtype} File=/dev/nvidia0"]

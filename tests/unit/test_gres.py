@@ -76,8 +76,9 @@ def test_one_gres_line_per_gpu_in_bus_order_with_its_sockets_cores() -> None:
     # One core per socket: a single index.
     one = replace(node, cpus=2, cores=2)
     assert gres_lines(one, "h100")[2].endswith("File=/dev/nvidia3 Cores=1")
-    # A minor not known, or a GPU missing from the scan: the old single line.
-    for devices in (node.gpu_devices[:3], [*node.gpu_devices[:3], ("0000:ab:00.0", None, 1)]):
+    # A minor not known or repeated, or a GPU missing from the scan: the old single line.
+    for devices in (node.gpu_devices[:3], [*node.gpu_devices[:3], ("0000:ab:00.0", None, 1)],
+                    [*node.gpu_devices[:3], ("0000:ab:00.0", 3, 1)]):
         assert gres_lines(replace(node, gpu_devices=devices), "h100") == [
             "NodeName=gpu01 Name=gpu Type=h100 File=/dev/nvidia[0-3]"]
     # CPU topology unknown: files, no Cores.
@@ -89,15 +90,20 @@ def test_a_changed_gres_line_of_a_known_node_is_flagged(tmp_path: Path) -> None:
     conf = ["NodeName=gpu01 NodeAddr=10.0.0.1 Gres=gpu:h100:1 State=UNKNOWN"]
     first = plan_config(tmp_path, conf, ["NodeName=gpu01 Name=gpu Type=h100 "
                                          "File=/dev/nvidia0"], set())
-    assert first.added == ["gpu01"] and first.gres_changed == []
+    assert first.added == ["gpu01"] and first.redefined == []
     for path, (_, text) in first.files.items():
         path.write_text(text)
     same = plan_config(tmp_path, conf, ["NodeName=gpu01 Name=gpu Type=h100 "
                                         "File=/dev/nvidia0"], {"gpu01"})
-    assert not same.files and same.gres_changed == []
+    assert not same.files and same.redefined == []
     cores = plan_config(tmp_path, conf, ["NodeName=gpu01 Name=gpu Type=h100 "
                                          "File=/dev/nvidia0 Cores=0-1"], {"gpu01"})
-    assert cores.gres_changed == ["gpu01"] and not cores.node_list_changed
+    assert cores.redefined == ["gpu01"] and not cores.node_list_changed
+    # A NodeName line that changes (more memory after a DIMM swap) too; its state
+    # words alone do not.
+    bigger = plan_config(tmp_path, [conf[0].replace("Gres=", "RealMemory=1000 Gres=")],
+                         ["NodeName=gpu01 Name=gpu Type=h100 File=/dev/nvidia0"], {"gpu01"})
+    assert bigger.redefined == ["gpu01"]
 
 
 def test_autodetect_lines_and_values_gpuctl_does_not_write() -> None:
