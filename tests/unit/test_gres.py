@@ -57,7 +57,7 @@ def test_a_probe_socket_out_of_range_is_not_used() -> None:
     assert [(p["socket"], p["numa_node"]) for p in facts.pci_gpus] == [(None, -1), (1, 1)]
 
 
-NODE = HandoffNode(name="gpu01", address="10.0.0.1", sku="h100-sxm-8", state="certified",
+NODE = HandoffNode(name="gpu01", address="127.0.0.21", sku="h100-sxm-8", state="certified",
                    cpus=8, sockets=2, cores=4, memory_mib=1024, gpus=4, gpu_model="H100",
                    gpu_memory_mib=81559, driver="570.1", cuda="12.8", labels={},
                    cert_issued=datetime.now(UTC), cert_expires=None, cert_profile="quick",
@@ -87,7 +87,7 @@ def test_one_gres_line_per_gpu_in_bus_order_with_its_sockets_cores() -> None:
 
 def test_a_changed_gres_line_of_a_known_node_is_flagged(tmp_path: Path) -> None:
     (tmp_path / "slurm.conf").write_text("ClusterName=c\nSlurmctldHost=h\n")
-    conf = ["NodeName=gpu01 NodeAddr=10.0.0.1 Gres=gpu:h100:1 State=UNKNOWN"]
+    conf = ["NodeName=gpu01 NodeAddr=127.0.0.21 Gres=gpu:h100:1 State=UNKNOWN"]
     first = plan_config(tmp_path, conf, ["NodeName=gpu01 Name=gpu Type=h100 "
                                          "File=/dev/nvidia0"], set())
     assert first.added == ["gpu01"] and first.redefined == []
