@@ -11,6 +11,7 @@ import getpass
 import os
 import socket
 import stat
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from provisioner.errors import GpuctlError
 from provisioner.events import Change, Listener, SyncReport, take_changes
 from provisioner.paths import Paths
 
@@ -141,10 +143,6 @@ class Gpuctl:
         """Wait up to ``timeout`` seconds for the schedulers to have no work left on
         ``names`` (drained, not draining); returns the nodes that still have some, or
         whose scheduler could not be asked, with why. Never raises."""
-        import time  # noqa: PLC0415
-
-        from provisioner.errors import GpuctlError  # noqa: PLC0415
-
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             left: dict[str, str] = {}

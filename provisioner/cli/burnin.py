@@ -13,6 +13,7 @@ from provisioner.cli.common import (
     complete_nodes,
     json_option,
     pass_ctx,
+    wait_jobs_option,
 )
 from provisioner.errors import NodesFailedError
 from provisioner.ui.render import print_json, styled
@@ -45,10 +46,7 @@ def _first_failures(failures: list[str], shown: int = 3) -> str:
                    "recorded in the run, so a failure can be replayed with it).")
 @click.option("--valid-days", type=click.IntRange(1, 3650), default=CERTIFICATE_DAYS,
               show_default=True, help="Days a certificate stays valid.")
-@click.option("--wait", "wait_jobs", type=click.FloatRange(0, 7 * 86400), default=0,
-              show_default=True, metavar="SECONDS",
-              help="With Slurm: how long to wait for jobs on the drained nodes to end "
-                   "before the run fails without touching them.")
+@wait_jobs_option
 @json_option
 @pass_ctx
 def burnin(ctx: Ctx, nodes: tuple[str, ...], all_nodes: bool, level: str,

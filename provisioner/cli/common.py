@@ -33,6 +33,15 @@ def json_option(func: F) -> F:
                         help="Print machine-readable JSON.")(func)
 
 
+def wait_jobs_option(func: F) -> F:
+    """``--wait SECONDS`` of a run that drains its nodes: how long the jobs there may
+    take to end (``RunScope``'s ``wait``)."""
+    return click.option("--wait", "wait_jobs", type=click.FloatRange(0, 7 * 86400),
+                        default=0, show_default=True, metavar="SECONDS",
+                        help="With Slurm: how long to wait for jobs on the drained nodes "
+                             "to end before the run fails without touching them.")(func)
+
+
 def report_listeners(ctx: Ctx) -> None:
     """What the listeners (schedulers) did with the command's changes, on stderr: run
     when the command ends, however it ends."""

@@ -10,6 +10,7 @@ from provisioner.cli.common import (
     complete_nodes,
     json_option,
     pass_ctx,
+    wait_jobs_option,
 )
 from provisioner.errors import NodesFailedError
 from provisioner.inventory.lifecycle import State
@@ -31,10 +32,7 @@ from provisioner.ui.render import print_json, progress_table, provision_summary
               help="Allow provisioning the machine gpuctl runs on (never rebooted).")
 @click.option("--vault-password-file", type=click.Path(exists=True, dir_okay=False),
               help="For ansible-vault encrypted group_vars.")
-@click.option("--wait", "wait_jobs", type=click.FloatRange(0, 7 * 86400), default=0,
-              show_default=True, metavar="SECONDS",
-              help="With Slurm: how long to wait for jobs on the drained nodes to end "
-                   "before the run fails without touching them.")
+@wait_jobs_option
 @json_option
 @pass_ctx
 def provision(ctx: Ctx, nodes: tuple[str, ...], all_nodes: bool, retry_failed: bool,

@@ -12,14 +12,14 @@ so each slurmd gets its own port (the ``Port=`` of its NodeName line, set throug
 node's ``gpuctl_slurmd_port`` host variable).
 
 Two Slurm releases: Debian 12's 22.05 (this machine's packages) and Debian 13's 24.11,
-from a Debian 13 root that ``scripts/setup.sh`` makes with debootstrap (Debian's own
-packages, as a site running trixie gets them). Each 24.11 program runs from that root
-(chroot) in a private mount namespace that sees this machine's /proc, /sys, /dev,
-/run (munged's sockets), /tmp, the lab and the Python the jobs use; the lab puts
-wrappers for them first on PATH (``gpuctl lab slurm env``) and on each node's
-/usr/local/sbin, so gpuctl and the tests call ``scontrol`` and ``slurmd`` by name as
-on a real cluster. munged and MariaDB stay this machine's (munge's wire format and
-MySQL's protocol are the same across both releases).
+from a Debian 13 root that ``scripts/lab-debian13.sh`` (run by ``scripts/test.sh``)
+makes with debootstrap (Debian's own packages, as a site running trixie gets them). Each
+24.11 program runs from that root (chroot) in a private mount namespace that sees this
+machine's /proc, /sys, /dev, /run (munged's sockets), /tmp, the lab and the Python the
+jobs use; the lab puts wrappers for them first on PATH (``gpuctl lab slurm env``) and on
+each node's /usr/local/sbin, so gpuctl and the tests call ``scontrol`` and ``slurmd`` by
+name as on a real cluster. munged and MariaDB stay this machine's (munge's wire format
+and MySQL's protocol are the same across both releases).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ TOOLS = ("slurmctld", "slurmd", "munged", "scontrol", "sinfo", "sbatch", "sacctm
          "slurmdbd", "mariadbd", "mariadb-install-db")
 RC_SCRIPT = "/etc/rc2.d/S90gpuctl-lab-slurm"
 RELEASES = ("22.05", "24.11")
-# Where scripts/setup.sh puts the Debian 13 root with Slurm 24.11.
+# Where scripts/lab-debian13.sh puts the Debian 13 root with Slurm 24.11.
 DEBIAN13_ROOT = Path(os.environ.get("GPUCTL_LAB_DEBIAN13_ROOT", "/var/lib/gpuctl-lab/debian13"))
 CHROOT_TOOLS = ("slurmctld", "slurmd", "slurmdbd", "scontrol", "sinfo", "sbatch", "squeue",
                 "srun", "salloc", "sbcast", "scancel", "sacctmgr", "sacct")
@@ -271,7 +271,7 @@ class LabSlurm:
                            "slurmd, slurm-client and munge (scripts/setup.sh does)")
         if release != "22.05" and not (DEBIAN13_ROOT / "usr/sbin/slurmctld").exists():
             raise LabError(f"no Debian 13 root with Slurm 24.11 at {DEBIAN13_ROOT} "
-                           "(scripts/setup.sh makes it with debootstrap)")
+                           "(scripts/lab-debian13.sh makes it with debootstrap)")
         names = self.lab.names()
         if not names:
             raise LabError("no lab is up (run `gpuctl lab up` first)")

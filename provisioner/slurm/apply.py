@@ -255,8 +255,7 @@ def plan_config(conf_dir: Path, conf_lines: list[str], gres_lines: list[str],
     lines = dict(kept)
     for name, line in new_nodes.items():
         words = _state_words(old_nodes[name]) if name in old_nodes else JOIN_STATE
-        lines[name] = (re.sub(r"State=\S+(?: Reason=\"[^\"]*\")?$", "", line).rstrip()
-                       + " " + words)
+        lines[name] = f"{_without_state(line)} {words}"
     # The block's order stays (an unchanged node list is an unchanged file: nothing to
     # activate); new nodes come last.
     body += [lines[n] for n in old_nodes if n in lines]
@@ -423,7 +422,7 @@ def verified_plan(conf_dir: Path, names: list[str]) -> ConfigPlan:
     for line in block:
         match = re.match(r"NodeName=(\S+)", line)
         if match and match.group(1) in wanted:
-            line = line.removesuffix(_state_words(line)).rstrip() + " State=UNKNOWN"
+            line = f"{_without_state(line)} State=UNKNOWN"
         lines.append(line)
     plan = ConfigPlan(conf_dir, nodes=sorted(block_node_lines(block)))
     new = with_block(text, lines)

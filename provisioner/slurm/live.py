@@ -26,8 +26,6 @@ import re
 import secrets
 import shlex
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +54,7 @@ from provisioner.slurm.conf import NAME, layout, read_effective
 from provisioner.slurm.gates import compare_hardware, wait_registered
 from provisioner.slurm.render import gres_type, real_memory_mib, render_slurm
 from provisioner.slurm.smoke import SmokeResult, run_smoke
-from provisioner.ssh.exec import ExecResult, Target, run_on_node
+from provisioner.ssh.exec import Target, run_on_each
 from provisioner.ssh.hostkeys import KnownHosts
 
 
@@ -216,38 +214,19 @@ def _drain_failed(problems: dict[str, str],
             drain([name], f"{prefix}{why}")
 
 
-def _on_each(targets: list[Target], command: str, known: KnownHosts, timeout: float,
-             judge: Callable[[Target, ExecResult | GpuctlError], str]) -> list[str]:
-    """Run ``command`` on each node over SSH, in parallel; ``judge`` turns each
-    outcome (the result, or why it could not run) into a note ("" when all is well)."""
-
-    def one(target: Target) -> str:
-        try:
-            res = run_on_node(target, command, known_hosts=known, max_output=65536,
-                              command_timeout=timeout)
-        except GpuctlError as exc:
-            return judge(target, exc)
-        return judge(target, res)
-
-    if not targets:
-        return []
-    with ThreadPoolExecutor(max_workers=min(32, len(targets))) as pool:
-        return [note for note in pool.map(one, targets) if note]
-
-
 def _restart_slurmds(targets: list[Target], command: str, known: KnownHosts) -> list[str]:
     """Restart slurmd on gpuctl's nodes (FAQ, <= 24.05: every slurmd after nodes are
     added or removed); returns a note for each that failed."""
 
-    def judge(target: Target, res: ExecResult | GpuctlError) -> str:
+    notes = []
+    for name, res in run_on_each(targets, command, known_hosts=known,
+                                 command_timeout=60).items():
         if isinstance(res, GpuctlError):
-            return f"{target.name}: cannot restart slurmd: {res}"
-        if res.exit_code != 0:
-            return f"{target.name}: {command!r} exited {res.exit_code}: " + \
-                res.stderr.decode("utf-8", "replace").strip()[-160:]
-        return ""
-
-    return _on_each(targets, command, known, 60, judge)
+            notes.append(f"{name}: cannot restart slurmd: {res}")
+        elif res.exit_code != 0:
+            notes.append(f"{name}: {command!r} exited {res.exit_code}: "
+                         + res.stderr.decode("utf-8", "replace").strip()[-160:])
+    return notes
 
 
 def _check_gpu_plugin(targets: list[Target], mode: str, known: KnownHosts) -> None:
@@ -265,14 +244,13 @@ def _check_gpu_plugin(targets: list[Target], mode: str, known: KnownHosts) -> No
                          "nothing was written")
     test = " || ".join(f"test -e {shlex.quote(d + f'/gpu_{mode}.so')}" for d in dirs)
 
-    def judge(target: Target, res: ExecResult | GpuctlError) -> str:
-        if isinstance(res, GpuctlError):
-            return f"{target.name}: cannot look for gpu_{mode}.so: {res}"
-        return "" if res.exit_code == 0 else (
-            f"{target.name} has no gpu_{mode}.so in {':'.join(dirs)} (its Slurm was built "
-            f"without it; Debian's packages have no gpu_nvml)")
-
-    missing = _on_each(targets, test, known, 30, judge)
+    missing = [
+        f"{name}: cannot look for gpu_{mode}.so: {res}" if isinstance(res, GpuctlError) else
+        f"{name} has no gpu_{mode}.so in {':'.join(dirs)} (its Slurm was built without "
+        "it; Debian's packages have no gpu_nvml)"
+        for name, res in run_on_each(targets, test, known_hosts=known,
+                                     command_timeout=30).items()
+        if isinstance(res, GpuctlError) or res.exit_code != 0]
     if missing:
         raise InputError(f"refused --gres-autodetect {mode}: {missing[0]}; hand off without "
                          "it (gpuctl writes File= and Cores= from the scan); nothing was "
@@ -283,21 +261,20 @@ def _hardware_problems(nodes: list[HandoffNode], targets: dict[str, Target],
                        known: KnownHosts) -> dict[str, str]:
     """``slurmd -C`` on each node (over SSH) against the NodeName line gpuctl wrote."""
 
-    def check(n: HandoffNode) -> tuple[str, str]:
-        try:
-            res = run_on_node(targets[n.name], "slurmd -C", known_hosts=known,
-                              max_output=65536, command_timeout=30)
-        except GpuctlError as exc:
-            return n.name, f"cannot run slurmd -C: {exc}"
-        if res.exit_code != 0:
-            return n.name, "slurmd -C failed: " + res.stderr.decode(
+    by_name = {n.name: n for n in nodes}
+    out = {}
+    for name, res in run_on_each([targets[n.name] for n in nodes], "slurmd -C",
+                                 known_hosts=known, command_timeout=30).items():
+        if isinstance(res, GpuctlError):
+            out[name] = f"cannot run slurmd -C: {res}"
+        elif res.exit_code != 0:
+            out[name] = "slurmd -C failed: " + res.stderr.decode(
                 "utf-8", "replace").strip()[-160:]
-        diffs = compare_hardware(res.stdout.decode("utf-8", "replace"), cpus=n.cpus,
-                                 memory_mib=real_memory_mib(n))
-        return n.name, "; ".join(diffs)
-
-    with ThreadPoolExecutor(max_workers=min(32, max(1, len(nodes)))) as pool:
-        return {name: why for name, why in pool.map(check, nodes) if why}
+        elif diffs := compare_hardware(res.stdout.decode("utf-8", "replace"),
+                                       cpus=by_name[name].cpus,
+                                       memory_mib=real_memory_mib(by_name[name])):
+            out[name] = "; ".join(diffs)
+    return out
 
 
 def _smoke(gc: Gpuctl, nodes: list[HandoffNode], targets: list[Target], known: KnownHosts,

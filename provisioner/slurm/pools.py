@@ -186,11 +186,9 @@ def sync_pools(gc: Gpuctl) -> list[str] | None:
         done.append(f"QOS {qos_name(v.name)} GrpTRES=gres/gpu={v.assigned}")
     conf_dir = Path(settings.conf_dir)
     known = set(block_node_lines(_block(conf_dir)))
-    lines = []
-    for v in views:
-        nodes = sorted({a["node"] for a in v.allocations} & known)
-        if nodes:
-            lines.append(partition_line(v, nodes))
+    # Each pool's nodes that are in gpuctl's block (Slurm has them).
+    in_slurm = {v.name: sorted({a["node"] for a in v.allocations} & known) for v in views}
+    lines = [partition_line(v, in_slurm[v.name]) for v in views if in_slurm[v.name]]
     if apply_pool_partitions(conf_dir, lines, PARTITION_PREFIX, settings.restart_command):
         done.append("partitions " + (", ".join(re.findall(r"PartitionName=(\S+)",
                                                            "\n".join(lines))) or "removed"))
@@ -198,11 +196,9 @@ def sync_pools(gc: Gpuctl) -> list[str] | None:
         run_slurm(["sacctmgr", "-i", "delete", "qos", stale])
         done.append(f"QOS {stale} deleted")
     if slurm_version() >= GRES_RESERVATIONS:
-        pool_nodes = sorted({a["node"] for v in views for a in v.allocations} & known)
-        shape = _node_shape(node_details(pool_nodes))
+        shape = _node_shape(node_details(sorted({n for ns in in_slurm.values() for n in ns})))
         wanted = {reservation_name(v.name): spec for v in views
-                  if (spec := reservation_spec(v, sorted(
-                      {a["node"] for a in v.allocations} & known), shape))}
+                  if (spec := reservation_spec(v, in_slurm[v.name], shape))}
         done += _sync_reservations(wanted)
     return done
 
@@ -364,8 +360,8 @@ def how_to_use(view: PoolView) -> dict[str, object]:
     held = 0
     for row in run_slurm(["squeue", "-h", "-p", partition, "-t", "RUNNING", "-O",
                           "tres-alloc:400"]).splitlines():
-        found = re.search(r"(?:^|,)gres/gpu=(\d+)", row.strip())
-        held += int(found.group(1)) if found else 0
+        gpus = _tres(row.strip()).get("gres/gpu", "")
+        held += int(gpus) if gpus.isdigit() else 0
     limit = next((t for t in (fields.get("DefaultTime", ""), fields.get("MaxTime", ""))
                   if t and t.upper() not in ("NONE", "UNLIMITED", "INFINITE")), "")
     account = f" --account={view.accounts[0]}" if view.accounts else ""

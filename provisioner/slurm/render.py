@@ -8,6 +8,7 @@ import re
 from provisioner.errors import InputError
 from provisioner.fleet.handoff import HandoffNode
 from provisioner.inventory.validate import check_stored_node
+from provisioner.slurm.conf import NAME
 
 # Slurm keeps RealMemory a little under MemTotal so a node is never drained for "low
 # RealMemory" after a kernel update takes a few MiB more.
@@ -23,7 +24,7 @@ def gres_type(n: HandoffNode) -> str:
     """The node's GPU type in ``Gres=gpu:<type>:<n>`` and gres.conf ``Type=``: the SKU
     file's ``slurm.gres_type``, else the SKU's name."""
     given = str(n.part("slurm").get("gres_type") or "")
-    if given and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", given):
+    if given and not NAME.fullmatch(given):
         # It goes into a slurm.conf and a gres.conf line: nothing else passes.
         raise InputError(f"SKU {n.sku[:40]}: slurm.gres_type {given[:40]!r} is not a "
                          "Slurm name (letters, digits, '_', '-')")

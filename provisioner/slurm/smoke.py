@@ -39,7 +39,7 @@ from typing import Any
 
 from provisioner.errors import GpuctlError, InputError
 from provisioner.slurm.client import SlurmError, fields_of, run_slurm
-from provisioner.ssh.exec import Target, run_on_node
+from provisioner.ssh.exec import Target, run_on_each, run_on_node
 from provisioner.ssh.hostkeys import KnownHosts
 
 TRAIN = Path(__file__).with_name("smoke_train.py")
@@ -203,27 +203,27 @@ class _Job:
             with contextlib.suppress(SlurmError):
                 run_slurm(["scancel", *self.submitted], timeout=30)
 
-    def _ssh(self, node: Target, command: str) -> str:
-        """"" when ``command`` succeeded on the node, else why."""
-        try:
-            res = run_on_node(node, command, known_hosts=self.known, max_output=65536,
-                              command_timeout=30)
-        except GpuctlError as exc:
-            return str(exc)
-        return "" if res.exit_code == 0 else res.stderr.decode("utf-8", "replace").strip()[-160:]
+    def _on_each(self, nodes: list[Target], command: str) -> dict[str, str]:
+        """``command`` on each node: node -> "" when it succeeded, else why."""
+        out = {}
+        for name, res in run_on_each(nodes, command, known_hosts=self.known,
+                                     command_timeout=30).items():
+            if isinstance(res, GpuctlError):
+                out[name] = str(res)
+            else:
+                out[name] = "" if res.exit_code == 0 else \
+                    res.stderr.decode("utf-8", "replace").strip()[-160:]
+        return out
 
     def prepare(self, nodes: list[Target]) -> dict[str, str]:
         """The private directory on every node: node -> "" or why it could not be."""
         command = f"mkdir -m 700 {self.work}" + (
             f" && chown {self.user}: {self.work}" if self.user else "")
-        with ThreadPoolExecutor(max_workers=min(32, max(1, len(nodes)))) as pool:
-            errors = list(pool.map(lambda n: self._ssh(n, command), nodes))
-        return {n.name: f"cannot make the job's directory: {e}" if e else ""
-                for n, e in zip(nodes, errors, strict=True)}
+        return {name: f"cannot make the job's directory: {why}" if why else ""
+                for name, why in self._on_each(nodes, command).items()}
 
     def clean(self, nodes: list[Target]) -> None:
-        with ThreadPoolExecutor(max_workers=min(32, max(1, len(nodes)))) as pool:
-            list(pool.map(lambda n: self._ssh(n, f"rm -rf {self.work}"), nodes))
+        self._on_each(nodes, f"rm -rf {self.work}")
 
     def run(self, nodes: list[Target], tag: str) -> SmokeResult:
         """Submit the job on ``nodes``, wait for it, judge its output."""

@@ -11,6 +11,7 @@ import logging
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -251,3 +252,22 @@ class _Watchdog:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def run_on_each(targets: list[Target], command: str, *, known_hosts: KnownHosts,
+                command_timeout: float, max_output: int = 65536
+                ) -> dict[str, ExecResult | GpuctlError]:
+    """``command`` on each node at once (at most 32 at a time): node name -> its result,
+    or the error that kept it from running (each bounded as ``run_on_node`` is)."""
+
+    def one(target: Target) -> ExecResult | GpuctlError:
+        try:
+            return run_on_node(target, command, known_hosts=known_hosts,
+                               max_output=max_output, command_timeout=command_timeout)
+        except GpuctlError as exc:
+            return exc
+
+    if not targets:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(32, len(targets))) as pool:
+        return dict(zip([t.name for t in targets], pool.map(one, targets), strict=True))
