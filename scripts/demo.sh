@@ -45,11 +45,16 @@ echo "# training smoke job through sbatch/srun torchrun before they count as in 
 eval "$(.venv/bin/gpuctl lab slurm env)"
 g handoff slurm --apply --slurm-conf-dir "$GPUCTL_HOME/lab/slurm/etc" --partition h100 --smoke
 echo; echo "\$ sinfo -N -o '%N %P %T %G'"; sinfo -N -o '%N %P %T %G'
-echo; echo "# a team gets a 4-GPU slice: Slurm enforces it (QOS GrpTRES=gres/gpu=4)"
-g pool create vision-team --sku h100-sxm-8 --gpus 4
+echo; echo "# a team (Slurm account vision) gets a 4-GPU slice: only its jobs may use the"
+echo "# pool's partition, and Slurm enforces the size (QOS GrpTRES=gres/gpu=4)"
+echo "\$ sacctmgr -i add account vision; sacctmgr -i add user root account=vision"
+sacctmgr -i add account vision cluster=gpuctl-lab >/dev/null
+sacctmgr -i add user root account=vision cluster=gpuctl-lab >/dev/null
+g pool create vision-team --sku h100-sxm-8 --gpus 4 --accounts vision
 g pool assign vision-team --gpus 4
-echo "\$ sbatch -p pool-vision-team --gres=gpu:8 --wrap true"
-(cd /tmp && sbatch -p pool-vision-team --gres=gpu:8 --wrap true) || true
+g pool show vision-team
+echo "\$ sbatch -p pool-vision-team --account=vision --gres=gpu:8 --wrap true"
+(cd /tmp && sbatch -p pool-vision-team --account=vision --gres=gpu:8 --wrap true) || true
 echo; echo "# in service, a GPU on gpu-node-02 starts reporting uncorrectable ECC errors:"
 echo "# one monitor pass quarantines it and drains it in Slurm with the reason"
 g lab fault gpu-node-02 ecc-uncorrectable
