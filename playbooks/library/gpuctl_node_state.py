@@ -25,6 +25,12 @@ options:
   packages: {type: list, elements: str, default: []}
   files: {type: list, elements: str, default: []}
   services: {type: list, elements: str, default: []}
+  processes:
+    description: Programs (absolute paths) to look for among the running processes,
+      whatever started them; each gets the command lines of its processes.
+    type: list
+    elements: str
+    default: []
   package_manager: {type: str, default: auto, choices: [auto, dpkg, rpm]}
 """
 
@@ -118,6 +124,29 @@ def services(names):
     return out
 
 
+def processes(programs):
+    """Each program's running processes (their command lines): a process is the
+    program's when its first argument is the program, or its second with an interpreter
+    first (a script). Processes in another mount namespace (a container) are not this
+    host's and are left out."""
+    out = {p: [] for p in programs}
+    if not programs:
+        return out
+    mine = os.readlink("/proc/self/ns/mnt")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink("/proc/%s/ns/mnt" % pid) != mine:
+                continue
+            with open("/proc/%s/cmdline" % pid, "rb") as fh:
+                args = fh.read().decode(errors="replace").rstrip("\0").split("\0")
+        except OSError:
+            continue
+        for program in programs:
+            if program in args[:2]:
+                out[program].append(" ".join(args))
+    return out
+
+
 def pci():
     gpus = switches = 0
     for dev in glob.glob("/sys/bus/pci/devices/*"):
@@ -190,6 +219,7 @@ def main():
         "packages": {"type": "list", "elements": "str", "default": []},
         "files": {"type": "list", "elements": "str", "default": []},
         "services": {"type": "list", "elements": "str", "default": []},
+        "processes": {"type": "list", "elements": "str", "default": []},
         "package_manager": {"type": "str", "default": "auto", "choices": ["auto", "dpkg", "rpm"]},
     }, supports_check_mode=True)
     manager = module.params["package_manager"]
@@ -211,6 +241,7 @@ def main():
         packages=packages(module.params["packages"], manager),
         files=files(module.params["files"]),
         services=services(module.params["services"]),
+        processes=processes(module.params["processes"]),
     )
 
 

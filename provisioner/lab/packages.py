@@ -45,9 +45,16 @@ from pathlib import Path
 
 STANDIN_SMI = Path(__file__).with_name("standin_smi.py")
 STANDIN_DCGMI = Path(__file__).with_name("standin_dcgmi.py")
-# branch -> (driver version, highest CUDA version the driver supports)
-DRIVERS = {"550": ("550.144.03", "12.4"), "570": ("570.124.06", "12.8"),
-           "575": ("575.57.08", "12.9"), "580": ("580.65.06", "13.0")}
+# branch -> (the releases the lab's repository carries, oldest first; the highest CUDA
+# version the driver supports). Two releases per branch, so that a package installed at
+# "the branch" rather than at the driver's exact version gets the wrong one. Release
+# names from NVIDIA/gpu-driver-container's CI version lists: 550.144.03 and 570.124.06
+# (b867541), 550.163.01 (dd8ada0), 570.86.15 (17e3860), 575.57.08 (53214bf; the only
+# 575 release at hand), 580.65.06 (78fa4ac), 580.82.07 (2a97658).
+DRIVERS = {"550": (("550.144.03", "550.163.01"), "12.4"),
+           "570": (("570.86.15", "570.124.06"), "12.8"),
+           "575": (("575.57.08",), "12.9"),
+           "580": (("580.65.06", "580.82.07"), "13.0")}
 CUDA = {"12-4": "12.4.1", "12-8": "12.8.1", "12-9": "12.9.1", "13-0": "13.0.0"}
 DCGM3_VERSION = "1:3.3.9"
 DCGM4_VERSION = "1:4.2.3-1"
@@ -86,7 +93,6 @@ exec_args() {{
 }}
 case "$1" in
   start)
-    {precheck}
     start-stop-daemon --start --quiet --oknodo --background --make-pidfile \\
       --pidfile "$PIDFILE" --startas {daemon} -- $(exec_args) ;;
   stop) start-stop-daemon --stop --quiet --oknodo --retry 5 --pidfile "$PIDFILE" \\
@@ -102,17 +108,35 @@ if [ "$drv" != "{version}" ]; then
 version ${{drv:-(not loaded)}}. Please update with matching NVIDIA driver package." >&2
   exit 1
 fi"""
-# The persistence daemon's unit as Ubuntu's packaging ships it: persistence mode off
-# until an admin turns it on (NVIDIA/ansible-role-nvidia-driver's
+# The persistence daemon's unit as Ubuntu's packaging ships it
+# (canonical/nvidia-graphics-drivers, debian/templates/nvidia-compute-utils-flavour.
+# nvidia-persistenced.service.in, the same on 570-server, 580-server and 580): persistence
+# mode off until an admin turns it on (NVIDIA/ansible-role-nvidia-driver's
 # files/nvidia-persistenced-override.conf replaces this ExecStart with
-# --persistence-mode). The stand-in ships the same unit on every OS.
+# --persistence-mode), and static: no [Install]; a udev rule starts it when the driver
+# binds (debian/71-nvidia.rules, SYSTEMD_WANTS). That NVIDIA's CUDA repository builds its
+# Ubuntu packages from this packaging is a guess (their versions, -0ubuntu1, suggest it).
 PERSISTENCED_UNIT = """[Unit]
+Description=NVIDIA Persistence Daemon
+Wants=syslog.target
+StopWhenUnneeded=true
+
+[Service]
+Type=forking
+ExecStart=/usr/bin/nvidia-persistenced --user nvidia-persistenced --no-persistence-mode --verbose
+ExecStopPost=/bin/rm -rf /var/run/nvidia-persistenced
+"""
+# RHEL: NVIDIA's upstream unit (NVIDIA/nvidia-persistenced init/systemd/
+# nvidia-persistenced.service.template), which has an [Install] section; that the rpm
+# ships it as is, is a guess (admins' notes run `systemctl enable nvidia-persistenced`
+# after `dnf install nvidia-persistenced`).
+PERSISTENCED_UNIT_RHEL = """[Unit]
 Description=NVIDIA Persistence Daemon
 Wants=syslog.target
 
 [Service]
 Type=forking
-ExecStart=/usr/bin/nvidia-persistenced --user nvidia-persistenced --no-persistence-mode --verbose
+ExecStart=/usr/bin/nvidia-persistenced --user nvidia-persistenced
 ExecStopPost=/bin/rm -rf /var/run/nvidia-persistenced
 
 [Install]
@@ -162,32 +186,35 @@ class Package:
 
 @dataclass
 class ModuleStream:
-    """A dnf module stream (modulemd v2) and the packages of its default profile."""
+    """A dnf module stream (modulemd v2): the packages of its default profile, and
+    ``extra`` ones that are the stream's but installed by name."""
     module: str
     stream: str
     packages: list[Package]
+    extra: list[Package] = field(default_factory=list)
 
 
 def taint(open_modules: bool) -> str:
     return "OE" if open_modules else "POE"
 
 
-def service_files(name: str, daemon: str, check: str = "",
+def service_files(name: str, daemon: str,
                   unit: str = "") -> dict[str, tuple[str | bytes, int]]:
-    precheck = f"{daemon} --check || exit 1" if check else ":"
     files: dict[str, tuple[str | bytes, int]] = {
-        daemon: (DAEMON.format(check=f'[ "$1" = --check ] && {{\n{check}\nexit 0\n}}'
-                               if check else ""), 0o755),
-        f"/etc/init.d/{name}": (INIT_SCRIPT.format(name=name, daemon=daemon,
-                                                   precheck=precheck), 0o755),
+        daemon: (DAEMON.format(check=""), 0o755),
+        f"/etc/init.d/{name}": (INIT_SCRIPT.format(name=name, daemon=daemon), 0o755),
     }
     if unit:
         files[f"/lib/systemd/system/{name}.service"] = (unit, 0o644)
     return files
 
 
-def driver_json(branch: str, flavor: str, version: str | None = None) -> str:
-    version = version or DRIVERS[branch][0]
+def newest(branch: str) -> str:
+    """The branch's newest release in the lab's repository (what `<branch>.*` gets)."""
+    return DRIVERS[branch][0][-1]
+
+
+def driver_json(branch: str, flavor: str, version: str) -> str:
     return json.dumps({"version": version, "cuda": DRIVERS[branch][1], "flavor": flavor,
                        "branch": branch})
 
@@ -199,13 +226,14 @@ def userspace_files() -> dict[str, tuple[str | bytes, int]]:
                             unit=PERSISTENCED_UNIT)}
 
 
-def kernel_files(branch: str, open_modules: bool) -> dict[str, tuple[str | bytes, int]]:
+def kernel_files(branch: str, version: str,
+                 open_modules: bool) -> dict[str, tuple[str | bytes, int]]:
     flavor = "open" if open_modules else "proprietary"
-    return {"/usr/share/gpuctl-lab/driver.json": (driver_json(branch, flavor), 0o644)}
+    return {"/usr/share/gpuctl-lab/driver.json": (driver_json(branch, flavor, version),
+                                                  0o644)}
 
 
-def build_script(branch: str, open_modules: bool, fail: bool) -> str:
-    version = DRIVERS[branch][0]
+def build_script(version: str, open_modules: bool, fail: bool) -> str:
     flavor = "open" if open_modules else "proprietary"
     body = FAILED_BUILD if fail else BUILD
     return (f'echo "Building nvidia/{version} ({flavor}) for $(uname -r) with DKMS"\n'
@@ -216,74 +244,204 @@ REMOVE_MODULE = '[ "$1" = remove ] || [ "$1" = purge ] || [ "$1" = 0 ] && ' \
     'rm -rf /sys/module/nvidia || true'
 
 
+# Fabric manager's systemd unit. NVIDIA's unit text is not at hand from a primary source;
+# its lines below are from what its users quote: from 570 "nvidia-fabricmanager 570+
+# ships a systemd unit whose ExecStartPre invokes nvidia-fabricmanager-start.sh --mode
+# precheck" (spectrocloud/CanvOS PR #700), and a `systemctl status` of it on a node
+# ("Loaded: .../nvidia-fabricmanager.service; enabled", "ExecStartPre=/usr/bin/
+# nvidia-fabricmanager-start.sh --mode precheck (code=exited)", "ExecStart=/usr/bin/
+# nvidia-fabricmanager-start.sh --mode start (code=exited)", "Main PID: (nv-fabricmanage)":
+# the script exits and the daemon runs on, hence Type=forking; "enabled": an [Install]).
+# The archive ships it as systemd/nvidia-fabricmanager.service (Azure/aks-gpu
+# fm_run_package_installer.sh copies it to /lib/systemd/system).
+FM_UNIT = """[Unit]
+Description=NVIDIA fabric manager service
+
+[Service]
+Type=forking
+ExecStartPre=/usr/bin/nvidia-fabricmanager-start.sh --mode precheck
+ExecStart=/usr/bin/nvidia-fabricmanager-start.sh --mode start
+
+[Install]
+WantedBy=multi-user.target
+"""
+FM_CONFIG = "/usr/share/nvidia/nvswitch/fabricmanager.cfg"
+FM_PIDFILE = "/var/run/nvidia-fabricmanager/nv-fabricmanager.pid"
+NVLSM = "/opt/nvidia/nvlsm/sbin/nvlsm"
+NVLSM_CONFIG = "/usr/share/nvidia/nvlsm/nvlsm.conf"
+NVLSM_PIDFILE = "/var/run/nvidia-fabricmanager/nvlsm.pid"
+# The start script's interface and what it does, as NVIDIA's driver container calls it
+# (NVIDIA/gpu-driver-container ubuntu22.04/nvidia-driver `_start_daemons`, from commit
+# 7796e73: "Starting from driver 570.158.01, the interface for the
+# nvidia-fabricmanager-start.sh script was changed", PR #383):
+#   nvidia-fabricmanager-start.sh --mode start --fm-config-file FILE --fm-pid-file FILE
+#     --nvlsm-config-file FILE --nvlsm-pid-file FILE
+# with the paths used as defaults here. It "is used to selectively start FabricManager
+# and NVLSM processes depending on the underlying platform" (FM user guide, quoted in
+# siderolabs/extensions PR #717): an NVLink 5 system is one whose InfiniBand device's VPD
+# says SW_MNG (the same file, `_assert_nvlink5_system`), and needs ib_umad loaded
+# ('Kernel module "ib_umad" has not been loaded, fabric manager cannot be started',
+# CanvOS PR #700). NVLSM runs as `nvlsm --config FILE --guid GUID --pid_file FILE` and
+# fabric manager gets `--fm-sm-mgmt-port-guid GUID` (siderolabs/extensions
+# nvidia-fabricmanager-wrapper/main.go, which does what the script does). The messages
+# "Detected NVL5+ system"/"Detected Pre-NVL5 system" are the script's (CanvOS PR #700).
+# How the real script daemonizes is not public: here start-stop-daemon does it.
+FM_START = f"""#!/bin/sh
+# nvidia-fabricmanager-start.sh (gpuctl lab stand-in)
+mode=start fm_cfg={FM_CONFIG} fm_pid={FM_PIDFILE}
+sm_cfg={NVLSM_CONFIG} sm_pid={NVLSM_PIDFILE}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --mode) mode=$2 ;;
+    --fm-config-file) fm_cfg=$2 ;;
+    --fm-pid-file) fm_pid=$2 ;;
+    --nvlsm-config-file) sm_cfg=$2 ;;
+    --nvlsm-pid-file) sm_pid=$2 ;;
+    *) echo "nvidia-fabricmanager-start.sh: unknown argument $1" >&2; exit 1 ;;
+  esac
+  shift 2
+done
+guid=
+for dev in /sys/class/infiniband/*/device; do
+  grep -q SW_MNG "$dev/vpd" 2>/dev/null || continue
+  guid=0x$(tr -d ':\\n' < "${{dev%/device}}/node_guid")
+  break
+done
+if [ -z "$guid" ]; then
+  echo "Detected Pre-NVL5 system"
+else
+  echo "Detected NVL5+ system"
+  if [ ! -d /sys/module/ib_umad ]; then
+    echo 'Kernel module "ib_umad" has not been loaded, fabric manager cannot be started' >&2
+    exit 1
+  fi
+fi
+[ "$mode" = precheck ] && exit 0
+[ "$mode" = start ] || {{ echo "nvidia-fabricmanager-start.sh: unknown mode $mode" >&2; exit 1; }}
+/usr/bin/nv-fabricmanager --check || exit 1
+mkdir -p "$(dirname "$fm_pid")" "$(dirname "$sm_pid")"
+if [ -n "$guid" ]; then
+  start-stop-daemon --start --quiet --background --make-pidfile --pidfile "$sm_pid" \\
+    --startas {NVLSM} -- --config "$sm_cfg" --guid "$guid" --pid_file "$sm_pid" || exit 1
+  set -- --fm-sm-mgmt-port-guid "$guid"
+fi
+start-stop-daemon --start --quiet --background --make-pidfile --pidfile "$fm_pid" \\
+  --startas /usr/bin/nv-fabricmanager -- -c "$fm_cfg" "$@"
+"""
+# How the lab's init runs a Type=forking unit: ExecStartPre=, then the last ExecStart=;
+# stopping ends every process the unit started, as systemd stops its control group.
+FORKING_INIT = """#!/bin/sh
+### BEGIN INIT INFO
+# Provides:          {name}
+# Required-Start:    $remote_fs
+# Required-Stop:     $remote_fs
+# Default-Start:     2 3 4 5
+# Default-Stop:      0 1 6
+# Short-Description: {name} (gpuctl lab stand-in)
+### END INIT INFO
+lines() {{
+  cat /lib/systemd/system/{name}.service /etc/systemd/system/{name}.service.d/*.conf \\
+    2>/dev/null | grep "^$1=."
+}}
+case "$1" in
+  start)
+    start-stop-daemon --status --pidfile {pidfile} && exit 0
+    for cmd in "$(lines ExecStartPre | sed 's/^[^=]*=//')"; do
+      [ -z "$cmd" ] || $cmd || exit 1
+    done
+    cmd=$(lines ExecStart | tail -n 1)
+    ${{cmd#ExecStart=}} ;;
+  stop)
+    for p in {pidfiles}; do
+      start-stop-daemon --stop --quiet --oknodo --retry 5 --pidfile $p --remove-pidfile
+    done ;;
+  status) start-stop-daemon --status --pidfile {pidfile} ;;
+  restart|force-reload) "$0" stop; "$0" start ;;
+  *) echo "Usage: $0 {{start|stop|status|restart}}"; exit 2 ;;
+esac
+"""
+
+
 def fabricmanager_files(version: str) -> dict[str, tuple[bytes, int]]:
-    """The stand-in fabric manager's daemon and init script, for driver ``version``."""
+    """The stand-in fabric manager of driver ``version``: its daemon, start script,
+    config and unit (NVIDIA's layout), and the init script that runs the unit here."""
+    files: dict[str, tuple[str | bytes, int]] = {
+        "/usr/bin/nv-fabricmanager": (DAEMON.format(
+            check=f'[ "$1" = --check ] && {{\n{FM_CHECK.format(version=version)}\nexit 0\n}}'),
+            0o755),
+        "/usr/bin/nvidia-fabricmanager-start.sh": (FM_START, 0o755),
+        FM_CONFIG: ("# fabric manager configuration (gpuctl lab stand-in)\n", 0o644),
+        "/lib/systemd/system/nvidia-fabricmanager.service": (FM_UNIT, 0o644),
+        "/etc/init.d/nvidia-fabricmanager": (FORKING_INIT.format(
+            name="nvidia-fabricmanager", pidfile=FM_PIDFILE,
+            pidfiles=f"{FM_PIDFILE} {NVLSM_PIDFILE}"), 0o755)}
     return {path: (content.encode() if isinstance(content, str) else content, mode)
-            for path, (content, mode) in service_files(
-                "nvidia-fabricmanager", "/usr/bin/nv-fabricmanager",
-                FM_CHECK.format(version=version)).items()}
+            for path, (content, mode) in files.items()}
 
 
-def nvlink5_packages(family: str, branch: str) -> list[Package]:
-    """NVLink 5 (B200) companions of fabric manager from NVIDIA's repository: the NVLink
-    subnet manager and the NVSwitch device monitoring library (infiniband-diags comes
-    from the OS's repository: ``os_packages``)."""
-    version = DRIVERS[branch][0]
-    nvsdm = "libnvsdm" if int(branch) >= 580 else f"libnvsdm-{branch}"
-    return [
-        Package("nvlsm", "2025.06.4-1", "NVLink subnet manager, lab stand-in",
-                service_files("nvlsm", "/usr/sbin/nvlsm")),
-        Package(nvsdm, f"{version}-1", "NVSwitch device monitoring library, lab stand-in",
-                {f"/usr/share/gpuctl-lab/{nvsdm}": ("", 0o644)},
-                provides=[f"libnvsdm-{branch}"] if nvsdm == "libnvsdm" else []),
-    ]
+def nvlsm_package() -> Package:
+    """The NVLink subnet manager, unversioned (gpu-driver-container install.sh
+    `nvlink5_pkgs_install`: "nvlsm infiniband-diags", no version). NVIDIA's layout: the
+    binary in /opt/nvidia/nvlsm/sbin and its config in /usr/share/nvidia/nvlsm
+    (siderolabs/extensions nvidia-fabricmanager production/pkg.yaml, from NVIDIA's nvlsm
+    redist archive). No unit and no init script: fabric manager's start script starts it.
+    The version string is a guess (none at hand)."""
+    return Package("nvlsm", "2025.06.4-1", "NVLink subnet manager, lab stand-in",
+                   {NVLSM: (DAEMON.format(check=""), 0o755),
+                    NVLSM_CONFIG: ("# NVLSM configuration (gpuctl lab stand-in)\n", 0o644)})
 
 
-def fabricmanager_packages(family: str, branch: str,
-                           version: str | None = None) -> list[Package]:
-    version = version or DRIVERS[branch][0]
+def versioned(base: str, branch: str, version: str) -> Package:
+    """A library that follows the driver: ``<base>-<branch>`` up to 575, ``<base>`` from
+    580 with the suffixed name as an alias (see the module docstring)."""
+    suffixed = f"{base}-{branch}"
+    name = base if int(branch) >= 580 else suffixed
+    return Package(name, f"{version}-1", f"{base} {version}, lab stand-in",
+                   {f"/usr/share/gpuctl-lab/{name}": (version, 0o644)},
+                   provides=[suffixed] if name != suffixed else [])
+
+
+def fabricmanager_packages(family: str, branch: str, version: str) -> list[Package]:
+    """Fabric manager and NSCQ of driver ``version``; NVSDM (NVLink 5) from 570."""
     new = int(branch) >= 580
     if family == "rhel":
         fm = "nvidia-fabricmanager" if new else "nvidia-fabric-manager"
     else:
         fm = "nvidia-fabricmanager" if new else f"nvidia-fabricmanager-{branch}"
-    nscq = "libnvidia-nscq" if new else f"libnvidia-nscq-{branch}"
     alias = f"nvidia-fabricmanager-{branch}"
-    return [
-        Package(fm, f"{version}-1", f"NVIDIA Fabric Manager {version}, lab stand-in",
-                dict(fabricmanager_files(version)),
-                provides=[alias] if fm != alias else []),
-        Package(nscq, f"{DRIVERS[branch][0]}-1", "NVSwitch query library, lab stand-in",
-                {f"/usr/share/gpuctl-lab/{nscq}": ("", 0o644)},
-                provides=[f"libnvidia-nscq-{branch}"] if nscq != f"libnvidia-nscq-{branch}"
-                else []),
-    ]
+    out = [Package(fm, f"{version}-1", f"NVIDIA Fabric Manager {version}, lab stand-in",
+                   dict(fabricmanager_files(version)),
+                   provides=[alias] if fm != alias else []),
+           versioned("libnvidia-nscq", branch, version)]
+    if int(branch) >= 570:
+        out.append(versioned("libnvsdm", branch, version))
+    return out
 
 
-def driver_packages(family: str, branch: str, *, fail_build: bool = False) -> list[Package]:
-    version = DRIVERS[branch][0]
+def driver_packages(family: str, branch: str, version: str, *,
+                    fail_build: bool = False) -> list[Package]:
     out: list[Package] = []
     for open_modules in (True, False):
         flavor = "open" if open_modules else "proprietary"
-        build = build_script(branch, open_modules, fail_build)
+        build = build_script(version, open_modules, fail_build)
+        kernel = kernel_files(branch, version, open_modules)
         if family == "ubuntu":
             name = f"nvidia-driver-{branch}" + ("-open" if open_modules else "")
             out.append(Package(
                 name, f"{version}-1", f"NVIDIA driver {branch} ({flavor} modules), lab stand-in",
-                {**userspace_files(), **kernel_files(branch, open_modules)},
-                postinst=build, postrm=REMOVE_MODULE,
+                {**userspace_files(), **kernel}, postinst=build, postrm=REMOVE_MODULE,
                 provides=["nvidia-kernel-driver"], conflicts=["nvidia-kernel-driver"]))
         elif family == "debian":
             name = "nvidia-kernel-open-dkms" if open_modules else "nvidia-kernel-dkms"
             out.append(Package(
                 name, f"{version}-1", f"NVIDIA kernel module ({flavor}), DKMS, lab stand-in",
-                kernel_files(branch, open_modules), postinst=build, postrm=REMOVE_MODULE,
+                kernel, postinst=build, postrm=REMOVE_MODULE,
                 provides=["nvidia-kernel-driver"], conflicts=["nvidia-kernel-driver"]))
         else:
             name = "kmod-nvidia-open-dkms" if open_modules else "kmod-nvidia-latest-dkms"
             out.append(Package(
                 name, f"{version}-1", f"NVIDIA kernel module ({flavor}), DKMS, lab stand-in",
-                kernel_files(branch, open_modules), postinst=build, postrm=REMOVE_MODULE,
+                kernel, postinst=build, postrm=REMOVE_MODULE,
                 provides=["nvidia-kmod"], conflicts=["nvidia-kmod"], depends=["dkms"],
                 epoch="3"))
     if family == "debian":
@@ -291,9 +449,16 @@ def driver_packages(family: str, branch: str, *, fail_build: bool = False) -> li
                            "NVIDIA driver CUDA integration (nvidia-smi), lab stand-in",
                            userspace_files()))
     elif family == "rhel":
+        # nvidia-persistenced is a package of its own on RHEL, outside the module's
+        # default profile (admins install it after `dnf module install nvidia-driver:580`:
+        # `dnf install -y nvidia-persistenced`; secondary sources, none of NVIDIA's own at
+        # hand).
         out += [Package("nvidia-driver", f"{version}-1", "NVIDIA driver, lab stand-in",
+                        {"/usr/share/gpuctl-lab/nvidia-driver": (version, 0o644)}, epoch="3"),
+                Package("nvidia-persistenced", f"{version}-1",
+                        "NVIDIA persistence daemon, lab stand-in",
                         service_files("nvidia-persistenced", "/usr/bin/nvidia-persistenced",
-                                      unit=PERSISTENCED_UNIT), epoch="3"),
+                                      unit=PERSISTENCED_UNIT_RHEL), epoch="3"),
                 Package("nvidia-driver-cuda", f"{version}-1",
                         "NVIDIA driver CUDA integration (nvidia-smi), lab stand-in",
                         {"/usr/bin/nvidia-smi": (STANDIN_SMI.read_bytes(), 0o755)}, epoch="3")]
@@ -301,13 +466,15 @@ def driver_packages(family: str, branch: str, *, fail_build: bool = False) -> li
 
 
 def driver_streams(branch: str, packages: list[Package]) -> list[ModuleStream]:
-    """RHEL's nvidia-driver module: one stream per kernel-module flavour."""
-    by_name = {p.name: p for p in packages}
-    common = [by_name["nvidia-driver"], by_name["nvidia-driver-cuda"]]
-    return [ModuleStream("nvidia-driver", f"{branch}-open",
-                         common + [by_name["kmod-nvidia-open-dkms"]]),
-            ModuleStream("nvidia-driver", f"{branch}-dkms",
-                         common + [by_name["kmod-nvidia-latest-dkms"]])]
+    """RHEL's nvidia-driver module: one stream per kernel-module flavour, each with every
+    release of the branch."""
+    def named(*names: str) -> list[Package]:
+        return [p for p in packages if p.name in names]
+    common = ("nvidia-driver", "nvidia-driver-cuda")
+    return [ModuleStream("nvidia-driver", f"{branch}-{flavour}", named(*common, kmod),
+                         extra=named("nvidia-persistenced"))
+            for flavour, kmod in (("open", "kmod-nvidia-open-dkms"),
+                                  ("dkms", "kmod-nvidia-latest-dkms"))]
 
 
 def tool_packages(family: str) -> list[Package]:
@@ -397,20 +564,21 @@ def epel_packages() -> list[Package]:
 def all_packages(family: str, *, fail_driver_build: bool = False,
                  fabricmanager_skew: bool = False) -> tuple[list[Package], list[ModuleStream]]:
     """Every package of one OS family's NVIDIA repository (one variant), and on RHEL the
-    driver module's streams."""
+    driver module's streams. ``fabricmanager_skew``: a mirror out of step, whose fabric
+    manager packages lag the driver (none for each branch's newest release)."""
     pkgs: list[Package] = []
     streams: list[ModuleStream] = []
-    for branch in DRIVERS:
-        drivers = driver_packages(family, branch, fail_build=fail_driver_build)
+    for branch, (versions, _) in DRIVERS.items():
+        drivers = [p for v in versions
+                   for p in driver_packages(family, branch, v, fail_build=fail_driver_build)]
         if family == "rhel":
             streams += driver_streams(branch, drivers)
         pkgs += drivers
-        older = "570.86.15" if branch == "570" else f"{branch}.00.01"
         if family != "debian":  # see the module docstring: not served for Debian here
-            pkgs += fabricmanager_packages(family, branch, older if fabricmanager_skew else None)
-    for branch in ("570", "580") if family != "debian" else ():
-        pkgs += [p for p in nvlink5_packages(family, branch)
-                 if p.name not in {q.name for q in pkgs}]
+            for v in versions[:-1] if fabricmanager_skew else versions:
+                pkgs += fabricmanager_packages(family, branch, v)
+    if family != "debian":
+        pkgs.append(nvlsm_package())
     pkgs += tool_packages(family) + os_packages(family)
     return _unique(pkgs), streams
 

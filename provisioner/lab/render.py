@@ -139,8 +139,10 @@ def render_sysfs(sys_dir: Path, spec: dict[str, Any],
         _write(port / "link_layer", "InfiniBand\n")
     for k in range(profile.nvlink5_mgmt_ports):
         # PCI VPD is binary; the read-only keywords carry the part's identity.
-        _write(sys_dir / f"class/infiniband/mlx5_{profile.ib_ports + k}/device/vpd",
-               "\x82\x10NVIDIA ConnectX-7\x90\x0cPN:SW_MNG_CX7\x78")
+        dev = sys_dir / f"class/infiniband/mlx5_{profile.ib_ports + k}"
+        _write(dev / "device/vpd", "\x82\x10NVIDIA ConnectX-7\x90\x0cPN:SW_MNG_CX7\x78")
+        # infiniband sysfs node_guid: four groups of four hex digits.
+        _write(dev / "node_guid", f"0c42:a103:00{spec['index']:02x}:{k:04x}\n")
     (sys_dir / "block").mkdir(parents=True, exist_ok=True)
     nvme = sys_dir / "block/nvme0n1"
     _write(nvme / "size", "7501476528\n")

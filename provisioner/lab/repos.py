@@ -144,9 +144,9 @@ def _modules_yaml(streams: list[ModuleStream]) -> str:
             "  context: \"00000000\"\n  arch: x86_64\n  summary: NVIDIA driver (lab stand-in)\n"
             "  description: NVIDIA driver (lab stand-in)\n  license:\n    module: [MIT]\n"
             "  profiles:\n    default:\n      rpms: ["
-            + ", ".join(p.name for p in s.packages) + "]\n"
+            + ", ".join(sorted({p.name for p in s.packages})) + "]\n"
             "  artifacts:\n    rpms:\n"
-            + "".join(f"      - {_nevra(p)}\n" for p in s.packages) + "...\n")
+            + "".join(f"      - {_nevra(p)}\n" for p in s.packages + s.extra) + "...\n")
     for module in sorted({s.module for s in streams}):
         docs.append("---\ndocument: modulemd-defaults\nversion: 1\ndata:\n"
                     f"  module: {module}\n  profiles:\n"

@@ -184,27 +184,52 @@ def nvlink5():
     return False
 
 
+FM_PIDFILE = "/run/nvidia-fabricmanager/nv-fabricmanager.pid"
+NVLSM_PIDFILE = "/run/nvidia-fabricmanager/nvlsm.pid"
+NVLSM = "/opt/nvidia/nvlsm/sbin/nvlsm"
+
+
+def arg(args, flag):
+    """The value after ``flag`` in a command line, or None."""
+    return args[args.index(flag) + 1] if flag in args[:-1] else None
+
+
+def subnet_managers():
+    """The node's NVLink subnet manager processes: the lab's nodes share the host's PID
+    space, so a process counts when it runs in this node's mount namespace."""
+    mine = os.readlink("/proc/self/ns/mnt")
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink("/proc/%s/ns/mnt" % pid) != mine:
+                continue
+            with open("/proc/%s/cmdline" % pid, "rb") as fh:
+                args = fh.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if NVLSM in args[:2]:
+            out.append(args)
+    return out
+
+
 def fabric(st):
-    """A GPU's NVSwitch fabric registration: Completed once the fabric manager runs (the
-    lab's stand-in writes its pidfile); before that NVML reports it not completed (which
-    of Not Started / In Progress a real GPU shows is not documented; either fails
-    gpuctl's check). N/A without NVSwitches, as on PCIe parts."""
+    """A GPU's NVSwitch fabric registration: Completed once the fabric manager runs;
+    before that NVML reports it not completed (which of Not Started / In Progress a real
+    GPU shows is not documented; either fails gpuctl's check). N/A without NVSwitches, as
+    on PCIe parts. On NVLink 5 the fabric comes up only through the subnet manager that
+    fabric manager's start script started for it (the GUID fabric manager was given is
+    the one NVLSM runs on), with no second subnet manager on the node, over the
+    management ports' mlx5_core/ib_umad drivers."""
     if not st.get("nvswitch"):
         return "N/A", "N/A"
-    try:
-        with open("/run/nvidia-fabricmanager.pid") as fh:
-            os.kill(int(fh.read().strip()), 0)
-        running = True
-    except PermissionError:  # alive, and not ours to signal (nvidia-smi as a user)
-        running = True
-    except (OSError, ValueError):
-        running = False
-    running = running and "fabric-unregistered" not in st.get("faults", [])
+    fm = daemon_args(FM_PIDFILE)
+    running = fm is not None and "fabric-unregistered" not in st.get("faults", [])
     if running and nvlink5():
-        # NVLink 5: fabric manager brings the fabric up through the NVLink subnet
-        # manager, over the management ports' mlx5_core/ib_umad drivers.
-        running = daemon_args("/run/nvlsm.pid") is not None and all(
-            os.path.isdir("/sys/module/" + m) for m in ("mlx5_core", "ib_umad"))
+        sm = daemon_args(NVLSM_PIDFILE)
+        guid = arg(fm, "--fm-sm-mgmt-port-guid")
+        running = bool(guid) and sm is not None and arg(sm, "--guid") == guid \
+            and len(subnet_managers()) <= 1 \
+            and all(os.path.isdir("/sys/module/" + m) for m in ("mlx5_core", "ib_umad"))
     return ("Completed", "Success") if running else ("In Progress", "N/A")
 
 

@@ -18,6 +18,7 @@ from sqlmodel import select
 
 from provisioner.db.engine import session_scope
 from provisioner.db.models import Node, TaskResult
+from provisioner.lab.packages import NVLSM, NVLSM_CONFIG, NVLSM_PIDFILE, REPO_IN_NODE
 from tests.e2e.conftest import command_json, scan_json
 
 pytestmark = pytest.mark.e2e
@@ -53,16 +54,26 @@ def node_sh(lab: Any, name: str, script: str) -> subprocess.CompletedProcess[byt
 
 
 def test_branches_570_and_580_then_verify_names_what_is_wrong(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
-    # h100-sxm-8 on Ubuntu 22.04; node 03's mirror has a fabric manager of another version.
+    # h100-sxm-8 on Ubuntu 22.04; node 03's mirror has no fabric manager for the newest
+    # 570 driver (out of step). Node 01 came with the older 570.86.15 driver, installed
+    # from NVIDIA's repository and held, as a vendor image might: its fabric manager must
+    # be 570.86.15 too (the branch's newest, 570.124.06, would refuse to start).
     lab.up(3, "--fault", "gpu-node-03:fabricmanager-mismatch")
+    held = node_sh(lab, "gpu-node-01", f"echo 'deb [trusted=yes] file:{REPO_IN_NODE} /' > "
+                   "/etc/apt/sources.list.d/vendor.list && apt-get update -qq && "
+                   "apt-get install -y -qq nvidia-driver-570-open=570.86.15-1 && "
+                   "apt-mark hold nvidia-driver-570-open && "
+                   "rm /etc/apt/sources.list.d/vendor.list")
+    assert held.returncode == 0, held
     scan_json(gpuctl, "--all", "--accept-new")
     set_vars(paths.db_url, "gpu-node-02", driver_branch="580", cuda_toolkit_version="13-0")
     code, summary = provision(gpuctl, "--all")
     assert code == 3, summary
     nodes = by_name(summary)
-    assert nodes["gpu-node-01"]["status"] == nodes["gpu-node-02"]["status"] == "ok", nodes
-    assert "fabric manager 570.86.15 does not match driver 570.124.06" in \
-        nodes["gpu-node-03"]["reason"], nodes["gpu-node-03"]
+    assert nodes["gpu-node-01"]["status"] == nodes["gpu-node-02"]["status"] == "ok", \
+        {n: v.get("reason") for n, v in nodes.items()}
+    assert "nvidia-fabricmanager-570=570.124.06-*" in nodes["gpu-node-03"]["reason"], \
+        nodes["gpu-node-03"]
     # Ansible names a task once, from the first host's variables: what each node got is
     # read on the node. 570 carries the branch in fabric manager's name; 580 does not,
     # and the suffixed name there is only an alias: no package of that name is installed.
@@ -70,16 +81,18 @@ def test_branches_570_and_580_then_verify_names_what_is_wrong(lab, gpuctl, paths
     one = node_sh(lab, "gpu-node-01", q + "nvidia-driver-570-open nvidia-fabricmanager-570 "
                                           "libnvidia-nscq-570")
     assert one.returncode == 0 and one.stdout.decode().count("hold ok installed") == 3, one
+    assert one.stdout.decode().count(" 570.86.15-1 ") == 3, one
     two = node_sh(lab, "gpu-node-02", q + "nvidia-driver-580-open nvidia-fabricmanager "
                                           "libnvidia-nscq")
     assert two.returncode == 0 and two.stdout.decode().count("hold ok installed") == 3, two
-    assert "nvidia-fabricmanager 580.65.06-1" in two.stdout.decode()
+    assert "nvidia-fabricmanager 580.82.07-1" in two.stdout.decode()
     alias = node_sh(lab, "gpu-node-02", q + "nvidia-fabricmanager-580")
     assert b"installed" not in alias.stdout.replace(b"not-installed", b""), alias
     for name, branch in (("gpu-node-01", "570"), ("gpu-node-02", "580")):
         smi = node_sh(lab, name, "nvidia-smi --query-gpu=driver_version,persistence_mode "
                                  "--format=csv,noheader | sort -u")
-        assert smi.stdout.decode().split(",")[0].startswith(branch + "."), smi
+        assert smi.stdout.decode().split(",")[0] == {"570": "570.86.15",
+                                                     "580": "580.82.07"}[branch], smi
         assert smi.stdout.decode().strip().endswith("Enabled"), smi  # the drop-in did it
 
     code, summary = provision(gpuctl, "gpu-node-01", "gpu-node-02")
@@ -111,13 +124,21 @@ def test_b200_provisions_nvlink5_packages_and_passes_verify(lab, gpuctl, paths) 
     assert code == 0, summary
     changed = changed_tasks(paths.db_url, summary["run_id"], "gpu-node-01")
     assert {"Install nvidia-driver-580-open", "Install the fabric manager packages",
-            "Load the NVLink 5 management ports' modules now",
-            "Start the NVLink subnet manager (NVLink 5)"} <= changed
-    pkgs = node_sh(lab, "gpu-node-01", "dpkg-query -W -f='${Package}\\n' nvidia-fabricmanager "
-                                       "libnvidia-nscq libnvsdm nvlsm infiniband-diags")
-    assert pkgs.returncode == 0 and len(pkgs.stdout.split()) == 5, pkgs
+            "Load the NVLink 5 management ports' modules now", "Start fabric manager"} \
+        <= changed, changed
+    pkgs = node_sh(lab, "gpu-node-01", "dpkg-query -W -f='${Package} ${Version}\\n' "
+                                       "nvidia-fabricmanager libnvidia-nscq libnvsdm nvlsm "
+                                       "infiniband-diags")
+    assert pkgs.returncode == 0 and len(pkgs.stdout.splitlines()) == 5, pkgs
+    assert pkgs.stdout.decode().count(" 580.82.07-1") == 3, pkgs  # the driver's version
     mods = node_sh(lab, "gpu-node-01", "ls /sys/module; cat /etc/modules-load.d/*.conf")
     assert {"mlx5_core", "ib_umad", "nvidia"} <= set(mods.stdout.decode().split()), mods
+    # NVLSM runs as fabric manager's start script started it: NVIDIA's config, the
+    # management port's GUID, the pid file beside fabric manager's; no service of its own.
+    sm = node_sh(lab, "gpu-node-01", f"tr '\\0' ' ' < /proc/$(cat {NVLSM_PIDFILE})/cmdline; "
+                                     "ls /etc/init.d")
+    assert f"{NVLSM} --config {NVLSM_CONFIG} --guid 0x0c42a1030001" in sm.stdout.decode(), sm
+    assert "nvlsm" not in sm.stdout.decode().split(), sm
     # DCGM 4 for the driver's CUDA major (580: CUDA 13), its host engine running; the
     # nvidia runtime registered with containerd.
     dcgm = node_sh(lab, "gpu-node-01", "dpkg-query -W -f='${Status}' datacenter-gpu-manager-4-"
@@ -126,14 +147,39 @@ def test_b200_provisions_nvlink5_packages_and_passes_verify(lab, gpuctl, paths) 
     assert dcgm.returncode == 0 and dcgm.stdout.decode().endswith("installed1\n"), dcgm
     code, summary = provision(gpuctl, "--all")
     assert code == 0 and summary["changed"] == 0, summary
-    # The fabric is up only with every NVLink 5 part present: stop the subnet manager
-    # and verify names the fabric.
-    node_sh(lab, "gpu-node-01", "/etc/init.d/nvlsm stop")
+
+    # NVLSM started any other way leaves the fabric down, and verify says so: a second
+    # subnet manager beside fabric manager's; NVLSM alone with fabric manager started
+    # without its script; no NVLSM at all.
+    for why, script in (
+            ("2 NVLSM processes", "start-stop-daemon --start --background --make-pidfile "
+                                  f"--pidfile /run/second-sm.pid --startas {NVLSM} -- "
+                                  f"--config {NVLSM_CONFIG}"),
+            ("1 NVLSM process", "/etc/init.d/nvidia-fabricmanager stop && "
+                                f"start-stop-daemon --start --background --make-pidfile "
+                                f"--pidfile {NVLSM_PIDFILE} --startas {NVLSM} -- --config "
+                                f"{NVLSM_CONFIG} && "
+                                "mkdir -p /run/nvidia-fabricmanager && start-stop-daemon "
+                                "--start --background --make-pidfile --pidfile "
+                                "/run/nvidia-fabricmanager/nv-fabricmanager.pid --startas "
+                                "/usr/bin/nv-fabricmanager -- -c /usr/share/nvidia/nvswitch/"
+                                "fabricmanager.cfg"),
+            ("0 NVLSM processes", f"/etc/init.d/nvidia-fabricmanager restart && "
+                                  f"kill $(cat {NVLSM_PIDFILE})")):
+        done = node_sh(lab, "gpu-node-01", script)
+        assert done.returncode == 0, (why, done)
+        code, summary = provision(gpuctl, "--all", "--tags", "verify")
+        assert code == 3, (why, summary)
+        reason = summary["nodes"][0]["reason"]
+        assert reason.startswith("NVSwitch fabric not up: fabric manager running (1 "
+                                 f"nv-fabricmanager process, {why}: fabric manager starts "
+                                 "the one NVLSM), fabric state In Progress on 8 of 8 GPUs"), \
+            (why, reason)
+        node_sh(lab, "gpu-node-01", "/etc/init.d/nvidia-fabricmanager stop; start-stop-daemon "
+                                    "--stop --oknodo --pidfile /run/second-sm.pid; "
+                                    "/etc/init.d/nvidia-fabricmanager start")
     code, summary = provision(gpuctl, "--all", "--tags", "verify")
-    assert code == 3, summary
-    assert summary["nodes"][0]["reason"].startswith(
-        "NVSwitch fabric not up: fabric manager running, fabric state In Progress on 8 of "
-        "8 GPUs"), summary
+    assert code == 0, summary
 
 
 def test_rocky9_provisions_through_dnf_module_streams(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from provisioner.lab.packages import all_packages, nvlink5_packages
+from provisioner.lab.packages import DRIVERS, all_packages, fabricmanager_packages, newest
 from provisioner.shipped import shipped_dir
 
 FAMILIES = {"Ubuntu": "ubuntu", "Debian": "debian", "RedHat": "rhel"}
@@ -70,8 +70,61 @@ def test_the_570_row_would_fail_on_580() -> None:
 
 
 def test_nvsdm_is_unsuffixed_from_580() -> None:
-    assert [p.name for p in nvlink5_packages("ubuntu", "580")] == ["nvlsm", "libnvsdm"]
-    assert [p.name for p in nvlink5_packages("ubuntu", "570")] == ["nvlsm", "libnvsdm-570"]
+    assert [p.name for p in fabricmanager_packages("ubuntu", "580", "580.82.07")][2] == "libnvsdm"
+    assert [p.name for p in fabricmanager_packages("ubuntu", "570", "570.86.15")][2] == \
+        "libnvsdm-570"
+
+
+@pytest.mark.parametrize("family", ["ubuntu", "rhel"])
+def test_every_driver_release_has_its_own_fabric_manager(family: str) -> None:
+    """Two releases of 570 and 580 in the lab: the fabric manager, NSCQ and NVSDM of each
+    are there at that exact version, so a node held at the older one can match it (and
+    one that asks for "the branch" gets the newest, which its driver refuses)."""
+    pkgs, _ = all_packages(family)
+    for branch in ("570", "580"):
+        versions = DRIVERS[branch][0]
+        assert len(versions) == 2 and newest(branch) == versions[-1]
+        for version in versions:
+            got = {p.name for p in pkgs if p.version == f"{version}-1"}
+            want = {p.name for p in fabricmanager_packages(family, branch, version)}
+            assert len(want) == 3 and want <= got, (branch, version, want - got)
+    skewed, _ = all_packages(family, fabricmanager_skew=True)
+    fm = {p.version for p in skewed if p.name in ("nvidia-fabricmanager-570",
+                                                  "nvidia-fabric-manager")
+          and p.version.startswith("570.")}
+    assert fm == {"570.86.15-1"}
+
+
+def test_nvlsm_has_nvidia_layout_and_no_service() -> None:
+    """NVLSM is started by fabric manager's start script: no unit, no init script of
+    its own; the binary where NVIDIA's archive puts it."""
+    pkgs, _ = all_packages("ubuntu")
+    nvlsm = next(p for p in pkgs if p.name == "nvlsm")
+    assert set(nvlsm.files) == {"/opt/nvidia/nvlsm/sbin/nvlsm",
+                                "/usr/share/nvidia/nvlsm/nvlsm.conf"}
+    fm = next(p for p in pkgs if p.name == "nvidia-fabricmanager")
+    unit = fm.files["/lib/systemd/system/nvidia-fabricmanager.service"][0]
+    assert isinstance(unit, bytes) and b"ExecStart=/usr/bin/nvidia-fabricmanager-start.sh " \
+        b"--mode start\n" in unit
+
+
+def test_processes_are_found_by_program(monkeypatch: Any) -> None:
+    """verify's process check: a program run directly or as a script's interpreter
+    argument counts; one whose name is only an argument further on does not."""
+    mod = _node_state_module()
+    import subprocess
+    import sys
+    script = "/opt/nvidia/nvlsm/sbin/nvlsm"
+    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", script]),
+             subprocess.Popen(["sleep", "30"])]
+    try:
+        got = mod.processes(["/bin/sleep", "sleep", script])
+        assert any(c.startswith("sleep 30") for c in got["sleep"]), got
+        assert not any(script in c for c in got[script]), got  # third argument only
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
 
 
 def _node_state_module() -> Any:
