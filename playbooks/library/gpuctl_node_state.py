@@ -124,25 +124,30 @@ def services(names):
     return out
 
 
+# Interpreters a daemon that is a script runs under (its program is then argv[1]).
+INTERPRETERS = ("sh", "dash", "bash")
+
+
 def processes(programs):
-    """Each program's running processes (their command lines): a process is the
-    program's when its first argument is the program, or its second with an interpreter
-    first (a script). Processes in another mount namespace (a container) are not this
-    host's and are left out."""
+    """Each program's running processes (their command lines): a process whose
+    executable is the program (a binary replaced by an upgrade reads "(deleted)"), or a
+    shell running it as a script. A tool that only names it (strace, gdb, sudo) is not
+    one."""
     out = {p: [] for p in programs}
     if not programs:
         return out
-    mine = os.readlink("/proc/self/ns/mnt")
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if os.readlink("/proc/%s/ns/mnt" % pid) != mine:
-                continue
+            exe = os.readlink("/proc/%s/exe" % pid)
             with open("/proc/%s/cmdline" % pid, "rb") as fh:
                 args = fh.read().decode(errors="replace").rstrip("\0").split("\0")
-        except OSError:
+        except OSError:  # gone, or a kernel thread
             continue
+        if exe.endswith(" (deleted)"):
+            exe = exe[:-len(" (deleted)")]
         for program in programs:
-            if program in args[:2]:
+            if exe == program or (os.path.basename(exe) in INTERPRETERS
+                                  and args[1:2] == [program]):
                 out[program].append(" ".join(args))
     return out
 

@@ -260,7 +260,12 @@ class Lab:
             if running:
                 self.put_file(spec["name"], path, data, mode)
             else:
-                target = ndir / "upper" / path.lstrip("/")
+                # Its directory through the lower root's symlinks: a merged-/usr host's
+                # /lib is a link to usr/lib, which a real directory in the upper layer
+                # would hide. (The file itself replaces what is there: /sbin/reboot is a
+                # link to systemctl, which must stay systemctl.)
+                parent = os.path.realpath(os.path.dirname(path))
+                target = ndir / "upper" / parent.lstrip("/") / os.path.basename(path)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
                 os.chmod(target, mode)

@@ -69,10 +69,12 @@ DAEMON = """#!/bin/sh
 trap 'kill $! 2>/dev/null; exit 0' TERM INT
 while :; do sleep 3600 & wait $!; done
 """
-# An init script that runs the daemon with the arguments systemd would give it: the
-# unit's ExecStart=, overridden by the last ExecStart= of a drop-in (systemd.unit(5):
-# an empty ExecStart= resets the list). Lab nodes run no systemd; their sysvinit-like
-# init runs this, so a drop-in changes what the daemon does here as it would there.
+# An init script that runs what systemd would run: the unit's ExecStart=, overridden by
+# the last ExecStart= of a drop-in (systemd.unit(5): an empty ExecStart= resets the
+# list), program and arguments; a program that is not there fails the start, as
+# systemd's status=203/EXEC. Lab nodes run no systemd; their sysvinit-like init runs
+# this, so a drop-in changes what the daemon does here as it would there. A service
+# without a unit runs its daemon.
 INIT_SCRIPT = """#!/bin/sh
 ### BEGIN INIT INFO
 # Provides:          {name}
@@ -84,17 +86,22 @@ INIT_SCRIPT = """#!/bin/sh
 ### END INIT INFO
 PIDFILE=/run/{name}.pid
 UNIT=/lib/systemd/system/{name}.service
-exec_args() {{
+exec_line() {{
   line=$(cat "$UNIT" /etc/systemd/system/{name}.service.d/*.conf 2>/dev/null \\
          | grep '^ExecStart=.' | tail -n 1)
-  set -- ${{line#ExecStart=}}
-  [ $# -gt 0 ] && shift
-  echo "$@"
+  echo "${{line#ExecStart=}}"
 }}
 case "$1" in
   start)
+    set -- $(exec_line)
+    [ $# -gt 0 ] || set -- {daemon}
+    if [ ! -x "$1" ]; then
+      echo "{name}: $1: No such file or directory (status=203/EXEC)" >&2
+      exit 1
+    fi
+    program=$1; shift
     start-stop-daemon --start --quiet --oknodo --background --make-pidfile \\
-      --pidfile "$PIDFILE" --startas {daemon} -- $(exec_args) ;;
+      --pidfile "$PIDFILE" --startas "$program" -- "$@" ;;
   stop) start-stop-daemon --stop --quiet --oknodo --retry 5 --pidfile "$PIDFILE" \\
       --remove-pidfile ;;
   status) start-stop-daemon --status --pidfile "$PIDFILE" ;;
@@ -126,18 +133,18 @@ Type=forking
 ExecStart=/usr/bin/nvidia-persistenced --user nvidia-persistenced --no-persistence-mode --verbose
 ExecStopPost=/bin/rm -rf /var/run/nvidia-persistenced
 """
-# RHEL: NVIDIA's upstream unit (NVIDIA/nvidia-persistenced init/systemd/
-# nvidia-persistenced.service.template), which has an [Install] section; that the rpm
-# ships it as is, is a guess (admins' notes run `systemctl enable nvidia-persistenced`
-# after `dnf install nvidia-persistenced`).
+# RHEL: NVIDIA's rpm (NVIDIA/yum-packaging-nvidia-persistenced, nvidia-persistenced.service
+# at 36bbbbd): the daemon in /usr/sbin (its spec moves %{_bindir} to %{_sbindir}), an
+# [Install] section.
 PERSISTENCED_UNIT_RHEL = """[Unit]
 Description=NVIDIA Persistence Daemon
-Wants=syslog.target
+After=syslog.target
 
 [Service]
 Type=forking
-ExecStart=/usr/bin/nvidia-persistenced --user nvidia-persistenced
-ExecStopPost=/bin/rm -rf /var/run/nvidia-persistenced
+ExecStart=/usr/sbin/nvidia-persistenced --user nvidia-persistenced
+ExecStopPost=/bin/rm -rf /var/run/nvidia-persistenced/*
+TimeoutSec=300
 
 [Install]
 WantedBy=multi-user.target
@@ -281,11 +288,13 @@ NVLSM_PIDFILE = "/var/run/nvidia-fabricmanager/nvlsm.pid"
 # siderolabs/extensions PR #717): an NVLink 5 system is one whose InfiniBand device's VPD
 # says SW_MNG (the same file, `_assert_nvlink5_system`), and needs ib_umad loaded
 # ('Kernel module "ib_umad" has not been loaded, fabric manager cannot be started',
-# CanvOS PR #700). NVLSM runs as `nvlsm --config FILE --guid GUID --pid_file FILE` and
-# fabric manager gets `--fm-sm-mgmt-port-guid GUID` (siderolabs/extensions
-# nvidia-fabricmanager-wrapper/main.go, which does what the script does). The messages
-# "Detected NVL5+ system"/"Detected Pre-NVL5 system" are the script's (CanvOS PR #700).
-# How the real script daemonizes is not public: here start-stop-daemon does it.
+# CanvOS PR #700). The command lines are those a B300 node's `systemctl status
+# nvidia-fabricmanager` shows (a third-party capture, secondary): NVLSM as
+# `nvlsm -F FILE -B --pid_file FILE -g GUID`, fabric manager as `nv-fabricmanager -c FILE
+# -g GUID`, the GUID the management port's as `ibstat` gives it (the script fails
+# without ibstat: infiniband-diags). The messages "Detected NVL5+ system"/"Detected
+# Pre-NVL5 system" are the script's (CanvOS PR #700). How the real script daemonizes is
+# not public: here start-stop-daemon does it.
 FM_START = f"""#!/bin/sh
 # nvidia-fabricmanager-start.sh (gpuctl lab stand-in)
 mode=start fm_cfg={FM_CONFIG} fm_pid={FM_PIDFILE}
@@ -304,7 +313,12 @@ done
 guid=
 for dev in /sys/class/infiniband/*/device; do
   grep -q SW_MNG "$dev/vpd" 2>/dev/null || continue
-  guid=0x$(tr -d ':\\n' < "${{dev%/device}}/node_guid")
+  if ! command -v ibstat >/dev/null; then
+    echo "ibstat not found: install infiniband-diags" >&2
+    exit 1
+  fi
+  ca=${{dev%/device}}
+  guid=$(ibstat -p "${{ca##*/}}" | head -n 1)
   break
 done
 if [ -z "$guid" ]; then
@@ -322,8 +336,8 @@ fi
 mkdir -p "$(dirname "$fm_pid")" "$(dirname "$sm_pid")"
 if [ -n "$guid" ]; then
   start-stop-daemon --start --quiet --background --make-pidfile --pidfile "$sm_pid" \\
-    --startas {NVLSM} -- --config "$sm_cfg" --guid "$guid" --pid_file "$sm_pid" || exit 1
-  set -- --fm-sm-mgmt-port-guid "$guid"
+    --startas {NVLSM} -- -F "$sm_cfg" -B --pid_file "$sm_pid" -g "$guid" || exit 1
+  set -- -g "$guid"
 fi
 start-stop-daemon --start --quiet --background --make-pidfile --pidfile "$fm_pid" \\
   --startas /usr/bin/nv-fabricmanager -- -c "$fm_cfg" "$@"
@@ -346,9 +360,9 @@ lines() {{
 case "$1" in
   start)
     start-stop-daemon --status --pidfile {pidfile} && exit 0
-    for cmd in "$(lines ExecStartPre | sed 's/^[^=]*=//')"; do
-      [ -z "$cmd" ] || $cmd || exit 1
-    done
+    lines ExecStartPre | while IFS= read -r cmd; do
+      ${{cmd#ExecStartPre=}} || exit 1
+    done || exit 1
     cmd=$(lines ExecStart | tail -n 1)
     ${{cmd#ExecStart=}} ;;
   stop)
@@ -449,19 +463,20 @@ def driver_packages(family: str, branch: str, version: str, *,
                            "NVIDIA driver CUDA integration (nvidia-smi), lab stand-in",
                            userspace_files()))
     elif family == "rhel":
-        # nvidia-persistenced is a package of its own on RHEL, outside the module's
-        # default profile (admins install it after `dnf module install nvidia-driver:580`:
-        # `dnf install -y nvidia-persistenced`; secondary sources, none of NVIDIA's own at
-        # hand).
+        # nvidia-persistenced is a package of its own on RHEL, which nvidia-driver-cuda
+        # requires at its exact version (NVIDIA/yum-packaging-nvidia-driver
+        # nvidia-driver.spec, `%package cuda`: "Requires: nvidia-persistenced =
+        # %{?epoch:%{epoch}:}%{version}").
         out += [Package("nvidia-driver", f"{version}-1", "NVIDIA driver, lab stand-in",
                         {"/usr/share/gpuctl-lab/nvidia-driver": (version, 0o644)}, epoch="3"),
                 Package("nvidia-persistenced", f"{version}-1",
                         "NVIDIA persistence daemon, lab stand-in",
-                        service_files("nvidia-persistenced", "/usr/bin/nvidia-persistenced",
+                        service_files("nvidia-persistenced", "/usr/sbin/nvidia-persistenced",
                                       unit=PERSISTENCED_UNIT_RHEL), epoch="3"),
                 Package("nvidia-driver-cuda", f"{version}-1",
                         "NVIDIA driver CUDA integration (nvidia-smi), lab stand-in",
-                        {"/usr/bin/nvidia-smi": (STANDIN_SMI.read_bytes(), 0o755)}, epoch="3")]
+                        {"/usr/bin/nvidia-smi": (STANDIN_SMI.read_bytes(), 0o755)}, epoch="3",
+                        depends=[f"nvidia-persistenced = 3:{version}"])]
     return out
 
 
@@ -534,12 +549,23 @@ esac
 """
 
 
+# ibstat(8): the CAs by name, or with -p the port GUIDs of one (here from sysfs's
+# node_guid, as 0x and 16 hex digits).
+IBSTAT = """#!/bin/sh
+if [ "$1" = -p ]; then
+  printf '0x%s\\n' "$(tr -d ':\\n' < /sys/class/infiniband/$2/node_guid)"
+else
+  ls /sys/class/infiniband
+fi
+"""
+
+
 def os_packages(family: str) -> list[Package]:
     """What the OS's own repositories serve that the roles install: kernel headers and,
     on RHEL, EPEL's dkms (served from the lab's EPEL stand-in, see ``epel_packages``)."""
     release = platform.release()
     ibdiags = Package("infiniband-diags", "48.0-1", "InfiniBand diagnostic tools, lab stand-in",
-                      {"/usr/sbin/ibstat": ("#!/bin/sh\nls /sys/class/infiniband\n", 0o755)})
+                      {"/usr/sbin/ibstat": (IBSTAT, 0o755)})
     if family == "rhel":
         return [Package(f"kernel-devel-{release}", "1.0-1",
                         "Kernel headers for the running kernel, lab stand-in",

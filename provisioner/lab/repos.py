@@ -76,11 +76,14 @@ def _apt_index(repo: Path, debs: list[Path]) -> None:
     packages = "\n".join(stanzas).encode()
     (repo / "Packages").write_bytes(packages)
     (repo / "Packages.gz").write_bytes(gzip.compress(packages, mtime=0))
-    lines = ["Origin: gpuctl-lab", "Label: NVIDIA CUDA", "Suite: stable",
-             "Codename: gpuctl-lab", f"Date: {formatdate(usegmt=True)}", "SHA256:"]
+    # The fields of NVIDIA's own Release files (cuda-repo-management repo-debian.sh):
+    # no Suite or Codename, so apt pins can select on o=, l= or the origin host only.
+    lines = ["Origin: NVIDIA", "Label: NVIDIA CUDA", "Architecture: x86_64",
+             f"Date: {formatdate(usegmt=True)}", "SHA256:"]
     for name in ("Packages", "Packages.gz"):
         blob = (repo / name).read_bytes()
         lines.append(f" {hashlib.sha256(blob).hexdigest()} {len(blob)} {name}")
+    lines.append("Acquire-By-Hash: no")
     (repo / "Release").write_text("\n".join(lines) + "\n")
 
 

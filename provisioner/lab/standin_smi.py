@@ -195,14 +195,10 @@ def arg(args, flag):
 
 
 def subnet_managers():
-    """The node's NVLink subnet manager processes: the lab's nodes share the host's PID
-    space, so a process counts when it runs in this node's mount namespace."""
-    mine = os.readlink("/proc/self/ns/mnt")
+    """The node's NVLink subnet manager processes (a lab node has its own /proc)."""
     out = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if os.readlink("/proc/%s/ns/mnt" % pid) != mine:
-                continue
             with open("/proc/%s/cmdline" % pid, "rb") as fh:
                 args = fh.read().decode(errors="replace").split("\0")
         except OSError:
@@ -226,9 +222,9 @@ def fabric(st):
     running = fm is not None and "fabric-unregistered" not in st.get("faults", [])
     if running and nvlink5():
         sm = daemon_args(NVLSM_PIDFILE)
-        guid = arg(fm, "--fm-sm-mgmt-port-guid")
-        running = bool(guid) and sm is not None and arg(sm, "--guid") == guid \
-            and len(subnet_managers()) <= 1 \
+        guid = arg(fm, "-g")
+        running = bool(guid) and sm is not None and arg(sm, "-g") == guid \
+            and len(subnet_managers()) == 1 \
             and all(os.path.isdir("/sys/module/" + m) for m in ("mlx5_core", "ib_umad"))
     return ("Completed", "Success") if running else ("In Progress", "N/A")
 

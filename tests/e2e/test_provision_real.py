@@ -6,11 +6,15 @@ it would on a real node."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +22,7 @@ from sqlmodel import select
 
 from provisioner.db.engine import session_scope
 from provisioner.db.models import Node, TaskResult
+from provisioner.lab.netrepo import build_network_repo, sign_release
 from provisioner.lab.packages import NVLSM, NVLSM_CONFIG, NVLSM_PIDFILE, REPO_IN_NODE
 from tests.e2e.conftest import command_json, scan_json
 
@@ -55,14 +60,16 @@ def node_sh(lab: Any, name: str, script: str) -> subprocess.CompletedProcess[byt
 
 def test_branches_570_and_580_then_verify_names_what_is_wrong(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
     # h100-sxm-8 on Ubuntu 22.04; node 03's mirror has no fabric manager for the newest
-    # 570 driver (out of step). Node 01 came with the older 570.86.15 driver, installed
-    # from NVIDIA's repository and held, as a vendor image might: its fabric manager must
-    # be 570.86.15 too (the branch's newest, 570.124.06, would refuse to start).
+    # 570 driver (out of step). Node 01 came with the older 570.86.15 driver and, held
+    # beside it, the branch's newest fabric manager, installed from NVIDIA's repository
+    # as a vendor image might: its fabric manager must become 570.86.15 (570.124.06 would
+    # refuse to start).
     lab.up(3, "--fault", "gpu-node-03:fabricmanager-mismatch")
     held = node_sh(lab, "gpu-node-01", f"echo 'deb [trusted=yes] file:{REPO_IN_NODE} /' > "
                    "/etc/apt/sources.list.d/vendor.list && apt-get update -qq && "
-                   "apt-get install -y -qq nvidia-driver-570-open=570.86.15-1 && "
-                   "apt-mark hold nvidia-driver-570-open && "
+                   "apt-get install -y -qq nvidia-driver-570-open=570.86.15-1 "
+                   "nvidia-fabricmanager-570=570.124.06-1 && "
+                   "apt-mark hold nvidia-driver-570-open nvidia-fabricmanager-570 && "
                    "rm /etc/apt/sources.list.d/vendor.list")
     assert held.returncode == 0, held
     scan_json(gpuctl, "--all", "--accept-new")
@@ -72,8 +79,10 @@ def test_branches_570_and_580_then_verify_names_what_is_wrong(lab, gpuctl, paths
     nodes = by_name(summary)
     assert nodes["gpu-node-01"]["status"] == nodes["gpu-node-02"]["status"] == "ok", \
         {n: v.get("reason") for n, v in nodes.items()}
-    assert "nvidia-fabricmanager-570=570.124.06-*" in nodes["gpu-node-03"]["reason"], \
-        nodes["gpu-node-03"]
+    reason = nodes["gpu-node-03"]["reason"]
+    assert reason.startswith("fabric manager for driver 570.124.06 failed to install "
+                             "(nvidia-fabricmanager-570=570.124.06-* ") and \
+        "(a mirror out of step?)" in reason, reason
     # Ansible names a task once, from the first host's variables: what each node got is
     # read on the node. 570 carries the branch in fabric manager's name; 580 does not,
     # and the suffixed name there is only an alias: no package of that name is installed.
@@ -137,7 +146,8 @@ def test_b200_provisions_nvlink5_packages_and_passes_verify(lab, gpuctl, paths) 
     # management port's GUID, the pid file beside fabric manager's; no service of its own.
     sm = node_sh(lab, "gpu-node-01", f"tr '\\0' ' ' < /proc/$(cat {NVLSM_PIDFILE})/cmdline; "
                                      "ls /etc/init.d")
-    assert f"{NVLSM} --config {NVLSM_CONFIG} --guid 0x0c42a1030001" in sm.stdout.decode(), sm
+    assert f"{NVLSM} -F {NVLSM_CONFIG} -B --pid_file {NVLSM_PIDFILE} -g 0x0c42a1030001" \
+        in sm.stdout.decode(), sm
     assert "nvlsm" not in sm.stdout.decode().split(), sm
     # DCGM 4 for the driver's CUDA major (580: CUDA 13), its host engine running; the
     # nvidia runtime registered with containerd.
@@ -229,6 +239,80 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextlib.contextmanager
+def http_server(root: Path) -> Iterator[str]:
+    """``root`` served over HTTP on loopback; yields its URL."""
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                               "127.0.0.1", "--directory", str(root)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):  # until it listens
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def signed_mirror(paths: Any, tmp_path: Path, root: Path) -> Path:
+    """NVIDIA's repository for the lab's OS mirrored under ``root/mirror`` and signed with
+    the site's own key; returns the key (armored), as a site hands it to gpuctl."""
+    repo = root / "mirror"
+    shutil.copytree(paths.home / "lab/repos/good", repo)
+    key = tmp_path / "mirror.asc"
+    key.write_bytes(sign_release(repo, tmp_path / "site-gnupg"))
+    return key
+
+
+def test_ubuntu_from_nvidia_network_repository_and_a_signed_mirror(  # type: ignore[no-untyped-def]
+        lab, gpuctl, paths, tmp_path) -> None:
+    """The default path: node 01 has no mirror, only NVIDIA's repository URL (the lab's
+    over HTTP, signed with a lab key standing in for NVIDIA's: the URL is all a site
+    sets). cuda-keyring from that URL brings the key, its own source list and its pin
+    file (600 for every NVIDIA package); the node holds an older 570 driver, so fabric
+    manager must be installed below the branch's newest despite both pins. Node 02 reads
+    a mirror signed with the site's key, NVIDIA's URL closed. Both run twice: 0
+    changed."""
+    lab.up(2)
+    root = tmp_path / "www"
+    key = signed_mirror(paths, tmp_path, root)
+    with http_server(root) as url:
+        base = f"{url}/compute/cuda/repos"
+        build_network_repo(root / "compute/cuda/repos", "ubuntu22.04",
+                           paths.home / "lab/repos/good", base, tmp_path / "nvidia-gnupg")
+        held = node_sh(lab, "gpu-node-01", f"echo 'deb [trusted=yes] {base}/ubuntu2204/x86_64/ /'"
+                       " > /etc/apt/sources.list.d/vendor.list && apt-get update -qq && "
+                       "apt-get install -y -qq nvidia-driver-570-open=570.86.15-1 && "
+                       "apt-mark hold nvidia-driver-570-open && "
+                       "rm /etc/apt/sources.list.d/vendor.list")
+        assert held.returncode == 0, held
+        scan_json(gpuctl, "--all", "--accept-new")
+        set_vars(paths.db_url, "gpu-node-01", nvidia_repo_trusted="false",
+                 nvidia_repo_mirror_url="", nvidia_repo_base=base)
+        set_vars(paths.db_url, "gpu-node-02", nvidia_repo_trusted="false",
+                 nvidia_repo_mirror_url=f"{url}/mirror/", nvidia_repo_mirror_key=str(key),
+                 nvidia_repo_base="http://127.0.0.1:9/unreachable")
+        code, summary = provision(gpuctl, "--all")
+        assert code == 0, {n["name"]: n.get("reason") for n in summary["nodes"]}
+        q = "dpkg-query -W -f='${Package} ${Version}\\n' "
+        one = node_sh(lab, "gpu-node-01", q + "cuda-keyring nvidia-fabricmanager-570 "
+                      "libnvidia-nscq-570 && ls /etc/apt/preferences.d && cat "
+                      "/etc/apt/sources.list.d/cuda-ubuntu2204-x86_64.list")
+        out = one.stdout.decode()
+        assert one.returncode == 0 and "cuda-keyring 1.1-1" in out, one
+        assert out.count(" 570.86.15-1") == 2 and "cuda-repository-pin-600" in out, out
+        two = node_sh(lab, "gpu-node-02", "cat /etc/apt/sources.list.d/gpuctl-nvidia.list; "
+                      "dpkg-query -W cuda-keyring")
+        assert f"deb [signed-by=/usr/share/keyrings/gpuctl-nvidia-mirror.asc] {url}/mirror/ /" \
+            in two.stdout.decode() and two.returncode != 0, two  # no keyring from NVIDIA
+        code, summary = provision(gpuctl, "--all")
+        assert code == 0 and summary["changed"] == 0, summary
+
+
 def test_debian12_from_a_signed_mirror_only(lab, gpuctl, paths, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """An air-gapped site: NVIDIA's debian12 repository mirrored and signed with the
     site's key, served over HTTP on loopback; NVIDIA's own URLs point at a closed port.
@@ -236,46 +320,31 @@ def test_debian12_from_a_signed_mirror_only(lab, gpuctl, paths, tmp_path) -> Non
     lab.up(1, "--os", "debian12", "--profile", "l40s-4",
            "--fault", "gpu-node-01:repo-unreachable")
     scan_json(gpuctl, "--all", "--accept-new")
-    repo = tmp_path / "mirror"
-    shutil.copytree(paths.home / "lab/repos/good", repo)
-    gnupg = tmp_path / "gnupg"
-    gnupg.mkdir(mode=0o700)
-    gpg = ["gpg", "--homedir", str(gnupg), "--batch", "--pinentry-mode", "loopback",
-           "--passphrase", ""]
-    subprocess.run([*gpg, "--quick-gen-key", "gpuctl lab mirror <mirror@localhost>",
-                    "ed25519", "sign", "never"], check=True, capture_output=True)
-    subprocess.run([*gpg, "--clearsign", "-o", str(repo / "InRelease"), str(repo / "Release")],
-                   check=True, capture_output=True)
-    key = tmp_path / "mirror.asc"
-    key.write_bytes(subprocess.run([*gpg, "--armor", "--export"], check=True,
-                                   capture_output=True).stdout)
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
-                               "127.0.0.1", "--directory", str(repo)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    root = tmp_path / "www"
+    key = signed_mirror(paths, tmp_path, root)
+    repo = root / "mirror"
+    with http_server(root) as url:
         set_vars(paths.db_url, "gpu-node-01", nvidia_repo_trusted="false",
-                 nvidia_repo_mirror_url=f"http://127.0.0.1:{port}/",
+                 nvidia_repo_mirror_url=f"{url}/mirror/",
                  nvidia_repo_mirror_key=str(key),
                  nvidia_repo_base="http://127.0.0.1:9/unreachable")
         code, summary = provision(gpuctl, "--all")
         assert code == 0, summary
         listing = node_sh(lab, "gpu-node-01", "cat /etc/apt/sources.list.d/gpuctl-nvidia.list")
         assert (f"deb [signed-by=/usr/share/keyrings/gpuctl-nvidia-mirror.asc] "
-                f"http://127.0.0.1:{port}/ /") in listing.stdout.decode(), listing
+                f"{url}/mirror/ /") in listing.stdout.decode(), listing
         assert node_sh(lab, "gpu-node-01", "nvidia-smi -L").returncode == 0
         debian_names_and_no_fabric_manager(lab, gpuctl, paths, summary["run_id"])
+        code, summary = provision(gpuctl, "--all")
+        assert code == 0 and summary["changed"] == 0, summary
         # A mirror signed by another key is refused: apt checks the signature.
         (repo / "InRelease").write_text((repo / "InRelease").read_text().replace(
-            "Origin: gpuctl-lab", "Origin: tampered"))
+            "Origin: NVIDIA", "Origin: tampered"))
         node_sh(lab, "gpu-node-01", "rm -f /etc/apt/sources.list.d/gpuctl-nvidia.list")
         set_vars(paths.db_url, "gpu-node-01", nvidia_repo_apt_retries="1")
         code, summary = provision(gpuctl, "--all", "--tags", "repo")
         assert code == 3, summary
         assert "Refresh the apt cache" in summary["nodes"][0]["reason"], summary
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_preflight_refuses_debian_nvswitch_and_rhel8_python(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]

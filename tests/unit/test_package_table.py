@@ -6,6 +6,7 @@ only provides does not count: apt cannot hold it, `rpm -q` says not installed)."
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -108,25 +109,6 @@ def test_nvlsm_has_nvidia_layout_and_no_service() -> None:
         b"--mode start\n" in unit
 
 
-def test_processes_are_found_by_program(monkeypatch: Any) -> None:
-    """verify's process check: a program run directly or as a script's interpreter
-    argument counts; one whose name is only an argument further on does not."""
-    mod = _node_state_module()
-    import subprocess
-    import sys
-    script = "/opt/nvidia/nvlsm/sbin/nvlsm"
-    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", script]),
-             subprocess.Popen(["sleep", "30"])]
-    try:
-        got = mod.processes(["/bin/sleep", "sleep", script])
-        assert any(c.startswith("sleep 30") for c in got["sleep"]), got
-        assert not any(script in c for c in got[script]), got  # third argument only
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-
-
 def _node_state_module() -> Any:
     path = Path(shipped_dir() / "playbooks/library/gpuctl_node_state.py")
     spec = importlib.util.spec_from_file_location("gpuctl_node_state", path)
@@ -143,3 +125,25 @@ def test_versionlock_list_is_read_by_package_name(tmp_path: Path, monkeypatch: A
                     "libnvidia-nscq-570-0:570.124.06-1.*\n!excluded-pkg-0:1.0-1.*\n")
     monkeypatch.setattr(mod, "read", lambda path: lock.read_text())
     assert mod.versionlocked() == {"nvidia-fabric-manager", "libnvidia-nscq-570"}
+
+
+def test_processes_are_found_by_program() -> None:
+    """verify's process check: a program run directly, or a script run by a shell,
+    counts; a process that only names it in its arguments does not."""
+    mod = _node_state_module()
+    import shutil
+    import subprocess
+    sleep = shutil.which("sleep")
+    assert sleep
+    script = "/opt/nvidia/nvlsm/sbin/nvlsm"
+    procs = [subprocess.Popen([sleep, "30"]),
+             subprocess.Popen(["sh", "-c", "sleep 30", script]),  # sh runs -c, not it
+             subprocess.Popen([sleep, "31", script])]
+    try:
+        got = mod.processes([os.path.realpath(sleep), script])
+        assert any(c.endswith("30") for c in got[os.path.realpath(sleep)]), got
+        assert got[script] == [], got
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

@@ -1,0 +1,98 @@
+"""NVIDIA's network repository as a node without a mirror reaches it, for the lab: the
+layout of https://developer.download.nvidia.com/compute/cuda/repos/ (``<distro>/<arch>/``,
+one flat apt repository per distribution), signed with a key of the lab's own that
+stands in for NVIDIA's, with NVIDIA's ``cuda-keyring`` package beside the index. A
+test serves it over HTTP on loopback and sets only the base URL, as a site would.
+
+What is NVIDIA's here, and where it is from:
+
+- The Release file: ``Origin: NVIDIA``, ``Label: NVIDIA CUDA``, ``Architecture``, the
+  hash lists, ``Acquire-By-Hash: no``, no Suite or Codename; signed as ``InRelease``
+  and ``Release.gpg`` (NVIDIA's cuda-repo-management ``repo-debian.sh``). The lab's
+  local repositories use the same fields (``repos._apt_index``).
+- ``cuda-keyring`` installs the archive keyring
+  ``/usr/share/keyrings/cuda-archive-keyring.gpg``, a source list
+  ``/etc/apt/sources.list.d/cuda-<distro>-<arch>.list`` and the pin file
+  ``/etc/apt/preferences.d/cuda-repository-pin-600`` (``dpkg -L cuda-keyring`` of 1.0-1,
+  quoted in autowarefoundation PR #265; NVIDIA's maintainer in
+  ansible-role-nvidia-driver PR #59: "the cuda-keyring package is actually installing
+  the repo files itself"; deepops' air-gap notes move 1.1-1's list aside). The pin's
+  text is NVIDIA's own file: ``Package: *`` / ``Pin: release l=NVIDIA CUDA`` /
+  ``Pin-Priority: 600``. The list's text is inferred (``deb [signed-by=<keyring>]
+  <url> /``), and that 1.1-1 still ships the pin file is a guess: it is kept because a
+  playbook must survive it (600 for every NVIDIA package, the branch's newest first).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from provisioner.errors import LabError
+from provisioner.lab.packages import Package
+from provisioner.lab.repos import _build_deb
+
+KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"
+PIN_600 = "Package: *\nPin: release l=NVIDIA CUDA\nPin-Priority: 600\n"
+# gpuctl's lab OS -> NVIDIA's repository directory name.
+DISTRO = {"ubuntu22.04": "ubuntu2204", "debian12": "debian12"}
+
+
+def _gpg(home: Path, *args: str, what: str) -> bytes:
+    res = subprocess.run(["gpg", "--homedir", str(home), "--batch", "--pinentry-mode",
+                          "loopback", "--passphrase", "", *args], capture_output=True,
+                         check=False)
+    if res.returncode != 0:
+        raise LabError(f"gpg ({what}) failed: {res.stderr.decode(errors='replace')[-300:]}")
+    return res.stdout
+
+
+def signing_key(home: Path) -> bytes:
+    """The lab's stand-in for NVIDIA's archive key (made once in ``home``); returns the
+    public key, binary, as cuda-archive-keyring.gpg holds it."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not _gpg(home, "--list-secret-keys", what="list keys").strip():
+        _gpg(home, "--quick-gen-key", "gpuctl lab NVIDIA stand-in <lab@localhost>",
+             "ed25519", "sign", "never", what="make a key")
+    return _gpg(home, "--export", what="export the key")
+
+
+def build_network_repo(dest: Path, os_name: str, local_repo: Path, base_url: str,
+                       gnupg: Path) -> Path:
+    """Lay out ``<dest>/<distro>/x86_64/`` from the lab's built repository for
+    ``os_name`` (``local_repo``), add ``cuda-keyring_1.1-1_all.deb`` pointing at
+    ``base_url`` and sign the index. Returns the distribution's directory."""
+    if os_name not in DISTRO:
+        raise LabError(f"no NVIDIA network repository stand-in for {os_name}")
+    distro = DISTRO[os_name]
+    repo = dest / distro / "x86_64"
+    if repo.exists():
+        shutil.rmtree(repo)
+    shutil.copytree(local_repo, repo)
+    key = signing_key(gnupg)
+    keyring = Package(
+        "cuda-keyring", "1.1-1", "NVIDIA CUDA archive keyring, lab stand-in",
+        {KEYRING: (key, 0o644),
+         f"/etc/apt/sources.list.d/cuda-{distro}-x86_64.list": (
+             f"deb [signed-by={KEYRING}] {base_url.rstrip('/')}/{distro}/x86_64/ /\n", 0o644),
+         "/etc/apt/preferences.d/cuda-repository-pin-600": (PIN_600, 0o644)})
+    with tempfile.TemporaryDirectory(prefix="gpuctl-lab-keyring-") as tmp:
+        _build_deb(keyring, repo, Path(tmp))
+    # The keyring is fetched by URL, not through the index: the index is unchanged.
+    sign_release(repo, gnupg)
+    return repo
+
+
+def sign_release(repo: Path, gnupg: Path) -> bytes:
+    """Sign ``repo``'s Release as apt reads it (InRelease, Release.gpg) with the key in
+    ``gnupg`` (made there when missing); returns the public key, armored."""
+    signing_key(gnupg)
+    for name in ("InRelease", "Release.gpg"):
+        (repo / name).unlink(missing_ok=True)
+    _gpg(gnupg, "--clearsign", "-o", str(repo / "InRelease"), str(repo / "Release"),
+         what="sign InRelease")
+    _gpg(gnupg, "--armor", "--detach-sign", "-o", str(repo / "Release.gpg"),
+         str(repo / "Release"), what="sign Release.gpg")
+    return _gpg(gnupg, "--armor", "--export", what="export the key")
