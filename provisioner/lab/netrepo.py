@@ -32,12 +32,27 @@ from pathlib import Path
 
 from provisioner.errors import LabError
 from provisioner.lab.packages import Package
-from provisioner.lab.repos import _build_deb
+from provisioner.lab.repos import _build_deb, build_rpms
 
 KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"
 PIN_600 = "Package: *\nPin: release l=NVIDIA CUDA\nPin-Priority: 600\n"
 # gpuctl's lab OS -> NVIDIA's repository directory name.
-DISTRO = {"ubuntu22.04": "ubuntu2204", "debian12": "debian12"}
+DISTRO = {"ubuntu22.04": "ubuntu2204", "debian12": "debian12", "rocky9": "rhel9"}
+# NVIDIA's RHEL repository key, by the name the playbooks' gpgkey uses (and NVIDIA's
+# cuda-rhel9.repo: gpgkey=.../D42D0685.pub).
+RPM_KEY = "D42D0685.pub"
+# EPEL as a node without a mirror gets it: the epel-release rpm by URL
+# (dl.fedoraproject.org/pub/epel/epel-release-latest-9.noarch.rpm, as
+# ansible-role-nvidia-driver and the playbooks install it), whose repo file points at
+# EPEL with EPEL's key. The real file names mirrors by metalink; the stand-in's baseurl
+# is the lab's (an adaptation).
+EPEL_REPO = """[epel]
+name=Extra Packages for Enterprise Linux 9 - $basearch
+baseurl={url}/pub/epel/9/Everything/x86_64/
+enabled=1
+gpgcheck=1
+gpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-EPEL-9
+"""
 
 
 def _gpg(home: Path, *args: str, what: str) -> bytes:
@@ -62,14 +77,20 @@ def signing_key(home: Path) -> bytes:
 def build_network_repo(dest: Path, os_name: str, local_repo: Path, base_url: str,
                        gnupg: Path) -> Path:
     """Lay out ``<dest>/<distro>/x86_64/`` from the lab's built repository for
-    ``os_name`` (``local_repo``), add ``cuda-keyring_1.1-1_all.deb`` pointing at
-    ``base_url`` and sign the index. Returns the distribution's directory."""
+    ``os_name`` (``local_repo``) and sign it with the key in ``gnupg``: apt's index
+    (with ``cuda-keyring_1.1-1_all.deb`` pointing at ``base_url``), or on RHEL every rpm
+    and the key as ``D42D0685.pub``. Returns the distribution's directory."""
     if os_name not in DISTRO:
         raise LabError(f"no NVIDIA network repository stand-in for {os_name}")
     distro = DISTRO[os_name]
     repo = dest / distro / "x86_64"
     if repo.exists():
         shutil.rmtree(repo)
+    if distro.startswith("rhel"):
+        shutil.copytree(local_repo / "nvidia", repo)
+        sign_rpms(repo, gnupg)
+        (repo / RPM_KEY).write_bytes(_gpg(gnupg, "--armor", "--export", what="export the key"))
+        return repo
     shutil.copytree(local_repo, repo)
     key = signing_key(gnupg)
     keyring = Package(
@@ -83,6 +104,46 @@ def build_network_repo(dest: Path, os_name: str, local_repo: Path, base_url: str
     # The keyring is fetched by URL, not through the index: the index is unchanged.
     sign_release(repo, gnupg)
     return repo
+
+
+def build_epel(www: Path, local_repo: Path, url: str, gnupg: Path) -> str:
+    """EPEL under ``www/pub/epel`` (the lab's EPEL packages, signed with an EPEL stand-in
+    key) and ``epel-release-latest-9.noarch.rpm`` beside it; returns that rpm's URL."""
+    epel = www / "pub/epel"
+    repo = epel / "9/Everything/x86_64"
+    if repo.exists():
+        shutil.rmtree(repo)
+    shutil.copytree(local_repo / "epel", repo)
+    sign_rpms(repo, gnupg)
+    key = _gpg(gnupg, "--armor", "--export", what="export the EPEL key")
+    release = Package("epel-release", "9-7.el9", "EPEL repository configuration, lab stand-in",
+                      {"/etc/yum.repos.d/epel.repo": (EPEL_REPO.format(url=url), 0o644),
+                       "/etc/pki/rpm-gpg/RPM-GPG-KEY-EPEL-9": (key, 0o644)})
+    built = build_rpms([release], epel)[0]
+    built.rename(epel / "epel-release-latest-9.noarch.rpm")
+    return f"{url}/pub/epel/epel-release-latest-9.noarch.rpm"
+
+
+def sign_rpms(repo: Path, gnupg: Path) -> None:
+    """Sign every rpm of ``repo`` (rpmsign, the key in ``gnupg``) and index it again,
+    keeping its module metadata."""
+    signing_key(gnupg)
+    rpms = sorted(str(p) for p in repo.rglob("*.rpm"))
+    if rpms:
+        name = _gpg(gnupg, "--list-secret-keys", "--with-colons", what="list keys")
+        uid = next(line.split(":")[9] for line in name.decode().splitlines()
+                   if line.startswith("uid:"))
+        res = subprocess.run(["rpmsign", "--addsign", "--define", f"__gpg {shutil.which('gpg')}",
+                              "--define", f"_gpg_path {gnupg}",
+                              "--define", f"_gpg_name {uid}", *rpms],
+                             capture_output=True, check=False)
+        if res.returncode != 0:
+            raise LabError("rpmsign failed: "
+                           f"{(res.stderr or res.stdout).decode(errors='replace')[-300:]}")
+    res = subprocess.run(["createrepo_c", "--quiet", "--update", "--keep-all-metadata",
+                          str(repo)], capture_output=True, check=False)
+    if res.returncode != 0:
+        raise LabError(f"createrepo_c failed: {res.stderr.decode(errors='replace')[-300:]}")
 
 
 def sign_release(repo: Path, gnupg: Path) -> bytes:

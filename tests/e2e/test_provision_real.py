@@ -22,7 +22,7 @@ from sqlmodel import select
 
 from provisioner.db.engine import session_scope
 from provisioner.db.models import Node, TaskResult
-from provisioner.lab.netrepo import build_network_repo, sign_release
+from provisioner.lab.netrepo import build_epel, build_network_repo, sign_release
 from provisioner.lab.packages import NVLSM, NVLSM_CONFIG, NVLSM_PIDFILE, REPO_IN_NODE
 from tests.e2e.conftest import command_json, scan_json
 
@@ -192,29 +192,57 @@ def test_b200_provisions_nvlink5_packages_and_passes_verify(lab, gpuctl, paths) 
     assert code == 0, summary
 
 
-def test_rocky9_provisions_through_dnf_module_streams(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
-    lab.up(1, "--os", "rocky9")
-    scan_json(gpuctl, "--all", "--accept-new")
-    code, summary = provision(gpuctl, "--all")
-    assert code == 0, summary
-    changed = changed_tasks(paths.db_url, summary["run_id"], "gpu-node-01")
-    assert {"Install @nvidia-driver:570-open", "Point dnf at the NVIDIA repository (and the "
-            "EPEL mirror)", "Enable CRB (EPEL's packages build on it)",
-            "Version-lock the fabric manager packages with the driver",
-            "Rebuild the initramfs"} <= changed, changed
-    rpm = node_sh(lab, "gpu-node-01", "rpm -q kmod-nvidia-open-dkms nvidia-fabric-manager "
-                                      "libnvidia-nscq-570 dkms; rpm -q nvidia-fabricmanager-570")
-    out = rpm.stdout.decode()
-    assert "kmod-nvidia-open-dkms-570.124.06" in out and "dkms-3.1.6" in out, out
-    # The alias resolves for dnf but is no package name: `rpm -q` of it fails, as the
-    # issue found on real RHEL.
-    assert "package nvidia-fabricmanager-570 is not installed" in out, out
-    streams = node_sh(lab, "gpu-node-01", "dnf -q module list --enabled nvidia-driver")
-    assert "570-open" in streams.stdout.decode(), streams
-    lock = node_sh(lab, "gpu-node-01", "cat /etc/dnf/plugins/versionlock.list")
-    assert "nvidia-fabric-manager-0:570.124.06" in lock.stdout.decode(), lock
-    code, summary = provision(gpuctl, "--all")
-    assert code == 0 and summary["changed"] == 0, summary
+def test_rocky9_provisions_through_dnf_module_streams(  # type: ignore[no-untyped-def]
+        lab, gpuctl, paths, tmp_path) -> None:
+    """Node 01 reads local mirrors of NVIDIA's repository and EPEL; node 02 takes the
+    default path: NVIDIA's repository URL with gpgcheck and its D42D0685.pub key (the
+    lab's, over HTTP, every rpm signed with a lab key standing in for NVIDIA's), and
+    EPEL's epel-release rpm by URL (EPEL's packages signed with another key). Both run
+    twice: 0 changed."""
+    lab.up(2, "--os", "rocky9")
+    root = tmp_path / "www"
+    with http_server(root) as url:
+        base = f"{url}/compute/cuda/repos"
+        build_network_repo(root / "compute/cuda/repos", "rocky9",
+                           paths.home / "lab/repos/good", base, tmp_path / "nvidia-gnupg")
+        epel = build_epel(root, paths.home / "lab/repos/good", url, tmp_path / "epel-gnupg")
+        scan_json(gpuctl, "--all", "--accept-new")
+        set_vars(paths.db_url, "gpu-node-02", nvidia_repo_trusted="false",
+                 nvidia_repo_mirror_url="", nvidia_repo_epel_mirror_url="",
+                 nvidia_repo_base=base, nvidia_repo_epel_release_url=epel)
+        code, summary = provision(gpuctl, "--all")
+        assert code == 0, {n["name"]: n.get("reason") for n in summary["nodes"]}
+        changed = changed_tasks(paths.db_url, summary["run_id"], "gpu-node-01")
+        assert {"Install @nvidia-driver:570-open", "Point dnf at the NVIDIA repository (and "
+                "the EPEL mirror)", "Enable CRB (EPEL's packages build on it)",
+                "Version-lock the fabric manager packages with the driver",
+                "Rebuild the initramfs"} <= changed, changed
+        assert "Install EPEL (DKMS for the driver's module streams)" in changed_tasks(
+            paths.db_url, summary["run_id"], "gpu-node-02")
+        for node in ("gpu-node-01", "gpu-node-02"):
+            rpm = node_sh(lab, node, "rpm -q kmod-nvidia-open-dkms nvidia-fabric-manager "
+                                     "libnvidia-nscq-570 dkms nvidia-persistenced; "
+                                     "rpm -q nvidia-fabricmanager-570")
+            out = rpm.stdout.decode()
+            assert "kmod-nvidia-open-dkms-570.124.06" in out and "dkms-3.1.6" in out, out
+            assert "nvidia-persistenced-570.124.06" in out, out  # nvidia-driver-cuda's
+            # The alias resolves for dnf but is no package name: `rpm -q` of it fails, as
+            # the issue found on real RHEL.
+            assert "package nvidia-fabricmanager-570 is not installed" in out, out
+            streams = node_sh(lab, node, "dnf -q module list --enabled nvidia-driver")
+            assert "570-open" in streams.stdout.decode(), streams
+            lock = node_sh(lab, node, "cat /etc/dnf/plugins/versionlock.list")
+            assert "nvidia-fabric-manager-0:570.124.06" in lock.stdout.decode(), lock
+            # The drop-in runs the daemon where RHEL's package puts it (/usr/sbin).
+            smi = node_sh(lab, node, "nvidia-smi --query-gpu=persistence_mode "
+                                     "--format=csv,noheader | sort -u")
+            assert smi.stdout.decode().strip() == "Enabled", (node, smi)
+        # Node 02 trusts what it installed by key: NVIDIA's (the repo's gpgkey) and EPEL's.
+        keys = node_sh(lab, "gpu-node-02", "rpm -q gpg-pubkey --qf '%{SUMMARY}\\n'; "
+                                           "rpm -q epel-release")
+        assert keys.stdout.decode().count("gpg(") == 2 and b"epel-release-9" in keys.stdout, keys
+        code, summary = provision(gpuctl, "--all")
+        assert code == 0 and summary["changed"] == 0, summary
 
 
 def debian_names_and_no_fabric_manager(lab: Any, gpuctl: Any, paths: Any, run_id: int) -> None:
@@ -313,27 +341,39 @@ def test_ubuntu_from_nvidia_network_repository_and_a_signed_mirror(  # type: ign
         assert code == 0 and summary["changed"] == 0, summary
 
 
-def test_debian12_from_a_signed_mirror_only(lab, gpuctl, paths, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """An air-gapped site: NVIDIA's debian12 repository mirrored and signed with the
-    site's key, served over HTTP on loopback; NVIDIA's own URLs point at a closed port.
-    The node is Debian 12 with PCIe GPUs: Debian's package names, no fabric manager."""
-    lab.up(1, "--os", "debian12", "--profile", "l40s-4",
+def test_debian12_from_a_signed_mirror_and_the_network(  # type: ignore[no-untyped-def]
+        lab, gpuctl, paths, tmp_path) -> None:
+    """Debian 12 with PCIe GPUs: Debian's package names, no fabric manager. Node 01 is an
+    air-gapped site: NVIDIA's debian12 repository mirrored and signed with the site's key,
+    served over HTTP on loopback, NVIDIA's own URLs a closed port. Node 02 takes the
+    default path: NVIDIA's URL (the lab's) and cuda-keyring from it. Both run twice."""
+    lab.up(2, "--os", "debian12", "--profile", "l40s-4",
            "--fault", "gpu-node-01:repo-unreachable")
     scan_json(gpuctl, "--all", "--accept-new")
     root = tmp_path / "www"
     key = signed_mirror(paths, tmp_path, root)
     repo = root / "mirror"
     with http_server(root) as url:
+        base = f"{url}/compute/cuda/repos"
+        build_network_repo(root / "compute/cuda/repos", "debian12",
+                           paths.home / "lab/repos/good", base, tmp_path / "nvidia-gnupg")
         set_vars(paths.db_url, "gpu-node-01", nvidia_repo_trusted="false",
                  nvidia_repo_mirror_url=f"{url}/mirror/",
                  nvidia_repo_mirror_key=str(key),
                  nvidia_repo_base="http://127.0.0.1:9/unreachable")
+        set_vars(paths.db_url, "gpu-node-02", nvidia_repo_trusted="false",
+                 nvidia_repo_mirror_url="", nvidia_repo_base=base)
         code, summary = provision(gpuctl, "--all")
-        assert code == 0, summary
+        assert code == 0, {n["name"]: n.get("reason") for n in summary["nodes"]}
         listing = node_sh(lab, "gpu-node-01", "cat /etc/apt/sources.list.d/gpuctl-nvidia.list")
         assert (f"deb [signed-by=/usr/share/keyrings/gpuctl-nvidia-mirror.asc] "
                 f"{url}/mirror/ /") in listing.stdout.decode(), listing
-        assert node_sh(lab, "gpu-node-01", "nvidia-smi -L").returncode == 0
+        keyring = node_sh(lab, "gpu-node-02", "dpkg-query -W cuda-keyring && cat "
+                                              "/etc/apt/sources.list.d/gpuctl-nvidia.list")
+        assert keyring.returncode == 0 and f"deb [signed-by=/usr/share/keyrings/cuda-archive-" \
+            f"keyring.gpg] {base}/debian12/x86_64/ /" in keyring.stdout.decode(), keyring
+        for node in ("gpu-node-01", "gpu-node-02"):
+            assert node_sh(lab, node, "nvidia-smi -L").returncode == 0
         debian_names_and_no_fabric_manager(lab, gpuctl, paths, summary["run_id"])
         code, summary = provision(gpuctl, "--all")
         assert code == 0 and summary["changed"] == 0, summary
@@ -342,7 +382,7 @@ def test_debian12_from_a_signed_mirror_only(lab, gpuctl, paths, tmp_path) -> Non
             "Origin: NVIDIA", "Origin: tampered"))
         node_sh(lab, "gpu-node-01", "rm -f /etc/apt/sources.list.d/gpuctl-nvidia.list")
         set_vars(paths.db_url, "gpu-node-01", nvidia_repo_apt_retries="1")
-        code, summary = provision(gpuctl, "--all", "--tags", "repo")
+        code, summary = provision(gpuctl, "gpu-node-01", "--tags", "repo")
         assert code == 3, summary
         assert "Refresh the apt cache" in summary["nodes"][0]["reason"], summary
 
