@@ -23,7 +23,7 @@ from sqlmodel import select
 from provisioner.db.engine import session_scope
 from provisioner.db.models import Node, TaskResult
 from provisioner.lab.netrepo import build_epel, build_network_repo, sign_release
-from provisioner.lab.packages import NVLSM, NVLSM_CONFIG, NVLSM_PIDFILE, REPO_IN_NODE
+from provisioner.lab.packages import NVLSM, NVLSM_CONFIG, NVLSM_PIDFILE
 from tests.e2e.conftest import command_json, scan_json
 
 pytestmark = pytest.mark.e2e
@@ -58,22 +58,36 @@ def node_sh(lab: Any, name: str, script: str) -> subprocess.CompletedProcess[byt
     return lab.lab.node_exec(name, ["sh", "-c", script])
 
 
-def test_branches_570_and_580_then_verify_names_what_is_wrong(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
-    # h100-sxm-8 on Ubuntu 22.04; node 03's mirror has no fabric manager for the newest
-    # 570 driver (out of step). Node 01 came with the older 570.86.15 driver and, held
-    # beside it, the branch's newest fabric manager, installed from NVIDIA's repository
-    # as a vendor image might: its fabric manager must become 570.86.15 (570.124.06 would
-    # refuse to start).
+def test_branches_570_and_580_then_verify_names_what_is_wrong(  # type: ignore[no-untyped-def]
+        lab, gpuctl, paths, tmp_path, www) -> None:
+    """h100-sxm-8 on Ubuntu 22.04, from each kind of repository a site has:
+    - node 01 takes the default path: NVIDIA's repository URL only (the lab's over HTTP,
+      signed with a lab key standing in for NVIDIA's), cuda-keyring from it with its
+      source list and its pin (600 for every NVIDIA package). It came with the older
+      570.86.15 driver and, held beside it, the branch's newest fabric manager, as a
+      vendor image might: fabric manager must become 570.86.15 (570.124.06 would refuse
+      to start) despite both;
+    - node 02 (branch 580) reads a mirror signed with the site's key, NVIDIA's URL closed;
+    - node 03 a local mirror out of step: no fabric manager for the newest 570 driver."""
+    root, url = www
     lab.up(3, "--fault", "gpu-node-03:fabricmanager-mismatch")
-    held = node_sh(lab, "gpu-node-01", f"echo 'deb [trusted=yes] file:{REPO_IN_NODE} /' > "
-                   "/etc/apt/sources.list.d/vendor.list && apt-get update -qq && "
+    key = signed_mirror(paths, tmp_path, root)
+    base = f"{url}/compute/cuda/repos"
+    build_network_repo(root / "compute/cuda/repos", "ubuntu22.04",
+                       paths.home / "lab/repos/good", base, tmp_path / "nvidia-gnupg")
+    held = node_sh(lab, "gpu-node-01", f"echo 'deb [trusted=yes] {base}/ubuntu2204/x86_64/ /'"
+                   " > /etc/apt/sources.list.d/vendor.list && apt-get update -qq && "
                    "apt-get install -y -qq nvidia-driver-570-open=570.86.15-1 "
                    "nvidia-fabricmanager-570=570.124.06-1 && "
                    "apt-mark hold nvidia-driver-570-open nvidia-fabricmanager-570 && "
                    "rm /etc/apt/sources.list.d/vendor.list")
     assert held.returncode == 0, held
     scan_json(gpuctl, "--all", "--accept-new")
-    set_vars(paths.db_url, "gpu-node-02", driver_branch="580", cuda_toolkit_version="13-0")
+    set_vars(paths.db_url, "gpu-node-01", nvidia_repo_trusted="false",
+             nvidia_repo_mirror_url="", nvidia_repo_base=base)
+    set_vars(paths.db_url, "gpu-node-02", driver_branch="580", cuda_toolkit_version="13-0",
+             nvidia_repo_trusted="false", nvidia_repo_mirror_url=f"{url}/mirror/",
+             nvidia_repo_mirror_key=str(key), nvidia_repo_base="http://127.0.0.1:9/unreachable")
     code, summary = provision(gpuctl, "--all")
     assert code == 3, summary
     nodes = by_name(summary)
@@ -91,6 +105,14 @@ def test_branches_570_and_580_then_verify_names_what_is_wrong(lab, gpuctl, paths
                                           "libnvidia-nscq-570")
     assert one.returncode == 0 and one.stdout.decode().count("hold ok installed") == 3, one
     assert one.stdout.decode().count(" 570.86.15-1 ") == 3, one
+    keyring = node_sh(lab, "gpu-node-01", "dpkg-query -W cuda-keyring && ls "
+                      "/etc/apt/preferences.d /etc/apt/sources.list.d")
+    assert keyring.returncode == 0 and b"cuda-repository-pin-600" in keyring.stdout and \
+        b"cuda-ubuntu2204-x86_64.list" in keyring.stdout, keyring
+    mirror = node_sh(lab, "gpu-node-02", "cat /etc/apt/sources.list.d/gpuctl-nvidia.list; "
+                     "dpkg-query -W cuda-keyring")
+    assert f"deb [signed-by=/usr/share/keyrings/gpuctl-nvidia-mirror.asc] {url}/mirror/ /" \
+        in mirror.stdout.decode() and mirror.returncode != 0, mirror  # nothing from NVIDIA
     two = node_sh(lab, "gpu-node-02", q + "nvidia-driver-580-open nvidia-fabricmanager "
                                           "libnvidia-nscq")
     assert two.returncode == 0 and two.stdout.decode().count("hold ok installed") == 3, two
@@ -286,6 +308,15 @@ def http_server(root: Path) -> Iterator[str]:
         server.wait(timeout=10)
 
 
+@pytest.fixture
+def www(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A directory served over HTTP on loopback for the test's whole run: (dir, URL)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    with http_server(root) as url:
+        yield root, url
+
+
 def signed_mirror(paths: Any, tmp_path: Path, root: Path) -> Path:
     """NVIDIA's repository for the lab's OS mirrored under ``root/mirror`` and signed with
     the site's own key; returns the key (armored), as a site hands it to gpuctl."""
@@ -294,51 +325,6 @@ def signed_mirror(paths: Any, tmp_path: Path, root: Path) -> Path:
     key = tmp_path / "mirror.asc"
     key.write_bytes(sign_release(repo, tmp_path / "site-gnupg"))
     return key
-
-
-def test_ubuntu_from_nvidia_network_repository_and_a_signed_mirror(  # type: ignore[no-untyped-def]
-        lab, gpuctl, paths, tmp_path) -> None:
-    """The default path: node 01 has no mirror, only NVIDIA's repository URL (the lab's
-    over HTTP, signed with a lab key standing in for NVIDIA's: the URL is all a site
-    sets). cuda-keyring from that URL brings the key, its own source list and its pin
-    file (600 for every NVIDIA package); the node holds an older 570 driver, so fabric
-    manager must be installed below the branch's newest despite both pins. Node 02 reads
-    a mirror signed with the site's key, NVIDIA's URL closed. Both run twice: 0
-    changed."""
-    lab.up(2)
-    root = tmp_path / "www"
-    key = signed_mirror(paths, tmp_path, root)
-    with http_server(root) as url:
-        base = f"{url}/compute/cuda/repos"
-        build_network_repo(root / "compute/cuda/repos", "ubuntu22.04",
-                           paths.home / "lab/repos/good", base, tmp_path / "nvidia-gnupg")
-        held = node_sh(lab, "gpu-node-01", f"echo 'deb [trusted=yes] {base}/ubuntu2204/x86_64/ /'"
-                       " > /etc/apt/sources.list.d/vendor.list && apt-get update -qq && "
-                       "apt-get install -y -qq nvidia-driver-570-open=570.86.15-1 && "
-                       "apt-mark hold nvidia-driver-570-open && "
-                       "rm /etc/apt/sources.list.d/vendor.list")
-        assert held.returncode == 0, held
-        scan_json(gpuctl, "--all", "--accept-new")
-        set_vars(paths.db_url, "gpu-node-01", nvidia_repo_trusted="false",
-                 nvidia_repo_mirror_url="", nvidia_repo_base=base)
-        set_vars(paths.db_url, "gpu-node-02", nvidia_repo_trusted="false",
-                 nvidia_repo_mirror_url=f"{url}/mirror/", nvidia_repo_mirror_key=str(key),
-                 nvidia_repo_base="http://127.0.0.1:9/unreachable")
-        code, summary = provision(gpuctl, "--all")
-        assert code == 0, {n["name"]: n.get("reason") for n in summary["nodes"]}
-        q = "dpkg-query -W -f='${Package} ${Version}\\n' "
-        one = node_sh(lab, "gpu-node-01", q + "cuda-keyring nvidia-fabricmanager-570 "
-                      "libnvidia-nscq-570 && ls /etc/apt/preferences.d && cat "
-                      "/etc/apt/sources.list.d/cuda-ubuntu2204-x86_64.list")
-        out = one.stdout.decode()
-        assert one.returncode == 0 and "cuda-keyring 1.1-1" in out, one
-        assert out.count(" 570.86.15-1") == 2 and "cuda-repository-pin-600" in out, out
-        two = node_sh(lab, "gpu-node-02", "cat /etc/apt/sources.list.d/gpuctl-nvidia.list; "
-                      "dpkg-query -W cuda-keyring")
-        assert f"deb [signed-by=/usr/share/keyrings/gpuctl-nvidia-mirror.asc] {url}/mirror/ /" \
-            in two.stdout.decode() and two.returncode != 0, two  # no keyring from NVIDIA
-        code, summary = provision(gpuctl, "--all")
-        assert code == 0 and summary["changed"] == 0, summary
 
 
 def test_debian12_from_a_signed_mirror_and_the_network(  # type: ignore[no-untyped-def]
