@@ -32,7 +32,7 @@ from pathlib import Path
 
 from provisioner.errors import LabError
 from provisioner.lab.packages import Package
-from provisioner.lab.repos import _build_deb, build_rpms
+from provisioner.lab.repos import _apt_index, _build_deb, build_rpms
 
 KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"
 PIN_600 = "Package: *\nPin: release l=NVIDIA CUDA\nPin-Priority: 600\n"
@@ -62,6 +62,12 @@ def _gpg(home: Path, *args: str, what: str) -> bytes:
     if res.returncode != 0:
         raise LabError(f"gpg ({what}) failed: {res.stderr.decode(errors='replace')[-300:]}")
     return res.stdout
+
+
+def stop_agent(home: Path) -> None:
+    """Stop the gpg-agent that signing started for ``home`` (it would outlive the lab)."""
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+                   capture_output=True, check=False)
 
 
 def signing_key(home: Path) -> bytes:
@@ -157,3 +163,21 @@ def sign_release(repo: Path, gnupg: Path) -> bytes:
     _gpg(gnupg, "--armor", "--detach-sign", "-o", str(repo / "Release.gpg"),
          str(repo / "Release"), what="sign Release.gpg")
     return _gpg(gnupg, "--armor", "--export", what="export the key")
+
+
+def build_ubuntu_archive(dest: Path) -> Path:
+    """A stand-in of Ubuntu's own archive (Origin and Label "Ubuntu", as Canonical's
+    Release files say) carrying Canonical's build of the 570 driver at a release newer
+    than the lab's NVIDIA repository has, in Canonical's version scheme (packages.ubuntu.com
+    lists nvidia-fabricmanager-570 570.172.08-0ubuntu1). A node that has both must still
+    get NVIDIA's."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    pkg = Package("nvidia-driver-570-open", "570.172.08-0ubuntu1",
+                  "NVIDIA driver metapackage (Ubuntu's archive), lab stand-in",
+                  {"/usr/share/gpuctl-lab/ubuntu-archive-driver": ("570.172.08", 0o644)})
+    with tempfile.TemporaryDirectory(prefix="gpuctl-lab-ubuntu-") as tmp:
+        debs = [_build_deb(pkg, dest, Path(tmp))]
+    _apt_index(dest, debs, origin="Ubuntu", label="Ubuntu")
+    return dest

@@ -64,7 +64,8 @@ def _build_deb(pkg: Package, out_dir: Path, work: Path) -> Path:
     return deb
 
 
-def _apt_index(repo: Path, debs: list[Path]) -> None:
+def _apt_index(repo: Path, debs: list[Path], origin: str = "NVIDIA",
+               label: str = "NVIDIA CUDA") -> None:
     stanzas = []
     for deb in debs:
         data = deb.read_bytes()
@@ -78,7 +79,7 @@ def _apt_index(repo: Path, debs: list[Path]) -> None:
     (repo / "Packages.gz").write_bytes(gzip.compress(packages, mtime=0))
     # The fields of NVIDIA's own Release files (cuda-repo-management repo-debian.sh):
     # no Suite or Codename, so apt pins can select on o=, l= or the origin host only.
-    lines = ["Origin: NVIDIA", "Label: NVIDIA CUDA", "Architecture: x86_64",
+    lines = [f"Origin: {origin}", f"Label: {label}", "Architecture: x86_64",
              f"Date: {formatdate(usegmt=True)}", "SHA256:"]
     for name in ("Packages", "Packages.gz"):
         blob = (repo / name).read_bytes()

@@ -22,7 +22,13 @@ from sqlmodel import select
 
 from provisioner.db.engine import session_scope
 from provisioner.db.models import Node, TaskResult
-from provisioner.lab.netrepo import build_epel, build_network_repo, sign_release
+from provisioner.lab.netrepo import (
+    build_epel,
+    build_network_repo,
+    build_ubuntu_archive,
+    sign_release,
+    stop_agent,
+)
 from provisioner.lab.packages import NVLSM, NVLSM_CONFIG, NVLSM_PIDFILE
 from tests.e2e.conftest import command_json, scan_json
 
@@ -68,7 +74,9 @@ def test_branches_570_and_580_then_verify_names_what_is_wrong(  # type: ignore[n
       vendor image might: fabric manager must become 570.86.15 (570.124.06 would refuse
       to start) despite both;
     - node 02 (branch 580) reads a mirror signed with the site's key, NVIDIA's URL closed;
-    - node 03 a local mirror out of step: no fabric manager for the newest 570 driver."""
+    - node 03 a local mirror out of step: no fabric manager for the newest 570 driver;
+      it also has Ubuntu's own archive, whose nvidia-driver-570-open is newer than
+      NVIDIA's: the driver must still be NVIDIA's (570.124.06, below)."""
     root, url = www
     lab.up(3, "--fault", "gpu-node-03:fabricmanager-mismatch")
     key = signed_mirror(paths, tmp_path, root)
@@ -82,6 +90,10 @@ def test_branches_570_and_580_then_verify_names_what_is_wrong(  # type: ignore[n
                    "apt-mark hold nvidia-driver-570-open nvidia-fabricmanager-570 && "
                    "rm /etc/apt/sources.list.d/vendor.list")
     assert held.returncode == 0, held
+    build_ubuntu_archive(root / "ubuntu")
+    archive = node_sh(lab, "gpu-node-03", f"echo 'deb [trusted=yes] {url}/ubuntu/ /' > "
+                      "/etc/apt/sources.list.d/ubuntu.list")
+    assert archive.returncode == 0, archive
     scan_json(gpuctl, "--all", "--accept-new")
     set_vars(paths.db_url, "gpu-node-01", nvidia_repo_trusted="false",
              nvidia_repo_mirror_url="", nvidia_repo_base=base)
@@ -215,56 +227,55 @@ def test_b200_provisions_nvlink5_packages_and_passes_verify(lab, gpuctl, paths) 
 
 
 def test_rocky9_provisions_through_dnf_module_streams(  # type: ignore[no-untyped-def]
-        lab, gpuctl, paths, tmp_path) -> None:
+        lab, gpuctl, paths, tmp_path, www) -> None:
     """Node 01 reads local mirrors of NVIDIA's repository and EPEL; node 02 takes the
     default path: NVIDIA's repository URL with gpgcheck and its D42D0685.pub key (the
     lab's, over HTTP, every rpm signed with a lab key standing in for NVIDIA's), and
     EPEL's epel-release rpm by URL (EPEL's packages signed with another key). Both run
     twice: 0 changed."""
     lab.up(2, "--os", "rocky9")
-    root = tmp_path / "www"
-    with http_server(root) as url:
-        base = f"{url}/compute/cuda/repos"
-        build_network_repo(root / "compute/cuda/repos", "rocky9",
-                           paths.home / "lab/repos/good", base, tmp_path / "nvidia-gnupg")
-        epel = build_epel(root, paths.home / "lab/repos/good", url, tmp_path / "epel-gnupg")
-        scan_json(gpuctl, "--all", "--accept-new")
-        set_vars(paths.db_url, "gpu-node-02", nvidia_repo_trusted="false",
-                 nvidia_repo_mirror_url="", nvidia_repo_epel_mirror_url="",
-                 nvidia_repo_base=base, nvidia_repo_epel_release_url=epel)
-        code, summary = provision(gpuctl, "--all")
-        assert code == 0, {n["name"]: n.get("reason") for n in summary["nodes"]}
-        changed = changed_tasks(paths.db_url, summary["run_id"], "gpu-node-01")
-        assert {"Install @nvidia-driver:570-open", "Point dnf at the NVIDIA repository (and "
-                "the EPEL mirror)", "Enable CRB (EPEL's packages build on it)",
-                "Version-lock the fabric manager packages with the driver",
-                "Rebuild the initramfs"} <= changed, changed
-        assert "Install EPEL (DKMS for the driver's module streams)" in changed_tasks(
-            paths.db_url, summary["run_id"], "gpu-node-02")
-        for node in ("gpu-node-01", "gpu-node-02"):
-            rpm = node_sh(lab, node, "rpm -q kmod-nvidia-open-dkms nvidia-fabric-manager "
-                                     "libnvidia-nscq-570 dkms nvidia-persistenced; "
-                                     "rpm -q nvidia-fabricmanager-570")
-            out = rpm.stdout.decode()
-            assert "kmod-nvidia-open-dkms-570.124.06" in out and "dkms-3.1.6" in out, out
-            assert "nvidia-persistenced-570.124.06" in out, out  # nvidia-driver-cuda's
-            # The alias resolves for dnf but is no package name: `rpm -q` of it fails, as
-            # the issue found on real RHEL.
-            assert "package nvidia-fabricmanager-570 is not installed" in out, out
-            streams = node_sh(lab, node, "dnf -q module list --enabled nvidia-driver")
-            assert "570-open" in streams.stdout.decode(), streams
-            lock = node_sh(lab, node, "cat /etc/dnf/plugins/versionlock.list")
-            assert "nvidia-fabric-manager-0:570.124.06" in lock.stdout.decode(), lock
-            # The drop-in runs the daemon where RHEL's package puts it (/usr/sbin).
-            smi = node_sh(lab, node, "nvidia-smi --query-gpu=persistence_mode "
-                                     "--format=csv,noheader | sort -u")
-            assert smi.stdout.decode().strip() == "Enabled", (node, smi)
-        # Node 02 trusts what it installed by key: NVIDIA's (the repo's gpgkey) and EPEL's.
-        keys = node_sh(lab, "gpu-node-02", "rpm -q gpg-pubkey --qf '%{SUMMARY}\\n'; "
-                                           "rpm -q epel-release")
-        assert keys.stdout.decode().count("gpg(") == 2 and b"epel-release-9" in keys.stdout, keys
-        code, summary = provision(gpuctl, "--all")
-        assert code == 0 and summary["changed"] == 0, summary
+    root, url = www
+    base = f"{url}/compute/cuda/repos"
+    build_network_repo(root / "compute/cuda/repos", "rocky9",
+                       paths.home / "lab/repos/good", base, tmp_path / "nvidia-gnupg")
+    epel = build_epel(root, paths.home / "lab/repos/good", url, tmp_path / "epel-gnupg")
+    scan_json(gpuctl, "--all", "--accept-new")
+    set_vars(paths.db_url, "gpu-node-02", nvidia_repo_trusted="false",
+             nvidia_repo_mirror_url="", nvidia_repo_epel_mirror_url="",
+             nvidia_repo_base=base, nvidia_repo_epel_release_url=epel)
+    code, summary = provision(gpuctl, "--all")
+    assert code == 0, {n["name"]: n.get("reason") for n in summary["nodes"]}
+    changed = changed_tasks(paths.db_url, summary["run_id"], "gpu-node-01")
+    assert {"Install @nvidia-driver:570-open", "Point dnf at the NVIDIA repository (and "
+            "the EPEL mirror)", "Enable CRB (EPEL's packages build on it)",
+            "Version-lock the fabric manager packages with the driver",
+            "Rebuild the initramfs"} <= changed, changed
+    assert "Install EPEL (DKMS for the driver's module streams)" in changed_tasks(
+        paths.db_url, summary["run_id"], "gpu-node-02")
+    for node in ("gpu-node-01", "gpu-node-02"):
+        rpm = node_sh(lab, node, "rpm -q kmod-nvidia-open-dkms nvidia-fabric-manager "
+                                 "libnvidia-nscq-570 dkms nvidia-persistenced; "
+                                 "rpm -q nvidia-fabricmanager-570")
+        out = rpm.stdout.decode()
+        assert "kmod-nvidia-open-dkms-570.124.06" in out and "dkms-3.1.6" in out, out
+        assert "nvidia-persistenced-570.124.06" in out, out  # nvidia-driver-cuda's
+        # The alias resolves for dnf but is no package name: `rpm -q` of it fails, as
+        # the issue found on real RHEL.
+        assert "package nvidia-fabricmanager-570 is not installed" in out, out
+        streams = node_sh(lab, node, "dnf -q module list --enabled nvidia-driver")
+        assert "570-open" in streams.stdout.decode(), streams
+        lock = node_sh(lab, node, "cat /etc/dnf/plugins/versionlock.list")
+        assert "nvidia-fabric-manager-0:570.124.06" in lock.stdout.decode(), lock
+        # The drop-in runs the daemon where RHEL's package puts it (/usr/sbin).
+        smi = node_sh(lab, node, "nvidia-smi --query-gpu=persistence_mode "
+                                 "--format=csv,noheader | sort -u")
+        assert smi.stdout.decode().strip() == "Enabled", (node, smi)
+    # Node 02 trusts what it installed by key: NVIDIA's (the repo's gpgkey) and EPEL's.
+    keys = node_sh(lab, "gpu-node-02", "rpm -q gpg-pubkey --qf '%{SUMMARY}\\n'; "
+                                       "rpm -q epel-release")
+    assert keys.stdout.decode().count("gpg(") == 2 and b"epel-release-9" in keys.stdout, keys
+    code, summary = provision(gpuctl, "--all")
+    assert code == 0 and summary["changed"] == 0, summary
 
 
 def debian_names_and_no_fabric_manager(lab: Any, gpuctl: Any, paths: Any, run_id: int) -> None:
@@ -315,6 +326,8 @@ def www(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     root.mkdir()
     with http_server(root) as url:
         yield root, url
+    for home in tmp_path.glob("*gnupg"):  # the agents signing started
+        stop_agent(home)
 
 
 def signed_mirror(paths: Any, tmp_path: Path, root: Path) -> Path:
@@ -328,7 +341,7 @@ def signed_mirror(paths: Any, tmp_path: Path, root: Path) -> Path:
 
 
 def test_debian12_from_a_signed_mirror_and_the_network(  # type: ignore[no-untyped-def]
-        lab, gpuctl, paths, tmp_path) -> None:
+        lab, gpuctl, paths, tmp_path, www) -> None:
     """Debian 12 with PCIe GPUs: Debian's package names, no fabric manager. Node 01 is an
     air-gapped site: NVIDIA's debian12 repository mirrored and signed with the site's key,
     served over HTTP on loopback, NVIDIA's own URLs a closed port. Node 02 takes the
@@ -336,41 +349,40 @@ def test_debian12_from_a_signed_mirror_and_the_network(  # type: ignore[no-untyp
     lab.up(2, "--os", "debian12", "--profile", "l40s-4",
            "--fault", "gpu-node-01:repo-unreachable")
     scan_json(gpuctl, "--all", "--accept-new")
-    root = tmp_path / "www"
+    root, url = www
     key = signed_mirror(paths, tmp_path, root)
     repo = root / "mirror"
-    with http_server(root) as url:
-        base = f"{url}/compute/cuda/repos"
-        build_network_repo(root / "compute/cuda/repos", "debian12",
-                           paths.home / "lab/repos/good", base, tmp_path / "nvidia-gnupg")
-        set_vars(paths.db_url, "gpu-node-01", nvidia_repo_trusted="false",
-                 nvidia_repo_mirror_url=f"{url}/mirror/",
-                 nvidia_repo_mirror_key=str(key),
-                 nvidia_repo_base="http://127.0.0.1:9/unreachable")
-        set_vars(paths.db_url, "gpu-node-02", nvidia_repo_trusted="false",
-                 nvidia_repo_mirror_url="", nvidia_repo_base=base)
-        code, summary = provision(gpuctl, "--all")
-        assert code == 0, {n["name"]: n.get("reason") for n in summary["nodes"]}
-        listing = node_sh(lab, "gpu-node-01", "cat /etc/apt/sources.list.d/gpuctl-nvidia.list")
-        assert (f"deb [signed-by=/usr/share/keyrings/gpuctl-nvidia-mirror.asc] "
-                f"{url}/mirror/ /") in listing.stdout.decode(), listing
-        keyring = node_sh(lab, "gpu-node-02", "dpkg-query -W cuda-keyring && cat "
-                                              "/etc/apt/sources.list.d/gpuctl-nvidia.list")
-        assert keyring.returncode == 0 and f"deb [signed-by=/usr/share/keyrings/cuda-archive-" \
-            f"keyring.gpg] {base}/debian12/x86_64/ /" in keyring.stdout.decode(), keyring
-        for node in ("gpu-node-01", "gpu-node-02"):
-            assert node_sh(lab, node, "nvidia-smi -L").returncode == 0
-        debian_names_and_no_fabric_manager(lab, gpuctl, paths, summary["run_id"])
-        code, summary = provision(gpuctl, "--all")
-        assert code == 0 and summary["changed"] == 0, summary
-        # A mirror signed by another key is refused: apt checks the signature.
-        (repo / "InRelease").write_text((repo / "InRelease").read_text().replace(
-            "Origin: NVIDIA", "Origin: tampered"))
-        node_sh(lab, "gpu-node-01", "rm -f /etc/apt/sources.list.d/gpuctl-nvidia.list")
-        set_vars(paths.db_url, "gpu-node-01", nvidia_repo_apt_retries="1")
-        code, summary = provision(gpuctl, "gpu-node-01", "--tags", "repo")
-        assert code == 3, summary
-        assert "Refresh the apt cache" in summary["nodes"][0]["reason"], summary
+    base = f"{url}/compute/cuda/repos"
+    build_network_repo(root / "compute/cuda/repos", "debian12",
+                       paths.home / "lab/repos/good", base, tmp_path / "nvidia-gnupg")
+    set_vars(paths.db_url, "gpu-node-01", nvidia_repo_trusted="false",
+             nvidia_repo_mirror_url=f"{url}/mirror/",
+             nvidia_repo_mirror_key=str(key),
+             nvidia_repo_base="http://127.0.0.1:9/unreachable")
+    set_vars(paths.db_url, "gpu-node-02", nvidia_repo_trusted="false",
+             nvidia_repo_mirror_url="", nvidia_repo_base=base)
+    code, summary = provision(gpuctl, "--all")
+    assert code == 0, {n["name"]: n.get("reason") for n in summary["nodes"]}
+    listing = node_sh(lab, "gpu-node-01", "cat /etc/apt/sources.list.d/gpuctl-nvidia.list")
+    assert (f"deb [signed-by=/usr/share/keyrings/gpuctl-nvidia-mirror.asc] "
+            f"{url}/mirror/ /") in listing.stdout.decode(), listing
+    keyring = node_sh(lab, "gpu-node-02", "dpkg-query -W cuda-keyring && cat "
+                                          "/etc/apt/sources.list.d/gpuctl-nvidia.list")
+    assert keyring.returncode == 0 and f"deb [signed-by=/usr/share/keyrings/cuda-archive-" \
+        f"keyring.gpg] {base}/debian12/x86_64/ /" in keyring.stdout.decode(), keyring
+    for node in ("gpu-node-01", "gpu-node-02"):
+        assert node_sh(lab, node, "nvidia-smi -L").returncode == 0
+    debian_names_and_no_fabric_manager(lab, gpuctl, paths, summary["run_id"])
+    code, summary = provision(gpuctl, "--all")
+    assert code == 0 and summary["changed"] == 0, summary
+    # A mirror signed by another key is refused: apt checks the signature.
+    (repo / "InRelease").write_text((repo / "InRelease").read_text().replace(
+        "Origin: NVIDIA", "Origin: tampered"))
+    node_sh(lab, "gpu-node-01", "rm -f /etc/apt/sources.list.d/gpuctl-nvidia.list")
+    set_vars(paths.db_url, "gpu-node-01", nvidia_repo_apt_retries="1")
+    code, summary = provision(gpuctl, "gpu-node-01", "--tags", "repo")
+    assert code == 3, summary
+    assert "Refresh the apt cache" in summary["nodes"][0]["reason"], summary
 
 
 def test_preflight_refuses_debian_nvswitch_and_rhel8_python(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
