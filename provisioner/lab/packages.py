@@ -8,10 +8,12 @@ naming is written here independently of the playbooks' table
 - Ubuntu (NVIDIA's CUDA repository, ubuntu2204/ubuntu2404): the driver is
   ``nvidia-driver-<branch>[-open]``. Fabric manager and NSCQ carry the branch up to 575
   (``nvidia-fabricmanager-570``, ``libnvidia-nscq-570``); from 580 they are
-  ``nvidia-fabricmanager`` and ``libnvidia-nscq``, and the suffixed names are only
-  aliases (NVIDIA/gpu-driver-container, commit dc7857e "Fix: precompiled R580 package
-  install error": ``nvidia-fabricmanager=${DRIVER_VERSION}-1`` from 580,
-  ``nvidia-fabricmanager-${DRIVER_BRANCH}`` before; ``libnvsdm`` likewise).
+  ``nvidia-fabricmanager`` and ``libnvidia-nscq`` (NVIDIA/gpu-driver-container, commit
+  dc7857e "Fix: precompiled R580 package install error" and 78fa4ac:
+  ``nvidia-fabricmanager=${DRIVER_VERSION}-1`` from 580,
+  ``nvidia-fabricmanager-${DRIVER_BRANCH}`` before; ``libnvsdm`` likewise). No source
+  says NVIDIA's 580 packages also provide the suffixed names, so the stand-ins do not
+  (Canonical's own archive has a real ``nvidia-fabricmanager-580``: another origin).
   NVLink 5 systems also need ``nvlsm`` and ``infiniband-diags`` (same file,
   ``nvlink5_pkgs_install``).
 - Debian 12 (NVIDIA's debian12 repository): Debian-style, unsuffixed names for every
@@ -407,12 +409,10 @@ def nvlsm_package() -> Package:
 
 def versioned(base: str, branch: str, version: str) -> Package:
     """A library that follows the driver: ``<base>-<branch>`` up to 575, ``<base>`` from
-    580 with the suffixed name as an alias (see the module docstring)."""
-    suffixed = f"{base}-{branch}"
-    name = base if int(branch) >= 580 else suffixed
+    580 (see the module docstring)."""
+    name = base if int(branch) >= 580 else f"{base}-{branch}"
     return Package(name, f"{version}-1", f"{base} {version}, lab stand-in",
-                   {f"/usr/share/gpuctl-lab/{name}": (version, 0o644)},
-                   provides=[suffixed] if name != suffixed else [])
+                   {f"/usr/share/gpuctl-lab/{name}": (version, 0o644)})
 
 
 def fabricmanager_packages(family: str, branch: str, version: str) -> list[Package]:
@@ -422,10 +422,11 @@ def fabricmanager_packages(family: str, branch: str, version: str) -> list[Packa
         fm = "nvidia-fabricmanager" if new else "nvidia-fabric-manager"
     else:
         fm = "nvidia-fabricmanager" if new else f"nvidia-fabricmanager-{branch}"
-    alias = f"nvidia-fabricmanager-{branch}"
+    # RHEL's nvidia-fabric-manager provides nvidia-fabricmanager-<branch> (the package
+    # table's source); Ubuntu's unsuffixed 580 package provides nothing of the kind.
+    alias = [f"nvidia-fabricmanager-{branch}"] if fm == "nvidia-fabric-manager" else []
     out = [Package(fm, f"{version}-1", f"NVIDIA Fabric Manager {version}, lab stand-in",
-                   dict(fabricmanager_files(version)),
-                   provides=[alias] if fm != alias else []),
+                   dict(fabricmanager_files(version)), provides=alias),
            versioned("libnvidia-nscq", branch, version)]
     if int(branch) >= 570:
         out.append(versioned("libnvsdm", branch, version))

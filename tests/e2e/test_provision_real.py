@@ -111,7 +111,7 @@ def test_branches_570_and_580_then_verify_names_what_is_wrong(  # type: ignore[n
         "(a mirror out of step?)" in reason, reason
     # Ansible names a task once, from the first host's variables: what each node got is
     # read on the node. 570 carries the branch in fabric manager's name; 580 does not,
-    # and the suffixed name there is only an alias: no package of that name is installed.
+    # and no package of the suffixed name is installed (none exists in the repository).
     q = "dpkg-query -W -f='${Package} ${Version} ${Status}\\n' "
     one = node_sh(lab, "gpu-node-01", q + "nvidia-driver-570-open nvidia-fabricmanager-570 "
                                           "libnvidia-nscq-570")
