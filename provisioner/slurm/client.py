@@ -122,6 +122,14 @@ def slurm_nodes(names: list[str] | None = None) -> dict[str, SlurmNode]:
     return parse_sinfo(run_slurm(argv))
 
 
+def jobs_on(node: str) -> list[str]:
+    """The jobs that hold ``node`` now (running, completing, suspended, ...: any state
+    but pending), by id (squeue(1) ``-w``)."""
+    out = run_slurm(["squeue", "-h", "-w", node, "-o", "%i|%t"])
+    return [job for job, _, state in (line.partition("|") for line in out.splitlines())
+            if job.strip() and state.strip() not in ("", "PD")]
+
+
 def drain_reason(reason: str) -> str:
     """The Reason gpuctl sets for ``reason``: prefixed, one line, no quotes (scontrol
     takes it as one argument; no shell is involved), no control characters or escape

@@ -36,6 +36,7 @@ from provisioner.slurm.client import (
     SlurmError,
     SlurmNode,
     drain,
+    jobs_on,
     resume,
     slurm_nodes,
 )
@@ -89,8 +90,10 @@ class SlurmListener:
 
     def jobs_left(self, gc: Gpuctl, names: list[str]) -> dict[str, str] | None:
         """Nodes that are not quiet in Slurm: jobs still run there (sinfo's DRAINING,
-        ALLOCATED, MIXED, COMPLETING, FAILING), or the drain did not take (IDLE: a job
-        could start there). Quiet: DRAINED, DOWN, FAIL, or a node Slurm does not know."""
+        ALLOCATED, MIXED, COMPLETING, FAILING, and squeue lists a job on the node), or the
+        drain did not take (IDLE: a job could start there). Quiet: DRAINED, DOWN, FAIL, a
+        node Slurm does not know, or a drained one that squeue shows no job on (24.11 was
+        seen to show a node DRAINING for two minutes after its last job had ended)."""
         if load_settings(gc) is None:
             return None
         view = slurm_nodes(names)  # a node in no partition (not listed) runs no job
@@ -98,6 +101,8 @@ class SlurmListener:
         for n in names:
             snode = view.get(n)
             if snode is None or snode.state in QUIET:
+                continue
+            if snode.drained and snode.state in JOBS_LEFT and not jobs_on(n):
                 continue
             out[n] = (f"{snode.label()} in Slurm: jobs still run there"
                       if snode.state in JOBS_LEFT else

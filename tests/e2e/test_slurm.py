@@ -369,6 +369,12 @@ def test_day2_with_real_slurm(lab, gpuctl, paths, monkeypatch,  # type: ignore[n
         assert time.mktime(time.strptime(started, "%Y-%m-%dT%H:%M:%S")) >= \
             datetime.fromisoformat(in_service).timestamp() - 1, (started, in_service)
 
+    check_rollback(conf, old)
+    # slurmctld restarted: the nodes are UNKNOWN (no job starts there) until their slurmd
+    # registers again, at the controller's next ping.
+    wait_for(lambda: all(v[0] in TAKING_JOBS for n, v in sinfo().items()
+                         if n.startswith("gpu-node")), timeout=120)
+
     # A user's job runs on node 1 when the admin takes it out to re-provision it: Slurm
     # drains it (DRAINING: the job runs on). provision refuses to touch it while the
     # job runs, says why, and leaves the job alone; with --wait it waits for the job
@@ -394,14 +400,6 @@ def test_day2_with_real_slurm(lab, gpuctl, paths, monkeypatch,  # type: ignore[n
     assert gpuctl("burnin", "gpu-node-01", "--duration", "0.2").code == 0
     code, doc = handoff(gpuctl, "--slurm-conf-dir", conf_dir, "gpu-node-01")
     assert code == 0 and doc["moved"] == 1, doc
-
-    # (After the wait above: on 24.11 a job cancelled just after the slurmds re-executed
-    # for a reconfigure was once seen to hold its node COMPLETING for two minutes.)
-    check_rollback(conf, old)
-    # slurmctld restarted: the nodes are UNKNOWN (no job starts there) until their slurmd
-    # registers again, at the controller's next ping.
-    wait_for(lambda: all(v[0] in TAKING_JOBS for n, v in sinfo().items()
-                         if n.startswith("gpu-node")), timeout=120)
 
     # A GPU on node 3 starts reporting uncorrectable ECC errors: one monitor pass
     # quarantines it in gpuctl and drains it in Slurm with gpuctl's reason.

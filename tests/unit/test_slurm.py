@@ -220,3 +220,14 @@ def test_node_details_reads_unknown_names_and_the_first_of_each_field(
         "NodeName": "n1", "Gres": "gpu:h100:8", "State": "IDLE", "Extra": "x"}}
     assert client.node_details(["n1", "new1"])["n1"]["Gres"] == "gpu:h100:8"
     assert client.node_details(["new1"]) == {}
+
+
+def test_jobs_on_a_node_leave_out_pending_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drained node is quiet once squeue lists no job that holds it (running,
+    completing, ...); a job pending for it holds nothing."""
+    from provisioner.slurm import client  # noqa: PLC0415
+
+    out = {"n1": "112|CG\n113|PD\n", "n2": "114|PD\n", "n3": ""}
+    monkeypatch.setattr(client, "run_slurm", lambda argv, **_: out[argv[argv.index("-w") + 1]])
+    assert client.jobs_on("n1") == ["112"]
+    assert client.jobs_on("n2") == client.jobs_on("n3") == []
