@@ -19,8 +19,8 @@ FAULTS = {
     "garbage-output": "nvidia-smi prints 50 MB of non-UTF-8 junk",
     "repo-unreachable": "the node cannot reach the package repository",
     "package-install-failure": "the driver package fails its DKMS build when installed",
-    "fabricmanager-mismatch": "the repository's fabric manager is a different version than the "
-                              "driver",
+    "fabricmanager-mismatch": "the repository has no fabric manager for the newest driver of "
+                              "the branch (a mirror out of step)",
     "unsupported-os": "the node runs an OS the playbooks do not support (Fedora 40)",
     "sdc": "every third matrix product on the node comes out with one wrong element",
     "sdc-persistent": "every matrix product on the node has the same element wrong in "
