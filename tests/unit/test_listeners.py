@@ -239,16 +239,18 @@ def test_a_disruptive_run_waits_for_the_jobs_to_end(fleet: Gpuctl) -> None:
 def test_slurm_is_quiet_only_where_no_job_runs_or_can_start(
         gc: Gpuctl, monkeypatch: pytest.MonkeyPatch) -> None:
     """A node whose drain did not take (IDLE) is as busy as one with jobs left; DRAINED,
-    DOWN and FAIL are quiet, as is a node in no partition (sinfo does not list it)."""
+    DOWN and FAIL are quiet, as is a node in no partition (sinfo does not list it), and a
+    DRAINING one that squeue shows no job on (Slurm's state lagging behind)."""
     from provisioner.slurm import sync
     from provisioner.slurm.client import SlurmNode
 
     states = {"n-idle": "idle", "n-draining": "draining", "n-mixed": "mixed",
               "n-failing": "failing", "n-drained": "drained", "n-down": "down",
-              "n-fail": "fail"}
+              "n-fail": "fail", "n-lagging": "draining"}
     monkeypatch.setattr(sync, "load_settings", lambda gc: object())
     monkeypatch.setattr(sync, "slurm_nodes", lambda names: {
         n: SlurmNode(n, states[n], False, "gpu:8", "", "") for n in names if n in states})
+    monkeypatch.setattr(sync, "jobs_on", lambda node: [] if node == "n-lagging" else ["7"])
     left = sync.SlurmListener().jobs_left(gc, [*states, "n-nowhere"])
     assert left == {
         "n-idle": "IDLE in Slurm: not drained, jobs can start there",
