@@ -73,13 +73,22 @@ def run_slurm(argv: list[str], *, timeout: float = TIMEOUT,
                          "commands; run it where scontrol works (install slurm-client)")
     try:
         res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                             env=env or dict(os.environ), check=False, input=input_text)
+                             env=env or slurm_env(), check=False, input=input_text)
     except subprocess.TimeoutExpired:
         raise SlurmError(f"{' '.join(argv[:3])} gave no answer in {timeout:g} s") from None
     if res.returncode != 0:
         lines = (res.stderr or res.stdout).strip().splitlines() or [f"exit {res.returncode}"]
         raise SlurmError(f"{' '.join(argv[:2])} failed: {lines[-1][:240]}")
     return res.stdout
+
+
+def slurm_env() -> dict[str, str]:
+    """gpuctl's environment for Slurm's commands, without what would filter their output
+    behind gpuctl's back: an admin's ``SQUEUE_USERS``/``SQUEUE_STATES``/... and
+    ``SINFO_PARTITION`` (squeue(1), sinfo(1) ENVIRONMENT VARIABLES) and
+    ``SLURM_CLUSTERS``."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("SQUEUE_", "SINFO_")) and k != "SLURM_CLUSTERS"}
 
 
 def slurm_version(timeout: float = 15.0) -> tuple[int, int, int]:
@@ -123,11 +132,23 @@ def slurm_nodes(names: list[str] | None = None) -> dict[str, SlurmNode]:
 
 
 def jobs_on(node: str) -> list[str]:
-    """The jobs that hold ``node`` now (running, completing, suspended, ...: any state
-    but pending), by id (squeue(1) ``-w``)."""
-    out = run_slurm(["squeue", "-h", "-w", node, "-o", "%i|%t"])
+    """The jobs that hold ``node`` now (running, completing, suspended, ...: squeue's
+    default states but pending), by id (squeue(1) ``-a -w``: hidden partitions too).
+    Only as complete as what gpuctl's user may see: ``sees_all_jobs``."""
+    out = run_slurm(["squeue", "-a", "-h", "-w", node, "-o", "%i|%t"])
     return [job for job, _, state in (line.partition("|") for line in out.splitlines())
             if job.strip() and state.strip() not in ("", "PD")]
+
+
+def sees_all_jobs() -> bool:
+    """Whether squeue shows gpuctl every user's jobs: as root, or where slurm.conf's
+    ``PrivateData`` does not hide jobs (slurm.conf(5); slurmctld packs only the caller's
+    own jobs for a non-operator otherwise)."""
+    if os.geteuid() == 0:
+        return True
+    out = run_slurm(["scontrol", "show", "config"])
+    found = re.search(r"^PrivateData\s*=\s*(.*)$", out, re.MULTILINE)
+    return not found or "jobs" not in found.group(1).lower()
 
 
 def drain_reason(reason: str) -> str:

@@ -38,6 +38,7 @@ from provisioner.slurm.client import (
     drain,
     jobs_on,
     resume,
+    sees_all_jobs,
     slurm_nodes,
 )
 from provisioner.slurm.pools import sync_pools
@@ -92,17 +93,26 @@ class SlurmListener:
         """Nodes that are not quiet in Slurm: jobs still run there (sinfo's DRAINING,
         ALLOCATED, MIXED, COMPLETING, FAILING, and squeue lists a job on the node), or the
         drain did not take (IDLE: a job could start there). Quiet: DRAINED, DOWN, FAIL, a
-        node Slurm does not know, or a drained one that squeue shows no job on (24.11 was
-        seen to show a node DRAINING for two minutes after its last job had ended)."""
+        node Slurm does not know, or a DRAINING one that squeue shows no job on when
+        gpuctl may see every job (24.11 was seen to show a node DRAINING for two minutes
+        after its last job had ended). A DRAINED node that still has a job (suspended)
+        is busy."""
         if load_settings(gc) is None:
             return None
         view = slurm_nodes(names)  # a node in no partition (not listed) runs no job
         out = {}
         for n in names:
             snode = view.get(n)
-            if snode is None or snode.state in QUIET:
+            if snode is None:
                 continue
-            if snode.drained and snode.state in JOBS_LEFT and not jobs_on(n):
+            if snode.state in QUIET:
+                # A node whose only jobs are suspended shows DRAINED (slurmctld
+                # _suspend_job_nodes): they still hold its GPUs.
+                held = jobs_on(n) if snode.drained else []
+                if held:
+                    out[n] = f"{snode.label()} in Slurm, but job {held[0]} still holds it"
+                continue
+            if snode.state == "draining" and sees_all_jobs() and not jobs_on(n):
                 continue
             out[n] = (f"{snode.label()} in Slurm: jobs still run there"
                       if snode.state in JOBS_LEFT else

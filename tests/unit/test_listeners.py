@@ -240,20 +240,47 @@ def test_slurm_is_quiet_only_where_no_job_runs_or_can_start(
         gc: Gpuctl, monkeypatch: pytest.MonkeyPatch) -> None:
     """A node whose drain did not take (IDLE) is as busy as one with jobs left; DRAINED,
     DOWN and FAIL are quiet, as is a node in no partition (sinfo does not list it), and a
-    DRAINING one that squeue shows no job on (Slurm's state lagging behind)."""
+    DRAINING one that squeue shows no job on (Slurm's state lagging behind), but only
+    where gpuctl may see every job. A DRAINED node whose job is suspended is busy; squeue
+    is never asked to clear a node that is not drained."""
     from provisioner.slurm import sync
     from provisioner.slurm.client import SlurmNode
 
     states = {"n-idle": "idle", "n-draining": "draining", "n-mixed": "mixed",
               "n-failing": "failing", "n-drained": "drained", "n-down": "down",
-              "n-fail": "fail", "n-lagging": "draining"}
+              "n-fail": "fail", "n-lagging": "draining", "n-suspended": "drained"}
+    jobs = {"n-draining": ["7"], "n-suspended": ["9"]}
     monkeypatch.setattr(sync, "load_settings", lambda gc: object())
     monkeypatch.setattr(sync, "slurm_nodes", lambda names: {
         n: SlurmNode(n, states[n], False, "gpu:8", "", "") for n in names if n in states})
-    monkeypatch.setattr(sync, "jobs_on", lambda node: [] if node == "n-lagging" else ["7"])
-    left = sync.SlurmListener().jobs_left(gc, [*states, "n-nowhere"])
-    assert left == {
+    monkeypatch.setattr(sync, "jobs_on", lambda node: jobs.get(node, []))
+    busy = {
         "n-idle": "IDLE in Slurm: not drained, jobs can start there",
         "n-draining": "DRAINING in Slurm: jobs still run there",
         "n-mixed": "MIXED in Slurm: jobs still run there",
-        "n-failing": "FAILING in Slurm: jobs still run there"}
+        "n-failing": "FAILING in Slurm: jobs still run there",
+        "n-suspended": "DRAINED in Slurm, but job 9 still holds it"}
+    for sees_all, lagging in ((True, {}), (False, {
+            "n-lagging": "DRAINING in Slurm: jobs still run there"})):
+        monkeypatch.setattr(sync, "sees_all_jobs", lambda sees_all=sees_all: sees_all)
+        left = sync.SlurmListener().jobs_left(gc, [*states, "n-nowhere"])
+        assert left == {**busy, **lagging}, sees_all
+
+
+def test_slurm_that_cannot_be_asked_is_busy(gc: Gpuctl, monkeypatch: pytest.MonkeyPatch) -> None:
+    """squeue failing fails closed: the wait reports the node, it does not clear it."""
+    from provisioner.slurm import sync
+    from provisioner.slurm.client import SlurmError, SlurmNode
+
+    def refuse(node: str) -> list[str]:
+        raise SlurmError("squeue -a failed: slurm_load_jobs error: Socket timed out")
+
+    monkeypatch.setattr(sync, "load_settings", lambda gc: object())
+    monkeypatch.setattr(sync, "slurm_nodes", lambda names: {
+        "n1": SlurmNode("n1", "draining", False, "gpu:8", "", "")})
+    monkeypatch.setattr(sync, "jobs_on", refuse)
+    monkeypatch.setattr(sync, "sees_all_jobs", lambda: True)
+    gc.listeners = [sync.SlurmListener()]
+    left = gc.wait_quiet(["n1"], 0)
+    assert left["n1"].startswith("cannot ask slurm whether jobs still run there: squeue -a "
+                                 "failed"), left

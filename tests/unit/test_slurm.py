@@ -231,3 +231,16 @@ def test_jobs_on_a_node_leave_out_pending_ones(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(client, "run_slurm", lambda argv, **_: out[argv[argv.index("-w") + 1]])
     assert client.jobs_on("n1") == ["112"]
     assert client.jobs_on("n2") == client.jobs_on("n3") == []
+
+
+def test_slurm_commands_do_not_inherit_output_filters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An admin's SQUEUE_USERS (or SINFO_PARTITION, SLURM_CLUSTERS) would hide jobs and
+    nodes from gpuctl's checks: Slurm's commands run without them."""
+    from provisioner.slurm import client  # noqa: PLC0415
+
+    for key in ("SQUEUE_USERS", "SQUEUE_STATES", "SINFO_PARTITION", "SLURM_CLUSTERS"):
+        monkeypatch.setenv(key, "x")
+    monkeypatch.setenv("SLURM_CONF", "/etc/slurm/slurm.conf")
+    env = client.slurm_env()
+    assert not {"SQUEUE_USERS", "SQUEUE_STATES", "SINFO_PARTITION", "SLURM_CLUSTERS"} & set(env)
+    assert env["SLURM_CONF"] == "/etc/slurm/slurm.conf"
