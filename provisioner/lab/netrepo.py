@@ -70,12 +70,12 @@ def stop_agent(home: Path) -> None:
                    capture_output=True, check=False)
 
 
-def signing_key(home: Path) -> bytes:
+def signing_key(home: Path, who: str = "NVIDIA") -> bytes:
     """The lab's stand-in for NVIDIA's archive key (made once in ``home``); returns the
     public key, binary, as cuda-archive-keyring.gpg holds it."""
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not _gpg(home, "--list-secret-keys", what="list keys").strip():
-        _gpg(home, "--quick-gen-key", "gpuctl lab NVIDIA stand-in <lab@localhost>",
+        _gpg(home, "--quick-gen-key", f"gpuctl lab {who} stand-in <lab@localhost>",
              "ed25519", "sign", "never", what="make a key")
     return _gpg(home, "--export", what="export the key")
 
@@ -120,6 +120,7 @@ def build_epel(www: Path, local_repo: Path, url: str, gnupg: Path) -> str:
     if repo.exists():
         shutil.rmtree(repo)
     shutil.copytree(local_repo / "epel", repo)
+    signing_key(gnupg, "EPEL")
     sign_rpms(repo, gnupg)
     key = _gpg(gnupg, "--armor", "--export", what="export the EPEL key")
     release = Package("epel-release", "9-7.el9", "EPEL repository configuration, lab stand-in",
@@ -127,14 +128,16 @@ def build_epel(www: Path, local_repo: Path, url: str, gnupg: Path) -> str:
                        "/etc/pki/rpm-gpg/RPM-GPG-KEY-EPEL-9": (key, 0o644)})
     built = build_rpms([release], epel)[0]
     built.rename(epel / "epel-release-latest-9.noarch.rpm")
+    sign_rpms(epel, gnupg, index=False)  # the rpm by URL is signed too, as Fedora's is
+    (epel / "RPM-GPG-KEY-EPEL-9").write_bytes(key)
     return f"{url}/pub/epel/epel-release-latest-9.noarch.rpm"
 
 
-def sign_rpms(repo: Path, gnupg: Path) -> None:
-    """Sign every rpm of ``repo`` (rpmsign, the key in ``gnupg``) and index it again,
-    keeping its module metadata."""
+def sign_rpms(repo: Path, gnupg: Path, *, index: bool = True) -> None:
+    """Sign the rpms directly in ``repo`` (rpmsign, the key in ``gnupg``) and, with
+    ``index``, index it again keeping its module metadata."""
     signing_key(gnupg)
-    rpms = sorted(str(p) for p in repo.rglob("*.rpm"))
+    rpms = sorted(str(p) for p in repo.glob("*.rpm"))
     if rpms:
         name = _gpg(gnupg, "--list-secret-keys", "--with-colons", what="list keys")
         uid = next(line.split(":")[9] for line in name.decode().splitlines()
@@ -146,6 +149,8 @@ def sign_rpms(repo: Path, gnupg: Path) -> None:
         if res.returncode != 0:
             raise LabError("rpmsign failed: "
                            f"{(res.stderr or res.stdout).decode(errors='replace')[-300:]}")
+    if not index:
+        return
     res = subprocess.run(["createrepo_c", "--quiet", "--update", "--keep-all-metadata",
                           str(repo)], capture_output=True, check=False)
     if res.returncode != 0:

@@ -231,8 +231,8 @@ def test_rocky9_provisions_through_dnf_module_streams(  # type: ignore[no-untype
     """Node 01 reads local mirrors of NVIDIA's repository and EPEL; node 02 takes the
     default path: NVIDIA's repository URL with gpgcheck and its D42D0685.pub key (the
     lab's, over HTTP, every rpm signed with a lab key standing in for NVIDIA's), and
-    EPEL's epel-release rpm by URL (EPEL's packages signed with another key). Both run
-    twice: 0 changed."""
+    EPEL's key and its epel-release rpm by URL (EPEL's rpms signed with another key; the
+    rpm by URL is checked against it). Both run twice: 0 changed."""
     lab.up(2, "--os", "rocky9")
     root, url = www
     base = f"{url}/compute/cuda/repos"
@@ -242,7 +242,8 @@ def test_rocky9_provisions_through_dnf_module_streams(  # type: ignore[no-untype
     scan_json(gpuctl, "--all", "--accept-new")
     set_vars(paths.db_url, "gpu-node-02", nvidia_repo_trusted="false",
              nvidia_repo_mirror_url="", nvidia_repo_epel_mirror_url="",
-             nvidia_repo_base=base, nvidia_repo_epel_release_url=epel)
+             nvidia_repo_base=base, nvidia_repo_epel_release_url=epel,
+             nvidia_repo_epel_key_url=f"{url}/pub/epel/RPM-GPG-KEY-EPEL-9")
     code, summary = provision(gpuctl, "--all")
     assert code == 0, {n["name"]: n.get("reason") for n in summary["nodes"]}
     changed = changed_tasks(paths.db_url, summary["run_id"], "gpu-node-01")
@@ -273,7 +274,9 @@ def test_rocky9_provisions_through_dnf_module_streams(  # type: ignore[no-untype
     # Node 02 trusts what it installed by key: NVIDIA's (the repo's gpgkey) and EPEL's.
     keys = node_sh(lab, "gpu-node-02", "rpm -q gpg-pubkey --qf '%{SUMMARY}\\n'; "
                                        "rpm -q epel-release")
-    assert keys.stdout.decode().count("gpg(") == 2 and b"epel-release-9" in keys.stdout, keys
+    out = keys.stdout.decode()
+    assert "gpuctl lab NVIDIA stand-in" in out and "gpuctl lab EPEL stand-in" in out and \
+        "epel-release-9" in out, keys
     code, summary = provision(gpuctl, "--all")
     assert code == 0 and summary["changed"] == 0, summary
 
