@@ -91,8 +91,8 @@ class SlurmListener:
 
     def jobs_left(self, gc: Gpuctl, names: list[str]) -> dict[str, str] | None:
         """Nodes that are not quiet in Slurm: jobs still run there (sinfo's DRAINING,
-        ALLOCATED, MIXED, COMPLETING, FAILING, and squeue lists a job on the node), or the
-        drain did not take (IDLE: a job could start there). Quiet: DRAINED, DOWN, FAIL, a
+        ALLOCATED, MIXED, COMPLETING, FAILING), or the drain did not take (IDLE: a job
+        could start there). Quiet: DRAINED, DOWN, FAIL, a
         node Slurm does not know, or a DRAINING one that squeue shows no job on when
         gpuctl may see every job (24.11 was seen to show a node DRAINING for two minutes
         after its last job had ended). A DRAINED node that still has a job (suspended)
