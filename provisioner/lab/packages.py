@@ -77,7 +77,9 @@ while :; do sleep 3600 & wait $!; done
 # systemd's status=203/EXEC. Lab nodes run no systemd; their sysvinit-like init runs
 # this, so a drop-in changes what the daemon does here as it would there. A service
 # without a unit runs its daemon.
-INIT_SCRIPT = """#!/bin/sh
+# The lab's init scripts start alike: an LSB header, and `lines KEY`, the unit's KEY=
+# lines and then its drop-ins' (systemd reads them in that order).
+INIT_HEAD = """#!/bin/sh
 ### BEGIN INIT INFO
 # Provides:          {name}
 # Required-Start:    $remote_fs
@@ -86,16 +88,16 @@ INIT_SCRIPT = """#!/bin/sh
 # Default-Stop:      0 1 6
 # Short-Description: {name} (gpuctl lab stand-in)
 ### END INIT INFO
-PIDFILE=/run/{name}.pid
-UNIT=/lib/systemd/system/{name}.service
-exec_line() {{
-  line=$(cat "$UNIT" /etc/systemd/system/{name}.service.d/*.conf 2>/dev/null \\
-         | grep '^ExecStart=.' | tail -n 1)
-  echo "${{line#ExecStart=}}"
+lines() {{
+  cat /lib/systemd/system/{name}.service /etc/systemd/system/{name}.service.d/*.conf \\
+    2>/dev/null | grep "^$1=."
 }}
+"""
+INIT_SCRIPT = INIT_HEAD + """PIDFILE=/run/{name}.pid
 case "$1" in
   start)
-    set -- $(exec_line)
+    cmd=$(lines ExecStart | tail -n 1)
+    set -- ${{cmd#ExecStart=}}
     [ $# -gt 0 ] || set -- {daemon}
     if [ ! -x "$1" ]; then
       echo "{name}: $1: No such file or directory (status=203/EXEC)" >&2
@@ -346,20 +348,7 @@ start-stop-daemon --start --quiet --background --make-pidfile --pidfile "$fm_pid
 """
 # How the lab's init runs a Type=forking unit: ExecStartPre=, then the last ExecStart=;
 # stopping ends every process the unit started, as systemd stops its control group.
-FORKING_INIT = """#!/bin/sh
-### BEGIN INIT INFO
-# Provides:          {name}
-# Required-Start:    $remote_fs
-# Required-Stop:     $remote_fs
-# Default-Start:     2 3 4 5
-# Default-Stop:      0 1 6
-# Short-Description: {name} (gpuctl lab stand-in)
-### END INIT INFO
-lines() {{
-  cat /lib/systemd/system/{name}.service /etc/systemd/system/{name}.service.d/*.conf \\
-    2>/dev/null | grep "^$1=."
-}}
-case "$1" in
+FORKING_INIT = INIT_HEAD + """case "$1" in
   start)
     start-stop-daemon --status --pidfile {pidfile} && exit 0
     lines ExecStartPre | while IFS= read -r cmd; do

@@ -11,6 +11,7 @@ the reason.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -140,10 +141,11 @@ def jobs_on(node: str) -> list[str]:
             if job.strip() and state.strip() not in ("", "PD")]
 
 
+@functools.lru_cache(maxsize=1)
 def sees_all_jobs() -> bool:
     """Whether squeue shows gpuctl every user's jobs: as root, or where slurm.conf's
     ``PrivateData`` does not hide jobs (slurm.conf(5); slurmctld packs only the caller's
-    own jobs for a non-operator otherwise)."""
+    own jobs for a non-operator otherwise). Asked once per process: a wait polls it."""
     if os.geteuid() == 0:
         return True
     out = run_slurm(["scontrol", "show", "config"])
