@@ -9,17 +9,28 @@ the fault and ``--trials`` times without, with fresh random placement each time:
 
   transient      one product in the GEMM loop gets one bit flipped (random product,
                  element and bit, any dtype)
+  tile-swap      one product has two aligned 64x64 tiles swapped (a misrouted write)
+  sign-pair      one product has the sign bits of two 64-bit words flipped (two faults
+                 whose +2^63 cancelled in the old word sum)
+  dropped-write  one product is never written: the buffer keeps what it held
+  scaled-element a one-GPU node: one random element of every product comes out x(1+2^-6)
+                 (persistent and peerless: only the float64 reference can see it)
   stuck-element  one GPU of four gets the same bit of the same element wrong in every
                  product (a persistent fault: repeats agree, so only the cross-GPU and
                  float64 checks can see it)
   bias           one GPU of four adds 0.1% of the mean magnitude to every element
-  stuck-bit      one bit of one word of the memory-test buffer is stuck at 0 or 1
-  collective     one rank of three sends one wrong element in an all-reduce or
+  stuck-bit      one bit of one word of the memory-test buffer is stuck at 0 or 1: a
+                 thread keeps forcing it in memory while the test writes and reads
+  collective     one rank of three sends every element with one mantissa bit (0-22)
+                 stuck at 0 or 1, in an all-reduce (its timed iterations included) or an
                  all-gather (the check must see it, and name the sender for all-gather)
   dead-rank      one rank of two dies at a random collective (the agent must report it,
                  name it and return within seconds, not hang)
   slow-gpu       one GPU of four runs its products at half speed, while two other
                  "nodes" load the same host (the in-node comparison must name it)
+  mixed-fleet    3 H100 nodes and 2 L40S nodes (each GPU's GEMMs and memory bandwidth at
+                 1.2 x its SKU's shipped floor, +-5% noise), one node of each SKU at 0.6 x
+                 in faulty trials: the slow ones must fail, no healthy one may
 
 Prints one table: detected / injected, false positives / healthy runs, and the rate of
 naming the right GPU or rank. Then the cost of the SDC checks: the agent's GEMM with its
@@ -30,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import multiprocessing as mp
 import os
 import random
@@ -47,7 +59,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from provisioner.burnin import agent  # noqa: E402
-from provisioner.burnin.thresholds import gpu_outlier_verdicts  # noqa: E402
+from provisioner.burnin.thresholds import (  # noqa: E402
+    evaluate,
+    fleet_medians_by_kind,
+    fleet_outlier_verdicts,
+    gpu_outlier_verdicts,
+)
 
 REAL_MATMUL = torch.matmul
 CPU = torch.device("cpu")
@@ -118,6 +135,84 @@ def trial_transient(rng: random.Random, faulty: bool, device: torch.device = CPU
     return not m.ok, not m.ok
 
 
+def _one_product_changed(rng: random.Random, faulty: bool,
+                         change: Callable[[torch.Tensor, torch.Tensor | None], Any],
+                         n: int = 128) -> tuple[bool, bool]:
+    """One random product of the loop changed by ``change(result, out)`` (``out`` is the
+    buffer the agent passed, None for the products made outside the loop)."""
+    dtype = rng.choice(agent.DTYPE_ORDER)
+    target, calls = rng.randint(3, 30), [0]
+
+    def hook(a: torch.Tensor, b: torch.Tensor, out: Any = None) -> torch.Tensor:
+        calls[0] += 1
+        if faulty and calls[0] == target:
+            return change(REAL_MATMUL(a, b), out)
+        return REAL_MATMUL(a, b, out=out)
+
+    with patched_matmul(hook):
+        m = agent.gemm(CPU, dtype, n, 0.03, 0, rng.randrange(1 << 30))
+    if faulty and calls[0] < target:  # the loop ended first: run again
+        return _one_product_changed(rng, faulty, change, n)
+    return not m.ok, not m.ok
+
+
+def _written(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    if out is None:
+        return result
+    out.copy_(result)
+    return out
+
+
+def trial_tile_swap(rng: random.Random, faulty: bool) -> tuple[bool, bool]:
+    tiles = rng.sample([(r, c) for r in (0, 64) for c in (0, 64)], 2)
+
+    def change(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        (r1, c1), (r2, c2) = tiles
+        one = result[r1:r1 + 64, c1:c1 + 64].clone()
+        result[r1:r1 + 64, c1:c1 + 64] = result[r2:r2 + 64, c2:c2 + 64]
+        result[r2:r2 + 64, c2:c2 + 64] = one
+        return _written(result, out)
+
+    return _one_product_changed(rng, faulty, change)
+
+
+def trial_sign_pair(rng: random.Random, faulty: bool) -> tuple[bool, bool]:
+    pick = rng.sample(range(128 * 128 // 4), 2)  # 64-bit words of the smallest dtype
+
+    def change(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        words = result.view(-1).view(torch.int64)
+        words[pick] ^= torch.tensor(-(2 ** 63), dtype=torch.int64)
+        return _written(result, out)
+
+    return _one_product_changed(rng, faulty, change)
+
+
+def trial_dropped_write(rng: random.Random, faulty: bool) -> tuple[bool, bool]:
+    def change(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        return result if out is None else out  # the write never happens
+
+    return _one_product_changed(rng, faulty, change)
+
+
+def trial_scaled_element(rng: random.Random, faulty: bool) -> tuple[bool, bool]:
+    n = 128
+    index = rng.randrange(n * n)
+    dtype = rng.choice(agent.DTYPE_ORDER)
+
+    def hook(a: torch.Tensor, b: torch.Tensor, out: Any = None) -> torch.Tensor:
+        result = REAL_MATMUL(a, b, out=out)
+        if faulty:
+            flat = result.view(-1)
+            flat[index] = flat[index] * (1 + 2 ** -6)
+        return result
+
+    with patched_matmul(hook):
+        batch = gemm_on_all(1, dtype, n, 0.02, rng.randrange(1 << 30))
+    if not faulty and not batch[0].ok:
+        print(f"  false positive ({dtype}): {batch[0].detail}", flush=True)
+    return not batch[0].ok, not batch[0].ok
+
+
 def _one_gpu_wrong(rng: random.Random, faulty: bool, change: Callable[[torch.Tensor], Any]
                    ) -> tuple[bool, bool]:
     bad = rng.randrange(4)
@@ -145,31 +240,45 @@ def trial_bias(rng: random.Random, faulty: bool) -> tuple[bool, bool]:
 
 
 def trial_stuck_bit(rng: random.Random, faulty: bool) -> tuple[bool, bool]:
+    """A stuck cell: while the memory test runs, a thread keeps forcing one bit of one
+    word of its buffer to 0 or 1 in memory (found through the allocation, not through
+    anything the test compares with), so every write there is undone within
+    microseconds, as a cell that cannot hold the other value."""
     megabytes = 4
     words = megabytes << 18
     word, bit, value = rng.randrange(words), rng.randrange(32), rng.randrange(2)
-    mask = (1 << bit) - (1 << 32) if bit == 31 else 1 << bit
-    real_ne = torch.Tensor.__ne__
+    mask = 1 << bit
+    real_empty = torch.empty
+    stop, cell = threading.Event(), {}
 
-    def ne(self: torch.Tensor, other: Any) -> Any:
-        # The stuck cell reads its stuck value, whatever was written to it.
-        if (faulty and self.dtype == torch.int32
-                and self.untyped_storage().nbytes() == megabytes << 20):
-            offset = self.storage_offset()
-            if offset <= word < offset + self.numel():
-                cell = self.view(-1)[word - offset: word - offset + 1]
-                cell.bitwise_and_(~mask)
-                if value:
-                    cell.bitwise_or_(mask)
-        return real_ne(self, other)
+    def empty(*args: Any, **kwargs: Any) -> torch.Tensor:
+        t = real_empty(*args, **kwargs)
+        if t.dtype == torch.int32 and t.numel() == words and "ptr" not in cell:
+            # The tensor is kept until the thread stops: the cell must outlive the test.
+            cell["tensor"], cell["ptr"] = t, ctypes.c_uint32.from_address(
+                t.data_ptr() + 4 * word)
+        return t
 
-    torch.Tensor.__ne__ = ne  # type: ignore[method-assign,assignment]
+    def force() -> None:
+        while not stop.is_set():
+            c = cell.get("ptr")
+            if c is not None:
+                c.value = (c.value | mask) if value else (c.value & ~mask & 0xFFFFFFFF)
+            time.sleep(0)
+
+    forcer = threading.Thread(target=force, daemon=True)
+    if faulty:
+        forcer.start()
+    torch.empty = empty  # type: ignore[assignment]
     chunk, agent.MEMTEST_CHUNK = agent.MEMTEST_CHUNK, 1 << 16  # several chunks
     try:
         m = agent.memory_test(CPU, megabytes, 0, rng.randrange(1 << 30))
     finally:
-        torch.Tensor.__ne__ = real_ne  # type: ignore[method-assign]
+        torch.empty = real_empty
         agent.MEMTEST_CHUNK = chunk
+        stop.set()
+        if faulty:
+            forcer.join()
     return not m.ok, not m.ok
 
 
@@ -195,6 +304,16 @@ def trial_slow_gpu(rng: random.Random, faulty: bool) -> tuple[bool, bool]:
 
 # -- collectives (in processes of their own) ---------------------------------------------
 
+def _stuck(t: torch.Tensor, bit: int, value: int) -> None:
+    """Every float32 of ``t`` with ``bit`` forced to ``value``, in place."""
+    ints = t.view(torch.int32)
+    mask = (1 << bit) - (1 << 32) if bit == 31 else 1 << bit
+    if value:
+        ints.bitwise_or_(mask)
+    else:
+        ints.bitwise_and_(~mask)
+
+
 def _collective_worker(rank: int, world: int, port: int, plan: list[Any], results: Any
                        ) -> None:
     import torch.distributed as dist  # noqa: PLC0415
@@ -204,27 +323,30 @@ def _collective_worker(rank: int, world: int, port: int, plan: list[Any], result
     real_ar, real_gather = dist.all_reduce, agent.GATHER
     state: dict[str, Any] = {"fault": None}
 
+    # The faulty rank's link: whatever it sends has the bit stuck (its own buffer is
+    # changed before it goes out, as a stuck lane would change it on the wire).
     def ar(t: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         if state["fault"]:
-            t.view(-1)[state["fault"]] += 1.0
+            _stuck(t, *state["fault"])
         return real_ar(t, *args, **kwargs)
 
     def gather(out: torch.Tensor, chunk: torch.Tensor) -> Any:
         if state["fault"]:
-            chunk.view(-1)[state["fault"] % chunk.numel()] -= 1.0
+            chunk = chunk.clone()
+            _stuck(chunk, *state["fault"])
         return real_gather(out, chunk)
 
     dist.all_reduce = ar  # type: ignore[assignment]
+    agent.dist.all_reduce = ar  # type: ignore[assignment]
     agent.GATHER = gather
     elems = 3 * 4096
-    buf = torch.empty(elems)
     chunk, out = torch.empty(elems // world), torch.empty(elems)
-    for t, (op, bad, index) in enumerate(plan):
-        state["fault"] = index if bad == rank else None
+    for t, (op, bad, fault, seed) in enumerate(plan):
+        state["fault"] = fault if bad == rank else None
         if op == "all_reduce":
-            answer: Any = agent.check_all_reduce(buf, rank, world)
+            _, answer = agent.timed_all_reduce(torch.empty(elems), rank, world, 3, seed)
         else:
-            answer = agent.check_all_gather(out, chunk, rank, world)
+            answer = agent.check_all_gather(out, chunk, rank, world, seed)
         results.put((t, rank, answer))
     dist.destroy_process_group()
 
@@ -235,7 +357,7 @@ def run_collective_campaign(rng: random.Random, trials: int) -> dict[str, list[A
     for faulty in [True] * trials + [False] * trials:
         op = rng.choice(["all_reduce", "all_gather"])
         plan.append((op, rng.randrange(world) if faulty else None,
-                     rng.randrange(1, 4096)))
+                     (rng.randrange(23), rng.randrange(2)), rng.randrange(1 << 30)))
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = agent._free_port()
@@ -250,7 +372,7 @@ def run_collective_campaign(rng: random.Random, trials: int) -> dict[str, list[A
     for p in procs:
         p.join(timeout=60)
     out: dict[str, list[Any]] = {"faulty": [], "healthy": []}
-    for t, (op, bad, _) in enumerate(plan):
+    for t, (op, bad, _, _) in enumerate(plan):
         seen = answers[t]
         detected = any(seen.values())
         if op == "all_gather":
@@ -312,6 +434,52 @@ def run_dead_rank_campaign(rng: random.Random, trials: int, healthy: int
     return out
 
 
+# -- mixed fleets (the control host's judgement, as burnin.run._judge applies it) -------
+
+SKUS = Path(__file__).resolve().parents[1] / "inventory/skus"
+PER_GPU = ("gemm_bfloat16", "gemm_float16", "gemm_tf32", "gemm_float32", "memory_bandwidth")
+
+
+def _fleet_doc(rng: random.Random, floors: dict[str, float], gpus: int, factor: float
+               ) -> dict[str, Any]:
+    """A node's results: each GPU's test at 1.2 x the SKU's floor (a healthy part clears
+    the shipped floors, about 70% of the datasheet, by that much), each with +-5% noise,
+    times ``factor``."""
+    return {"results": [{"test": t, "device": gpu, "unit": "", "ok": True, "detail": {},
+                         "value": floors[t] * 1.2 * factor * rng.uniform(0.95, 1.05)}
+                        for gpu in range(gpus) for t in PER_GPU]}
+
+
+def trial_mixed_fleet(rng: random.Random, faulty: bool) -> tuple[bool, bool]:
+    """``burnin --all`` over 3 H100 nodes and 2 L40S nodes: the SKU's floors, fleet
+    medians per SKU and GPU count, and the in-node comparison. The slow L40S has one peer
+    only, so its SKU's floor must catch it."""
+    import yaml  # noqa: PLC0415
+
+    kinds, docs, slow = {}, {}, set()
+    profiles = {}
+    for sku, count, gpus in (("h100-sxm-8", 3, 8), ("l40s-4", 2, 4)):
+        profiles[sku] = yaml.safe_load((SKUS / f"{sku}.yml").read_text())["burnin"]
+        floors = {t: float(v["min"]) for t, v in profiles[sku]["tests"].items()}
+        bad = rng.randrange(count) if faulty else None
+        for k in range(count):
+            name = f"{sku}-{k}"
+            kinds[name] = sku
+            if k == bad:
+                slow.add(name)
+            docs[name] = _fleet_doc(rng, floors, gpus, 0.6 if k == bad else 1.0)
+    medians = fleet_medians_by_kind(kinds, docs)
+    failed = set()
+    for name, doc in docs.items():
+        profile = profiles[kinds[name]]
+        verdicts = evaluate(doc["results"], profile, medians.get(name, {}))
+        verdicts += fleet_outlier_verdicts(doc["results"], profile, medians.get(name, {}))
+        verdicts += gpu_outlier_verdicts(doc["results"], profile)
+        if any(not v.passed for v in verdicts):
+            failed.add(name)
+    return bool(failed & slow) if faulty else bool(failed), failed == slow
+
+
 # -- load for the slow-GPU kind ----------------------------------------------------------
 
 def _busy_node(stop: Any) -> None:
@@ -325,11 +493,15 @@ LAB_GPU_FRACTION = 0.75  # inventory/thresholds/cpu-lab.yml: gpu_outlier_fractio
 
 
 KINDS: dict[str, Callable[[random.Random, bool], tuple[bool, bool]]] = {
-    "transient": trial_transient, "stuck-element": trial_stuck_element,
+    "transient": trial_transient, "tile-swap": trial_tile_swap,
+    "sign-pair": trial_sign_pair, "dropped-write": trial_dropped_write,
+    "scaled-element": trial_scaled_element, "stuck-element": trial_stuck_element,
     "bias": trial_bias, "stuck-bit": trial_stuck_bit, "slow-gpu": trial_slow_gpu,
+    "mixed-fleet": trial_mixed_fleet,
 }
-ALL_KINDS = ["transient", "stuck-element", "bias", "stuck-bit", "collective", "dead-rank",
-             "slow-gpu"]
+ALL_KINDS = ["transient", "tile-swap", "sign-pair", "dropped-write", "scaled-element",
+             "stuck-element", "bias", "stuck-bit", "collective", "dead-rank", "slow-gpu",
+             "mixed-fleet"]
 
 
 def rate(pairs: list[tuple[bool, bool]], which: int) -> str:

@@ -42,16 +42,14 @@ import torch  # noqa: E402  (after CUDA_DEVICE_ORDER)
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
-# Unit roundoff of each GEMM's output (2^-p for a p-bit significand), and of its inputs
-# where the tensor cores round them (TF32 keeps 10 explicit mantissa bits of an fp32).
-# The SDC checks' tolerances are multiples of these, so a check is as tight as the
-# arithmetic allows: bit-exact where results must repeat, a few roundoffs where they are
-# compared with a float64 reference.
+# Unit roundoff of each GEMM's output (2^-p for a p-bit significand; TF32 products come
+# out in fp32). The SDC checks' tolerances are multiples of these, so a check is as tight
+# as the arithmetic allows: bit-exact where results must repeat, a few roundoffs where
+# they are compared with a float64 reference.
 UNIT_ROUNDOFF = {"float32": 2.0 ** -24, "tf32": 2.0 ** -24, "float16": 2.0 ** -11,
                  "bfloat16": 2.0 ** -8}
-INPUT_ROUNDOFF = {"float32": 0.0, "tf32": 2.0 ** -11, "float16": 0.0, "bfloat16": 0.0}
 ACCUMULATE_ROUNDOFF = 2.0 ** -24  # fp32 accumulation (reduced-precision reductions off)
-REFERENCE_ROWS = 64  # rows of one product checked element by element against float64
+PROBES = 4  # Rademacher probe vectors in Freivalds' check
 DTYPES = {"float32": torch.float32, "tf32": torch.float32, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
 DTYPE_ORDER = ("bfloat16", "float16", "tf32", "float32")
@@ -81,70 +79,91 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def product_checksum(t: torch.Tensor) -> torch.Tensor:
-    """The sum of the output's raw bits read as 64-bit integers (wrapping). One flipped
-    bit anywhere changes it by +-2^k (mod 2^64, never 0), so comparing two checksums is a
-    bit-exact comparison of two products at the cost of one read of the output (the GEMM
-    is O(n^3), this is O(n^2)). Words of 64 bits, summed natively: on an H200 a sum of
-    the 16-bit words converted to int64 cost 16% of the bf16 GEMM's throughput."""
+def product_words(t: torch.Tensor) -> torch.Tensor:
+    """The product's raw bits as integers: 64-bit words where the size allows (fewer, wider
+    comparisons), else the element's own width."""
     flat = t.reshape(-1)
     if flat.numel() * flat.element_size() % 8 == 0:
-        return flat.view(torch.int64).sum()
-    return flat.view(torch.int16 if t.element_size() == 2 else torch.int32).sum(
-        dtype=torch.int64)
+        return flat.view(torch.int64)
+    return flat.view(torch.int16 if t.element_size() == 2 else torch.int32)
 
 
-def product_digest(t: torch.Tensor) -> str:
-    """A digest of one product's exact bits, per row, for comparing GPUs (once per test)."""
-    rows = t.view(torch.int16 if t.element_size() == 2 else torch.int32).sum(
-        dim=1, dtype=torch.int64)
-    return hashlib.sha256(rows.cpu().numpy().tobytes()).hexdigest()[:32]
+def product_digest(*products: torch.Tensor) -> str:
+    """SHA-256 of the products' full bytes, for comparing GPUs (once per test): equal
+    digests are equal products, bit for bit, wherever the bits differ."""
+    h = hashlib.sha256()
+    for t in products:
+        h.update(product_words(t).cpu().numpy().tobytes())
+    return h.hexdigest()[:32]
 
 
-def _gemm_inputs(n: int, dtype: torch.dtype, device: torch.device, seed: int
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def rademacher(n: int, k: int, seed: int, device: torch.device) -> torch.Tensor:
+    """``k`` probe vectors of random +-1 (n x k, float64). Unlike a Gaussian probe, no
+    entry is near zero, so a wrong element shows in Freivalds' check at its full size."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
-    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
-    x = torch.randn(n, generator=gen, dtype=torch.float64).to(device)
-    return a, b, x
+    signs = torch.randint(0, 2, (n, k), generator=gen, dtype=torch.int64)
+    return (signs * 2 - 1).to(dtype=torch.float64, device=device)
+
+
+def _tf32_exact(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with each float32's low 13 mantissa bits cleared: values a TF32 tensor core
+    takes as they are (TF32 keeps 10 of fp32's 23 explicit bits: NVIDIA A100 Tensor Core
+    GPU Architecture whitepaper, "TF32"), so the product has no input rounding whatever
+    rounding the hardware uses, and its reference bound is fp32 accumulation alone."""
+    return (t.view(torch.int32) & ~0x1FFF).view(torch.float32)
+
+
+def _gemm_inputs(n: int, dtype_name: str, device: torch.device, seed: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A, and two B: the loop alternates A.B1 and A.B2, so the output buffer holds the
+    other product before each write and a dropped or partial write cannot pass for a
+    correct one (gpu-burn refills instead; alternating costs no extra pass)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    a, b1, b2 = (torch.randn(n, n, generator=gen) for _ in range(3))
+    if dtype_name == "tf32":
+        a, b1, b2 = (_tf32_exact(t) for t in (a, b1, b2))
+    dtype = DTYPES[dtype_name]
+    a, b1, b2 = (t.to(device=device, dtype=dtype) for t in (a, b1, b2))
+    return a, b1, b2, rademacher(n, PROBES, seed, device)
 
 
 def freivalds(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, x: torch.Tensor,
               dtype_name: str) -> tuple[float, int]:
-    """Freivalds' check of C = A.B in float64: C.x against A.(B.x), O(n^2). Returns the
-    worst row's error as a multiple of its rounding bound (<= 1 passes) and the number
-    of rows over it. The bound per row is 8 x the rounding a correct GEMM can make there:
-    the output's roundoff on each element, and the accumulation (and TF32 input) roundoff,
-    which grows with sqrt(n) and the element's natural scale |a_i|.|b_j|/sqrt(n)."""
-    n = a.shape[1]
+    """Freivalds' check of C = A.B in float64 with ``PROBES`` Rademacher vectors: C.x
+    against A.(B.x), O(n^2). Returns the worst row's error as a multiple of its rounding
+    bound (<= 1 passes) and the number of rows over it. The bound per row is 8 x the
+    rounding a correct GEMM can make there: the output's roundoff on each element, and
+    the accumulation roundoff, which grows with sqrt(n) and the element's natural scale
+    |a_i|.|b_j|/sqrt(n)."""
     a64, b64, c64 = a.double(), b.double(), c.double()
     err = (c64 @ x - a64 @ (b64 @ x)).abs()
     out_term = UNIT_ROUNDOFF[dtype_name] * (c64.square() @ x.square()).sqrt()
-    calc = 2 * INPUT_ROUNDOFF[dtype_name] + ACCUMULATE_ROUNDOFF * math.sqrt(n)
-    calc_term = calc / math.sqrt(n) * a64.norm(dim=1) * (
+    calc_term = ACCUMULATE_ROUNDOFF * a64.norm(dim=1, keepdim=True) * (
         b64.norm(dim=0).square() @ x.square()).sqrt()
-    ratio = err / (8 * (out_term + calc_term) + 1e-300)
+    ratio = (err / (8 * (out_term + calc_term) + 1e-300)).amax(dim=1)
     return float(ratio.max()), int((ratio > 1).sum())
 
 
-def reference_block(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, dtype_name: str,
-                    start: int) -> tuple[float, int, float]:
-    """``REFERENCE_ROWS`` rows of C from ``start``, element by element, against a float64
-    product computed on the CPU (other hardware, other algorithm). Returns the worst
-    element's error over its bound, the elements over it, and the block's relative
-    error. Each element's bound: 2 output roundoffs of its value plus 8 x the
-    accumulation (and TF32 input) roundoff of its natural scale sqrt(sum a_ik^2 b_kj^2)."""
+def reference_check(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, dtype_name: str
+                    ) -> tuple[float, int, float]:
+    """The whole product, element by element, against a float64 product computed on the
+    same device (other units, other algorithm: cuBLAS's DGEMM, or the CPU's), so a GPU
+    with no peer to vote with still shows a persistent error. Returns the worst element's
+    error over its bound, the elements over it, and the product's relative error. Each
+    element's bound is 2 output roundoffs of its value (round to nearest makes at most one;
+    an H200's fp16 product reached 0.51 of this bound, a little over one roundoff) plus 8 x
+    the fp32 accumulation's roundoff of its natural scale sqrt(n * sum_k a_ik^2 b_kj^2)
+    (inputs are exact: bf16/fp16 products fit in fp32, TF32 inputs are made exact by
+    ``_tf32_exact``)."""
     n = a.shape[1]
-    rows = slice(start, min(n, start + REFERENCE_ROWS))
-    a64, b64 = a[rows].double().cpu(), b.double().cpu()
+    a64, b64 = a.double(), b.double()
     ref = a64 @ b64
-    got = c[rows].double().cpu()
-    scale = (a64.square() @ b64.square()).sqrt()
-    calc = 2 * INPUT_ROUNDOFF[dtype_name] + ACCUMULATE_ROUNDOFF * math.sqrt(n)
-    bound = 2 * UNIT_ROUNDOFF[dtype_name] * ref.abs() + 8 * calc * scale + 1e-300
-    ratio = (got - ref).abs() / bound
-    rel = float((got - ref).norm() / ref.norm())
+    scale = (a64.square() @ b64.square()).sqrt_()
+    scale.mul_(8 * ACCUMULATE_ROUNDOFF * math.sqrt(n))
+    diff = c.double().sub_(ref)
+    rel = float(diff.norm() / ref.norm())
+    bound = ref.abs_().mul_(2 * UNIT_ROUNDOFF[dtype_name]).add_(scale).add_(1e-300)
+    ratio = diff.abs_().div_(bound)
     return float(ratio.max()), int((ratio > 1).sum()), rel
 
 
@@ -152,20 +171,23 @@ def gemm(device: torch.device, dtype_name: str, n: int, seconds: float,
          index: int | None = None, seed: int = 0, check: bool = True) -> Measurement:
     """Sustained matmul throughput, with three silent-data-corruption checks:
 
-    - every product is compared bit for bit with the first (``product_checksum``): a
-      transient error in any product, anywhere in it, fails;
-    - the first product passes Freivalds' check against a float64 A.(B.x) and a
-      rotating block of ``REFERENCE_ROWS`` rows passes an element-wise float64 check
-      computed on the CPU: a persistent error (the same wrong answer every time) fails;
-    - its digest goes to ``cross_gpu_check``: GPUs of one model given the same seed
+    - every product is compared with the first of its kind, word for word
+      (``product_words``, as gpu-burn compares every element with the first result): a
+      transient error in any product, anywhere in it, fails, whatever its pattern (two
+      swapped elements, rows or tiles, paired sign flips). The loop alternates two
+      products, A.B1 and A.B2, into one buffer, so a dropped write leaves the wrong one;
+    - the first product is compared element by element with a float64 product on the
+      same device (``reference_check``), and both pass Freivalds' check with Rademacher
+      probes: a persistent error (the same wrong answer every time) fails on a GPU with
+      no peer;
+    - their SHA-256 goes to ``cross_gpu_check``: GPUs of one model given the same seed
       must agree bit for bit (cuBLAS guarantees bit-wise identical results on GPUs of
       the same architecture and SM count: cuBLAS Library User Guide, "Results
-      reproducibility"), so a small persistent error on one GPU fails too.
+      reproducibility"), so an error too small for the reference fails too.
 
-    Inputs come from ``seed`` (the control host varies it per run and records it), which
-    also picks the reference block. ``check=False`` runs the bare loop, for measuring
-    what the checks cost (benchmarks/sdc.py)."""
-    dtype = DTYPES[dtype_name]
+    Inputs come from ``seed`` (the control host varies it per run and records it).
+    ``check=False`` runs the bare loop, for measuring what the checks cost
+    (benchmarks/sdc.py)."""
     dtype_name_used = "float32" if device.type == "cpu" and dtype_name == "tf32" else dtype_name
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = dtype_name == "tf32"
@@ -173,19 +195,27 @@ def gemm(device: torch.device, dtype_name: str, n: int, seconds: float,
         # fp16/bf16 partial sums in split-K GEMMs).
         torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
         torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
-    a, b, x = _gemm_inputs(n, dtype, device, seed)
-    first = torch.matmul(a, b)
-    expected = product_checksum(first)
+    a, b1, b2, x = _gemm_inputs(n, dtype_name, device, seed)
+    bs = (b1, b2)
+    firsts = [torch.matmul(a, b) for b in bs]
+    expected = [product_words(p) for p in firsts]
     mismatched = torch.zeros((), dtype=torch.int64, device=device)
-    out = torch.empty_like(first)
+    wrong_products = torch.zeros((), dtype=torch.int64, device=device)
+    out = torch.empty_like(firsts[0])
+    words = product_words(out)
+    flags = torch.empty(words.shape, dtype=torch.bool, device=device)
     sync(device)
     iters, start = 0, time.perf_counter()
     deadline = start + seconds
     while True:
-        torch.matmul(a, b, out=out)
+        which = iters % 2
+        torch.matmul(a, bs[which], out=out)
         iters += 1
         if check:
-            mismatched += product_checksum(out) != expected
+            torch.ne(words, expected[which], out=flags)
+            wrong = flags.sum()
+            mismatched += wrong
+            wrong_products += wrong != 0
         if iters % 8 == 0:
             sync(device)  # bounds the queue of launched work, so the clock is honest
             if time.perf_counter() >= deadline:
@@ -197,25 +227,27 @@ def gemm(device: torch.device, dtype_name: str, n: int, seconds: float,
                               "dtype": dtype_name_used, "seed": seed}
     if not check:
         return Measurement(f"gemm_{dtype_name}", tflops, "TFLOPS", index, True, detail)
-    mismatches = int(mismatched.item())
-    f_ratio, f_rows = freivalds(a, b, first, x, dtype_name_used)
-    block = (seed * REFERENCE_ROWS) % max(1, n - REFERENCE_ROWS + 1)
-    b_ratio, b_bad, rel_err = reference_block(a, b, first, dtype_name_used, block)
-    digest = product_digest(first)
-    ok = mismatches == 0 and f_rows == 0 and b_bad == 0 and math.isfinite(f_ratio + b_ratio)
+    bad_products, bad_words = int(wrong_products.item()), int(mismatched.item())
+    del flags, out
+    f = [freivalds(a, b, p, x, dtype_name_used) for b, p in zip(bs, firsts, strict=True)]
+    f_ratio, f_rows = max(r for r, _ in f), sum(rows for _, rows in f)
+    r_ratio, r_bad, rel_err = reference_check(a, b1, firsts[0], dtype_name_used)
+    ok = bad_products == 0 and f_rows == 0 and r_bad == 0 and math.isfinite(f_ratio + r_ratio)
     detail.update({
-        "repeat_bit_identical": mismatches == 0, "repeat_mismatches": mismatches,
-        "repeat_checks": iters, "freivalds_ratio": f_ratio, "freivalds_rows": f_rows,
-        "reference_rows": [block, block + min(n, REFERENCE_ROWS)],
-        "reference_ratio": b_ratio, "reference_elements": b_bad,
-        "relative_error": rel_err, "product_digest": digest})
+        "repeat_bit_identical": bad_products == 0, "repeat_mismatches": bad_products,
+        "repeat_words_wrong": bad_words, "repeat_checks": iters,
+        "freivalds_ratio": f_ratio, "freivalds_rows": f_rows, "freivalds_probes": PROBES,
+        "reference_ratio": r_ratio, "reference_elements": r_bad,
+        "relative_error": rel_err, "product_digest": product_digest(*firsts)})
     return Measurement(f"gemm_{dtype_name}", tflops, "TFLOPS", index, ok, detail)
 
 
 def cross_gpu_check(results: list[Measurement], identities: list[dict[str, Any]]) -> None:
     """GPUs of one model (same name and SM count) ran the same seeded product: their
-    digests must agree. A GPU outvoted by the others fails; with no majority (two GPUs,
-    or a split), every disagreeing GPU fails, as there is no telling which is right."""
+    digests must agree. A GPU outvoted by the others fails. With no majority (two GPUs,
+    or a split), the float64 reference breaks the tie: if the GPUs whose product passed
+    it agree on one digest, that one is right; otherwise every disagreeing GPU fails, as
+    there is no telling which is right."""
     groups: dict[tuple[Any, ...], list[Measurement]] = {}
     for m in results:
         if m.device is None or "product_digest" not in m.detail:
@@ -229,15 +261,28 @@ def cross_gpu_check(results: list[Measurement], identities: list[dict[str, Any]]
             continue
         (top, count), = votes.most_common(1)
         majority = top if count > len(members) / 2 else None
+        passed = {m.detail["product_digest"] for m in members
+                  if m.detail.get("reference_elements") == 0}
+        by_reference = majority is None and len(passed) == 1
+        if by_reference:
+            majority = next(iter(passed))
         for m in members:
             if m.detail["product_digest"] == majority:
                 continue
             others = [o.device for o in members if o is not m]
             m.ok = False
-            m.detail["cross_gpu_mismatch"] = (
-                f"its product differs from {count} of {len(members)} GPUs of its model"
-                if majority else f"GPUs {', '.join(str(d) for d in [m.device, *others])} of "
-                "one model disagree and no majority says which is right")
+            if by_reference:
+                right = [str(o.device) for o in members
+                         if o.detail["product_digest"] == majority]
+                why = (f"its product differs from that of GPU{'s' * (len(right) > 1)} "
+                       f"{', '.join(right)} of its model, which the float64 reference "
+                       "confirms")
+            elif majority:
+                why = f"its product differs from {count} of {len(members)} GPUs of its model"
+            else:
+                why = (f"GPUs {', '.join(str(d) for d in [m.device, *others])} of one model "
+                       "disagree and no majority or reference says which is right")
+            m.detail["cross_gpu_mismatch"] = why
 
 
 def memory_bandwidth(device: torch.device, megabytes: int, seconds: float,
@@ -348,75 +393,166 @@ def collective_timeout(largest: int) -> float:
     return 30.0 + largest / 1e8
 
 
-def check_all_reduce(buf: torch.Tensor, rank: int, world: int) -> int:
-    """Every rank contributes ``rank + 1`` in every element (exact in fp32); after a sum
-    all-reduce every element must be ``world(world+1)/2``. Returns the wrong elements."""
-    buf.fill_(float(rank + 1))
+CHECK_CHUNK = 1 << 24  # elements made or compared at a time: bounds the temporaries
+
+
+def _spans(n: int) -> list[tuple[int, int]]:
+    return [(s, min(n, s + CHECK_CHUNK)) for s in range(0, n, CHECK_CHUNK)]
+
+
+def pattern(start: int, end: int, seed: int, device: torch.device, clear: int = 0
+            ) -> torch.Tensor:
+    """Test data for elements ``start`` to ``end`` of a collective: float32s with random
+    signs and all 23 mantissa bits random (a hash of the element's index and ``seed``),
+    between 2^-31 and 2^-29 in magnitude, so that 21 sums over up to 128 ranks stay
+    finite. Every bit of the format but the high exponent bits is exercised, and every
+    element differs, so a stuck bit, a dropped or a misplaced chunk all show (nccl-tests'
+    ``-c`` likewise checks data that differs per element). ``clear`` zeroes the lowest
+    mantissa bits, for sums of up to 2^clear equal values to stay exact."""
+    i = torch.arange(start, end, dtype=torch.int64, device=device)
+    h = (i * 0x5BD1E995 + seed * 0x1B873593 + 0x2C1B3C6D) & 0xFFFFFFFF
+    h = ((h ^ (h >> 15)) * 0x2C1B3C6D) & 0xFFFFFFFF
+    h ^= h >> 13
+    sign, low_exponent = h >> 31, (h >> 23) & 1
+    mantissa = h & (0x7FFFFF & ~((1 << clear) - 1))
+    bits = (sign << 31) | ((96 + low_exponent) << 23) | mantissa  # 2^-31 .. 2^-29
+    return (bits - (sign << 32)).to(torch.int32).view(torch.float32)
+
+
+def fill_contribution(buf: torch.Tensor, rank: int, world: int, seed: int, clear: int = 0
+                      ) -> None:
+    """Rank ``rank``'s all-reduce input: element i holds ``pattern(i)`` where
+    i mod world is this rank, else 0. Every sum then holds one non-zero term, so it is
+    exact in any order the reduction takes (NCCL's rings, trees or NVLink SHARP), and
+    every element of the result is known bit for bit: ``pattern(i)``."""
+    for s, e in _spans(buf.numel()):
+        values = pattern(s, e, seed, buf.device, clear)
+        mine = torch.arange(s, e, device=buf.device) % world == rank
+        buf[s:e] = values.where(mine, torch.zeros((), device=buf.device))
+
+
+def wrong_reduced(buf: torch.Tensor, seed: int, clear: int = 0, times: float = 1.0,
+                  rtol: float = 0.0) -> int:
+    """Elements of an all-reduce result that are not ``times`` x the pattern: bit for bit,
+    or within ``rtol`` of it where the sums could not be exact."""
+    wrong = 0
+    for s, e in _spans(buf.numel()):
+        expect = (pattern(s, e, seed, buf.device, clear).double() * times).float()
+        got = buf[s:e]
+        bad = ((got - expect).abs() > rtol * expect.abs()) if rtol else (
+            got.view(torch.int32) != expect.view(torch.int32))
+        wrong += int(bad.sum().item())
+    return wrong
+
+
+def check_all_reduce(buf: torch.Tensor, rank: int, world: int, seed: int = 0) -> int:
+    """Fill this rank's share of the pattern, sum all-reduce, and count the elements that
+    are not the pattern bit for bit. Returns the wrong elements."""
+    fill_contribution(buf, rank, world, seed)
     dist.all_reduce(buf)
-    return int((buf != world * (world + 1) / 2).sum().item())
+    return wrong_reduced(buf, seed)
 
 
-def check_all_gather(out: torch.Tensor, chunk: torch.Tensor, rank: int, world: int
-                     ) -> list[int]:
-    """Every rank contributes a chunk of ``rank + 1``; gathered chunk k must hold k + 1.
-    Returns the ranks whose chunk arrived wrong (so the report names the sender)."""
-    chunk.fill_(float(rank + 1))
-    GATHER(out, chunk)
-    rows = out.view(world, -1)
-    expect = torch.arange(1, world + 1, device=out.device, dtype=out.dtype).unsqueeze(1)
-    return [int(k) for k in (rows != expect).any(dim=1).nonzero().flatten().tolist()]
+def timed_all_reduce(buf: torch.Tensor, rank: int, world: int, iters: int, seed: int
+                     ) -> tuple[float, int]:
+    """Seconds per sum all-reduce over ``iters`` timed ones (after one untimed), and the
+    wrong elements of the timed buffer and of a checked one after it.
+
+    The timed iterations reduce the buffer in place, so after the first every rank holds
+    the same sum S and each later one adds ``world`` copies of it: with the pattern's
+    lowest log2(world) mantissa bits zeroed, every partial sum j*S (j <= world) is exact
+    in any order for a power-of-two ``world``, and the buffer must be S * world^iters bit
+    for bit; for other sizes, within the fold's rounding. The full-mantissa pattern
+    is then checked in one more all-reduce (``check_all_reduce``)."""
+    pow2 = world & (world - 1) == 0
+    clear = world.bit_length() - 1 if pow2 else 0
+    fill_contribution(buf, rank, world, seed, clear)
+    device = buf.device
+    dist.all_reduce(buf)
+    sync(device)
+    dist.barrier()
+    start = time.perf_counter()
+    for _ in range(iters):
+        dist.all_reduce(buf)
+    sync(device)
+    seconds = (time.perf_counter() - start) / max(1, iters)
+    wrong = 0
+    if world.bit_length() * iters < 120:  # else S * world^iters may overflow
+        wrong = wrong_reduced(buf, seed, clear, float(world) ** iters,
+                              0.0 if pow2 else 2 * iters * world * 2.0 ** -24)
+    return seconds, wrong + check_all_reduce(buf, rank, world, seed)
+
+
+def check_all_gather(out: torch.Tensor, chunk: torch.Tensor, rank: int, world: int,
+                     seed: int = 0, fill: bool = True) -> list[int]:
+    """Every rank sends its chunk of the pattern (elements rank*len(chunk) on); the
+    gathered buffer must be the whole pattern, bit for bit. Returns the ranks whose chunk
+    arrived wrong (so the report names the sender). ``fill=False`` checks ``out`` as the
+    last gather left it (the timed iterations)."""
+    size = chunk.numel()
+    if fill:
+        for s, e in _spans(size):
+            chunk[s:e] = pattern(rank * size + s, rank * size + e, seed, chunk.device)
+        GATHER(out, chunk)
+    senders = []
+    for k in range(world):
+        part = out[k * size:(k + 1) * size]
+        if any(bool((part[s:e].view(torch.int32) != pattern(
+                k * size + s, k * size + e, seed, out.device).view(torch.int32)).any())
+               for s, e in _spans(size)):
+            senders.append(k)
+    return senders
 
 
 def _collective_worker(rank: int, world: int, port: int, sizes: list[int], iters: int,
-                       backend: str, results: Any) -> None:
+                       backend: str, results: Any, seed: int = 0, timeout: float = 60.0,
+                       gpu: int | None = None) -> None:
     """One rank. A rank whose collective fails (a peer died or hung, the timeout ran
     out) says so before it exits, so the parent can tell it from the rank at fault."""
     try:
-        _collective_rank(rank, world, port, sizes, iters, backend, results)
+        _collective_rank(rank, world, port, sizes, iters, backend, results, seed, timeout,
+                         rank if gpu is None else gpu)
     except Exception as exc:  # reported to the parent, which names the rank at fault
         results.put((rank, {"error": _error_text(exc)}))
         sys.exit(1)
 
 
 def _collective_rank(rank: int, world: int, port: int, sizes: list[int], iters: int,
-                     backend: str, results: Any) -> None:
+                     backend: str, results: Any, seed: int, timeout: float, gpu: int
+                     ) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(
-        seconds=collective_timeout(max(sizes))))
-    device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
+    dist.init_process_group(backend, rank=rank, world_size=world,
+                            timeout=timedelta(seconds=timeout))
+    device = torch.device("cuda", gpu) if backend == "nccl" else torch.device("cpu")
     if backend == "nccl":
         torch.cuda.set_device(device)
     rows = []
     for op in ("all_reduce", "all_gather"):
         for size in sizes:
             elems = max(world, size // 4 // world * world)
+            nbytes = elems * 4  # nccl-tests counts the gathered (output) size
+            # Correctness on every size, the largest included, and of the buffer the
+            # timed iterations left (nccl-tests -c checks each size): a wrong result is
+            # a failure, not a bandwidth.
             if op == "all_reduce":
-                buf = torch.ones(elems, device=device)
-                call: Callable[[], Any] = functools.partial(dist.all_reduce, buf)
-                nbytes = elems * 4
+                buf = torch.empty(elems, device=device)
+                seconds, wrong = timed_all_reduce(buf, rank, world, iters, seed)
+                senders: list[int] = []
             else:
-                chunk = torch.ones(elems // world, device=device)
+                chunk = torch.empty(elems // world, device=device)
                 out = torch.empty(elems, device=device)
-                call = functools.partial(GATHER, out, chunk)
-                nbytes = elems * 4  # nccl-tests counts the gathered (output) size
-            call()
-            sync(device)
-            dist.barrier()
-            start = time.perf_counter()
-            for _ in range(iters):
-                call()
-            sync(device)
-            seconds = (time.perf_counter() - start) / iters
-            # Correctness on every size, the largest included (nccl-tests -c checks
-            # each size): a wrong result is a failure, not a bandwidth.
-            if op == "all_reduce":
-                wrong, senders = check_all_reduce(buf, rank, world), []
-            else:
-                senders = check_all_gather(out, chunk, rank, world)
+                check_all_gather(out, chunk, rank, world, seed)  # fills, gathers once
+                sync(device)
+                dist.barrier()
+                start = time.perf_counter()
+                for _ in range(iters):
+                    GATHER(out, chunk)
+                sync(device)
+                seconds = (time.perf_counter() - start) / iters
+                senders = check_all_gather(out, chunk, rank, world, seed, fill=False)
                 wrong = len(senders)
             rows.append({"op": op, "bytes": nbytes, "time_us": seconds * 1e6,
                          "wrong": wrong, "wrong_senders": senders})
-            call = None  # type: ignore[assignment]
             buf = chunk = out = None  # type: ignore[assignment]  # free before the next size
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -473,23 +609,29 @@ def summarize_collectives(per_rank: dict[int, list[dict[str, Any]]], world: int,
     return out
 
 
-def collectives(ranks: int, sizes: list[int], iters: int) -> list[Measurement]:
-    """All-reduce and all-gather inside the node, one process per GPU (NCCL) or ``ranks``
-    processes on the CPU (gloo). A rank that dies or hangs fails both ops within a
-    bounded time (``collective_timeout`` per collective), naming the rank, instead of
-    taking the whole agent down with it."""
+def collectives(ranks: int, sizes: list[int], iters: int, deadline_s: float | None = None,
+                gpus: list[int] | None = None, seed: int = 0) -> list[Measurement]:
+    """All-reduce and all-gather inside the node, one process per GPU (NCCL; ``gpus``
+    names them, so a GPU already lost or hung is left out) or ``ranks`` processes on the
+    CPU (gloo). A rank that dies or hangs fails both ops within a bounded time, naming
+    the rank, instead of taking the whole agent down with it: each collective gives up
+    after ``collective_timeout``, and the whole test after ``deadline_s`` at the latest
+    (the agent's time left before its watchdog stops it)."""
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    # A backstop: a hung collective times out in its ranks, which then exit with an
+    # error and are seen below within a second.
+    budget = 60.0 + 2 * len(sizes) * collective_timeout(max(sizes))
+    if deadline_s is not None:
+        budget = max(5.0, min(budget, deadline_s))
+    timeout = min(collective_timeout(max(sizes)), max(3.0, budget / 2))
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_collective_worker,
-                         args=(r, ranks, port, sizes, iters, backend, results))
-             for r in range(ranks)]
+    procs = [ctx.Process(target=_collective_worker, args=(
+        r, ranks, port, sizes, iters, backend, results, seed, timeout,
+        gpus[r] if gpus else None)) for r in range(ranks)]
     for p in procs:
         p.start()
-    # A backstop only: a hung collective times out in its ranks (collective_timeout),
-    # which then exit with an error and are seen above within a second.
-    budget = 60.0 + 2 * len(sizes) * collective_timeout(max(sizes))
     deadline = time.monotonic() + budget
     per_rank: dict[int, list[dict[str, Any]]] = {}
     complaints: dict[int, str] = {}  # ranks whose collective failed under them
@@ -529,11 +671,13 @@ def collectives(ranks: int, sizes: list[int], iters: int) -> list[Measurement]:
             if p.is_alive():
                 p.kill()
                 p.join(timeout=10)
-    if why:
-        return [Measurement(f"{op}_busbw", None, "GB/s", None, False,
-                            {"backend": backend, "ranks": ranks, "error": why,
-                             "bad_ranks": bad}) for op in ("all_reduce", "all_gather")]
-    return summarize_collectives(per_rank, ranks, backend)
+    out = [Measurement(f"{op}_busbw", None, "GB/s", None, False, {
+        "backend": backend, "ranks": ranks, "error": why, "bad_ranks": bad})
+        for op in ("all_reduce", "all_gather")] if why else summarize_collectives(
+            per_rank, ranks, backend)
+    for m in out:
+        m.detail.update({"seed": seed} | ({"gpus": gpus} if gpus else {}))  # rank i: gpus[i]
+    return out
 
 
 # -- telemetry ---------------------------------------------------------------------------
@@ -1087,11 +1231,12 @@ def _gemm_on(dtype: str, n: int, seconds: float, seed: int, i: int,
     return gemm(dev, dtype, n, seconds, i, seed)
 
 
-def multinode_worker(sizes: list[int], iters: int) -> int:
+def multinode_worker(sizes: list[int], iters: int, seed: int = 0) -> int:
     """One rank of the cross-node all-reduce, started by torchrun on every node (it sets
     RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous store). Global rank 0 prints the
     result: busbw as nccl-tests defines it from the time averaged over all ranks, gated
-    on the largest message, which is also checked for a correct sum on every rank."""
+    on the largest message. Every size's result, and the buffer its timed iterations
+    left, is checked on every rank (``timed_all_reduce``)."""
     cuda = torch.cuda.is_available()
     backend = "nccl" if cuda else "gloo"
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -1105,23 +1250,16 @@ def multinode_worker(sizes: list[int], iters: int) -> int:
     wrong = 0
     for size in sizes:
         elems = max(world, size // 4 // world * world)
-        buf = torch.ones(elems, device=device)
-        dist.all_reduce(buf)
-        sync(device)
-        dist.barrier()
-        start = time.perf_counter()
-        for _ in range(iters):
-            dist.all_reduce(buf)
-        sync(device)
-        mine = torch.tensor([(time.perf_counter() - start) / iters], dtype=torch.float64,
-                            device=device)
-        dist.all_reduce(mine)
-        seconds = float(mine.item()) / world
-        if size == max(sizes):
-            wrong = check_all_reduce(buf, rank, world)
+        buf = torch.empty(elems, device=device)
+        mine, size_wrong = timed_all_reduce(buf, rank, world, iters, seed)
+        wrong += size_wrong  # every size, and the timed buffer, checked on every rank
+        times = torch.tensor([mine], dtype=torch.float64, device=device)
+        dist.all_reduce(times)
+        seconds = float(times.item()) / world
         algbw = elems * 4 / seconds / 1e9
         rows.append({"op": "all_reduce", "bytes": elems * 4, "time_us": seconds * 1e6,
                      "algbw": algbw, "busbw": algbw * bus_factor("all_reduce", world)})
+        buf = None  # type: ignore[assignment]  # free before the next size
     bad = torch.tensor([float(wrong > 0)], device=device)
     dist.all_reduce(bad)
     nodes = int(os.environ.get("GROUP_WORLD_SIZE", "0")) or None
@@ -1201,7 +1339,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.multinode:
         small = args.small or not torch.cuda.is_available()
         sizes = [1 << 16, 1 << 20, 1 << 24] if small else [1 << 20, 1 << 26, 1 << 32]
-        return multinode_worker(sizes, 5 if small else 20)
+        return multinode_worker(sizes, 5 if small else 20, args.seed)
     doc = run_level(args.level, args.seconds, args.ranks, scale=args.scale, seed=args.seed,
                     cpu_devices=args.cpu_devices)
     json.dump(doc, sys.stdout)
