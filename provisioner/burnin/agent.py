@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import ctypes
 import functools
 import hashlib
 import json
@@ -977,6 +978,42 @@ def identities(devs: list[torch.device], inventory: list[dict[str, Any]]
     return out
 
 
+# Environment variables that change which GEMM algorithm cuBLAS runs, or in what
+# precision, and so a product's exact bits: cuBLAS's own (CUBLAS_WORKSPACE_CONFIG,
+# CUBLASLT_*), CUDA's NVIDIA_TF32_OVERRIDE, and PyTorch's (its "CUDA Environment
+# Variables" page: TORCH_ALLOW_TF32_CUBLAS_OVERRIDE, TORCH_BLAS_PREFER_CUBLASLT).
+PRODUCT_ENV_PREFIXES = ("CUBLAS", "NVIDIA_TF32_OVERRIDE", "TORCH_ALLOW_TF32",
+                        "TORCH_BLAS", "TORCH_CUBLAS")
+
+
+def _cublas_version() -> str | None:
+    """The loaded libcublas's version (cublasGetProperty: MAJOR, MINOR, PATCH), found
+    through this process's mappings; None on the CPU or when it cannot be read."""
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {ln.split()[-1] for ln in fh if "libcublas.so" in ln}
+        lib = ctypes.CDLL(next(iter(sorted(paths))))
+        parts = []
+        for prop in range(3):
+            value = ctypes.c_int()
+            if lib.cublasGetProperty(prop, ctypes.byref(value)) != 0:
+                return None
+            parts.append(str(value.value))
+        return ".".join(parts)
+    except (OSError, StopIteration, AttributeError):
+        return None
+
+
+def product_environment() -> dict[str, Any]:
+    """What decides a GEMM's exact bits beside the GPU model: torch, CUDA and cuBLAS
+    versions and the variables above. Nodes compare digests only within one of these
+    (a host with NVIDIA_TF32_OVERRIDE set, or another cuBLAS, is not corrupt)."""
+    return {"torch": torch.__version__, "cuda": torch.version.cuda,
+            "cublas": _cublas_version() if torch.cuda.is_available() else None,
+            "env": {k: v[:200] for k, v in sorted(os.environ.items())
+                    if k.startswith(PRODUCT_ENV_PREFIXES)}}
+
+
 def numa_node(pci_bus_id: str | None) -> int | None:
     """The NUMA node of a PCI device, from sysfs; None when unknown (-1 there)."""
     if not pci_bus_id:
@@ -1045,21 +1082,31 @@ def host_device_bandwidth(device: torch.device, megabytes: int, index: int,
     return out
 
 
-def p2p_matrix(megabytes: int) -> Measurement:
+def fill_pattern(buf: torch.Tensor, seed: int) -> None:
+    """``buf`` (float32) filled with the collectives' ``pattern``."""
+    for s, e in _spans(buf.numel()):
+        buf[s:e] = pattern(s, e, seed, buf.device)
+
+
+def p2p_matrix(megabytes: int, seed: int = 0) -> Measurement:
     """GPU-to-GPU copy bandwidth for every ordered pair; the value is the lowest pair.
     Pairs without peer access (``cudaDeviceCanAccessPeer``) are named: torch would copy
-    through host memory and report a slow link where P2P is in fact off."""
+    through host memory and report a slow link where P2P is in fact off. What the last
+    timed copy delivered is compared with what was sent, word for word (nvbandwidth
+    times copies only; a link that corrupts data is not a fast link)."""
     devs = devices()
     size = megabytes * 1024 * 1024
     matrix: list[list[float | None]] = [[None] * len(devs) for _ in devs]
     no_peer = [(i, j) for i in range(len(devs)) for j in range(len(devs))
                if i != j and not torch.cuda.can_device_access_peer(i, j)]
+    wrong: list[list[int]] = []
     for i, src_dev in enumerate(devs):
-        src = torch.empty(size, dtype=torch.uint8, device=src_dev)
+        src = torch.empty(size // 4, dtype=torch.float32, device=src_dev)
+        fill_pattern(src, seed + i)
         for j, dst_dev in enumerate(devs):
             if i == j or (i, j) in no_peer:
                 continue
-            dst = torch.empty(size, dtype=torch.uint8, device=dst_dev)
+            dst = torch.empty_like(src, device=dst_dev)
             dst.copy_(src)
             sync(src_dev)
             sync(dst_dev)
@@ -1069,13 +1116,23 @@ def p2p_matrix(megabytes: int) -> Measurement:
             sync(src_dev)
             sync(dst_dev)
             matrix[i][j] = size * reps / (time.perf_counter() - start) / 1e9
+            bad = wrong_reduced(dst, seed + i)
+            if bad:
+                wrong.append([i, j, bad])
     values = [v for row in matrix for v in row if v is not None]
-    detail: dict[str, Any] = {"matrix": matrix, "no_peer_access": no_peer}
+    detail: dict[str, Any] = {"matrix": matrix, "no_peer_access": no_peer,
+                              "wrong_copies": wrong}
+    errors = []
     if no_peer:
-        detail["error"] = (f"P2P disabled between {len(no_peer)} GPU pairs, first "
-                           f"{no_peer[0][0]}->{no_peer[0][1]}")
+        errors.append(f"P2P disabled between {len(no_peer)} GPU pairs, first "
+                      f"{no_peer[0][0]}->{no_peer[0][1]}")
+    if wrong:
+        errors.append(f"{len(wrong)} GPU pair{'s' * (len(wrong) > 1)} delivered wrong data, first "
+                      f"{wrong[0][0]}->{wrong[0][1]} ({wrong[0][2]} words wrong)")
+    if errors:
+        detail["error"] = "; ".join(errors)
     return Measurement("p2p_bandwidth", min(values) if values else None, "GB/s", None,
-                       not no_peer, detail)
+                       not errors, detail)
 
 
 # -- main --------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ median fails even above the absolute floor.
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,8 +229,11 @@ def fleet_outlier_verdicts(results: list[dict[str, Any]], profile: dict[str, Any
 
 def _digest_keys(doc: dict[str, Any]) -> list[tuple[tuple[Any, ...], int, str]]:
     """(key, GPU, digest) of each GEMM result: GPUs whose key matches computed the same
-    seeded product with the same library on the same kind of GPU."""
+    seeded product with the same libraries and settings on the same kind of GPU."""
     devices = [d for d in doc.get("devices") or [] if isinstance(d, dict)]
+    # CUDA, cuBLAS and the variables that steer cuBLAS (agent.product_environment):
+    # products made under another of these may differ without any fault.
+    environment = json.dumps(doc.get("product_environment"), sort_keys=True, default=str)
     out = []
     for r in doc.get("results") or []:
         detail = r.get("detail") if isinstance(r, dict) else None
@@ -238,7 +242,7 @@ def _digest_keys(doc: dict[str, Any]) -> list[tuple[tuple[Any, ...], int, str]]:
             continue
         ident = devices[r["device"]] if r["device"] < len(devices) else {}
         key = (r.get("test"), ident.get("name"), ident.get("multiprocessors"),
-               detail.get("n"), detail.get("seed"), doc.get("torch"))
+               detail.get("n"), detail.get("seed"), doc.get("torch"), environment)
         out.append((key, r["device"], str(detail["product_digest"])))
     return out
 

@@ -225,3 +225,33 @@ def test_the_collective_pattern_exercises_every_mantissa_bit_and_sums_exactly() 
     # Any order of the sum gives the pattern bit for bit: one non-zero term each.
     assert torch.equal(parts[2] + parts[0] + parts[1], p)
     assert torch.equal((parts[1] + parts[2]) + parts[0], p)
+
+
+def test_p2p_copies_are_checked_for_the_data_they_deliver(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two devices (CPU stand-ins) with peer access; the copy 1 -> 0 drops a bit on the
+    way: its bandwidth is measured and the pair is failed, named."""
+    monkeypatch.setattr(agent, "devices", lambda: [CPU, CPU])
+    monkeypatch.setattr(agent.torch.cuda, "can_device_access_peer", lambda i, j: True)
+    real_copy = torch.Tensor.copy_
+    sources: dict[int, int] = {}
+
+    def copy_(self, src, non_blocking=False):  # type: ignore[no-untyped-def]
+        real_copy(self, src, non_blocking)
+        if sources.get(src.data_ptr()) == 1:
+            stuck_at_zero(5)(self[:64])
+        return self
+
+    real_fill = agent.fill_pattern
+
+    def fill(buf, seed):  # type: ignore[no-untyped-def]
+        real_fill(buf, seed)
+        sources[buf.data_ptr()] = seed
+
+    monkeypatch.setattr(agent, "fill_pattern", fill)
+    monkeypatch.setattr(torch.Tensor, "copy_", copy_)
+    m = agent.p2p_matrix(1)
+    monkeypatch.setattr(torch.Tensor, "copy_", real_copy)
+    assert not m.ok and m.value and m.value > 0
+    assert m.detail["wrong_copies"][0][:2] == [1, 0]
+    assert "1 GPU pairs delivered wrong data, first 1->0" in m.detail["error"]

@@ -133,8 +133,9 @@ def test_nodes_are_judged_by_their_sku_an_unknown_one_by_generic(paths: Paths) -
 def test_nodes_whose_gpus_agree_on_a_wrong_product_are_outvoted_by_the_fleet() -> None:
     from provisioner.burnin.thresholds import fleet_digest_verdicts
 
-    def doc(digest: str, gpus: int = 2, torch: str = "2.11") -> dict:  # type: ignore[type-arg]
-        return {"torch": torch,
+    def doc(digest: str, gpus: int = 2, torch: str = "2.11",
+            env: dict[str, str] | None = None) -> dict:  # type: ignore[type-arg]
+        return {"torch": torch, "product_environment": {"cublas": "12.9.1", "env": env or {}},
                 "devices": [{"name": "NVIDIA H100", "multiprocessors": 132}] * gpus,
                 "results": [{"test": "gemm_bfloat16", "device": i, "detail": {
                     "product_digest": digest, "n": 8192, "seed": 5}} for i in range(gpus)]}
@@ -147,6 +148,11 @@ def test_nodes_whose_gpus_agree_on_a_wrong_product_are_outvoted_by_the_fleet() -
     assert fleet_digest_verdicts({"a": doc("x"), "c": doc("y")}) == {}
     assert fleet_digest_verdicts({"a": doc("x"), "b": doc("x"), "c": doc("y", torch="2.9")}
                                  ) == {}
+    # So is a host whose environment steers cuBLAS (finding 9 of issue 22): its other
+    # product is not silent data corruption.
+    tf32_off = doc("y", env={"NVIDIA_TF32_OVERRIDE": "0"})
+    assert fleet_digest_verdicts({"a": doc("x"), "b": doc("x"), "d": doc("x"),
+                                  "c": tf32_off}) == {}
 
 
 def test_a_mixed_run_compares_each_kind_with_its_own() -> None:
