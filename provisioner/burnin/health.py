@@ -6,8 +6,9 @@ the control host, with the same hardened parsers the scan uses. A GPU fails when
 the run, it logged a new XID, has uncorrectable ECC errors, too many correctable SRAM
 errors or remapped rows, a row remap pending or failed, was slowed down for heat or
 power, ran hotter than its profile allows, trained its PCIe link below its maximum under
-load, is not registered with the NVSwitch fabric, or has an inactive NVLink link; the
-node fails on a new NVSwitch SXid. A check whose input could not be read fails.
+load, is not registered with the NVSwitch fabric, or has an inactive NVLink link, or
+when one of the driver's counters rose during the run (counter_rises.py); the node fails
+on a new NVSwitch SXid. A check whose input could not be read fails.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 from collections import Counter
 from typing import Any
 
+from provisioner.burnin.counter_rises import counter_rise_verdicts
 from provisioner.burnin.thresholds import Verdict
 from provisioner.probe.smi_xml import SmiGpu, SmiParseError, parse_smi_xml, parse_xid_lines
 
@@ -136,6 +138,7 @@ def health_verdicts(doc: dict[str, Any], profile: dict[str, Any]) -> list[Verdic
                            f"{' and '.join(remap)} (reset the GPU; replace it if it fails "
                            "again)"))
         out += _counter_verdicts(g, profile)
+        out += counter_rise_verdicts(g, old, profile)
         if profile.get("fabric_required"):
             out.append(_fabric_verdict(g))
         mine_s = samples.get(i, [])
