@@ -561,3 +561,54 @@ def test_the_real_h200_agent_document_passes_every_check() -> None:
     assert all(v.passed for v in verdicts), [v.reason for v in verdicts if not v.passed]
     assert {"throttle", "throttle_counters", "pcie_link", "pcie_replays",
             "ecc_dram_correctable_rise"} <= {v.test for v in verdicts}
+
+
+@pytest.mark.parametrize(("drop", "named"), [
+    (("throttle",), "throttle on GPU 0: nvml read no clocks event reasons in 29 samples, so "
+                    "a slowdown during burn-in cannot be ruled out"),
+    (("pcie_gen", "pcie_width"), "pcie_link on GPU 0: nvml read no PCIe link width or "
+                                 "generation in 29 samples, so the link under load cannot "
+                                 "be checked"),
+    (("pcie_width",), "pcie_link on GPU 0: nvml read no PCIe link width in 29 samples"),
+])
+def test_telemetry_without_a_field_fails_the_check_it_feeds(drop: tuple[str, ...],
+                                                            named: str) -> None:
+    """The real H200 document with one field None in every sample (NVML answered, that
+    metric did not): the check it feeds fails saying so, instead of passing unseen."""
+    doc = json.loads(AGENT_H200.read_text())
+    for sample in doc["telemetry"]["samples"]:
+        sample.update(dict.fromkeys(drop))
+    failures = [v.reason for v in health_verdicts(doc, {"telemetry": {}}) if not v.passed]
+    assert len(failures) == 1 and failures[0].startswith(named), failures
+
+
+def test_no_samples_from_a_gpu_the_agent_could_sample_fails_both_checks() -> None:
+    doc = json.loads(AGENT_H200.read_text())
+    doc["telemetry"]["samples"] = []
+    assert {v.test for v in health_verdicts(doc, {"telemetry": {}}) if not v.passed} == {
+        "throttle", "pcie_link"}
+    # No maximum width in nvidia-smi -q to hold the sampled link against.
+    doc = json.loads(AGENT_H200.read_text())
+    for when in ("before", "after"):
+        doc["health"][when]["smi_xml"] = doc["health"][when]["smi_xml"].replace(
+            "<max_link_width>16x<", "<max_link_width>N/A<")
+    assert [v.reason for v in health_verdicts(doc, {"telemetry": {}}) if not v.passed] == [
+        "pcie_link on GPU 0: nvidia-smi -q gives no maximum link width to compare the link "
+        "under load with"]
+
+
+def test_cpu_and_lab_runs_are_judged_as_before() -> None:
+    """A CPU-only node (the agent could not sample: available False, no samples) keeps
+    the snapshot-only checks; a lab node whose stand-in nvidia-smi answers the agent's
+    query (throttle and link fields in every sample) passes them."""
+    cpu = _doc([_gpu(0)])
+    cpu["telemetry"] = {"available": False, "source": "none", "samples": []}
+    assert _failures(cpu) == []
+    assert "pcie_link" not in {v.test for v in health_verdicts(cpu, PROFILE)}
+    lab = _doc([_gpu(0), _gpu(1)], samples=[
+        {"t": 1.0, "gpu": g, "temp_c": 45.0, "power_w": 385.0, "sm_mhz": 1980.0,
+         "throttle": 0x4, "pcie_gen": 5, "pcie_width": 16} for g in (0, 1)])
+    lab["telemetry"].update(available=True, source="nvidia-smi")
+    verdicts = health_verdicts(lab, PROFILE)
+    assert all(v.passed for v in verdicts), [v.reason for v in verdicts if not v.passed]
+    assert {("pcie_link", 1), ("throttle", 1)} <= {(v.test, v.device) for v in verdicts}
