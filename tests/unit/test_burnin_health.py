@@ -138,9 +138,10 @@ def test_dcgm_results_become_verdicts() -> None:
         {"gpu_id": "1", "status": "Fail", "warnings": [{"warning": "DBE on GPU 1",
                                                         "error_id": 95}]},
         {"gpu_id": "2", "status": "Skip"}]))
+    # A skipped memory test fails: the run level runs it (test_burnin_dcgm.py).
     assert [(v.test, v.device, v.passed) for v in verdicts] == [
         ("dcgm_gpu_memory", 0, True), ("dcgm_gpu_memory", 1, False),
-        ("dcgm_gpu_memory", 2, True)]
+        ("dcgm_gpu_memory", 2, False)]
     assert verdicts[1].reason == "dcgm_gpu_memory on GPU 1: DCGM says Fail (DBE on GPU 1)"
     # DCGM 4's key and entity ids.
     v4 = dcgm_verdicts(_dcgm([{"entity_id": "3", "status": "Fail"}], "DCGM Diagnostic"))
