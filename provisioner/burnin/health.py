@@ -315,7 +315,8 @@ def _sxid_verdicts(health: dict[str, Any]) -> list[Verdict]:
 
 def health_evidence(doc: dict[str, Any]) -> dict[str, Any]:
     """What a quarantine rests on, small enough to keep: the kernel log's new XID and
-    SXid lines, and each GPU's ECC, row-remap and fabric counters before and after."""
+    SXid lines, and each GPU's ECC, row-remap and fabric counters before and after, with
+    the counters whose rise counter_rises.py judges."""
     health = as_dict(doc.get("health"))
 
     def counters(snapshot: Any) -> list[dict[str, Any]] | None:
@@ -331,6 +332,8 @@ def health_evidence(doc: dict[str, Any]) -> dict[str, Any]:
                  "remapped_rows_failure": g.remapped_rows_failure,
                  "ecc_sram_uncorrectable_aggregate": g.ecc_sram_uncorrectable_aggregate,
                  "ecc_dram_correctable_aggregate": g.ecc_dram_correctable_aggregate,
+                 "ecc_dram_correctable_volatile": g.ecc_dram_correctable_volatile,
+                 "run_counters": g.run_counters,
                  "ecc_memory_flags": g.ecc_memory_flags,
                  "fabric_state": g.fabric_state} for g in gpus]
 

@@ -613,3 +613,14 @@ def test_cpu_and_lab_runs_are_judged_as_before() -> None:
     verdicts = health_verdicts(lab, PROFILE)
     assert all(v.passed for v in verdicts), [v.reason for v in verdicts if not v.passed]
     assert {("pcie_link", 1), ("throttle", 1)} <= {(v.test, v.device) for v in verdicts}
+
+
+def test_the_evidence_kept_holds_the_counters_that_rose() -> None:
+    from provisioner.burnin.health import health_evidence
+
+    doc = _h200((HW_THERM, "<clocks_event_reasons_counters_hw_therm_slowdown>1500000 us<"))
+    evidence = health_evidence(doc)
+    assert evidence["before"][0]["run_counters"]["hw_thermal_slowdown_us"] == 0
+    assert evidence["after"][0]["run_counters"]["hw_thermal_slowdown_us"] == 1_500_000
+    assert evidence["after"][0]["ecc_dram_correctable_volatile"] == 0
+    json.dumps(evidence)  # stored as JSON
