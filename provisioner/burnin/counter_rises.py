@@ -38,15 +38,15 @@ PCIE_REPLAYS_MAX = 80
 BAD_COUNTERS = ("sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown")
 
 
-def _rise(before: int, after: int) -> int:
+def _rise(before: float, after: float) -> float:
     """How much a counter grew; one that went down was reset during the run (a GPU reset
     clears volatile counts), so what it holds now all came after the reset."""
     return after - before if after >= before else after
 
 
-def _duration(us: int) -> str:
+def _duration(us: float) -> str:
     if us < 1000:
-        return f"{us} us"
+        return f"{us:.0f} us"
     return f"{us / 1000:.1f} ms" if us < 1_000_000 else f"{us / 1_000_000:.1f} s"
 
 
@@ -126,8 +126,8 @@ def _replays(g: SmiGpu, old: SmiGpu | None, profile: dict[str, Any]) -> Verdict 
     # A rollover means the replay counter itself wrapped: more replays than it can hold.
     rolled = new_roll - old_roll if new_roll is not None and old_roll is not None else 0
     ok = rise <= limit and rolled <= 0
-    why = (f"the replay counter rolled over {rolled} times" if rolled > 0
-           else f"{rise} replays ({before} -> {new}) > {limit}")
-    return Verdict("pcie_replays", g.index, float(rise), "replays", float(limit), ok,
+    why = (f"the replay counter rolled over {rolled:.0f} times" if rolled > 0
+           else f"{rise:.0f} replays ({before:.0f} -> {new:.0f}) > {limit}")
+    return Verdict("pcie_replays", g.index, rise, "replays", float(limit), ok,
                    "" if ok else f"pcie_replays on GPU {g.index}: {why} during burn-in "
                    "(reseat the board or check the riser and slot)")

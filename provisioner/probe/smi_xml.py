@@ -75,8 +75,10 @@ class SmiGpu:
     # Counters that only grow, compared between the snapshots taken before and after a
     # burn-in (see _run_counters): name -> count; None where the element holds something
     # other than a count (unreadable, so a check on it fails closed); a name absent where
-    # the schema has no such element or the GPU reports N/A.
-    run_counters: dict[str, int | None] = field(default_factory=dict)
+    # the schema has no such element or the GPU reports N/A. Counts are floats: they may
+    # pass the 32-bit limit of the columns this dataclass's ints go to, and are kept in
+    # JSON only; below 2**53 a float holds every integer exactly.
+    run_counters: dict[str, float | None] = field(default_factory=dict)
     clocks_event_counters: bool = False  # the schema has <clocks_event_reasons_counters>
 
 
@@ -211,38 +213,39 @@ _MICROSECONDS = re.compile(r"^([0-9]{1,20}) us$")
 _COUNT = re.compile(r"^([0-9]{1,20})$")
 
 
-def _count(node: Element, pattern: re.Pattern[str]) -> int | None | bool:
+def _count(node: Element, pattern: re.Pattern[str]) -> float | None | bool:
     """A counter's value; False where the GPU reports none (N/A); None where the text is
     not a count (unreadable). Counters may exceed the 32-bit LIMIT (microseconds of power
-    capping since boot do within an hour), so they are held to 64 bits, not to LIMIT."""
+    capping since boot do within an hour), so they are held to 2**53 (285 years in
+    microseconds), the float's exact range, instead."""
     text = (node.text or "").strip()
     if text in ("N/A", "[N/A]"):
         return False
     match = pattern.match(text)
-    if not match or int(match.group(1)) >= 2**64:
+    if not match or int(match.group(1)) >= 2**53:
         return None
-    return int(match.group(1))
+    return float(match.group(1))
 
 
-def _run_counters(gpu: Element) -> tuple[dict[str, int | None], bool]:
+def _run_counters(gpu: Element) -> tuple[dict[str, float | None], bool]:
     """The counters a burn-in compares before and after: the PCIe replay counter and its
     rollovers (``pci/replay_counter``, ``pci/replay_rollover_counter``, in every schema
     this parser reads) and, where the schema has them, the clocks event reason counters
     in microseconds (``<reason>_us``)."""
-    out: dict[str, int | None] = {}
+    out: dict[str, float | None] = {}
     for name, path in (("pcie_replays", "pci/replay_counter"),
                        ("pcie_replay_rollovers", "pci/replay_rollover_counter")):
         node = gpu.find(path)
         value = _count(node, _COUNT) if node is not None else False
         if value is not False:
-            out[name] = None if value is None else int(value)
+            out[name] = None if value is None else float(value)
     block = gpu.find(COUNTER_BLOCK)
     for node in block if block is not None else []:
         suffix = node.tag.removeprefix(COUNTER_BLOCK + "_")
         value = _count(node, _MICROSECONDS)
         if value is not False:
             out[COUNTER_NAMES.get(suffix, suffix[:40]) + "_us"] = \
-                None if value is None else int(value)
+                None if value is None else float(value)
     return out, block is not None
 
 
