@@ -6,8 +6,9 @@ the control host, with the same hardened parsers the scan uses. A GPU fails when
 the run, it logged a new XID, has uncorrectable ECC errors, too many correctable SRAM
 errors or remapped rows, a row remap pending or failed, was slowed down for heat or
 power, ran hotter than its profile allows, trained its PCIe link below its maximum under
-load, is not registered with the NVSwitch fabric, or has an inactive NVLink link; the
-node fails on a new NVSwitch SXid. A check whose input could not be read fails.
+load, is not registered with the NVSwitch fabric, or has an inactive NVLink link, or
+when one of the driver's counters rose during the run (counter_rises.py); the node fails
+on a new NVSwitch SXid. A check whose input could not be read fails.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 from collections import Counter
 from typing import Any
 
+from provisioner.burnin.counter_rises import counter_rise_verdicts
 from provisioner.burnin.thresholds import Verdict
 from provisioner.probe.smi_xml import SmiGpu, SmiParseError, parse_smi_xml, parse_xid_lines
 
@@ -101,6 +103,12 @@ def health_verdicts(doc: dict[str, Any], profile: dict[str, Any]) -> list[Verdic
 
     samples: dict[int, list[dict[str, Any]]] = {}
     telemetry = as_dict(doc.get("telemetry"))
+    # The agent says whether it could sample the GPUs at all (NVML or nvidia-smi). Where
+    # it could, a field that is missing from every sample of a GPU is a check that was
+    # not made, which fails; where it could not (a CPU-only lab node), the snapshots
+    # before and after are all there is, as before.
+    sampled = telemetry.get("available") is True
+    source = str(telemetry.get("source") or "telemetry")[:40]
     for s in telemetry.get("samples") or []:
         if isinstance(s, dict) and isinstance(s.get("gpu"), int):
             samples.setdefault(s["gpu"], []).append(s)
@@ -136,10 +144,11 @@ def health_verdicts(doc: dict[str, Any], profile: dict[str, Any]) -> list[Verdic
                            f"{' and '.join(remap)} (reset the GPU; replace it if it fails "
                            "again)"))
         out += _counter_verdicts(g, profile)
+        out += counter_rise_verdicts(g, old, profile)
         if profile.get("fabric_required"):
             out.append(_fabric_verdict(g))
         mine_s = samples.get(i, [])
-        link = _pcie_under_load(g, mine_s)
+        link = _pcie_under_load(g, mine_s, source if sampled else None)
         if link is not None:
             out.append(link)
         masks = [int(s["throttle"]) for s in mine_s if isinstance(s.get("throttle"), int)]
@@ -151,10 +160,16 @@ def health_verdicts(doc: dict[str, Any], profile: dict[str, Any]) -> list[Verdic
         if g.temperature_c is not None:
             temps.append(float(g.temperature_c))
         hottest = max(temps) if temps else None
-        out.append(Verdict("throttle", i, float(len(reasons)), "reasons", 0.0, not reasons,
-                           "" if not reasons else f"throttle on GPU {i}: {', '.join(reasons)} "
-                           "active during burn-in" + (f" (up to {hottest:.0f} C)"
-                                                      if hottest is not None else "")))
+        if sampled and not masks and not reasons:
+            out.append(Verdict("throttle", i, None, "reasons", 0.0, False,
+                               f"throttle on GPU {i}: {source} read no clocks event reasons "
+                               f"in {len(mine_s)} samples, so a slowdown during burn-in "
+                               "cannot be ruled out"))
+        else:
+            out.append(Verdict("throttle", i, float(len(reasons)), "reasons", 0.0,
+                               not reasons, "" if not reasons else f"throttle on GPU {i}: "
+                               f"{', '.join(reasons)} active during burn-in"
+                               + (f" (up to {hottest:.0f} C)" if hottest is not None else "")))
         if max_temp is not None and hottest is not None:
             hot = hottest > float(max_temp)
             out.append(Verdict("temperature", i, hottest, "C", float(max_temp), not hot,
@@ -250,12 +265,25 @@ def _fabric_verdict(g: SmiGpu) -> Verdict:
                    "(systemctl status nvidia-fabricmanager)?")
 
 
-def _pcie_under_load(g: SmiGpu, samples: list[dict[str, Any]]) -> Verdict | None:
+def _pcie_under_load(g: SmiGpu, samples: list[dict[str, Any]], source: str | None
+                     ) -> Verdict | None:
     """The PCIe link while the tests ran: an idle GPU may train its link down to save
     power, so the scan's idle reading proves little; under load it must run at its
-    maximum width and generation. Needs samples with link fields (NVML or nvidia-smi)."""
+    maximum width and generation. Needs samples with link fields (NVML or nvidia-smi);
+    where the agent sampled the GPUs (``source``) but none of them has the link's width
+    and generation, or nvidia-smi -q gives no maximum width, the check fails."""
     widths = [int(s["pcie_width"]) for s in samples if isinstance(s.get("pcie_width"), int)]
     gens = [int(s["pcie_gen"]) for s in samples if isinstance(s.get("pcie_gen"), int)]
+    missing = [what for what, seen in (("width", widths), ("generation", gens)) if not seen]
+    if source is not None and missing:
+        return Verdict("pcie_link", g.index, None, "lanes", None, False,
+                       f"pcie_link on GPU {g.index}: {source} read no PCIe link "
+                       f"{' or '.join(missing)} in {len(samples)} samples, so the link under "
+                       "load cannot be checked")
+    if source is not None and widths and not g.pcie_width_max:
+        return Verdict("pcie_link", g.index, float(min(widths)), "lanes", None, False,
+                       f"pcie_link on GPU {g.index}: nvidia-smi -q gives no maximum link "
+                       "width to compare the link under load with")
     if not widths or not g.pcie_width_max:
         return None
     low_width = min(widths) < g.pcie_width_max
@@ -287,7 +315,8 @@ def _sxid_verdicts(health: dict[str, Any]) -> list[Verdict]:
 
 def health_evidence(doc: dict[str, Any]) -> dict[str, Any]:
     """What a quarantine rests on, small enough to keep: the kernel log's new XID and
-    SXid lines, and each GPU's ECC, row-remap and fabric counters before and after."""
+    SXid lines, and each GPU's ECC, row-remap and fabric counters before and after, with
+    the counters whose rise counter_rises.py judges."""
     health = as_dict(doc.get("health"))
 
     def counters(snapshot: Any) -> list[dict[str, Any]] | None:
@@ -303,6 +332,8 @@ def health_evidence(doc: dict[str, Any]) -> dict[str, Any]:
                  "remapped_rows_failure": g.remapped_rows_failure,
                  "ecc_sram_uncorrectable_aggregate": g.ecc_sram_uncorrectable_aggregate,
                  "ecc_dram_correctable_aggregate": g.ecc_dram_correctable_aggregate,
+                 "ecc_dram_correctable_volatile": g.ecc_dram_correctable_volatile,
+                 "run_counters": g.run_counters,
                  "ecc_memory_flags": g.ecc_memory_flags,
                  "fabric_state": g.fabric_state} for g in gpus]
 

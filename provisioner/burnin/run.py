@@ -283,22 +283,26 @@ def stop_agents(gc: Gpuctl, nodes: list[Node]) -> None:
 
 
 def _run_dcgm(target: Target, known: KnownHosts, level: str) -> dict[str, Any]:
-    """``dcgmi diag -r <level> --json`` on the node: DCGM's own JSON, or why there is none."""
+    """``dcgmi diag -r <level> --json`` on the node: DCGM's own JSON with its exit code,
+    the last line of its stderr and the run level (all judged by dcgm_verdicts), or why
+    there is none."""
     try:
         res = run_on_node(target, dcgm_command(level), known_hosts=known,
                           command_timeout=LEVELS[level].timeout_s, max_output=16 << 20)
     except GpuctlError as exc:
         return {"error": str(exc).removeprefix(f"{target.name}: ")[:300]}
     text = res.stdout.decode("utf-8", "replace")
+    stderr = res.stderr.decode("utf-8", "replace").strip()
     if res.exit_code == 127:
         return {"error": "dcgmi not found (install datacenter-gpu-manager)"}
     try:
         parsed = loads(text[text.find("{"):] if "{" in text else text)
     except NodeOutputError:
-        tail = (text.strip() or res.stderr.decode("utf-8", "replace").strip())
+        tail = text.strip() or stderr
         return {"error": f"dcgmi diag -r {LEVELS[level].dcgm} exited {res.exit_code} "
                          f"without JSON: {tail.splitlines()[-1][:200] if tail else ''}"}
-    return {"exit_code": res.exit_code, "output": parsed}
+    return {"exit_code": res.exit_code, "run_level": LEVELS[level].dcgm,
+            "stderr": stderr.splitlines()[-1][:200] if stderr else "", "output": parsed}
 
 
 def _thin(samples: list[Any]) -> list[Any]:

@@ -72,6 +72,14 @@ class SmiGpu:
     ecc_dram_correctable_volatile: int | None = None
     ecc_dram_correctable_aggregate: int | None = None
     ecc_memory_flags: list[str] | None = None  # None: the schema has none of them
+    # Counters that only grow, compared between the snapshots taken before and after a
+    # burn-in (see _run_counters): name -> count; None where the element holds something
+    # other than a count (unreadable, so a check on it fails closed); a name absent where
+    # the schema has no such element or the GPU reports N/A. Counts are floats: they may
+    # pass the 32-bit limit of the columns this dataclass's ints go to, and are kept in
+    # JSON only; below 2**53 a float holds every integer exactly.
+    run_counters: dict[str, float | None] = field(default_factory=dict)
+    clocks_event_counters: bool = False  # the schema has <clocks_event_reasons_counters>
 
 
 @dataclass
@@ -187,6 +195,60 @@ def _memory_flags(gpu: Element) -> list[str] | None:
     return sorted({el.tag for el in flags if (el.text or "").strip().lower() == "yes"})
 
 
+# Driver 580's <clocks_event_reasons_counters> (tests/data/h200-nvidia-smi-q-x.xml, e.g.
+# "<clocks_event_reasons_counters_hw_therm_slowdown>0 us<"): how long each clocks event
+# reason has been active, accumulated. They are NVML's field values
+# NVML_FI_DEV_CLOCKS_EVENT_REASON_{SW_POWER_CAP,SYNC_BOOST,SW_THERM_SLOWDOWN,
+# HW_THERM_SLOWDOWN,HW_POWER_BRAKE_SLOWDOWN} (NVIDIA/DCGM sdk/nvidia/nvml/dcgm_nvml.h,
+# "Field values for Clock Throttle Reason Counters"); NVML has no such counter for HW
+# slowdown (0x8), which only the 1 Hz samples see. The driver 535.54.03 capture
+# (tests/data/a100-sxm4-80gb-mig.xml) has no such element; no NVIDIA source we could read
+# names the branch that added it. Names follow health.py's BAD_THROTTLE.
+COUNTER_BLOCK = "clocks_event_reasons_counters"
+COUNTER_NAMES = {"sw_power_cap": "sw_power_cap", "sync_boost": "sync_boost",
+                 "sw_therm_slowdown": "sw_thermal_slowdown",
+                 "hw_therm_slowdown": "hw_thermal_slowdown",
+                 "hw_power_brake": "hw_power_brake_slowdown"}
+_MICROSECONDS = re.compile(r"^([0-9]{1,20}) us$")
+_COUNT = re.compile(r"^([0-9]{1,20})$")
+
+
+def _count(node: Element, pattern: re.Pattern[str]) -> float | None | bool:
+    """A counter's value; False where the GPU reports none (N/A); None where the text is
+    not a count (unreadable). Counters may exceed the 32-bit LIMIT (microseconds of power
+    capping since boot do within an hour), so they are held to 2**53 (285 years in
+    microseconds), the float's exact range, instead."""
+    text = (node.text or "").strip()
+    if text in ("N/A", "[N/A]"):
+        return False
+    match = pattern.match(text)
+    if not match or int(match.group(1)) >= 2**53:
+        return None
+    return float(match.group(1))
+
+
+def _run_counters(gpu: Element) -> tuple[dict[str, float | None], bool]:
+    """The counters a burn-in compares before and after: the PCIe replay counter and its
+    rollovers (``pci/replay_counter``, ``pci/replay_rollover_counter``, in every schema
+    this parser reads) and, where the schema has them, the clocks event reason counters
+    in microseconds (``<reason>_us``)."""
+    out: dict[str, float | None] = {}
+    for name, path in (("pcie_replays", "pci/replay_counter"),
+                       ("pcie_replay_rollovers", "pci/replay_rollover_counter")):
+        node = gpu.find(path)
+        value = _count(node, _COUNT) if node is not None else False
+        if value is not False:
+            out[name] = None if value is None else float(value)
+    block = gpu.find(COUNTER_BLOCK)
+    for node in block if block is not None else []:
+        suffix = node.tag.removeprefix(COUNTER_BLOCK + "_")
+        value = _count(node, _MICROSECONDS)
+        if value is not False:
+            out[COUNTER_NAMES.get(suffix, suffix[:40]) + "_us"] = \
+                None if value is None else float(value)
+    return out, block is not None
+
+
 def _gpu(index: int, gpu: Element) -> SmiGpu:
     link = gpu.find("pci/pci_gpu_link_info")
     remap = gpu.find("remapped_rows")
@@ -196,6 +258,7 @@ def _gpu(index: int, gpu: Element) -> SmiGpu:
         flags = [_yes(r, ".") for r in reasons if "thermal" in r.tag]
         thermal = any(f for f in flags if f) if flags else None
     power = _first(gpu, "gpu_power_readings", "power_readings")
+    counters, has_event_counters = _run_counters(gpu)
     return SmiGpu(
         index=index,
         model=_text(gpu, "product_name"),
@@ -237,6 +300,8 @@ def _gpu(index: int, gpu: Element) -> SmiGpu:
         fabric_state=_text(gpu, "fabric/state"),
         fabric_status=_text(gpu, "fabric/status"),
         persistence_mode=_text(gpu, "persistence_mode"),
+        run_counters=counters,
+        clocks_event_counters=has_event_counters,
     )
 
 

@@ -138,9 +138,10 @@ def test_dcgm_results_become_verdicts() -> None:
         {"gpu_id": "1", "status": "Fail", "warnings": [{"warning": "DBE on GPU 1",
                                                         "error_id": 95}]},
         {"gpu_id": "2", "status": "Skip"}]))
+    # A skipped memory test fails: the run level runs it (test_burnin_dcgm.py).
     assert [(v.test, v.device, v.passed) for v in verdicts] == [
         ("dcgm_gpu_memory", 0, True), ("dcgm_gpu_memory", 1, False),
-        ("dcgm_gpu_memory", 2, True)]
+        ("dcgm_gpu_memory", 2, False)]
     assert verdicts[1].reason == "dcgm_gpu_memory on GPU 1: DCGM says Fail (DBE on GPU 1)"
     # DCGM 4's key and entity ids.
     v4 = dcgm_verdicts(_dcgm([{"entity_id": "3", "status": "Fail"}], "DCGM Diagnostic"))
@@ -403,15 +404,19 @@ def test_the_ring_of_pairs_names_the_bad_node_or_link() -> None:
 H200_580 = (Path(__file__).parents[1] / "data/h200-nvidia-smi-q-x.xml").read_text()
 
 
-def _h200(edit: tuple[str, str] | None = None) -> dict[str, Any]:
+def _h200(edit: tuple[str, str] | None = None, before_edit: tuple[str, str] | None = None,
+          capture: str = H200_580) -> dict[str, Any]:
     """The real H200 capture (driver 580.159.04) before and after a burn-in, the
-    after-snapshot with one field of <ecc_errors> changed."""
-    after = H200_580
+    after-snapshot (and, with ``before_edit``, the one before) with one field changed."""
+    after, before = capture, capture
     if edit is not None:
         assert after.count(edit[0]) >= 1, edit
         after = after.replace(edit[0], edit[1], 1)
+    if before_edit is not None:
+        assert before.count(before_edit[0]) >= 1, before_edit
+        before = before.replace(before_edit[0], before_edit[1], 1)
     log = {"source": "dmesg", "lines": 900}
-    return {"health": {"before": {"smi_xml": H200_580, "xid_lines": [], "kernel_log": log},
+    return {"health": {"before": {"smi_xml": before, "xid_lines": [], "kernel_log": log},
                        "after": {"smi_xml": after, "xid_lines": [], "sxid_lines": [],
                                  "kernel_log": log}},
             "telemetry": {"samples": []}, "nvlink": None}
@@ -455,3 +460,167 @@ def test_the_clean_driver_580_capture_passes_every_ecc_check() -> None:
             "ecc_memory_state", "ecc_sram_correctable", "remapped_rows"} <= tests, tests
     assert all(v.passed for v in verdicts if v.test.startswith(("ecc", "remapped"))), \
         [v.reason for v in verdicts if not v.passed]
+
+
+A100_535 = (Path(__file__).parents[1] / "data/a100-sxm4-80gb-mig.xml").read_text()
+AGENT_H200 = Path(__file__).parents[1] / "data/h200-agent-quick.json"
+HW_THERM = "<clocks_event_reasons_counters_hw_therm_slowdown>0 us<"
+
+
+@pytest.mark.parametrize(("edit", "named"), [
+    (("<dram_correctable>0<", "<dram_correctable>11<"),
+     "ecc_dram_correctable_rise on GPU 0: 11 correctable DRAM ECC errors during burn-in "
+     "(0 -> 11) > 10"),
+    ((HW_THERM, "<clocks_event_reasons_counters_hw_therm_slowdown>1500000 us<"),
+     "throttle_counters on GPU 0: hw_thermal_slowdown for 1.5 s during burn-in "
+     "(nvidia-smi's clocks event reason counters)"),
+    (("<clocks_event_reasons_counters_sw_therm_slowdown>0 us<",
+      "<clocks_event_reasons_counters_sw_therm_slowdown>300 us<"),
+     "throttle_counters on GPU 0: sw_thermal_slowdown for 300 us during burn-in"),
+    (("<clocks_event_reasons_counters_hw_power_brake>0 us<",
+      "<clocks_event_reasons_counters_hw_power_brake>2500 us<"),
+     "throttle_counters on GPU 0: hw_power_brake_slowdown for 2.5 ms during burn-in"),
+    ((HW_THERM, "<clocks_event_reasons_counters_hw_therm_slowdown>soon<"),
+     "throttle_counters on GPU 0: hw_thermal_slowdown counter could not be read before "
+     "and after the run"),
+    (("<replay_counter>0<", "<replay_counter>81<"),
+     "pcie_replays on GPU 0: 81 replays (0 -> 81) > 80 during burn-in"),
+    (("<replay_rollover_counter>0<", "<replay_rollover_counter>1<"),
+     "pcie_replays on GPU 0: the replay counter rolled over 1 times during burn-in"),
+    (("<replay_counter>0<", "<replay_counter>lots<"),
+     "pcie_replays on GPU 0: the PCIe replay counter could not be read"),
+])
+def test_counters_that_rose_during_the_run_fail_naming_the_field(edit: tuple[str, str],
+                                                                  named: str) -> None:
+    """A slowdown, replay burst or corrected errors between two 1 Hz samples leave their
+    mark in the driver's counters: each fails its GPU, naming the counter."""
+    failures = [v.reason for v in health_verdicts(_h200(edit), PROFILE) if not v.passed]
+    assert any(f.startswith(named) for f in failures), failures
+    assert len(failures) == 1, failures
+
+
+def test_counters_at_their_limits_pass_and_a_profile_may_move_them() -> None:
+    at_limits = _h200(("<dram_correctable>0<", "<dram_correctable>10<"))
+    assert not [v for v in health_verdicts(at_limits, PROFILE) if not v.passed]
+    replays = _h200(("<replay_counter>0<", "<replay_counter>80<"))
+    assert not [v for v in health_verdicts(replays, PROFILE) if not v.passed]
+    # Power capping is how a GPU under GEMM is meant to run: its counter may grow.
+    capped = _h200(("<clocks_event_reasons_counters_sw_power_cap>0 us<",
+                    "<clocks_event_reasons_counters_sw_power_cap>10043631 us<"))
+    assert not [v for v in health_verdicts(capped, PROFILE) if not v.passed]
+    lenient = {**PROFILE, "dram_correctable_rise_max": 100, "pcie_replays_max": 1000}
+    assert not [v for v in health_verdicts(_h200(("<dram_correctable>0<",
+                                                  "<dram_correctable>11<")), lenient)
+                if not v.passed]
+    # A counter reset during the run (a GPU reset clears volatile counts): what it holds
+    # now came after the reset.
+    reset = _h200(("<dram_correctable>0<", "<dram_correctable>12<"),
+                  ("<dram_correctable>0<", "<dram_correctable>500<"))
+    assert [v.reason for v in health_verdicts(reset, PROFILE) if not v.passed] == [
+        "ecc_dram_correctable_rise on GPU 0: 12 correctable DRAM ECC errors during "
+        "burn-in (500 -> 12) > 10"]
+
+
+def test_a_counter_with_nothing_before_the_run_to_compare_fails_closed() -> None:
+    unreadable_before = _h200(before_edit=(HW_THERM, HW_THERM.replace("0 us", "x")))
+    assert [v.reason for v in health_verdicts(unreadable_before, PROFILE) if not v.passed
+            ] == ["throttle_counters on GPU 0: hw_thermal_slowdown counter could not be "
+                  "read before and after the run (<clocks_event_reasons_counters>), so a "
+                  "slowdown between samples cannot be ruled out"]
+    # The GPU is not in the snapshot before the run (another bus id): nothing compares.
+    moved = _h200(before_edit=("<pci_bus_id>00000000:00:06.0<", "<pci_bus_id>00000000:00:07.0<"))
+    failed = {v.test for v in health_verdicts(moved, PROFILE) if not v.passed}
+    assert failed == {"ecc_dram_correctable_rise", "throttle_counters", "pcie_replays"}
+    # The element is there but holds no counter at all.
+    empty = _h200(("<clocks_event_reasons_counters>", "<clocks_event_reasons_counters/><x>"),
+                  ("<clocks_event_reasons_counters>", "<clocks_event_reasons_counters/><x>"))
+    empty["health"]["after"]["smi_xml"] = empty["health"]["after"]["smi_xml"].replace(
+        "</clocks_event_reasons_counters>", "</x>")
+    empty["health"]["before"]["smi_xml"] = empty["health"]["before"]["smi_xml"].replace(
+        "</clocks_event_reasons_counters>", "</x>")
+    assert [v.reason for v in health_verdicts(empty, PROFILE) if not v.passed] == [
+        "throttle_counters on GPU 0: every bad reason's counter could not be read before "
+        "and after the run (<clocks_event_reasons_counters>), so a slowdown between "
+        "samples cannot be ruled out"]
+
+
+def test_an_older_schema_without_event_counters_is_not_a_failure() -> None:
+    """Driver 535.54.03 (the A100 capture) has no <clocks_event_reasons_counters>: no
+    verdict on them, while its replay and DRAM counters are still compared."""
+    verdicts = health_verdicts(_h200(capture=A100_535), PROFILE)
+    tests = {v.test for v in verdicts}
+    assert "throttle_counters" not in tests
+    assert {"pcie_replays", "ecc_dram_correctable_rise"} <= tests
+    assert all(v.passed for v in verdicts), [v.reason for v in verdicts if not v.passed]
+
+
+def test_the_real_h200_agent_document_passes_every_check() -> None:
+    """The agent's document from a real H200 (NVML telemetry, power capped for 10 s
+    during the run, no bad counter moved) passes, with a verdict from each source."""
+    doc = json.loads(AGENT_H200.read_text())
+    verdicts = health_verdicts(doc, {"telemetry": {}})
+    assert all(v.passed for v in verdicts), [v.reason for v in verdicts if not v.passed]
+    assert {"throttle", "throttle_counters", "pcie_link", "pcie_replays",
+            "ecc_dram_correctable_rise"} <= {v.test for v in verdicts}
+
+
+@pytest.mark.parametrize(("drop", "named"), [
+    (("throttle",), "throttle on GPU 0: nvml read no clocks event reasons in 29 samples, so "
+                    "a slowdown during burn-in cannot be ruled out"),
+    (("pcie_gen", "pcie_width"), "pcie_link on GPU 0: nvml read no PCIe link width or "
+                                 "generation in 29 samples, so the link under load cannot "
+                                 "be checked"),
+    (("pcie_width",), "pcie_link on GPU 0: nvml read no PCIe link width in 29 samples"),
+])
+def test_telemetry_without_a_field_fails_the_check_it_feeds(drop: tuple[str, ...],
+                                                            named: str) -> None:
+    """The real H200 document with one field None in every sample (NVML answered, that
+    metric did not): the check it feeds fails saying so, instead of passing unseen."""
+    doc = json.loads(AGENT_H200.read_text())
+    for sample in doc["telemetry"]["samples"]:
+        sample.update(dict.fromkeys(drop))
+    failures = [v.reason for v in health_verdicts(doc, {"telemetry": {}}) if not v.passed]
+    assert len(failures) == 1 and failures[0].startswith(named), failures
+
+
+def test_no_samples_from_a_gpu_the_agent_could_sample_fails_both_checks() -> None:
+    doc = json.loads(AGENT_H200.read_text())
+    doc["telemetry"]["samples"] = []
+    assert {v.test for v in health_verdicts(doc, {"telemetry": {}}) if not v.passed} == {
+        "throttle", "pcie_link"}
+    # No maximum width in nvidia-smi -q to hold the sampled link against.
+    doc = json.loads(AGENT_H200.read_text())
+    for when in ("before", "after"):
+        doc["health"][when]["smi_xml"] = doc["health"][when]["smi_xml"].replace(
+            "<max_link_width>16x<", "<max_link_width>N/A<")
+    assert [v.reason for v in health_verdicts(doc, {"telemetry": {}}) if not v.passed] == [
+        "pcie_link on GPU 0: nvidia-smi -q gives no maximum link width to compare the link "
+        "under load with"]
+
+
+def test_cpu_and_lab_runs_are_judged_as_before() -> None:
+    """A CPU-only node (the agent could not sample: available False, no samples) keeps
+    the snapshot-only checks; a lab node whose stand-in nvidia-smi answers the agent's
+    query (throttle and link fields in every sample) passes them."""
+    cpu = _doc([_gpu(0)])
+    cpu["telemetry"] = {"available": False, "source": "none", "samples": []}
+    assert _failures(cpu) == []
+    assert "pcie_link" not in {v.test for v in health_verdicts(cpu, PROFILE)}
+    lab = _doc([_gpu(0), _gpu(1)], samples=[
+        {"t": 1.0, "gpu": g, "temp_c": 45.0, "power_w": 385.0, "sm_mhz": 1980.0,
+         "throttle": 0x4, "pcie_gen": 5, "pcie_width": 16} for g in (0, 1)])
+    lab["telemetry"].update(available=True, source="nvidia-smi")
+    verdicts = health_verdicts(lab, PROFILE)
+    assert all(v.passed for v in verdicts), [v.reason for v in verdicts if not v.passed]
+    assert {("pcie_link", 1), ("throttle", 1)} <= {(v.test, v.device) for v in verdicts}
+
+
+def test_the_evidence_kept_holds_the_counters_that_rose() -> None:
+    from provisioner.burnin.health import health_evidence
+
+    doc = _h200((HW_THERM, "<clocks_event_reasons_counters_hw_therm_slowdown>1500000 us<"))
+    evidence = health_evidence(doc)
+    assert evidence["before"][0]["run_counters"]["hw_thermal_slowdown_us"] == 0
+    assert evidence["after"][0]["run_counters"]["hw_thermal_slowdown_us"] == 1_500_000
+    assert evidence["after"][0]["ecc_dram_correctable_volatile"] == 0
+    json.dumps(evidence)  # stored as JSON

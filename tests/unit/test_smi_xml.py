@@ -75,3 +75,33 @@ def test_xid_lines_from_kernel_log() -> None:
          "message": "pid=2817, name=python3, GPU has fallen off the bus."},
         {"pci": "0000:2a:00", "xid": 13, "message": "pid=1, Graphics Exception"},
     ]
+
+
+def test_run_counters_on_driver_580_and_their_absence_on_535() -> None:
+    """Driver 580's H200 capture has the clocks event reason counters (microseconds) and
+    the PCIe replay counters; driver 535.54.03's A100 capture has only the latter."""
+    h200 = (DATA / "h200-nvidia-smi-q-x.xml").read_text()
+    [gpu] = parse_smi_xml(h200).gpus
+    assert gpu.clocks_event_counters is True
+    assert gpu.run_counters == {
+        "pcie_replays": 0, "pcie_replay_rollovers": 0, "sw_power_cap_us": 0,
+        "sync_boost_us": 0, "sw_thermal_slowdown_us": 0, "hw_thermal_slowdown_us": 0,
+        "hw_power_brake_slowdown_us": 0}
+    [a100] = parse_smi_xml((DATA / "a100-sxm4-80gb-mig.xml").read_bytes()).gpus
+    assert a100.clocks_event_counters is False
+    assert a100.run_counters == {"pcie_replays": 0, "pcie_replay_rollovers": 0}
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("711320000000 us", 711_320_000_000),  # hours of power capping: past 32 bits, kept
+    ("N/A", "absent"),                      # not reported: no value, not a failure
+    ("12 ms", None),                        # not the unit nvidia-smi prints: unreadable
+    ("-5 us", None),
+    ("9007199254740992 us", None),          # 2**53: past what a float holds exactly
+])
+def test_a_counter_that_is_not_a_count_is_unreadable(text: str, value: object) -> None:
+    h200 = (DATA / "h200-nvidia-smi-q-x.xml").read_text().replace(
+        "<clocks_event_reasons_counters_hw_therm_slowdown>0 us<",
+        f"<clocks_event_reasons_counters_hw_therm_slowdown>{text}<")
+    [gpu] = parse_smi_xml(h200).gpus
+    assert gpu.run_counters.get("hw_thermal_slowdown_us", "absent") == value
