@@ -25,8 +25,9 @@ print("devices", doc["devices"])
 for r in doc["results"]:
     d = r["detail"]
     keep = {k: d[k] for k in ("iterations", "repeat_checks", "repeat_mismatches",
-                              "freivalds_ratio", "reference_ratio", "relative_error",
-                              "errors", "patterns", "numa_node", "error", "pci_bus_id")
+                              "repeat_words_wrong", "freivalds_ratio", "reference_ratio",
+                              "reference_elements", "relative_error", "errors", "patterns",
+                              "numa_node", "wrong_copies", "error", "pci_bus_id")
             if k in d}
     print(f"{r['test']:<18} {r['device']!s:>4} {r['value'] or 0:>10.4g} {r['unit']:<7} "
           f"ok={r['ok']} {keep}")

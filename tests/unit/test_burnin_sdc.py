@@ -254,4 +254,4 @@ def test_p2p_copies_are_checked_for_the_data_they_deliver(
     monkeypatch.setattr(torch.Tensor, "copy_", real_copy)
     assert not m.ok and m.value and m.value > 0
     assert m.detail["wrong_copies"][0][:2] == [1, 0]
-    assert "1 GPU pairs delivered wrong data, first 1->0" in m.detail["error"]
+    assert "1 GPU pair delivered wrong data, first 1->0" in m.detail["error"]
