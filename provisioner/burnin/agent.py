@@ -691,12 +691,50 @@ SMI_SAMPLE = {"temperature.gpu": "temp_c", "power.draw": "power_w", "clocks.sm":
 SMI_INTEGERS = ("throttle", "pcie_gen", "pcie_width")
 
 
-def _smi(args: list[str], timeout: float = 60.0, limit: int = 16 << 20) -> str | None:
-    """stdout of ``nvidia-smi ARGS`` (at most ``limit`` bytes), or None when it fails."""
+# Sources that did not answer in time (a hung GPU or driver), and why: the agent does not
+# ask them again (each new call would hang too, and leave one more stuck process or
+# thread), and the document names them.
+_UNANSWERED: dict[str, str] = {}
+NVML_TIMEOUT_S = 30.0  # one NVML read (or one pass over every GPU's)
+
+
+def _run_bounded(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[bytes] | None:
+    """Run ``cmd`` (stdin from /dev/null); None when it does not exit within ``timeout``.
+    Killed then, and given 2 s to go, not waited for as ``subprocess.run`` waits after
+    its timeout: a process stuck in the driver sleeps uninterruptibly (state D) and
+    cannot be killed until the driver lets go (NVIDIA's answer on a hung nvidia-smi:
+    "if so this means the driver is hung", NVIDIA/gpu-monitoring-tools issue 46).
+
+    Raises:
+        OSError: ``cmd`` could not be started.
+    """
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     try:
-        proc = subprocess.run(["nvidia-smi", *args], capture_output=True, timeout=timeout,
-                              check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=2)
+        return None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _smi(args: list[str], timeout: float = 60.0, limit: int = 16 << 20) -> str | None:
+    """stdout of ``nvidia-smi ARGS`` (at most ``limit`` bytes), or None when it fails, takes
+    longer than ``timeout`` (nvidia-smi then counts as unanswered, ``_UNANSWERED``), or
+    has hung before. nvidia-smi hangs with the driver: "nvidia-smi hangs indefinitely"
+    (NVIDIA/open-gpu-kernel-modules issue 971, B200, 570.133.20)."""
+    if "nvidia-smi" in _UNANSWERED or timeout <= 0:
+        return None
+    try:
+        proc = _run_bounded(["nvidia-smi", *args], timeout)
+    except OSError:
+        return None
+    if proc is None:
+        _UNANSWERED["nvidia-smi"] = (f"nvidia-smi {args[0] if args else ''} did not exit "
+                                     f"within {timeout:.3g} s (a hung GPU or driver); not "
+                                     "asked again")
         return None
     if proc.returncode != 0:
         return None
@@ -735,51 +773,99 @@ _NVML: dict[str, Any] = {"key": None, "lib": None, "tried": False}
 _ABSENT = object()
 
 
+def _in_thread(call: Callable[[], Any], timeout: float) -> tuple[bool, bool, Any]:
+    """(finished, returned, its value or exception) of ``call()`` run on a daemon thread
+    for at most ``timeout`` s. A call that does not finish is abandoned: the thread stays
+    blocked where it is (a C call into the driver cannot be interrupted) and does not
+    keep the process from exiting."""
+    box: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            box.append((True, call()))
+        except BaseException as exc:  # noqa: BLE001  (handed to the caller as a value)
+            box.append((False, exc))
+
+    worker = threading.Thread(target=run, name="gpuctl-nvml", daemon=True)
+    worker.start()
+    worker.join(max(0.0, timeout))
+    if not box:
+        return False, False, None
+    return True, *box[0]
+
+
 def nvml() -> Any:
-    """The pynvml module, initialised; None without pynvml or a driver. Every NVML reader
-    in the agent comes through here, so nvmlInit runs once per process (a failure is
-    remembered too) and nvmlShutdown once, at exit."""
+    """The pynvml module, initialised; None without pynvml or a driver, or when nvmlInit
+    did not return within ``NVML_TIMEOUT_S`` (a driver issue made it hang on H200s with
+    570.x: NVIDIA/go-nvml issue 152). Every NVML reader in the agent comes through here,
+    so nvmlInit runs once per process (a failure is remembered too) and nvmlShutdown
+    once, at exit (not after a hang)."""
     with _NVML_LOCK:
         if _NVML["tried"] and sys.modules.get("pynvml", _ABSENT) is _NVML["key"]:
             return _NVML["lib"]
         try:
             import pynvml  # noqa: PLC0415
-
-            pynvml.nvmlInit()
-        except Exception:  # no pynvml, no driver: the callers ask nvidia-smi
+        except Exception:  # no pynvml: the callers ask nvidia-smi
             lib = None
         else:
-            lib = pynvml
-            atexit.register(_nvml_shutdown, pynvml)
+            finished, returned, _ = _in_thread(pynvml.nvmlInit, NVML_TIMEOUT_S)
+            lib = pynvml if returned else None  # no driver: the callers ask nvidia-smi
+            if not finished:
+                _UNANSWERED["nvml"] = (f"nvmlInit did not return within "
+                                       f"{NVML_TIMEOUT_S:.3g} s (a hung GPU or driver)")
+            if lib is not None:
+                atexit.register(_nvml_shutdown, pynvml)
         _NVML.update(key=sys.modules.get("pynvml", _ABSENT), lib=lib, tried=True)
         return lib
 
 
 def _nvml_shutdown(lib: Any) -> None:
+    if "nvml" in _UNANSWERED:
+        return  # it would hang the exit behind the stuck call
     with contextlib.suppress(Exception):  # at exit, a failure has nobody to tell
         lib.nvmlShutdown()
 
 
-def nvml_query(func: str | Callable[..., Any], *args: Any, default: Any = None) -> Any:
+def nvml_query(func: str | Callable[..., Any], *args: Any, default: Any = None,
+               timeout: float | None = None) -> Any:
     """``pynvml.<func>(*args)``, or ``func(*args)`` for a callable, once NVML is
     initialised; ``default`` without pynvml or a driver, or when the call raises (an
     NVMLError such as a metric this GPU does not support, a function this pynvml lacks).
-    After nvitop's ``nvmlQuery(func, *args, default=NA)``."""
+    After nvitop's ``nvmlQuery(func, *args, default=NA)``.
+
+    The call runs on its own thread for at most ``timeout`` s (default
+    ``NVML_TIMEOUT_S``; NVML is thread-safe:
+    "safe to make simultaneous NVML calls from multiple threads", NVML API Reference):
+    a GPU whose driver hangs hangs its nvmlDeviceGet* calls too. One that does not
+    return gives ``default``, and NVML counts as unanswered from then on
+    (``_UNANSWERED``): later calls give ``default`` at once."""
     lib = nvml()
-    if lib is None:
+    timeout = NVML_TIMEOUT_S if timeout is None else timeout
+    if lib is None or "nvml" in _UNANSWERED or timeout <= 0:
         return default
-    try:
-        return (getattr(lib, func) if isinstance(func, str) else func)(*args)
-    except Exception:
-        return default
+    call = (lambda: getattr(lib, func)(*args)) if isinstance(func, str) else (
+        lambda: func(*args))
+    finished, returned, value = _in_thread(call, timeout)
+    if not finished:
+        name = func if isinstance(func, str) else "a read of every GPU"
+        _UNANSWERED.setdefault("nvml", f"{name} did not return within {timeout:.3g} s (a "
+                                       "hung GPU or driver); NVML not asked again")
+    return value if returned else default
 
 
-def _nvml_each_gpu(read: Callable[[Any, Any], Any]) -> list[Any] | None:
-    """``read(pynvml, handle)`` for every GPU NVML sees; None without NVML or a driver, or
-    when a read fails part-way (the caller then asks nvidia-smi)."""
+def _nvml_each_gpu(read: Callable[[Any, Any], Any], timeout: float | None = None
+                   ) -> list[Any] | None:
+    """``read(pynvml, handle)`` for every GPU NVML sees, within ``timeout`` s in all; None
+    without NVML or a driver, when a read fails part-way or NVML does not answer in time
+    (the caller then asks nvidia-smi)."""
     lib = nvml()
     return nvml_query(lambda: [read(lib, lib.nvmlDeviceGetHandleByIndex(i))
-                               for i in range(lib.nvmlDeviceGetCount())])
+                               for i in range(lib.nvmlDeviceGetCount())], timeout=timeout)
+
+
+def _left(until: float, cap: float) -> float:
+    """Seconds from now to ``until`` (a ``time.monotonic()`` value), at most ``cap``."""
+    return max(0.0, min(cap, until - time.monotonic()))
 
 
 class Telemetry:
@@ -787,17 +873,22 @@ class Telemetry:
     Through NVML where pynvml is installed, else through ``nvidia-smi --query-gpu``; where
     there is neither (a CPU-only machine), there are no samples."""
 
-    def __init__(self, interval: float = 1.0) -> None:
-        self.interval = interval
+    JOIN_S = 5.0  # how long leaving the block waits for a sample in progress
+
+    def __init__(self, interval: float = 1.0, until: float = math.inf) -> None:
+        """``until``: a ``time.monotonic()`` value no read of this object runs past (the
+        agent's deadline for its closing reads)."""
+        self.interval, self.until = interval, until
         self.samples: list[dict[str, Any]] = []
         self.source = "none"
+        self.error: str | None = None  # why sampling stopped early
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        handles = _nvml_each_gpu(lambda lib, handle: handle)
+        handles = _nvml_each_gpu(lambda lib, handle: handle, _left(until, NVML_TIMEOUT_S))
         self._handles: list[Any] = handles or []
         if handles is not None:
             self.source = "nvml"
-        elif smi_query_gpu(list(SMI_SAMPLE), 30):
+        elif smi_query_gpu(list(SMI_SAMPLE), _left(until, 30)):
             self.source = "nvidia-smi"
 
     @property
@@ -805,24 +896,37 @@ class Telemetry:
         return self.source != "none"
 
     def sample(self) -> None:
+        """One sample of every GPU; none once the source has stopped answering (each read
+        is bounded: ``nvml_query``, ``_smi``), and ``error`` says why."""
         now = time.time()
+        unanswered = _UNANSWERED.get("nvml" if self.source == "nvml" else "nvidia-smi")
+        if unanswered:
+            self.error = unanswered
+            return
+        t = _left(self.until, NVML_TIMEOUT_S)
         if self.source == "nvml":
             for i, h in enumerate(self._handles):
-                power = nvml_query("nvmlDeviceGetPowerUsage", h)
-                throttle = nvml_query("nvmlDeviceGetCurrentClocksEventReasons", h)
+                power = nvml_query("nvmlDeviceGetPowerUsage", h, timeout=t)
+                throttle = nvml_query("nvmlDeviceGetCurrentClocksEventReasons", h, timeout=t)
                 if throttle is None:  # the name before NVML 12.535 (R535) deprecated it
-                    throttle = nvml_query("nvmlDeviceGetCurrentClocksThrottleReasons", h)
-                self.samples.append({
+                    throttle = nvml_query("nvmlDeviceGetCurrentClocksThrottleReasons", h,
+                                          timeout=t)
+                reading = {
                     "t": now, "gpu": i,
-                    "temp_c": nvml_query("nvmlDeviceGetTemperature", h, 0),
+                    "temp_c": nvml_query("nvmlDeviceGetTemperature", h, 0, timeout=t),
                     "power_w": power / 1000 if power is not None else None,
-                    "sm_mhz": nvml_query("nvmlDeviceGetClockInfo", h, 1),
+                    "sm_mhz": nvml_query("nvmlDeviceGetClockInfo", h, 1, timeout=t),
                     "throttle": throttle,
-                    "pcie_gen": nvml_query("nvmlDeviceGetCurrPcieLinkGeneration", h),
-                    "pcie_width": nvml_query("nvmlDeviceGetCurrPcieLinkWidth", h),
-                })
+                    "pcie_gen": nvml_query("nvmlDeviceGetCurrPcieLinkGeneration", h,
+                                           timeout=t),
+                    "pcie_width": nvml_query("nvmlDeviceGetCurrPcieLinkWidth", h, timeout=t),
+                }
+                if "nvml" in _UNANSWERED:  # a read hung part-way: not a sample
+                    self.error = _UNANSWERED["nvml"]
+                    return
+                self.samples.append(reading)
         elif self.source == "nvidia-smi":
-            for row in smi_query_gpu(list(SMI_SAMPLE), 30):
+            for row in smi_query_gpu(list(SMI_SAMPLE), t):
                 sample: dict[str, Any] = {"t": now, "gpu": int(row["index"])}
                 for name, key in SMI_SAMPLE.items():
                     value = _number(row[name])
@@ -844,25 +948,44 @@ class Telemetry:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         if self._thread:
-            self._thread.join()
+            # A sample in progress ends within its reads' bounds; this wait is shorter
+            # still, and an abandoned sampler only adds to ``samples`` (read as a copy).
+            self._thread.join(_left(self.until, self.JOIN_S))
+            if self._thread.is_alive():
+                self.error = self.error or (f"a sample did not finish within "
+                                            f"{self.JOIN_S:.0f} s of the tests' end")
+                return
         if self.available:
             self.sample()
 
+    def as_dict(self) -> dict[str, Any]:
+        """What the agent's document carries: a copy of the samples, and why sampling
+        stopped early if it did."""
+        out = {"available": self.available, "source": self.source,
+               "samples": list(self.samples)}
+        if self.error:
+            out["error"] = self.error
+        return out
 
-def kernel_log() -> dict[str, Any]:
+
+def kernel_log(timeout: float = 60.0) -> dict[str, Any]:
     """The kernel log's ``NVRM: Xid`` lines (the last 1000), from dmesg or the journal,
     with the source that answered; ``source`` None, and why, when neither could be read.
 
     A kernel log is never empty on a booted machine, so an answer with no line in it
     (``journalctl`` without a journal prints "No journal files were found" and exits 0)
     counts as unreadable: the control host then fails the XID check instead of passing
-    an empty list."""
+    an empty list. Both reads end within ``timeout`` s in all."""
     tried = []
+    until = time.monotonic() + timeout
     for cmd in (["dmesg"], ["journalctl", "-k", "-b", "-o", "short-monotonic", "--no-pager"]):
         try:
-            proc = subprocess.run(cmd, capture_output=True, timeout=60, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            proc = _run_bounded(cmd, _left(until, timeout))
+        except OSError as exc:
             tried.append(f"{cmd[0]}: {type(exc).__name__}: {exc}"[:200])
+            continue
+        if proc is None:
+            tried.append(f"{cmd[0]}: did not exit within {timeout:.3g} s")
             continue
         text = proc.stdout[-(32 << 20):].decode("utf-8", "replace")
         lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("-- ")]
@@ -876,12 +999,14 @@ def kernel_log() -> dict[str, Any]:
     return {"source": None, "error": "; ".join(tried), "xid_lines": [], "sxid_lines": []}
 
 
-def health_snapshot() -> dict[str, Any]:
+def health_snapshot(timeout: float = 180.0) -> dict[str, Any]:
     """What the control host compares before and after the tests: ``nvidia-smi -q -x``
     (ECC counters, row remapping, throttle reasons, temperatures; parsed there, not here)
-    and the kernel's XID lines (with where they came from)."""
-    log = kernel_log()
-    return {"t": time.time(), "smi_xml": _smi(["-q", "-x"], 120),
+    and the kernel's XID lines (with where they came from), within ``timeout`` s in all
+    (``smi_xml`` None when nvidia-smi did not answer in time: ``_UNANSWERED`` says)."""
+    until = time.monotonic() + timeout
+    log = kernel_log(_left(until, 60))
+    return {"t": time.time(), "smi_xml": _smi(["-q", "-x"], _left(until, 120)),
             "xid_lines": log.pop("xid_lines"), "sxid_lines": log.pop("sxid_lines"),
             "kernel_log": log}
 
@@ -900,13 +1025,15 @@ def _nvml_links(nvml: Any, handle: Any) -> dict[str, Any]:
     return {"gpu": nvml.nvmlDeviceGetIndex(handle), "links": links}
 
 
-def nvlink_status() -> list[dict[str, Any]] | None:
+def nvlink_status(timeout: float = 60.0) -> list[dict[str, Any]] | None:
     """Each GPU's NVLink links and whether each is active: via NVML, else by parsing
-    ``nvidia-smi nvlink --status`` (``Link 3: <inactive>``). None without a driver."""
-    status = _nvml_each_gpu(_nvml_links)
+    ``nvidia-smi nvlink --status`` (``Link 3: <inactive>``), within ``timeout`` s in all.
+    None without a driver, or when neither answered in time."""
+    until = time.monotonic() + timeout
+    status = _nvml_each_gpu(_nvml_links, _left(until, NVML_TIMEOUT_S))
     if status is not None:
         return status
-    text = _smi(["nvlink", "--status"], 60)
+    text = _smi(["nvlink", "--status"], _left(until, 60))
     return None if text is None else parse_nvlink_status(text)
 
 
@@ -937,17 +1064,19 @@ def _nvml_ident(nvml: Any, handle: Any) -> dict[str, Any]:
             "memory_mib": nvml.nvmlDeviceGetMemoryInfo(handle).total >> 20}
 
 
-def gpu_inventory() -> list[dict[str, Any]]:
+def gpu_inventory(timeout: float = 90.0) -> list[dict[str, Any]]:
     """The GPUs this node's driver reports (index, name, UUID, PCI bus id, memory), via
-    NVML or nvidia-smi; empty when there is no driver. Independent of the backend the
-    tests run on."""
-    found = _nvml_each_gpu(_nvml_ident)
+    NVML or nvidia-smi, within ``timeout`` s in all; empty when there is no driver (or it
+    did not answer in time). Independent of the backend the tests run on."""
+    until = time.monotonic() + timeout
+    found = _nvml_each_gpu(_nvml_ident, _left(until, NVML_TIMEOUT_S))
     if found is not None:
         return found
     return [{"index": int(r["index"]), "name": r["name"], "uuid": r["uuid"],
              "pci_bus_id": r["pci.bus_id"],
              "memory_mib": int(r["memory.total"]) if r["memory.total"].isdigit() else None}
-            for r in smi_query_gpu(["name", "uuid", "pci.bus_id", "memory.total"], 60)]
+            for r in smi_query_gpu(["name", "uuid", "pci.bus_id", "memory.total"],
+                                   _left(until, 60))]
 
 
 def identities(devs: list[torch.device], inventory: list[dict[str, Any]]
@@ -1154,13 +1283,24 @@ class DeviceRunner:
     A test that raises on one GPU (a CUDA error, a GPU fallen off the bus) gives that GPU
     a failed result naming it and the exception; the other GPUs go on. A test that does
     not finish in time marks the GPU hung. Either way the GPU's later tests are reported
-    as not run, with why, and the agent still prints its document."""
+    as not run, with why, and the agent still prints its document.
 
-    def __init__(self, devs: list[torch.device], idents: list[dict[str, Any]]) -> None:
-        self.devs, self.idents = devs, idents
+    Past ``stop_at`` (a ``time.monotonic()`` value: the level's deadline less the time
+    kept for the closing reads) no test starts, and a test still running then is left
+    behind: each is reported, with why, and named in ``cut``."""
+
+    def __init__(self, devs: list[torch.device], idents: list[dict[str, Any]],
+                 stop_at: float = math.inf) -> None:
+        self.devs, self.idents, self.stop_at = devs, idents, stop_at
         self.lost: dict[int, str] = {}
-        self.hung = False
+        self.hung = False  # a thread was left behind (hung, or cut at the deadline)
+        self.cut: list[str] = []  # tests not run, or not finished, for the deadline
         self._pool = ThreadPoolExecutor(len(devs))
+
+    def deadline_note(self) -> str:
+        """Why a test did not start: the time left before ``stop_at``."""
+        return (f"not run: {max(0.0, self.stop_at - time.monotonic()):.0f} s were left "
+                "before the level's deadline")
 
     def _one(self, i: int, test: Callable[[int, torch.device], Any]) -> Any:
         # The thread is named after the GPU it drives (the lab's faults act per GPU).
@@ -1170,25 +1310,42 @@ class DeviceRunner:
         return test(i, self.devs[i])
 
     def run(self, name: str, unit: str, test: Callable[[int, torch.device], Any],
-            timeout: float, one_at_a_time: bool = False) -> list[Measurement]:
-        """``test(i, device)`` returns a Measurement or a list of them."""
+            timeout: float, one_at_a_time: bool = False, needs: float = 0.0
+            ) -> list[Measurement]:
+        """``test(i, device)`` returns a Measurement or a list of them. It starts on a GPU
+        only with more than ``needs`` s left before ``stop_at``."""
         futures: dict[int, Any] = {}
+        started: dict[int, float] = {}
         done: set[Any] = set()
+        late: dict[int, str] = {}
         for i in range(len(self.devs)):
             if i in self.lost:
                 continue
+            if self.stop_at - time.monotonic() <= needs:
+                late[i] = self.deadline_note()
+                continue
+            started[i] = time.monotonic()
             futures[i] = self._pool.submit(self._one, i, test)
             if one_at_a_time:  # each gated on its own link: no sharing of the host
-                done |= wait([futures[i]], timeout=timeout).done
+                done |= wait([futures[i]], timeout=_left(self.stop_at, timeout)).done
         if not one_at_a_time:
-            done = wait(list(futures.values()), timeout=timeout).done
+            done = wait(list(futures.values()), timeout=_left(self.stop_at, timeout)).done
         out: list[Measurement] = []
         for i, ident in enumerate(self.idents):
             tag = {"uuid": ident.get("uuid"), "pci_bus_id": ident.get("pci_bus_id")}
             fut = futures.get(i)
-            if fut is None:
+            if i in late:
+                ms = [Measurement(name, None, unit, i, False, {"error": late[i]})]
+            elif fut is None:
                 ms = [Measurement(name, None, unit, i, False,
                                   {"error": f"not run: {self.lost[i]}"})]
+            elif fut not in done and time.monotonic() - started[i] < timeout:
+                # Cut by the deadline, not hung: what it did so far is not a result.
+                self.lost[i] = f"GPU {i}'s {name} was stopped at the level's deadline"
+                self.hung = True
+                ms = [Measurement(name, None, unit, i, False, {"error": (
+                    f"stopped at the level's deadline after "
+                    f"{time.monotonic() - started[i]:.0f} s, unfinished")})]
             elif fut not in done:
                 self.lost[i] = f"GPU {i} hung in {name}"
                 self.hung = True
@@ -1204,19 +1361,42 @@ class DeviceRunner:
             for m in ms:
                 m.detail.update(tag)
             out += ms
+        if late or any(f not in done for f in futures.values()):
+            self.cut.append(name)
         return out
 
     def close(self) -> None:
         self._pool.shutdown(wait=not self.hung, cancel_futures=True)
 
 
+def finish_reserve(deadline_s: float) -> float:
+    """Seconds of the level's deadline kept back from the tests for what comes after them:
+    the closing reads (``nvidia-smi -q -x``, the kernel log, NVLink), printing the
+    document, and the start-up before the agent's clock began (SSH, the torch import),
+    which the control host's clock counts. 5%, from 2 s to 60 s (45 s at quick's 900)."""
+    return min(60.0, max(2.0, 0.05 * deadline_s))
+
+
+COLLECTIVES_START_S = 10.0  # starting a process per rank and their group, before any data
+
+
 def run_level(level: str, seconds: float | None = None, ranks: int | None = None,
               small: bool | None = None, scale: float = 1.0, seed: int = 0,
-              cpu_devices: int | None = None) -> dict[str, Any]:
+              cpu_devices: int | None = None, deadline_s: float | None = None
+              ) -> dict[str, Any]:
     """Run every test at ``level`` (each ``scale`` x its base duration, or ``seconds``
     each); returns the JSON-able result document. It always returns one: a test that
-    fails to run is a failed result, named."""
-    inventory = gpu_inventory()
+    fails to run is a failed result, named.
+
+    With ``deadline_s`` (seconds from now until the agent is stopped: its watchdog, the
+    control host's timeout), the document is returned before then: no test starts in
+    the last ``finish_reserve`` seconds, a test running then is left unfinished, and
+    each is a failed result saying so (``stopped_early`` names them); every read of the
+    driver before and after the tests is bounded to fit."""
+    end = time.monotonic() + deadline_s if deadline_s else math.inf
+    stop_at = end - finish_reserve(deadline_s) if deadline_s else math.inf
+    reads_by = end - finish_reserve(deadline_s) / 4 if deadline_s else math.inf
+    inventory = gpu_inventory(_left(stop_at, 90))
     devs = devices(cpu_devices if cpu_devices is not None
                    else min(4, max(1, len(inventory))))
     cuda = devs[0].type == "cuda"
@@ -1229,8 +1409,11 @@ def run_level(level: str, seconds: float | None = None, ranks: int | None = None
     n = 256 if small else 8192
     mem_mb = 64 if small else 2048
     idents = identities(devs, inventory)
-    runner = DeviceRunner(devs, idents)
-    limit = max(120.0, 20 * base)
+    runner = DeviceRunner(devs, idents, stop_at)
+    # How long a test may run before its GPU counts as hung: on a GPU, time for the
+    # driver's and cuBLAS' first-call start-up too; on the CPU (the lab) there is none,
+    # and 30 s is 60 times a lab test.
+    limit = max(120.0 if cuda else 30.0, 20 * base)
     results: list[Measurement] = []
 
     def memtest(i: int, dev: torch.device) -> Measurement:
@@ -1240,46 +1423,76 @@ def run_level(level: str, seconds: float | None = None, ranks: int | None = None
             torch.cuda.mem_get_info(dev)[0] * 0.8 / 2**20)
         return memory_test(dev, test_mb, i, seed)
 
-    def node_wide(name: str, unit: str, test: Callable[[], list[Measurement]]
-                  ) -> list[Measurement]:
+    def node_wide(names: tuple[str, ...], unit: str, test: Callable[[], list[Measurement]],
+                  needs: float = 0.0) -> list[Measurement]:
+        if stop_at - time.monotonic() <= needs:
+            runner.cut.append(names[0])
+            return [Measurement(name, None, unit, None, False,
+                                {"error": runner.deadline_note()}) for name in names]
         try:
             return test()
         except Exception as exc:  # reported as this test's failure, with the cause
-            return [Measurement(name, None, unit, None, False, {"error": _error_text(exc)})]
+            return [Measurement(name, None, unit, None, False, {"error": _error_text(exc)})
+                    for name in names]
 
-    before = health_snapshot()
+    def collectives_until_stop(world: int, sizes: list[int], iters: int
+                               ) -> list[Measurement]:
+        import inspect  # noqa: PLC0415  (only for the check below)
+
+        # collectives() is told the time left (its own backstop stays below it) once it
+        # takes ``deadline_s`` (issue 22's change to it); until then it is not.
+        left = {"deadline_s": _left(stop_at, math.inf) if deadline_s else None}
+        takes = "deadline_s" in inspect.signature(collectives).parameters
+        return collectives(world, sizes, iters=iters, **(left if takes else {}))
+
+    before = health_snapshot(_left(stop_at, 180))
     try:
-        with Telemetry() as telemetry:
+        with Telemetry(until=reads_by) as telemetry:
             for k, dtype in enumerate(DTYPE_ORDER):
                 batch = runner.run(f"gemm_{dtype}", "TFLOPS", functools.partial(
-                    _gemm_on, dtype, n, base, seed + k), limit)
+                    _gemm_on, dtype, n, base, seed + k), limit, needs=base)
                 cross_gpu_check(batch, idents)
                 results += batch
             results += runner.run("memory_bandwidth", "GB/s", lambda i, dev: memory_bandwidth(
-                dev, mem_mb, base, i), limit)
-            results += runner.run("memory_test", "GiB", memtest, max(limit, 600.0))
+                dev, mem_mb, base, i), limit, needs=base)
+            results += runner.run("memory_test", "GiB", memtest, max(limit, 600.0),
+                                  needs=base)
             if cuda:
                 results += runner.run("h2d_bandwidth", "GB/s", lambda i, dev: (
-                    host_device_bandwidth(dev, 256, i, idents[i])), limit, one_at_a_time=True)
-            if cuda and len(devs) > 1 and not runner.lost:
-                results += node_wide("p2p_bandwidth", "GB/s", lambda: [p2p_matrix(256)])
+                    host_device_bandwidth(dev, 256, i, idents[i])), limit, one_at_a_time=True,
+                    needs=base)
+            if cuda and len(devs) > 1 and runner.lost:
+                results.append(Measurement("p2p_bandwidth", None, "GB/s", None, False, {
+                    "error": f"not run: {'; '.join(sorted(set(runner.lost.values())))}"}))
+            elif cuda and len(devs) > 1:
+                results += node_wide(("p2p_bandwidth",), "GB/s", lambda: [p2p_matrix(256)],
+                                     needs=base)
             world = ranks or (len(devs) if cuda else 2)
             if world > 1:
                 sizes = [1 << 16, 1 << 20, 1 << 24] if small else [1 << 20, 1 << 26,
                                                                    largest_message()]
-                results += node_wide("all_reduce_busbw", "GB/s", lambda: collectives(
-                    world, sizes, iters=5 if small else 20))
+                results += node_wide(("all_reduce_busbw", "all_gather_busbw"), "GB/s",
+                                     lambda: collectives_until_stop(
+                                         world, sizes, iters=5 if small else 20),
+                                     needs=COLLECTIVES_START_S)
     finally:
         runner.close()
-    after = health_snapshot()
+    after = health_snapshot(_left(reads_by, 180))
+    nvlink = nvlink_status(_left(reads_by, 60))
+    stopped = (f"the level's deadline ({deadline_s:.0f} s, the last "
+               f"{finish_reserve(deadline_s):.0f} s kept for the closing reads): "
+               f"{', '.join(dict.fromkeys(runner.cut))} not run or not finished"
+               if runner.cut and deadline_s else None)
     return {
         "agent_version": 3, "level": level, "backend": "cuda" if cuda else "cpu",
         "torch": torch.__version__, "gpus": len(devs) if cuda else 0, "seed": seed,
         "devices": idents, "inventory": inventory, "hung": runner.hung,
+        "deadline_s": deadline_s, "stopped_early": stopped,
         "results": [asdict(r) for r in results],
-        "telemetry": {"available": telemetry.available, "source": telemetry.source,
-                      "samples": telemetry.samples},
-        "health": {"before": before, "after": after}, "nvlink": nvlink_status(),
+        "telemetry": telemetry.as_dict(),
+        "health": {"before": before, "after": after}, "nvlink": nvlink,
+        # Sources that stopped answering (a hung GPU or driver), and why.
+        "unanswered": dict(_UNANSWERED),
     }
 
 
@@ -1398,12 +1611,13 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [1 << 16, 1 << 20, 1 << 24] if small else [1 << 20, 1 << 26, 1 << 32]
         return multinode_worker(sizes, 5 if small else 20, args.seed)
     doc = run_level(args.level, args.seconds, args.ranks, scale=args.scale, seed=args.seed,
-                    cpu_devices=args.cpu_devices)
+                    cpu_devices=args.cpu_devices, deadline_s=args.deadline)
     json.dump(doc, sys.stdout)
     sys.stdout.write("\n")
     sys.stdout.flush()
-    if doc["hung"]:
-        # A thread stuck in a hung GPU's call would keep the interpreter from exiting;
+    if doc["hung"] or doc["unanswered"]:
+        # A thread stuck in a hung GPU's call (or cut at the deadline, or in a driver
+        # read) would keep the interpreter from exiting, or nvmlShutdown would hang it;
         # the document is out, so leave now.
         os._exit(0)
     return 0

@@ -28,6 +28,10 @@ from provisioner.handle import Gpuctl
 from provisioner.shipped import shipped_dir
 
 GENERIC = "generic"
+# What a floors profile (``gpuctl_burnin_floors``) replaces besides ``tests``: the
+# relative comparisons, tuned to how noisy its machines are.
+FLOORS_KEYS = ("fleet_outlier_fraction", "gpu_outlier_fraction", "gpu_outlier_tests",
+               "gpu_dtype_floor_fraction", "fleet_dtype_floor_fraction")
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,9 @@ def node_profile(gc: Gpuctl, sku: str | None, host_vars: dict[str, Any],
                  override: str | None = None) -> tuple[str, dict[str, Any]]:
     """(name, profile) a node is judged by: ``override`` (``burnin --profile``), else its
     ``gpuctl_burnin_profile`` host variable, else its SKU, else ``generic``. Host
-    variable ``gpuctl_burnin_floors`` replaces the throughput floors and the fleet
-    fraction only (the lab's CPU floors); every other rule stays the SKU's.
+    variable ``gpuctl_burnin_floors`` replaces the throughput floors and the relative
+    comparisons' fractions only (``FLOORS_KEYS``: the lab's CPU floors); every other
+    rule stays the SKU's.
 
     Raises:
         InputError: a named profile does not exist.
@@ -89,8 +94,7 @@ def node_profile(gc: Gpuctl, sku: str | None, host_vars: dict[str, Any],
     if floors_name:
         floors = load_profile(gc, str(floors_name))
         profile = {**profile, "tests": floors["tests"], **{
-            key: floors[key] for key in ("fleet_outlier_fraction", "gpu_outlier_fraction",
-                                         "gpu_outlier_tests") if key in floors}}
+            key: floors[key] for key in FLOORS_KEYS if key in floors}}
         name = f"{name}+{floors_name}"
     return str(name), profile
 
@@ -161,6 +165,17 @@ GPU_OUTLIER_GROUPS = {
     "memory_bandwidth": ("memory_bandwidth",), "h2d_bandwidth": ("h2d_bandwidth",),
     "d2h_bandwidth": ("d2h_bandwidth",)}
 GPU_OUTLIER_TESTS = frozenset(t for tests in GPU_OUTLIER_GROUPS.values() for t in tests)
+# Each GEMM dtype also has a floor of its own, lower than the part's: the geometric mean
+# over four dtypes hides one broken precision (a GPU at 50% in bfloat16 alone averages
+# 84% and passed the 80% part check; at 66% it passed the fleet's 90% too: issue 22).
+# 0.7 is the issue's figure: it fails a dtype at two thirds of its peers' speed and
+# passes GPUs within +-10% of each other (tests/unit/test_thresholds.py); no fleet
+# measurement of real GPUs' per-dtype spread backs it yet. Profile keys
+# ``gpu_dtype_floor_fraction``
+# (in the node) and ``fleet_dtype_floor_fraction`` (against the fleet); 0 turns either
+# off.
+DTYPE_TESTS = GPU_OUTLIER_GROUPS["compute"]
+DTYPE_FLOOR_FRACTION = 0.7
 
 
 def _gpu_values(results: list[dict[str, Any]], test: str) -> list[tuple[int, float]]:
@@ -190,41 +205,106 @@ def slow_parts(results: list[dict[str, Any]], medians: dict[str, float],
     return out
 
 
+def slow_dtypes(results: list[dict[str, Any]], medians: dict[str, float],
+                tests: set[str] | frozenset[str], fraction: float
+                ) -> list[tuple[str, int, float]]:
+    """(test, GPU, ratio) of each GEMM measurement (``DTYPE_TESTS``) below ``fraction``
+    of its median, one dtype at a time."""
+    return [(test, device, value / medians[test])
+            for test in DTYPE_TESTS if test in tests and medians.get(test)
+            for device, value in _gpu_values(results, test)
+            if value / medians[test] < fraction]
+
+
+def node_references(results: list[dict[str, Any]], tests: set[str] | frozenset[str]
+                    ) -> tuple[dict[str, float], set[str]]:
+    """What each GPU's value of a test is compared with inside its node, and the tests
+    where that is the faster of two GPUs. With 3 or more GPUs, the node's median GPU.
+    With 2, the median is their mean: a GPU at half its twin's speed reads 67% of it and
+    the twin 133%, so the median halves the signal and cannot say which one is slow.
+    A fault makes a part slower, never faster than a healthy one of its model (its
+    throughput is capped by its clocks and memory), so the faster GPU stands for the
+    healthy part and the slower one is judged by its ratio to it, and named. One GPU:
+    no comparison (only the fleet and the floors judge it)."""
+    refs: dict[str, float] = {}
+    pairs: set[str] = set()
+    for test in tests:
+        values = [v for _, v in _gpu_values(results, test)]
+        if len(values) >= 3:
+            refs[test] = statistics.median(values)
+        elif len(values) == 2:
+            refs[test] = max(values)
+            pairs.add(test)
+    return refs, pairs
+
+
 def gpu_outlier_verdicts(results: list[dict[str, Any]], profile: dict[str, Any]
                          ) -> list[Verdict]:
-    """One failed verdict per GPU and group that is below ``gpu_outlier_fraction``
-    (default 0.8) of its node's GPUs: each GPU's value over the node's median for each
-    test of the group, averaged (geometric mean) over the group's tests. The comparison
-    needs no floor and no other node, so it catches a slow part on an unknown SKU, in a
-    run of one node, and on a loaded host alike. Needs 3 or more GPUs with values."""
+    """Failed verdicts for slow GPUs inside the node, compared with the node's median GPU
+    (the faster one of a 2-GPU node, ``node_references``):
+
+    - one per GPU and part (``GPU_OUTLIER_GROUPS``) below ``gpu_outlier_fraction``
+      (default 0.8): the GPU's value over the reference for each test of the part,
+      averaged (geometric mean) over the part's tests;
+    - one per GPU and GEMM dtype below ``gpu_dtype_floor_fraction`` (default 0.7) on
+      its own, naming the dtype.
+
+    The comparison needs no floor and no other node, so it catches a slow part on an
+    unknown SKU, in a run of one node, and on a loaded host alike."""
     fraction = float(profile.get("gpu_outlier_fraction", 0.8))
+    floor = float(profile.get("gpu_dtype_floor_fraction", DTYPE_FLOOR_FRACTION))
     allowed = set(profile.get("gpu_outlier_tests") or GPU_OUTLIER_TESTS)
-    if fraction <= 0:
-        return []
-    medians = {t: statistics.median(v for _, v in values) for t in allowed
-               if len(values := _gpu_values(results, t)) >= 3}
-    return [Verdict(f"{group}_vs_node", device, ratio, "x median", fraction, False,
-                    f"{group} on GPU {device}: {ratio:.0%} of its node's median GPU ({names}), "
-                    f"below {fraction:.0%} (a slow part)")
-            for group, device, ratio, names in slow_parts(results, medians, allowed, fraction)]
+    refs, pairs = node_references(results, allowed)
+
+    def against(tests: tuple[str, ...] | str) -> str:
+        paired = pairs & set((tests,) if isinstance(tests, str) else tests)
+        return "the faster of its node's 2 GPUs" if paired else "its node's median GPU"
+
+    out = [] if fraction <= 0 else [
+        Verdict(f"{group}_vs_node", device, ratio, "x median", fraction, False,
+                f"{group} on GPU {device}: {ratio:.0%} of {against(GPU_OUTLIER_GROUPS[group])}"
+                f" ({names}), below {fraction:.0%} (a slow part)")
+        for group, device, ratio, names in slow_parts(results, refs, allowed, fraction)]
+    if floor > 0:
+        out += [Verdict(f"{test}_vs_node_median", device, ratio, "x median", floor, False,
+                        f"{test} on GPU {device}: {ratio:.0%} of {against(test)} in "
+                        f"{test.removeprefix('gemm_')} alone, below {floor:.0%} (a part "
+                        "slow in one precision)")
+                for test, device, ratio in slow_dtypes(results, refs, allowed, floor)]
+    return out
 
 
 def fleet_outlier_verdicts(results: list[dict[str, Any]], profile: dict[str, Any],
                            fleet_medians: dict[str, float]) -> list[Verdict]:
-    """One failed verdict per GPU and part (``GPU_OUTLIER_GROUPS``) that is below
-    ``fleet_outlier_fraction`` (default 0.9) of the run's fleet: each test of the part
-    over the fleet median for it, averaged (geometric mean) over the part's tests, as the
-    in-node comparison does. A slow GPU or a slow node is slow in every GEMM dtype; one
-    dtype measured while the host was busy is not a slow part (a per-measurement
-    comparison failed a healthy lab GPU at 24% in bfloat16 alone: CI, stop 17)."""
+    """Failed verdicts for GPUs slow against the run's fleet (its nodes of the same SKU
+    and GPU count, ``fleet_medians_by_kind``):
+
+    - one per GPU and part (``GPU_OUTLIER_GROUPS``) below ``fleet_outlier_fraction``
+      (default 0.9): each test of the part over the fleet median for it, averaged
+      (geometric mean) over the part's tests, as the in-node comparison does. A slow GPU
+      or a slow node is slow in every GEMM dtype; one dtype measured while the host was
+      busy is not a slow part (a per-measurement comparison at 90% failed a healthy lab
+      GPU at 24% in bfloat16 alone: CI, stop 17);
+    - one per GPU and GEMM dtype below ``fleet_dtype_floor_fraction`` (default 0.7) on
+      its own, naming the dtype: one broken precision is a fault the mean hides."""
     fraction = float(profile.get("fleet_outlier_fraction", 0.9))
-    if fraction <= 0 or not fleet_medians:
+    floor = float(profile.get("fleet_dtype_floor_fraction", DTYPE_FLOOR_FRACTION))
+    if not fleet_medians:
         return []
-    return [Verdict(f"{group}_vs_fleet", device, ratio, "x fleet median", fraction, False,
-                    f"{group} on GPU {device}: {ratio:.0%} of the fleet median ({names}), "
-                    f"below {fraction:.0%} (a slow GPU or node)")
-            for group, device, ratio, names in slow_parts(results, fleet_medians,
-                                                           GPU_OUTLIER_TESTS, fraction)]
+    out = [] if fraction <= 0 else [
+        Verdict(f"{group}_vs_fleet", device, ratio, "x fleet median", fraction, False,
+                f"{group} on GPU {device}: {ratio:.0%} of the fleet median ({names}), "
+                f"below {fraction:.0%} (a slow GPU or node)")
+        for group, device, ratio, names in slow_parts(results, fleet_medians,
+                                                       GPU_OUTLIER_TESTS, fraction)]
+    if floor > 0:
+        out += [Verdict(f"{test}_vs_fleet_median", device, ratio, "x fleet median", floor,
+                        False, f"{test} on GPU {device}: {ratio:.0%} of the fleet median in "
+                        f"{test.removeprefix('gemm_')} alone, below {floor:.0%} (slow in "
+                        "one precision)")
+                for test, device, ratio in slow_dtypes(results, fleet_medians,
+                                                       GPU_OUTLIER_TESTS, floor)]
+    return out
 
 
 def _digest_keys(doc: dict[str, Any]) -> list[tuple[tuple[Any, ...], int, str]]:

@@ -10,7 +10,7 @@ from provisioner.cli.common import Ctx, json_option, pass_ctx
 from provisioner.lab.faults import FAULTS, parse_fault
 from provisioner.lab.nodes import Lab
 from provisioner.lab.os_images import LAB_OSES
-from provisioner.lab.profiles import profile_names
+from provisioner.lab.profiles import parse_node_profile, profile_names
 from provisioner.lab.registration import (
     check_prerequisites,
     register_lab_nodes,
@@ -30,6 +30,9 @@ def lab() -> None:
 @click.option("--nodes", "count", default=4, show_default=True)
 @click.option("--profile", default="h100-sxm-8", show_default=True,
               type=click.Choice(profile_names()))
+@click.option("--node-profile", "node_profiles", multiple=True, metavar="NODE:PROFILE",
+              help="Repeatable. This node has another profile than --profile (a fleet of "
+                   "several SKUs).")
 @click.option("--smi-xml", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Replay a real `nvidia-smi -q -x` capture instead of a profile.")
 @click.option("--fault", "faults", multiple=True, metavar="NODE:KIND",
@@ -52,7 +55,8 @@ def lab() -> None:
                    "agent with (default: gpuctl's own, if it has them).")
 @json_option
 @pass_ctx
-def up(ctx: Ctx, count: int, profile: str, smi_xml: Path | None, faults: tuple[str, ...],
+def up(ctx: Ctx, count: int, profile: str, node_profiles: tuple[str, ...],
+       smi_xml: Path | None, faults: tuple[str, ...],
        first_address: str, port: int, driver: bool, os_name: str, no_register: bool,
        with_slurm: bool, slurm_release: str, burnin_python: str | None,
        as_json: bool) -> None:
@@ -61,11 +65,12 @@ def up(ctx: Ctx, count: int, profile: str, smi_xml: Path | None, faults: tuple[s
     Example: gpuctl lab up --nodes 4 --fault gpu-node-03:pcie-downgrade
     """
     parsed = [parse_fault(f) for f in faults]
+    own = dict(parse_node_profile(p) for p in node_profiles)
     python = check_prerequisites(os_name, with_slurm, burnin_python, not no_register)
     the_lab = Lab(ctx.gc.paths)
     started = the_lab.up(count, profile=profile, smi_xml=smi_xml, faults=parsed,
                          first_address=first_address, port=port, driver=driver,
-                         os_name=os_name)
+                         os_name=os_name, node_profiles=own)
     if python is not None:
         register_lab_nodes(ctx.gc, started, str(the_lab.client_key), python)
     if with_slurm:

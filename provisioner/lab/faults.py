@@ -30,6 +30,8 @@ FAULTS = {
                  "(the GPUs agree with each other: only the rest of the fleet shows it)",
     "gpu-lost": "GPU 1 falls off the bus mid-test: its CUDA calls fail and the kernel logs "
                 "XID 79 for it",
+    "gpu-hung": "GPU 2 hangs mid-test: its matrix product never returns (its driver tools "
+                "still answer)",
     "nvswitch-sxid": "an NVSwitch logs an SXid (12028, non-fatal link error) once the GPUs "
                      "are under load",
     "nic-down": "the node's fabric NIC is down: its collectives with other nodes fail",
@@ -47,7 +49,8 @@ REPO_VARIANTS = {"package-install-failure": "fail-build",
                  "fabricmanager-mismatch": "fm-skew", "repo-unreachable": None}
 GPU_FAULTS = {"gpu-missing", "pcie-downgrade", "xid", "ecc-uncorrectable", "ecc-disabled",
               "row-remap-failure", "thermal-throttle", "garbage-output", "sdc", "sdc-persistent",
-              "slow-gpu", "slow-node", "nvlink-down", "gpu-lost", "nvswitch-sxid", "nic-down",
+              "slow-gpu", "slow-node", "nvlink-down", "gpu-lost", "gpu-hung", "nvswitch-sxid",
+              "nic-down",
               "sram-correctable", "remapped-rows", "fabric-unregistered"}
 
 

@@ -159,8 +159,10 @@ class Lab:
     def up(self, count: int, *, profile: str = "h100-sxm-8", smi_xml: Path | None = None,
            faults: list[tuple[str, str]] | None = None, first_address: str = "127.0.0.10",
            port: int = 22, prefix: str = "gpu-node", driver: bool = False,
-           os_name: str = "ubuntu22.04") -> list[LabNode]:
-        """Create and start ``count`` nodes.
+           os_name: str = "ubuntu22.04", node_profiles: dict[str, str] | None = None
+           ) -> list[LabNode]:
+        """Create and start ``count`` nodes, of ``profile`` but those ``node_profiles``
+        gives another (node name -> profile: a fleet of several SKUs).
 
         Raises:
             LabError: unsupported host, a lab already up, bad profile/address/fault.
@@ -184,6 +186,14 @@ class Lab:
             raise LabError(f"port {port} is taken on all addresses (the host's own sshd?); "
                            "stop it or use --port 2222")
         names = [f"{prefix}-{i + 1:02d}" for i in range(count)]
+        node_profiles = node_profiles or {}
+        for node in node_profiles:
+            if node not in names:
+                raise LabError(f"profile for {node!r}, which is not one of "
+                               f"{names[0]}..{names[-1]}")
+            if smi_xml:
+                raise LabError("a node's own profile and --smi-xml exclude each other")
+        profile_of = {name: get_profile(node_profiles.get(name, profile)) for name in names}
         fault_map: dict[str, list[str]] = {}
         for node, kind in faults or []:
             if node not in names:
@@ -207,7 +217,9 @@ class Lab:
             for i, name in enumerate(names):
                 spec = {
                     "name": name, "hostname": name, "index": i + 1, "os": os_name,
-                    "address": str(first + i), "port": port, "profile": profile, "sku": sku,
+                    "address": str(first + i), "port": port,
+                    "profile": node_profiles.get(name, profile),
+                    "sku": sku if replay_gpus is not None else profile_of[name].sku,
                     "smi_xml": str(smi_xml.resolve()) if smi_xml else None, "driver": driver,
                     # A bare server loads nouveau; one with the driver had it blacklisted.
                     "nouveau": not driver, "repo": "good", "python": sys.executable,
@@ -215,7 +227,7 @@ class Lab:
                     "sshd": True, "faults": [], "kmsg": [],
                     "system_serial": f"S{abs(hash(name)) % 10**9:09d}",
                     "gpus": [dict(g) for g in replay_gpus] if replay_gpus is not None
-                    else gpus_for(lab_profile, name),
+                    else gpus_for(profile_of[name], name),
                 }
                 if replay_gpus is not None and replay_gpus:
                     spec["driver_version"], spec["cuda_version"] = _versions(smi_xml)

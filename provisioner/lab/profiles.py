@@ -64,6 +64,19 @@ def _profile(sku: Sku) -> Profile:
         nvlink5_mgmt_ports=int(lab.get("nvlink5_mgmt_ports") or 0))
 
 
+def parse_node_profile(text: str) -> tuple[str, str]:
+    """Parse ``NODE:PROFILE``.
+
+    Raises:
+        LabError: malformed, or an unknown profile (the message lists the known ones).
+    """
+    node, sep, name = text.rpartition(":")
+    if not sep or not node:
+        raise LabError(f"node profile {text[:60]!r} must be NODE:PROFILE")
+    get_profile(name)
+    return node, name
+
+
 def profile_names() -> list[str]:
     return sorted(catalogue()) + sorted(ALIASES)
 

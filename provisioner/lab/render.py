@@ -175,7 +175,7 @@ echo "update-initramfs: Generating /boot/initrd.img-$(uname -r)"
 """
 # Faults that act on the agent's computation (one per node).
 COMPUTE_FAULTS = ("sdc", "sdc-persistent", "slow-gpu", "slow-node", "xid", "gpu-lost",
-                  "nvswitch-sxid", "nic-down")
+                  "gpu-hung", "nvswitch-sxid", "nic-down")
 # Burn-in faults act on the node's Python environment, as faulty silicon would act on the
 # computation: the agent's code is the same as on a healthy node.
 COMPUTE_FAULT = """# gpuctl lab fault {kind}: this node's matrix products misbehave.
@@ -223,6 +223,11 @@ def _hook(name, *args, **kwargs):
                     log("NVRM: Xid (PCI:{bus1}): 79, pid=%d, name=python3, GPU has fallen "
                         "off the bus." % os.getpid())
                 raise RuntimeError("CUDA error: unspecified launch failure")
+            if "{kind}" == "gpu-hung" and gpu == "gpuctl-gpu2" and n > 8:
+                # GPU 2 hangs mid-test: the call never returns, as a CUDA call waiting on
+                # work a hung GPU never completes. nvidia-smi still answers here (on real
+                # hardware it may hang too: the agent bounds its reads of it as well).
+                threading.Event().wait()
             result = real(a, b, out=out)
             if "{kind}" == "xid" and n == 1:
                 # The GPU falls off the bus under load: the driver logs a new XID.

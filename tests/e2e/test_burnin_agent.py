@@ -64,14 +64,40 @@ def test_the_agent_stops_when_its_ssh_channel_closes() -> None:
     assert b"the SSH session closed" in err and proc.returncode != 0
 
 
-def test_the_agent_stops_at_its_deadline() -> None:
+def test_the_agent_prints_its_document_before_its_deadline() -> None:
+    """Tests of 30 s each and 8 s to the watchdog: none starts, the document names each
+    test not run, and it comes out before the watchdog fires."""
     import time
 
     start = time.monotonic()
-    proc = _agent_process("--deadline", "3")
-    _, err = proc.communicate(timeout=30)
-    assert time.monotonic() - start < 10
-    assert b"the level's 3 s are up" in err and proc.returncode != 0
+    proc = _agent_process("--deadline", "8")
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - start < 8 + 5, err  # 5 s for Python and the torch import
+    assert proc.returncode == 0 and b"are up" not in err, err
+    doc = json.loads(out)
+    assert doc["stopped_early"].startswith("the level's deadline (8 s, the last 2 s kept "
+                                           "for the closing reads): gemm_bfloat16, ")
+    assert {r["test"] for r in doc["results"]} == {
+        "gemm_bfloat16", "gemm_float16", "gemm_tf32", "gemm_float32", "memory_bandwidth",
+        "memory_test"}
+    assert all(not r["ok"] and r["detail"]["error"].startswith("not run: ")
+               and r["detail"]["error"].endswith("s were left before the level's deadline")
+               for r in doc["results"])
+
+
+def test_the_watchdog_stops_the_agent_at_its_deadline() -> None:
+    """The backstop, for an agent stuck where nothing of its own bounds it."""
+    import os
+    import time
+
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-c", (
+        "import time; from provisioner.burnin import agent; "
+        "agent.start_watchdog(False, 2); time.sleep(60)")], stderr=subprocess.PIPE,
+        start_new_session=True, env={**os.environ, "PYTHONPATH": str(AGENT.parents[2])})
+    _, err = proc.communicate(timeout=40)
+    assert time.monotonic() - start < 20
+    assert b"the level's 2 s are up" in err and proc.returncode != 0
 
 
 

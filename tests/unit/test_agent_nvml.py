@@ -72,8 +72,9 @@ def fake_pynvml(gpus: int = 2, init_error: str | None = None) -> types.ModuleTyp
 
 @pytest.fixture(autouse=True)
 def fresh_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test starts as a process that has not tried NVML yet."""
+    """Each test starts as a process that has not tried NVML yet, nor seen a source hang."""
     monkeypatch.setattr(agent, "_NVML", {"key": None, "lib": None, "tried": False})
+    monkeypatch.setattr(agent, "_UNANSWERED", {})
 
 
 @pytest.fixture
@@ -203,3 +204,73 @@ def test_query_gpu_is_empty_without_nvidia_smi(monkeypatch: pytest.MonkeyPatch,
     assert agent.smi_query_gpu(["name"]) == []
     assert agent.gpu_inventory() == []
     assert agent.Telemetry().source == "none"
+
+
+@pytest.fixture
+def hung_gpu(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A fake pynvml whose temperature reads never return (as on a GPU whose driver hung),
+    NVML's bound cut to 0.5 s; the stuck threads are let go at the end."""
+    import threading
+
+    release = threading.Event()
+    fake = fake_pynvml()
+    fake.nvmlDeviceGetTemperature = lambda h, sensor: release.wait(600)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(agent, "NVML_TIMEOUT_S", 0.5)
+    yield fake
+    release.set()
+
+
+def test_a_hung_nvml_read_does_not_hang_telemetry(hung_gpu: Any) -> None:
+    """The read is abandoned after its bound, NVML is named as unanswered with the call,
+    and neither later reads nor leaving the telemetry block wait for it again."""
+    import time
+
+    start = time.monotonic()
+    with agent.Telemetry(interval=0.1) as telemetry:
+        time.sleep(0.3)
+    assert time.monotonic() - start < 3
+    assert telemetry.source == "nvml" and telemetry.samples == []
+    assert telemetry.error == agent._UNANSWERED["nvml"] == (
+        "nvmlDeviceGetTemperature did not return within 0.5 s (a hung GPU or driver); NVML "
+        "not asked again")
+    start = time.monotonic()
+    assert agent.nvml_query("nvmlDeviceGetCount", default=-1) == -1
+    assert agent.nvml_query("nvmlDeviceGetClockInfo", 0, 1) is None
+    assert time.monotonic() - start < 1
+    assert telemetry.as_dict()["error"] == telemetry.error
+
+
+def test_a_hung_nvml_read_does_not_hang_the_agent(hung_gpu: Any, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # and no nvidia-smi to fall back on
+    start = time.monotonic()
+    doc = agent.run_level("quick", seconds=0.05, ranks=1, cpu_devices=2)
+    assert time.monotonic() - start < 20
+    assert [g["uuid"] for g in doc["inventory"]] == ["GPU-0", "GPU-1"]  # read before it hung
+    assert all(r["ok"] for r in doc["results"])
+    assert "nvmlDeviceGetTemperature did not return" in doc["telemetry"]["error"]
+    assert doc["unanswered"]["nvml"] == doc["telemetry"]["error"]
+    assert doc["nvlink"] is None and doc["stopped_early"] is None
+
+
+def test_a_hung_nvidia_smi_is_killed_and_not_asked_again(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import time
+
+    script = tmp_path / "nvidia-smi"
+    script.write_text("#!/bin/sh\nexec sleep 60\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    start = time.monotonic()
+    assert agent._smi(["-q", "-x"], 0.5) is None
+    assert time.monotonic() - start < 4
+    assert agent._UNANSWERED["nvidia-smi"] == (
+        "nvidia-smi -q did not exit within 0.5 s (a hung GPU or driver); not asked again")
+    start = time.monotonic()
+    snapshot = agent.health_snapshot()
+    assert snapshot["smi_xml"] is None and agent.Telemetry().source == "none"
+    assert time.monotonic() - start < 5  # the kernel log only

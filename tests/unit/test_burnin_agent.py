@@ -12,6 +12,12 @@ torch = pytest.importorskip("torch")
 from provisioner.burnin import agent  # noqa: E402
 from provisioner.burnin.thresholds import evaluate, failure_reason  # noqa: E402
 
+
+@pytest.fixture(autouse=True)
+def no_hung_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts as a process that has seen no driver read hang."""
+    monkeypatch.setattr(agent, "_UNANSWERED", {})
+
 CPU = torch.device("cpu")
 REAL_MATMUL = torch.matmul
 
@@ -260,3 +266,72 @@ def test_numa_placement_reads_sysfs() -> None:
         assert 0 in (agent.numa_cpus(0) or set())
     with agent.on_numa_node_of({"pci_bus_id": None}) as node:
         assert node is None
+
+
+PER_GPU_TESTS = ("gemm_bfloat16", "gemm_float16", "gemm_tf32", "gemm_float32",
+                 "memory_bandwidth", "memory_test")
+
+
+def test_a_short_deadline_gives_the_document_with_the_tests_not_run_named() -> None:
+    """With 5 s to the watchdog, 2 are kept for the closing reads: the collectives (which
+    need 10 s to start) are not started, and the document still lists every test."""
+    import time
+
+    start = time.monotonic()
+    doc = agent.run_level("quick", seconds=0.1, ranks=2, cpu_devices=2, deadline_s=5)
+    assert time.monotonic() - start < 5
+    by = {(r["test"], r["device"]): r for r in doc["results"]}
+    assert set(by) == {(t, d) for t in PER_GPU_TESTS for d in (0, 1)} | {
+        ("all_reduce_busbw", None), ("all_gather_busbw", None)}
+    for test in ("all_reduce_busbw", "all_gather_busbw"):
+        assert not by[(test, None)]["ok"] and by[(test, None)]["detail"]["error"].endswith(
+            " s were left before the level's deadline")
+    assert doc["stopped_early"].startswith("the level's deadline (5 s, the last 2 s kept for "
+                                           "the closing reads): ")
+    assert doc["stopped_early"].endswith("all_reduce_busbw not run or not finished")
+    assert doc["deadline_s"] == 5
+
+
+def test_a_gpu_still_busy_at_the_deadline_is_cut_and_the_rest_not_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPU 1's first GEMM never ends (well within its 30 s hang bound): at the deadline
+    it is reported unfinished, every later test of both GPUs as not run, and the
+    document comes back before the watchdog would fire."""
+    import threading
+    import time
+
+    release = threading.Event()
+    real_gemm = agent.gemm
+
+    def gemm(device, dtype_name, n, seconds, index=None, seed=0):  # type: ignore[no-untyped-def]
+        if index == 1:
+            release.wait(60)
+        return real_gemm(device, dtype_name, n, seconds, index, seed)
+
+    monkeypatch.setattr(agent, "gemm", gemm)
+    start = time.monotonic()
+    try:
+        doc = agent.run_level("quick", seconds=0.05, ranks=1, cpu_devices=2, deadline_s=6)
+    finally:
+        release.set()
+    assert time.monotonic() - start < 6
+    by = {(r["test"], r["device"]): r for r in doc["results"]}
+    assert set(by) == {(t, d) for t in PER_GPU_TESTS for d in (0, 1)}
+    assert by[("gemm_bfloat16", 0)]["ok"]
+    cut = by[("gemm_bfloat16", 1)]
+    assert not cut["ok"] and cut["detail"]["error"].startswith(
+        "stopped at the level's deadline after ") and cut["detail"]["uuid"] is None
+    assert by[("memory_test", 1)]["detail"]["error"] == (
+        "not run: GPU 1's gemm_bfloat16 was stopped at the level's deadline")
+    assert by[("memory_test", 0)]["detail"]["error"].startswith("not run: ")
+    assert doc["hung"] and "gemm_bfloat16, gemm_float16" in doc["stopped_early"]
+    failed = [v for v in evaluate(doc["results"], {"tests": {}}) if not v.passed]
+    assert "gemm_bfloat16 on GPU 1: stopped at the level's deadline" in failed[0].reason
+
+
+def test_the_hang_bound_on_the_cpu_is_30_s_not_120() -> None:
+    """A lab GPU that hangs costs the run 30 s (a GPU's 120 s allow for the driver's
+    start-up, which the CPU has none of)."""
+    import inspect
+
+    assert "max(120.0 if cuda else 30.0, 20 * base)" in inspect.getsource(agent.run_level)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from provisioner.burnin.thresholds import (
+    Verdict,
     evaluate,
     fleet_medians,
+    fleet_medians_by_kind,
     fleet_outlier_verdicts,
+    gpu_outlier_verdicts,
     load_profile,
 )
 from provisioner.catalogue import catalogue
@@ -66,13 +76,17 @@ def test_fleet_comparison_judges_a_gpu_by_its_part_not_one_measurement() -> None
     fleet median while another node started: one dtype is not a slow part, all four are."""
     medians = {"gemm_bfloat16": 0.13, "gemm_float16": 0.01, "gemm_tf32": 0.1,
                "gemm_float32": 0.1, "memory_bandwidth": 50, "all_reduce_busbw": 1.0}
-    profile = {"fleet_outlier_fraction": 0.30, "tests": {}}
+    profile = {"fleet_outlier_fraction": 0.30, "fleet_dtype_floor_fraction": 0, "tests": {}}
     noisy = [r("gemm_bfloat16", 0.0315), r("gemm_float16", 0.011), r("gemm_tf32", 0.09),
              r("gemm_float32", 0.1), r("memory_bandwidth", 45)]
     # Per measurement (evaluate) the GPU's throughput is not compared with the fleet...
     assert all(v.passed for v in evaluate(noisy, profile, medians))
     # ...by part it is, and 0.24 x 1.1 x 0.9 x 1.0 (geometric mean 0.69) passes.
     assert fleet_outlier_verdicts(noisy, profile, medians) == []
+    # Where one dtype has a floor of its own (a real SKU's default, 70%), it fails alone.
+    [dtype] = fleet_outlier_verdicts(noisy, {"fleet_outlier_fraction": 0.30}, medians)
+    assert (dtype.test, dtype.device, dtype.threshold) == ("gemm_bfloat16_vs_fleet_median", 0,
+                                                           0.7)
     slow = [r(t, medians[t] / 10, device=d) for d in (0, 1) for t in medians
             if t.startswith("gemm_")] + [r("memory_bandwidth", 10, device=1)]
     verdicts = fleet_outlier_verdicts(slow, profile, medians)
@@ -190,3 +204,100 @@ def test_a_mixed_run_compares_each_kind_with_its_own() -> None:
     docs = {n: d for n, d in docs.items() if n in ("h1", "h2", "h3", "l1", "l2")}
     assert failing(fleet_medians_by_kind(dict.fromkeys(docs, "any"), docs)) == {"l1", "l2"}
     assert failing(fleet_medians_by_kind(kinds, docs)) == set()
+
+
+REAL_DOC = Path(__file__).parents[1] / "data/h200-agent-quick.json"
+DTYPES = ("gemm_bfloat16", "gemm_float16", "gemm_tf32", "gemm_float32")
+
+
+def node_doc(gpus: int, speed: Callable[[int, str], float] = lambda gpu, test: 1.0
+             ) -> dict[str, Any]:
+    """The real H200 agent document, its one GPU's results copied to ``gpus`` GPUs, each
+    GEMM value scaled by ``speed(gpu, test)``."""
+    real = json.loads(REAL_DOC.read_text())
+    results = []
+    for gpu in range(gpus):
+        for r in copy.deepcopy(real["results"]):
+            r["device"] = gpu
+            if r["test"] in DTYPES:
+                r["value"] *= speed(gpu, r["test"])
+            results.append(r)
+    return {**real, "gpus": gpus, "results": results}
+
+
+def noisy(seed: int) -> Callable[[int, str], float]:
+    """Each GPU and dtype within +-10% of the real measurement."""
+    rng = random.Random(seed)
+    table: dict[tuple[int, str], float] = {}
+    return lambda gpu, test: table.setdefault((gpu, test), rng.uniform(0.9, 1.1))
+
+
+def failed(verdicts: list[Verdict]) -> list[tuple[str, int | None]]:
+    return [(v.test, v.device) for v in verdicts if not v.passed]
+
+
+def test_one_dtype_at_half_speed_fails_naming_the_dtype(paths: Paths) -> None:
+    """GPU 3 at 50% in bfloat16 alone averages 84% over the four dtypes, above the part's
+    80%: the dtype's own 70% floor fails it, and the reason says which dtype."""
+    profile = load_profile(Gpuctl(paths), "h200-sxm-8")
+    doc = node_doc(8, lambda gpu, test: 0.5 if (gpu, test) == (3, "gemm_bfloat16") else 1.0)
+    verdicts = gpu_outlier_verdicts(doc["results"], profile)
+    assert failed(verdicts) == [("gemm_bfloat16_vs_node_median", 3)]
+    assert verdicts[0].reason == (
+        "gemm_bfloat16 on GPU 3: 50% of its node's median GPU in bfloat16 alone, below 70% "
+        "(a part slow in one precision)")
+
+
+def test_one_dtype_at_two_thirds_fails_in_the_node_and_against_the_fleet(paths: Paths
+                                                                        ) -> None:
+    """At 66% in tf32 alone a GPU passed both part checks (in the node 90% of the median,
+    against the fleet 90% too); the dtype floors fail it in both, naming tf32."""
+    profile = load_profile(Gpuctl(paths), "h200-sxm-8")
+    docs = {f"n{i}": node_doc(8, noisy(i)) for i in range(3)}
+    docs["n3"] = node_doc(8, lambda gpu, test: 0.66 if (gpu, test) == (5, "gemm_tf32")
+                          else 1.0)
+    medians = fleet_medians_by_kind(dict.fromkeys(docs, "h200-sxm-8"), docs)["n3"]
+    results = docs["n3"]["results"]
+    assert failed(gpu_outlier_verdicts(results, profile)) == [("gemm_tf32_vs_node_median", 5)]
+    [fleet] = fleet_outlier_verdicts(results, profile, medians)
+    assert (fleet.test, fleet.device) == ("gemm_tf32_vs_fleet_median", 5)
+    assert fleet.reason.startswith("gemm_tf32 on GPU 5: 6") and fleet.reason.endswith(
+        "of the fleet median in tf32 alone, below 70% (slow in one precision)")
+
+
+def test_healthy_nodes_pass_every_relative_check(paths: Paths) -> None:
+    """The real document as measured, and 8-GPU nodes within +-10% per GPU and dtype."""
+    profile = load_profile(Gpuctl(paths), "h200-sxm-8")
+    real = json.loads(REAL_DOC.read_text())
+    docs = {"real": real, "copy": copy.deepcopy(real), **{
+        f"n{i}": node_doc(8, noisy(100 + i)) for i in range(4)}}
+    kinds = dict.fromkeys(docs, "h200-sxm-8")
+    by_node = fleet_medians_by_kind(kinds, docs)
+    for name, doc in docs.items():
+        assert gpu_outlier_verdicts(doc["results"], profile) == [], name
+        assert fleet_outlier_verdicts(doc["results"], profile, by_node[name]) == [], name
+    # The real document beside two copies of itself is its own fleet median.
+    three = {"a": real, "b": copy.deepcopy(real), "c": copy.deepcopy(real)}
+    medians = fleet_medians_by_kind(dict.fromkeys(three, "h200-sxm-8"), three)["a"]
+    assert medians and fleet_outlier_verdicts(real["results"], profile, medians) == []
+
+
+def test_a_two_gpu_node_judges_the_slower_against_the_faster(paths: Paths) -> None:
+    """With 2 GPUs the median (their mean) cannot tell which is slow; the slower one is
+    judged against the faster, and only it is named."""
+    profile = load_profile(Gpuctl(paths), "h200-sxm-8")
+    slow = node_doc(2, lambda gpu, test: 0.6 if gpu == 1 else 1.0)
+    verdicts = gpu_outlier_verdicts(slow["results"], profile)
+    assert failed(verdicts) == [("compute_vs_node", 1)] + [
+        (f"{t}_vs_node_median", 1) for t in DTYPES]
+    assert verdicts[0].reason == (
+        "compute on GPU 1: 60% of the faster of its node's 2 GPUs (bfloat16, float16, "
+        "tf32, float32), below 80% (a slow part)")
+    one = node_doc(2, lambda gpu, test: 0.5 if (gpu, test) == (0, "gemm_float16") else 1.0)
+    assert failed(gpu_outlier_verdicts(one["results"], profile)) == [
+        ("gemm_float16_vs_node_median", 0)]
+    for seed in range(20):
+        healthy = node_doc(2, noisy(seed))
+        assert gpu_outlier_verdicts(healthy["results"], profile) == [], seed
+    # One GPU: nothing to compare with inside the node.
+    assert gpu_outlier_verdicts(node_doc(1, lambda g, t: 0.1)["results"], profile) == []
