@@ -1435,15 +1435,11 @@ def run_level(level: str, seconds: float | None = None, ranks: int | None = None
             return [Measurement(name, None, unit, None, False, {"error": _error_text(exc)})
                     for name in names]
 
-    def collectives_until_stop(world: int, sizes: list[int], iters: int
-                               ) -> list[Measurement]:
-        import inspect  # noqa: PLC0415  (only for the check below)
-
-        # collectives() is told the time left (its own backstop stays below it) once it
-        # takes ``deadline_s`` (issue 22's change to it); until then it is not.
-        left = {"deadline_s": _left(stop_at, math.inf) if deadline_s else None}
-        takes = "deadline_s" in inspect.signature(collectives).parameters
-        return collectives(world, sizes, iters=iters, **(left if takes else {}))
+    def collectives_until_stop(world: int, sizes: list[int], iters: int,
+                               gpus: list[int] | None) -> list[Measurement]:
+        # Told the time left, so its own backstop stays below the agent's deadline.
+        return collectives(world, sizes, iters=iters, gpus=gpus, seed=seed,
+                           deadline_s=_left(stop_at, math.inf) if deadline_s else None)
 
     before = health_snapshot(_left(stop_at, 180))
     try:
@@ -1465,16 +1461,25 @@ def run_level(level: str, seconds: float | None = None, ranks: int | None = None
                 results.append(Measurement("p2p_bandwidth", None, "GB/s", None, False, {
                     "error": f"not run: {'; '.join(sorted(set(runner.lost.values())))}"}))
             elif cuda and len(devs) > 1:
-                results += node_wide(("p2p_bandwidth",), "GB/s", lambda: [p2p_matrix(256)],
-                                     needs=base)
-            world = ranks or (len(devs) if cuda else 2)
+                results += node_wide(("p2p_bandwidth",), "GB/s",
+                                     lambda: [p2p_matrix(256, seed)], needs=base)
+            # On GPUs, one rank per GPU still answering: a lost or hung GPU would take
+            # the collective down with it (its own failure is reported already).
+            healthy = [i for i in range(len(devs)) if i not in runner.lost] if cuda else None
+            world = min(ranks or len(healthy), len(healthy)) if healthy is not None \
+                else ranks or 2
+            sizes = [1 << 16, 1 << 20, 1 << 24] if small else [1 << 20, 1 << 26,
+                                                               largest_message()]
             if world > 1:
-                sizes = [1 << 16, 1 << 20, 1 << 24] if small else [1 << 20, 1 << 26,
-                                                                   largest_message()]
                 results += node_wide(("all_reduce_busbw", "all_gather_busbw"), "GB/s",
                                      lambda: collectives_until_stop(
-                                         world, sizes, iters=5 if small else 20),
+                                         world, sizes, 5 if small else 20,
+                                         healthy[:world] if healthy else None),
                                      needs=COLLECTIVES_START_S)
+            elif cuda and len(devs) > 1:
+                results += [Measurement(name, None, "GB/s", None, False, {
+                    "error": f"not run: {'; '.join(sorted(set(runner.lost.values())))}"})
+                    for name in ("all_reduce_busbw", "all_gather_busbw")]
     finally:
         runner.close()
     after = health_snapshot(_left(reads_by, 180))
@@ -1487,6 +1492,7 @@ def run_level(level: str, seconds: float | None = None, ranks: int | None = None
         "agent_version": 3, "level": level, "backend": "cuda" if cuda else "cpu",
         "torch": torch.__version__, "gpus": len(devs) if cuda else 0, "seed": seed,
         "devices": idents, "inventory": inventory, "hung": runner.hung,
+        "product_environment": product_environment(),
         "deadline_s": deadline_s, "stopped_early": stopped,
         "results": [asdict(r) for r in results],
         "telemetry": telemetry.as_dict(),
