@@ -142,7 +142,7 @@ def freivalds(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, x: torch.Tensor
     calc_term = ACCUMULATE_ROUNDOFF * a64.norm(dim=1, keepdim=True) * (
         b64.norm(dim=0).square() @ x.square()).sqrt()
     ratio = (err / (8 * (out_term + calc_term) + 1e-300)).amax(dim=1)
-    return float(ratio.max()), int((ratio > 1).sum())
+    return float(ratio.max()), int((~(ratio <= 1)).sum())  # a NaN row counts
 
 
 def reference_check(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, dtype_name: str
@@ -152,7 +152,8 @@ def reference_check(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, dtype_nam
     with no peer to vote with still shows a persistent error. Returns the worst element's
     error over its bound, the elements over it, and the product's relative error. Each
     element's bound is 2 output roundoffs of its value (round to nearest makes at most one;
-    an H200's fp16 product reached 0.51 of this bound, a little over one roundoff) plus 8 x
+    on an H200, 64 rows of an fp16 product checked this way reached 0.51 of such a bound,
+    a little over one roundoff) plus 8 x
     the fp32 accumulation's roundoff of its natural scale sqrt(n * sum_k a_ik^2 b_kj^2)
     (inputs are exact: bf16/fp16 products fit in fp32, TF32 inputs are made exact by
     ``_tf32_exact``)."""
@@ -165,7 +166,11 @@ def reference_check(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, dtype_nam
     rel = float(diff.norm() / ref.norm())
     bound = ref.abs_().mul_(2 * UNIT_ROUNDOFF[dtype_name]).add_(scale).add_(1e-300)
     ratio = diff.abs_().div_(bound)
-    return float(ratio.max()), int((ratio > 1).sum()), rel
+    return float(ratio.max()), int((~(ratio <= 1)).sum()), rel  # a NaN element counts
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def gemm(device: torch.device, dtype_name: str, n: int, seconds: float,
@@ -177,14 +182,14 @@ def gemm(device: torch.device, dtype_name: str, n: int, seconds: float,
       transient error in any product, anywhere in it, fails, whatever its pattern (two
       swapped elements, rows or tiles, paired sign flips). The loop alternates two
       products, A.B1 and A.B2, into one buffer, so a dropped write leaves the wrong one;
-    - the first product is compared element by element with a float64 product on the
-      same device (``reference_check``), and both pass Freivalds' check with Rademacher
-      probes: a persistent error (the same wrong answer every time) fails on a GPU with
-      no peer;
-    - their SHA-256 goes to ``cross_gpu_check``: GPUs of one model given the same seed
-      must agree bit for bit (cuBLAS guarantees bit-wise identical results on GPUs of
-      the same architecture and SM count: cuBLAS Library User Guide, "Results
-      reproducibility"), so an error too small for the reference fails too.
+    - the first product of each kind is compared element by element with a float64
+      product on the same device (``reference_check``), and passes Freivalds' check with
+      Rademacher probes: a persistent error (the same wrong answer every time) fails on
+      a GPU with no peer;
+    - their SHA-256 (its first 128 bits) goes to ``cross_gpu_check``: GPUs of one model
+      given the same seed must agree bit for bit (cuBLAS guarantees bit-wise identical
+      results on GPUs of the same architecture and SM count: cuBLAS Library User Guide,
+      "Results reproducibility"), so an error too small for the reference fails too.
 
     Inputs come from ``seed`` (the control host varies it per run and records it).
     ``check=False`` runs the bare loop, for measuring what the checks cost
@@ -230,25 +235,35 @@ def gemm(device: torch.device, dtype_name: str, n: int, seconds: float,
         return Measurement(f"gemm_{dtype_name}", tflops, "TFLOPS", index, True, detail)
     bad_products, bad_words = int(wrong_products.item()), int(mismatched.item())
     del flags, out
-    f = [freivalds(a, b, p, x, dtype_name_used) for b, p in zip(bs, firsts, strict=True)]
-    f_ratio, f_rows = max(r for r, _ in f), sum(rows for _, rows in f)
-    r_ratio, r_bad, rel_err = reference_check(a, b1, firsts[0], dtype_name_used)
-    ok = bad_products == 0 and f_rows == 0 and r_bad == 0 and math.isfinite(f_ratio + r_ratio)
+    pairs = list(zip(bs, firsts, strict=True))
+    f = [freivalds(a, b, p, x, dtype_name_used) for b, p in pairs]
+    r = [reference_check(a, b, p, dtype_name_used) for b, p in pairs]
+    f_ratio, f_rows = max(v for v, _ in f), sum(rows for _, rows in f)
+    r_ratio, r_bad = max(v for v, _, _ in r), sum(bad for _, bad, _ in r)
+    rel_err = max(e for _, _, e in r)
+    finite = all(math.isfinite(v) for v in (f_ratio, r_ratio, rel_err))
+    ok = bad_products == 0 and f_rows == 0 and r_bad == 0 and finite
     detail.update({
         "repeat_bit_identical": bad_products == 0, "repeat_mismatches": bad_products,
         "repeat_words_wrong": bad_words, "repeat_checks": iters,
-        "freivalds_ratio": f_ratio, "freivalds_rows": f_rows, "freivalds_probes": PROBES,
-        "reference_ratio": r_ratio, "reference_elements": r_bad,
-        "relative_error": rel_err, "product_digest": product_digest(*firsts)})
+        # A NaN or infinity in a product is no number JSON allows: null, and said so.
+        "freivalds_ratio": _finite(f_ratio), "freivalds_rows": f_rows,
+        "freivalds_probes": PROBES, "reference_ratio": _finite(r_ratio),
+        "reference_elements": r_bad, "relative_error": _finite(rel_err),
+        "product_digest": product_digest(*firsts)})
+    if not finite:
+        detail["error"] = ("silent data corruption: a product holds a NaN or an infinity "
+                           f"(seed {seed})")
     return Measurement(f"gemm_{dtype_name}", tflops, "TFLOPS", index, ok, detail)
 
 
 def cross_gpu_check(results: list[Measurement], identities: list[dict[str, Any]]) -> None:
     """GPUs of one model (same name and SM count) ran the same seeded product: their
     digests must agree. A GPU outvoted by the others fails. With no majority (two GPUs,
-    or a split), the float64 reference breaks the tie: if the GPUs whose product passed
-    it agree on one digest, that one is right; otherwise every disagreeing GPU fails, as
-    there is no telling which is right."""
+    or a split), the GPUs' own checks break the tie: if the GPUs that passed all of
+    theirs (repeats, Freivalds, the float64 reference) agree on one digest, that one is
+    right; otherwise every disagreeing GPU fails, as there is no telling which is
+    right."""
     groups: dict[tuple[Any, ...], list[Measurement]] = {}
     for m in results:
         if m.device is None or "product_digest" not in m.detail:
@@ -262,8 +277,8 @@ def cross_gpu_check(results: list[Measurement], identities: list[dict[str, Any]]
             continue
         (top, count), = votes.most_common(1)
         majority = top if count > len(members) / 2 else None
-        passed = {m.detail["product_digest"] for m in members
-                  if m.detail.get("reference_elements") == 0}
+        # Products whose GPU passed all its own checks (repeats, Freivalds, reference).
+        passed = {m.detail["product_digest"] for m in members if m.ok}
         by_reference = majority is None and len(passed) == 1
         if by_reference:
             majority = next(iter(passed))
@@ -401,46 +416,56 @@ def _spans(n: int) -> list[tuple[int, int]]:
     return [(s, min(n, s + CHECK_CHUNK)) for s in range(0, n, CHECK_CHUNK)]
 
 
-def pattern(start: int, end: int, seed: int, device: torch.device, clear: int = 0
-            ) -> torch.Tensor:
-    """Test data for elements ``start`` to ``end`` of a collective: float32s with random
-    signs and all 23 mantissa bits random (a hash of the element's index and ``seed``),
-    between 2^-31 and 2^-29 in magnitude, so that 21 sums over up to 128 ranks stay
-    finite. Every bit of the format but the high exponent bits is exercised, and every
-    element differs, so a stuck bit, a dropped or a misplaced chunk all show (nccl-tests'
-    ``-c`` likewise checks data that differs per element). ``clear`` zeroes the lowest
-    mantissa bits, for sums of up to 2^clear equal values to stay exact."""
-    i = torch.arange(start, end, dtype=torch.int64, device=device)
-    h = (i * 0x5BD1E995 + seed * 0x1B873593 + 0x2C1B3C6D) & 0xFFFFFFFF
+def _hash32(i: torch.Tensor, seed: int, salt: int) -> torch.Tensor:
+    """A 32-bit mix of each index with ``seed`` (murmur-style multiply and shift; int64
+    arithmetic kept below 2^63)."""
+    h = (i * 0x5BD1E995 + seed * 0x1B873593 + salt) & 0xFFFFFFFF
     h = ((h ^ (h >> 15)) * 0x2C1B3C6D) & 0xFFFFFFFF
-    h ^= h >> 13
-    sign, low_exponent = h >> 31, (h >> 23) & 1
+    return h ^ (h >> 13)
+
+
+def pattern(start: int, end: int, seed: int, device: torch.device, clear: int = 0,
+            narrow: bool = False) -> torch.Tensor:
+    """Test data for elements ``start`` to ``end`` of a collective or a copy: float32s
+    with random signs, all 23 mantissa bits random and a random exponent between 2^-126
+    and 2^127 (never a subnormal, an infinity or a NaN), from a hash of the element's
+    index and ``seed``. Every bit of the format changes from element to element, and
+    every element differs, so a stuck bit, a dropped or a misplaced chunk all show
+    (nccl-tests' ``-c`` likewise checks data that differs per element). ``narrow``
+    keeps the exponent at 2^-31 or 2^-30, so that many sums of the same values stay
+    finite; ``clear`` zeroes the lowest mantissa bits, for sums of up to 2^clear equal
+    values to stay exact."""
+    i = torch.arange(start, end, dtype=torch.int64, device=device)
+    h = _hash32(i, seed, 0x2C1B3C6D)
+    sign = h >> 31
     mantissa = h & (0x7FFFFF & ~((1 << clear) - 1))
-    bits = (sign << 31) | ((96 + low_exponent) << 23) | mantissa  # 2^-31 .. 2^-29
+    exponent = 96 + ((h >> 23) & 1) if narrow else 1 + _hash32(i, seed, 0x61C88647) % 254
+    bits = (sign << 31) | (exponent << 23) | mantissa
     return (bits - (sign << 32)).to(torch.int32).view(torch.float32)
 
 
-def fill_contribution(buf: torch.Tensor, rank: int, world: int, seed: int, clear: int = 0
-                      ) -> None:
+def fill_contribution(buf: torch.Tensor, rank: int, world: int, seed: int, clear: int = 0,
+                      narrow: bool = False) -> None:
     """Rank ``rank``'s all-reduce input: element i holds ``pattern(i)`` where
     i mod world is this rank, else 0. Every sum then holds one non-zero term, so it is
     exact in any order the reduction takes (NCCL's rings, trees or NVLink SHARP), and
     every element of the result is known bit for bit: ``pattern(i)``."""
     for s, e in _spans(buf.numel()):
-        values = pattern(s, e, seed, buf.device, clear)
+        values = pattern(s, e, seed, buf.device, clear, narrow)
         mine = torch.arange(s, e, device=buf.device) % world == rank
         buf[s:e] = values.where(mine, torch.zeros((), device=buf.device))
 
 
 def wrong_reduced(buf: torch.Tensor, seed: int, clear: int = 0, times: float = 1.0,
-                  rtol: float = 0.0) -> int:
-    """Elements of an all-reduce result that are not ``times`` x the pattern: bit for bit,
-    or within ``rtol`` of it where the sums could not be exact."""
+                  rtol: float = 0.0, narrow: bool = False) -> int:
+    """Elements of an all-reduce result (or a copy) that are not ``times`` x the pattern:
+    bit for bit, or within ``rtol`` of it where the sums could not be exact (a NaN is
+    never within it)."""
     wrong = 0
     for s, e in _spans(buf.numel()):
-        expect = (pattern(s, e, seed, buf.device, clear).double() * times).float()
+        expect = (pattern(s, e, seed, buf.device, clear, narrow).double() * times).float()
         got = buf[s:e]
-        bad = ((got - expect).abs() > rtol * expect.abs()) if rtol else (
+        bad = ~((got - expect).abs() <= rtol * expect.abs()) if rtol else (
             got.view(torch.int32) != expect.view(torch.int32))
         wrong += int(bad.sum().item())
     return wrong
@@ -467,7 +492,7 @@ def timed_all_reduce(buf: torch.Tensor, rank: int, world: int, iters: int, seed:
     is then checked in one more all-reduce (``check_all_reduce``)."""
     pow2 = world & (world - 1) == 0
     clear = world.bit_length() - 1 if pow2 else 0
-    fill_contribution(buf, rank, world, seed, clear)
+    fill_contribution(buf, rank, world, seed, clear, narrow=True)
     device = buf.device
     dist.all_reduce(buf)
     sync(device)
@@ -478,9 +503,9 @@ def timed_all_reduce(buf: torch.Tensor, rank: int, world: int, iters: int, seed:
     sync(device)
     seconds = (time.perf_counter() - start) / max(1, iters)
     wrong = 0
-    if world.bit_length() * iters < 120:  # else S * world^iters may overflow
+    if math.log2(world) * iters < 150:  # (< 2^-29) * world^iters stays below fp32's 2^128
         wrong = wrong_reduced(buf, seed, clear, float(world) ** iters,
-                              0.0 if pow2 else 2 * iters * world * 2.0 ** -24)
+                              0.0 if pow2 else 2 * iters * world * 2.0 ** -24, narrow=True)
     return seconds, wrong + check_all_reduce(buf, rank, world, seed)
 
 
@@ -628,7 +653,9 @@ def collectives(ranks: int, sizes: list[int], iters: int, deadline_s: float | No
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_collective_worker, args=(
+    # Daemons: a rank that cannot be killed (stuck in the driver) must not hold the
+    # agent's exit after its document is out.
+    procs = [ctx.Process(target=_collective_worker, daemon=True, args=(
         r, ranks, port, sizes, iters, backend, results, seed, timeout,
         gpus[r] if gpus else None)) for r in range(ranks)]
     for p in procs:
@@ -667,17 +694,29 @@ def collectives(ranks: int, sizes: list[int], iters: int, deadline_s: float | No
                 bad = missing
                 break
     finally:
+        # One deadline for all the ranks together (never beyond the budget): the ranks
+        # that finished exit within it; the rest are killed at once, then reaped.
+        settle = time.monotonic() + (0 if why else min(30.0, max(0.0, deadline -
+                                                                  time.monotonic())))
         for p in procs:
-            p.join(timeout=0 if why else 30)
+            p.join(timeout=max(0.0, settle - time.monotonic()))
+        for p in procs:
             if p.is_alive():
                 p.kill()
-                p.join(timeout=10)
+        reap = time.monotonic() + 10
+        for p in procs:
+            p.join(timeout=max(0.0, reap - time.monotonic()))
     out = [Measurement(f"{op}_busbw", None, "GB/s", None, False, {
         "backend": backend, "ranks": ranks, "error": why, "bad_ranks": bad})
         for op in ("all_reduce", "all_gather")] if why else summarize_collectives(
             per_rank, ranks, backend)
     for m in out:
-        m.detail.update({"seed": seed} | ({"gpus": gpus} if gpus else {}))  # rank i: gpus[i]
+        m.detail["seed"] = seed
+        if gpus:  # rank i ran on GPU gpus[i]: a failure names the boards
+            m.detail["gpus"] = gpus
+            if m.detail.get("error"):
+                m.detail["error"] += (" (ranks on GPUs: " + ", ".join(
+                    f"{r}={g}" for r, g in enumerate(gpus)) + ")")
     return out
 
 
@@ -1119,9 +1158,9 @@ def _cublas_version() -> str | None:
     """The loaded libcublas's version (cublasGetProperty: MAJOR, MINOR, PATCH), found
     through this process's mappings; None on the CPU or when it cannot be read."""
     try:
-        with open("/proc/self/maps") as fh:
-            paths = {ln.split()[-1] for ln in fh if "libcublas.so" in ln}
-        lib = ctypes.CDLL(next(iter(sorted(paths))))
+        with open("/proc/self/maps", "rb") as fh:
+            paths = {ln.split()[-1] for ln in fh if b"libcublas.so" in ln}
+        lib = ctypes.CDLL(os.fsdecode(sorted(paths)[0]))
         parts = []
         for prop in range(3):
             value = ctypes.c_int()
@@ -1129,7 +1168,7 @@ def _cublas_version() -> str | None:
                 return None
             parts.append(str(value.value))
         return ".".join(parts)
-    except (OSError, StopIteration, AttributeError):
+    except Exception:  # a version is a label; without one the key says None
         return None
 
 
@@ -1262,6 +1301,19 @@ def p2p_matrix(megabytes: int, seed: int = 0) -> Measurement:
         detail["error"] = "; ".join(errors)
     return Measurement("p2p_bandwidth", min(values) if values else None, "GB/s", None,
                        not errors, detail)
+
+
+def p2p_within(timeout: float, seed: int = 0) -> Measurement:
+    """``p2p_matrix`` on a thread of its own for at most ``timeout`` s: a copy that hangs
+    (a GPU or NVLink stuck mid-transfer) fails the test, named, and the agent goes on to
+    print its document."""
+    finished, returned, value = _in_thread(lambda: p2p_matrix(256, seed), timeout)
+    if not finished:
+        return Measurement("p2p_bandwidth", None, "GB/s", None, False, {
+            "error": f"did not finish within {timeout:.0f} s (hung)"})
+    if not returned:
+        raise value
+    return value
 
 
 # -- main --------------------------------------------------------------------------------
@@ -1462,7 +1514,7 @@ def run_level(level: str, seconds: float | None = None, ranks: int | None = None
                     "error": f"not run: {'; '.join(sorted(set(runner.lost.values())))}"}))
             elif cuda and len(devs) > 1:
                 results += node_wide(("p2p_bandwidth",), "GB/s",
-                                     lambda: [p2p_matrix(256, seed)], needs=base)
+                                     lambda: [p2p_within(limit, seed)], needs=base)
             # On GPUs, one rank per GPU still answering: a lost or hung GPU would take
             # the collective down with it (its own failure is reported already).
             healthy = [i for i in range(len(devs)) if i not in runner.lost] if cuda else None
@@ -1621,12 +1673,11 @@ def main(argv: list[str] | None = None) -> int:
     json.dump(doc, sys.stdout)
     sys.stdout.write("\n")
     sys.stdout.flush()
-    if doc["hung"] or doc["unanswered"]:
-        # A thread stuck in a hung GPU's call (or cut at the deadline, or in a driver
-        # read) would keep the interpreter from exiting, or nvmlShutdown would hang it;
-        # the document is out, so leave now.
-        os._exit(0)
-    return 0
+    # The document is out: leave now. A thread stuck in a hung GPU's call (or cut at the
+    # deadline, or in a driver read) would keep the interpreter from exiting,
+    # nvmlShutdown could hang on such a GPU, and multiprocessing's exit handler joins a
+    # collective rank stuck in the driver without a timeout.
+    os._exit(0)
 
 
 if __name__ == "__main__":

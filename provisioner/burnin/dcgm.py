@@ -96,7 +96,9 @@ def _result_verdict(name: str, plugin: str | None, result: dict[str, Any],
     if status == "pass":
         return Verdict(name, gpu, None, "pass", None, True, note)
     if status in ("skip", "not run"):
-        if plugin is None:
+        # Only a test the run level runs must not be skipped; with the level unknown,
+        # any known test (fail closed).
+        if plugin is None or (level is not None and plugin not in LEVEL_TESTS[level]):
             return Verdict(name, gpu, None, status, None, True, note)
         runs = f"dcgmi diag -r {level} runs it" if level else "its run level runs it"
         return Verdict(name, gpu, None, status, None, False,
