@@ -51,6 +51,7 @@ UNIT_ROUNDOFF = {"float32": 2.0 ** -24, "tf32": 2.0 ** -24, "float16": 2.0 ** -1
                  "bfloat16": 2.0 ** -8}
 ACCUMULATE_ROUNDOFF = 2.0 ** -24  # fp32 accumulation (reduced-precision reductions off)
 PROBES = 4  # Rademacher probe vectors in Freivalds' check
+COUNT_SLOTS = 256  # products whose wrong-word counts are kept before they are summed
 DTYPES = {"float32": torch.float32, "tf32": torch.float32, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
 DTYPE_ORDER = ("bfloat16", "float16", "tf32", "float32")
@@ -205,23 +206,31 @@ def gemm(device: torch.device, dtype_name: str, n: int, seconds: float,
     bs = (b1, b2)
     firsts = [torch.matmul(a, b) for b in bs]
     expected = [product_words(p) for p in firsts]
-    mismatched = torch.zeros((), dtype=torch.int64, device=device)
-    wrong_products = torch.zeros((), dtype=torch.int64, device=device)
+    # Each product's count of wrong words, in a slot of its own: two operations per
+    # product (compare, count), folded into the totals once per COUNT_SLOTS products.
+    counts = torch.zeros(COUNT_SLOTS, dtype=torch.int64, device=device)
+    totals = torch.zeros(2, dtype=torch.int64, device=device)  # wrong products, words
     out = torch.empty_like(firsts[0])
     words = product_words(out)
     flags = torch.empty(words.shape, dtype=torch.bool, device=device)
+
+    def fold() -> None:
+        totals[0] += (counts != 0).sum()
+        totals[1] += counts.sum()
+        counts.zero_()
+
     sync(device)
     iters, start = 0, time.perf_counter()
     deadline = start + seconds
     while True:
         which = iters % 2
         torch.matmul(a, bs[which], out=out)
-        iters += 1
         if check:
             torch.ne(words, expected[which], out=flags)
-            wrong = flags.sum()
-            mismatched += wrong
-            wrong_products += wrong != 0
+            torch.sum(flags, dim=0, out=counts[iters % COUNT_SLOTS])
+        iters += 1
+        if check and iters % COUNT_SLOTS == 0:
+            fold()
         if iters % 8 == 0:
             sync(device)  # bounds the queue of launched work, so the clock is honest
             if time.perf_counter() >= deadline:
@@ -233,7 +242,8 @@ def gemm(device: torch.device, dtype_name: str, n: int, seconds: float,
                               "dtype": dtype_name_used, "seed": seed}
     if not check:
         return Measurement(f"gemm_{dtype_name}", tflops, "TFLOPS", index, True, detail)
-    bad_products, bad_words = int(wrong_products.item()), int(mismatched.item())
+    fold()
+    bad_products, bad_words = (int(v) for v in totals.tolist())
     del flags, out
     pairs = list(zip(bs, firsts, strict=True))
     f = [freivalds(a, b, p, x, dtype_name_used) for b, p in pairs]
