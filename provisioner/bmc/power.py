@@ -170,25 +170,30 @@ def apply_power(target: BmcTarget, action: str, *, wait: float = 120.0,
     deadline = start + wait
     sent: list[str] = []
     types = res_cons.ResetType
-    with open_system(target) as system:
-        _check_mapping(target, system, os_serial)
-        before = _state(system)
-        wanted = "off" if action == "off" else "on"
-        if action == "cycle" and before == "off":
-            _reset(system, types.ON, sent)
-        elif action == "cycle":
-            if types.POWER_CYCLE in system.get_allowed_reset_system_values():
-                _reset(system, types.POWER_CYCLE, sent)
-            else:
-                _reset(system, types.FORCE_OFF, sent)
-                system.refresh()
-                _wait_for(system, "off", deadline, target)
+    try:
+        with open_system(target) as system:
+            _check_mapping(target, system, os_serial)
+            before = _state(system)
+            wanted = "off" if action == "off" else "on"
+            if action == "cycle" and before == "off":
                 _reset(system, types.ON, sent)
-        elif before != wanted:
-            _reset(system, types.ON if wanted == "on" else types.FORCE_OFF, sent)
-        if sent:
-            system.refresh()
-        after = _wait_for(system, wanted, deadline, target)
+            elif action == "cycle":
+                if types.POWER_CYCLE in system.get_allowed_reset_system_values():
+                    _reset(system, types.POWER_CYCLE, sent)
+                else:
+                    _reset(system, types.FORCE_OFF, sent)
+                    system.refresh()
+                    _wait_for(system, "off", deadline, target)
+                    _reset(system, types.ON, sent)
+            elif before != wanted:
+                _reset(system, types.ON if wanted == "on" else types.FORCE_OFF, sent)
+            if sent:
+                system.refresh()
+            after = _wait_for(system, wanted, deadline, target)
+    except BmcError as exc:
+        if sent:  # say what already reached the node (a cycle may have left it off)
+            raise BmcError(f"{exc} (after sending {', '.join(sent)})") from None
+        raise
     return PowerResult(target.node, action, before, after, sent,
                        round(time.monotonic() - start, 3))
 

@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 # sushy logs transport errors itself (an SSL failure at ERROR); gpuctl says them once, as
 # its own one-line error. A handler here keeps Python's last-resort stderr printer off.
 logging.getLogger("sushy").addHandler(logging.NullHandler())
-logging.getLogger("sushy").propagate = False
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0

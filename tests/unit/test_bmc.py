@@ -212,3 +212,63 @@ def test_power_state_needs_a_registered_node(gc) -> None:  # type: ignore[no-unt
 
     with pytest.raises(NotFoundError):
         power_state(gc, "nope")
+
+
+class _FakeSystem:
+    """A ComputerSystem as sushy shows it, for the power logic alone."""
+
+    def __init__(self, state: str, allowed: set[str], fail_on: str | None = None) -> None:
+        from sushy.resources import constants as c
+
+        self.c = c
+        self.power_state = c.PowerState(state)
+        self.allowed = {c.ResetType(v) for v in allowed}
+        self.fail_on, self.serial_number, self.sent = fail_on, "S1", []
+
+    def get_allowed_reset_system_values(self):  # type: ignore[no-untyped-def]
+        return self.allowed
+
+    def reset_system(self, value) -> None:  # type: ignore[no-untyped-def]
+        if value.value == self.fail_on:
+            raise BmcError(f"gpu01: BMC https://b answered HTTP 500 for {value.value}")
+        self.sent.append(value.value)
+        self.power_state = self.c.PowerState.OFF if value.value == "ForceOff" \
+            else self.c.PowerState.ON
+
+    def refresh(self) -> None:
+        pass
+
+
+def _fake_bmc(monkeypatch: pytest.MonkeyPatch, system: _FakeSystem) -> BmcTarget:
+    import contextlib
+
+    from provisioner.bmc import power as power_mod
+
+    monkeypatch.setattr(power_mod, "open_system",
+                        lambda target: contextlib.nullcontext(system))
+    return BmcTarget("gpu01", "https://b", "admin", "env:X")
+
+
+def test_a_cycle_uses_power_cycle_when_the_bmc_offers_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from provisioner.bmc import apply_power
+
+    system = _FakeSystem("On", {"On", "ForceOff", "PowerCycle"})
+    result = apply_power(_fake_bmc(monkeypatch, system), "cycle")
+    assert (result.before, result.after, result.resets) == ("on", "on", ["PowerCycle"])
+    system = _FakeSystem("On", {"On", "ForceOff"})
+    assert apply_power(_fake_bmc(monkeypatch, system), "cycle").resets == ["ForceOff", "On"]
+    system = _FakeSystem("Off", {"On", "ForceOff", "PowerCycle"})  # off: just power on
+    assert apply_power(_fake_bmc(monkeypatch, system), "cycle").resets == ["On"]
+    assert apply_power(_fake_bmc(monkeypatch, system), "on").resets == []  # already on
+
+
+def test_a_cycle_that_fails_half_way_says_what_was_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    from provisioner.bmc import apply_power
+
+    system = _FakeSystem("On", {"On", "ForceOff"}, fail_on="On")
+    with pytest.raises(BmcError) as exc:
+        apply_power(_fake_bmc(monkeypatch, system), "cycle")
+    assert str(exc.value) == ("gpu01: BMC https://b answered HTTP 500 for On (after sending "
+                              "ForceOff)")
+    with pytest.raises(BmcError, match="belongs to another machine"):
+        apply_power(_fake_bmc(monkeypatch, _FakeSystem("On", {"On"})), "off", os_serial="S2")
