@@ -29,6 +29,11 @@ class LabError(GpuctlError):
     """The simulated lab cannot do what was asked on this machine."""
 
 
+class BmcError(GpuctlError):
+    """A node's BMC could not do what was asked: it does not answer, refuses the
+    credentials, fails TLS verification, or its credential reference cannot be read."""
+
+
 class NodesFailedError(GpuctlError):
     """The command ran, but at least one node could not be handled."""
 

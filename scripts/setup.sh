@@ -27,7 +27,8 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-# gpuctl with its development tools and the burn-in extra (the lab's nodes run the agent
+# gpuctl with its development tools (the lab extra among them: sushy-tools, the lab's
+# Redfish BMCs) and the burn-in extra (the lab's nodes run the agent
 # with this environment's Python). The burn-in's torch is pinned to the CPU build of
 # 2.13.0 that lies on this machine kind's disk (any newer release would pull a multi-GB
 # CUDA build here; GPU nodes bring their own).

@@ -26,6 +26,7 @@ COMMANDS = {
     "release": "fleet:release", "retire": "fleet:retire", "pool": "fleet:pool",
     "handoff": "fleet:handoff", "runs": "runs:runs", "skus": "runs:skus",
     "db": "db:db", "monitor": "monitor:monitor", "doctor": "doctor:doctor",
+    "bmc": "bmc:bmc",
 }
 
 
@@ -64,7 +65,8 @@ def cli(ctx: click.Context, db: str | None) -> None:
       gpuctl status --watch
 
     \b
-    Also: gpuctl runs list (every run; `runs recover` after a crash),
+    Also: gpuctl bmc power NODE [on|off|cycle] (out of band, through the BMC),
+          gpuctl runs list (every run; `runs recover` after a crash),
           gpuctl skus list (the SKU catalogue)
     """
     from provisioner.targets import connect  # noqa: PLC0415

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from provisioner.cli.common import Ctx, json_option, pass_ctx
+from provisioner.lab.bmc import LabBmcs
 from provisioner.lab.faults import FAULTS, parse_fault
 from provisioner.lab.nodes import Lab
 from provisioner.lab.os_images import LAB_OSES
@@ -50,6 +51,11 @@ def lab() -> None:
               help="Also start the lab's Slurm (as `gpuctl lab slurm up`).")
 @click.option("--slurm-release", type=click.Choice(list(RELEASES)), default="22.05",
               show_default=True, help="With --slurm: Debian 12's 22.05 or Debian 13's 24.11.")
+@click.option("--no-bmc", is_flag=True,
+              help="Give the nodes no BMC (default: a Redfish BMC per node, sushy-tools' "
+                   "emulator, on the node's address).")
+@click.option("--bmc-port", default=443, show_default=True, type=click.IntRange(1, 65535),
+              help="The port of each node's BMC (HTTPS).")
 @click.option("--burnin-python", metavar="PATH",
               help="A Python with torch and nvidia-ml-py that the nodes run the burn-in "
                    "agent with (default: gpuctl's own, if it has them).")
@@ -58,21 +64,31 @@ def lab() -> None:
 def up(ctx: Ctx, count: int, profile: str, node_profiles: tuple[str, ...],
        smi_xml: Path | None, faults: tuple[str, ...],
        first_address: str, port: int, driver: bool, os_name: str, no_register: bool,
-       with_slurm: bool, slurm_release: str, burnin_python: str | None,
-       as_json: bool) -> None:
-    """Start N lab nodes and register them in the inventory.
+       with_slurm: bool, slurm_release: str, no_bmc: bool, bmc_port: int,
+       burnin_python: str | None, as_json: bool) -> None:
+    """Start N lab nodes, each with a Redfish BMC, and register them in the inventory.
 
     Example: gpuctl lab up --nodes 4 --fault gpu-node-03:pcie-downgrade
     """
     parsed = [parse_fault(f) for f in faults]
     own = dict(parse_node_profile(p) for p in node_profiles)
-    python = check_prerequisites(os_name, with_slurm, burnin_python, not no_register)
+    python = check_prerequisites(os_name, with_slurm, burnin_python, not no_register,
+                                 with_bmc=not no_bmc)
     the_lab = Lab(ctx.gc.paths)
     started = the_lab.up(count, profile=profile, smi_xml=smi_xml, faults=parsed,
                          first_address=first_address, port=port, driver=driver,
                          os_name=os_name, node_profiles=own)
+    bmcs = None if no_bmc else LabBmcs(the_lab)
+    if bmcs is not None:
+        try:
+            bmcs.up(started, port=bmc_port)
+        except BaseException:
+            the_lab.down()
+            raise
+        started = [the_lab.node(n.name) for n in started]
     if python is not None:
-        register_lab_nodes(ctx.gc, started, str(the_lab.client_key), python)
+        register_lab_nodes(ctx.gc, started, str(the_lab.client_key), python,
+                           bmcs.access if bmcs is not None else None)
     if with_slurm:
         _slurm_up(ctx, the_lab, quiet=as_json, release=slurm_release)
     if as_json:
@@ -87,7 +103,7 @@ def up(ctx: Ctx, count: int, profile: str, node_profiles: tuple[str, ...],
 @json_option
 @pass_ctx
 def status(ctx: Ctx, as_json: bool) -> None:
-    """Show the lab's nodes and whether they run."""
+    """Show the lab's nodes, whether they run, and their BMCs."""
     nodes = Lab(ctx.gc.paths).status()
     if as_json:
         print_json(ctx.console, [n.to_dict() for n in nodes])

@@ -51,16 +51,32 @@ def nodes() -> None:
 @click.option("--sku", shell_complete=complete_skus,
               help="Expected SKU, e.g. h100-sxm-8 (else inferred at scan).")
 @click.option("--label", "labels", multiple=True, metavar="K=V", help="Repeatable.")
+@click.option("--bmc", "bmc_url", metavar="URL",
+              help="The node's BMC (Redfish): https://HOST[:PORT], optionally with "
+                   "/redfish/v1/Systems/ID.")
+@click.option("--bmc-user", metavar="USER", help="The BMC account gpuctl logs in as.")
+@click.option("--bmc-password-from", metavar="env:VAR|file:PATH",
+              help="Where the BMC password is: an environment variable, or a file only "
+                   "its owner can read (0600). The password itself is never stored.")
+@click.option("--bmc-ca", metavar="FILE",
+              help="CA bundle the BMC's certificate is checked against (default: the "
+                   "system's trust store).")
 @click.option("--replace", is_flag=True, help="Update the node if it exists.")
 @pass_ctx
 def add(ctx: Ctx, host: str, address: str | None, port: int, user: str, key_path: str | None,
-        sku: str | None, labels: tuple[str, ...], replace: bool) -> None:
-    """Register one node.
+        sku: str | None, labels: tuple[str, ...], bmc_url: str | None, bmc_user: str | None,
+        bmc_password_from: str | None, bmc_ca: str | None, replace: bool) -> None:
+    """Register one node (and its BMC).
 
-    Example: gpuctl nodes add gpu017 --address 10.1.2.17 --key ~/.ssh/id_ed25519 --label rack=r12
+    \b
+    Example: gpuctl nodes add gpu017 --address 10.1.2.17 --key ~/.ssh/id_ed25519 \\
+               --label rack=r12 --bmc https://10.1.3.17 --bmc-user admin \\
+               --bmc-password-from file:/etc/gpuctl/bmc-password
     """
     spec = registry.NodeSpec(name=host, address=address, port=port, user=user,
-                             key_path=key_path, labels=_labels(labels), sku=sku)
+                             key_path=key_path, labels=_labels(labels), sku=sku,
+                             bmc_url=bmc_url, bmc_user=bmc_user,
+                             bmc_password_from=bmc_password_from, bmc_ca=bmc_ca)
     registry.add_nodes(ctx.gc, [spec], replace=replace)
     ctx.console.print(f"registered {host}")
 

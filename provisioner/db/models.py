@@ -45,6 +45,13 @@ class Node(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     last_scan_at: datetime | None = None
     last_snapshot_id: int | None = None
+    # The node's BMC (Redfish): where, as whom, and where its password is (a reference,
+    # env:VARIABLE or file:PATH; the password itself is never stored), and the CA bundle
+    # its certificate is checked against (None: the system's trust store).
+    bmc_url: str | None = Field(default=None, max_length=2048)
+    bmc_user: str | None = Field(default=None, max_length=64)
+    bmc_password_from: str | None = Field(default=None, max_length=4101)
+    bmc_ca: str | None = Field(default=None, max_length=4096)
 
 
 class Run(SQLModel, table=True):

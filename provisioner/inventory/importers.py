@@ -42,6 +42,11 @@ class _NoAliasLoader(yaml.SafeLoader):
 
 CONNECTION_VARS = frozenset({"ansible_host", "ansible_port", "ansible_user",
                              "ansible_ssh_private_key_file"})
+# Host variables that describe the node's BMC (NodeSpec's bmc_* fields).
+BMC_VARS = {"gpuctl_bmc": "bmc_url", "gpuctl_bmc_user": "bmc_user",
+            "gpuctl_bmc_password_from": "bmc_password_from", "gpuctl_bmc_ca": "bmc_ca"}
+# A BMC password written into an inventory: refused, never kept (and never echoed).
+BMC_SECRET_VARS = frozenset({"gpuctl_bmc_password", "bmc_password"})
 _RANGE = re.compile(r"\[([0-9]+|[a-z]):([0-9]+|[a-z])\]")
 _SECTION = re.compile(r"^\[([^\]:\s]+)(?::(vars|children))?\]$")
 
@@ -127,9 +132,15 @@ def _spec_from_vars(name: str, hvars: dict[str, str], groups: list[str]) -> Node
             del labels["group"]
     sku = None
     ansible_vars: dict[str, str] = {}
+    bmc: dict[str, str] = {}
     for key, value in hvars.items():
         if key in ("gpuctl_sku", "sku"):
             sku = value
+        elif key in BMC_VARS:
+            bmc[BMC_VARS[key]] = value
+        elif key in BMC_SECRET_VARS:
+            raise InputError(f"{key}: a BMC password is never stored; name where it is "
+                             "with gpuctl_bmc_password_from=env:VARIABLE or file:PATH")
         elif key in CONNECTION_VARS or key in SECRET_VARS:
             continue
         elif key.startswith("ansible_"):
@@ -146,6 +157,7 @@ def _spec_from_vars(name: str, hvars: dict[str, str], groups: list[str]) -> Node
         labels=labels,
         sku=sku,
         ansible_vars=ansible_vars,
+        **bmc,
     )
 
 
@@ -321,12 +333,14 @@ def parse_yaml(text: str, source: str = "inventory") -> list[NodeSpec]:
     return specs
 
 
-CSV_COLUMNS = ("name", "address", "port", "user", "key", "sku", "labels")
+CSV_COLUMNS = ("name", "address", "port", "user", "key", "sku", "labels", "bmc", "bmc_user",
+               "bmc_password_from", "bmc_ca")
 
 
 def parse_csv(text: str, source: str = "inventory") -> list[NodeSpec]:
     """Parse a CSV with a header row: name (required), address, port, user, key, sku,
-    labels (``k=v`` pairs separated by ``;`` or spaces)."""
+    labels (``k=v`` pairs separated by ``;`` or spaces), and the node's BMC: bmc (its
+    https Redfish URL), bmc_user, bmc_password_from (env:VARIABLE or file:PATH), bmc_ca."""
     errors = _Errors(source)
     reader = csv.DictReader(io.StringIO(text))
     header = [h.strip() for h in reader.fieldnames or []]
@@ -352,6 +366,9 @@ def parse_csv(text: str, source: str = "inventory") -> list[NodeSpec]:
                     port=values.get("port") or 22,  # type: ignore[arg-type]
                     user=values.get("user") or "root", key_path=values.get("key") or None,
                     sku=values.get("sku") or None, labels=labels,
+                    bmc_url=values.get("bmc") or None, bmc_user=values.get("bmc_user") or None,
+                    bmc_password_from=values.get("bmc_password_from") or None,
+                    bmc_ca=values.get("bmc_ca") or None,
                 ))
             except InputError as exc:
                 errors.add(line, str(exc))

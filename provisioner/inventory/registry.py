@@ -41,6 +41,12 @@ class NodeSpec:
     labels: dict[str, str] = field(default_factory=dict)
     sku: str | None = None
     ansible_vars: dict[str, str] = field(default_factory=dict)
+    # The node's BMC: Redfish URL, user, password reference (env:VAR or file:PATH) and
+    # an optional CA bundle. All or nothing: a URL needs the user and the reference.
+    bmc_url: str | None = None
+    bmc_user: str | None = None
+    bmc_password_from: str | None = None
+    bmc_ca: str | None = None
 
     def __post_init__(self) -> None:
         validate.check_hostname(self.name, "node name")
@@ -55,6 +61,26 @@ class NodeSpec:
             validate.parse_label(f"{key}={value}")
         for key, value in self.ansible_vars.items():
             validate.check_ansible_var(key, value)
+        self._check_bmc()
+
+    def _check_bmc(self) -> None:
+        if self.bmc_url is None:
+            extra = [n for n, v in (("user", self.bmc_user), ("password reference",
+                     self.bmc_password_from), ("CA bundle", self.bmc_ca)) if v]
+            if extra:
+                raise InputError(f"node {self.name}: a BMC {extra[0]} without a BMC URL "
+                                 "(--bmc)")
+            return
+        self.bmc_url = validate.check_bmc_url(self.bmc_url)
+        if not self.bmc_user:
+            raise InputError(f"node {self.name}: its BMC needs a user (--bmc-user)")
+        validate.check_bmc_user(self.bmc_user)
+        if not self.bmc_password_from:
+            raise InputError(f"node {self.name}: its BMC needs a password reference "
+                             "(--bmc-password-from env:VARIABLE or file:PATH)")
+        self.bmc_password_from = validate.check_secret_ref(self.bmc_password_from)
+        if self.bmc_ca is not None:
+            self.bmc_ca = validate.check_ca_path(self.bmc_ca)
 
 
 @dataclass
@@ -71,6 +97,7 @@ class NodeView:
     gpus: int | None
     last_scan: str | None
     hostkey_mismatch: bool
+    bmc: str | None = None  # the BMC's Redfish URL
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,6 +135,7 @@ def _view(node: Node, gpus: int | None) -> NodeView:
         name=node.name, address=node.address, port=node.port, user=node.user,
         state=node.state, sku=node.sku, labels=json.loads(node.labels_json),
         gpus=gpus, last_scan=_iso(node.last_scan_at), hostkey_mismatch=node.hostkey_mismatch,
+        bmc=node.bmc_url,
     )
 
 
@@ -140,13 +168,17 @@ def add_nodes(gc: Gpuctl, specs: list[NodeSpec], *, replace: bool = False) -> li
             node.labels_json = json.dumps(spec.labels, sort_keys=True)
             node.vars_json = json.dumps(spec.ansible_vars, sort_keys=True)
             node.sku = spec.sku
+            node.bmc_url, node.bmc_user = spec.bmc_url, spec.bmc_user
+            node.bmc_password_from, node.bmc_ca = spec.bmc_password_from, spec.bmc_ca
             session.add(node)
             try:
                 session.flush()
             except IntegrityError as exc:
                 raise InputError(f"node {spec.name} could not be stored: {exc.orig}") from exc
             verb = "updated" if spec.name in existing else "registered"
-            record_event(session, node, "note", f"node {verb} at {node.address}:{node.port}",
+            bmc = f", BMC {node.bmc_url}" if node.bmc_url else ""
+            record_event(session, node, "note", f"node {verb} at {node.address}:{node.port}"
+                         f"{bmc}",
                          actor=actor, to_state=State.REGISTERED.value if verb == "registered"
                          else None)
     return [s.name for s in specs]
@@ -165,7 +197,7 @@ def list_nodes(
         query = select(Node.name, Node.address, Node.port, Node.user,  # type: ignore[call-overload]
                        Node.state, Node.sku, Node.labels_json, Node.last_scan_at,
                        Node.hostkey_mismatch, HardwareSnapshot.gpu_count,
-                       HardwareSnapshot.pci_gpu_count).join(
+                       HardwareSnapshot.pci_gpu_count, Node.bmc_url).join(
             HardwareSnapshot, col(HardwareSnapshot.id) == Node.last_snapshot_id, isouter=True
         )
         if state:
@@ -176,7 +208,7 @@ def list_nodes(
     views = [NodeView(name=r[0], address=r[1], port=r[2], user=r[3], state=r[4], sku=r[5],
                       labels=json.loads(r[6]), gpus=gpus_seen(r[9], r[10]),
                       last_scan=_iso(r[7]),
-                      hostkey_mismatch=r[8]) for r in rows]
+                      hostkey_mismatch=r[8], bmc=r[11]) for r in rows]
     if labels:
         views = [v for v in views if all(v.labels.get(k) == val for k, val in labels.items())]
     return views

@@ -8,7 +8,9 @@ to be, so nothing like ``-oProxyCommand=...`` or ``a;rm -rf /`` ever gets throug
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+from urllib.parse import urlsplit
 
 from provisioner.errors import InputError
 
@@ -19,6 +21,10 @@ _USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_./-]{0,62})")
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9_.:/-]{0,63}")
 _SKU = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+# A BMC account: no ':' (HTTP basic auth's separator), no space or control character.
+_BMC_USER = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_SYSTEM_PATH = re.compile(r"/redfish/v1/Systems/[A-Za-z0-9._~-]{1,128}")
 
 
 def _shown(value: str) -> str:
@@ -136,3 +142,72 @@ def parse_label(text: str) -> tuple[str, str]:
     if not _LABEL_VALUE.fullmatch(value):
         raise InputError(f"label value {_shown(value)} is not valid")
     return key, value
+
+
+def check_bmc_url(url: str) -> str:
+    """Return a BMC's Redfish address, normalised: ``https://HOST[:PORT]``, optionally
+    with the path of one system (``/redfish/v1/Systems/ID``) for a BMC that manages
+    several; without it the BMC's only system is used.
+
+    Raises:
+        InputError: not https (the credentials would cross the network in clear), a
+            user or password inside the URL (never echoed), a bad host or port, a query,
+            or a path that is not one system's.
+    """
+    if not url or any(ord(c) <= 32 for c in url) or len(url) > 2048:
+        raise InputError("BMC URL is empty or holds spaces or control characters")
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        # Not shown: what precedes the '@' may be a password.
+        raise InputError("BMC URL must not hold a user or password (user@host); use "
+                         "--bmc-user and --bmc-password-from")
+    if parts.scheme == "http":
+        raise InputError(f"BMC URL {_shown(url)} is plain http: the BMC's credentials would "
+                         "cross the network in clear; use https:// (--bmc-ca FILE for a BMC "
+                         "whose certificate your own CA signed)")
+    if parts.scheme != "https" or not parts.hostname:
+        raise InputError(f"BMC URL {_shown(url)} must be https://HOST[:PORT]")
+    check_address(parts.hostname)
+    try:
+        parts.port  # noqa: B018  (raises for a port that is not a number or out of range)
+    except ValueError:
+        raise InputError(f"BMC URL {_shown(url)} has a bad port") from None
+    if parts.query or parts.fragment:
+        raise InputError(f"BMC URL {_shown(url)} must not have a query or fragment")
+    path = parts.path.rstrip("/")
+    if path not in ("", "/redfish/v1") and not _SYSTEM_PATH.fullmatch(path):
+        raise InputError(f"BMC URL {_shown(url)}: the path may only name one system "
+                         "(/redfish/v1/Systems/ID)")
+    return f"https://{parts.netloc}{'' if path == '/redfish/v1' else path}"
+
+
+def check_bmc_user(user: str) -> str:
+    if not _BMC_USER.fullmatch(user):
+        raise InputError(f"BMC user {_shown(user)} must be 1-64 letters, digits or . _ @ + -")
+    return user
+
+
+def check_secret_ref(ref: str) -> str:
+    """Return a credential reference, normalised: ``env:VARIABLE`` or ``file:/abs/path``
+    (a relative path is made absolute). The secret itself is never stored; a value
+    that is neither is not echoed, in case it is the password itself.
+
+    Raises:
+        InputError: anything else.
+    """
+    kind, sep, rest = ref.partition(":")
+    if sep and kind == "env" and _ENV_NAME.fullmatch(rest):
+        return ref
+    if sep and kind == "file" and rest and len(rest) <= 4096 and \
+            not any(ord(c) < 32 for c in rest):
+        return f"file:{os.path.abspath(os.path.expanduser(rest))}"
+    raise InputError("the BMC password is given by reference: env:VARIABLE or "
+                     "file:/path/to/a/0600/file (the value given is neither, and is not "
+                     "shown or stored)")
+
+
+def check_ca_path(path: str) -> str:
+    """Return a CA bundle path, made absolute (gpuctl may later run elsewhere)."""
+    if not path or any(ord(c) < 32 for c in path) or len(path) > 4096:
+        raise InputError(f"CA bundle path {_shown(path)} is not a usable file path")
+    return os.path.abspath(os.path.expanduser(path))

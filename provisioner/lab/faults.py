@@ -44,6 +44,11 @@ FAULTS = {
     "kernel-log-unreadable": "dmesg is refused (as under kernel.dmesg_restrict) and there "
                              "is no journal to read instead",
 }
+# Faults a power cycle (through the node's BMC) clears: the GPU that fell off the bus
+# comes back, the kernel log starts afresh, a hung sshd starts again. The others model a
+# part (uncorrectable ECC, remapped rows, a slow or missing GPU): they stay until the
+# part is replaced (`gpuctl lab repair`).
+TRANSIENT_FAULTS = frozenset({"gpu-lost", "xid", "unreachable"})
 # Which repository copy a node gets: faults that change what the node's repo serves.
 REPO_VARIANTS = {"package-install-failure": "fail-build",
                  "fabricmanager-mismatch": "fm-skew", "repo-unreachable": None}

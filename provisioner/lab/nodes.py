@@ -67,6 +67,8 @@ class LabNode:
     running: bool
     sshd: bool
     pid: int | None
+    bmc: str | None = None  # its BMC's Redfish URL (None: the lab has no BMCs)
+    bmc_up: bool = False  # the BMC emulator runs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,6 +124,11 @@ class Lab:
         self.paths = paths
         self.dir = paths.lab_dir
         self.client_key = self.dir / "id_ed25519"
+
+    @staticmethod
+    def wildcard_listener(port: int) -> bool:
+        """True if something listens on 0.0.0.0:port (the nodes' addresses are taken)."""
+        return _wildcard_listener(port)
 
     # -- node specs -------------------------------------------------------------
     def node_dir(self, name: str) -> Path:
@@ -321,6 +328,10 @@ class Lab:
             from provisioner.lab.slurm import LabSlurm  # noqa: PLC0415 (only with a Slurm)
 
             LabSlurm(self).down()
+        if names is None and (self.dir / "bmc").exists():
+            from provisioner.lab.bmc import LabBmcs  # noqa: PLC0415 (only with BMCs)
+
+            LabBmcs(self).down()
         for name in names if names is not None else self.names():
             self._stop(name)
             shutil.rmtree(self.node_dir(name), ignore_errors=True)
@@ -420,7 +431,16 @@ class Lab:
                        profile=spec["profile"], sku=spec.get("sku"),
                        os=spec.get("os", "ubuntu22.04"), gpus=len(spec["gpus"]),
                        faults=spec["faults"],
-                       running=pid is not None, sshd=spec["sshd"], pid=pid)
+                       running=pid is not None, sshd=spec["sshd"], pid=pid,
+                       bmc=spec.get("bmc"), bmc_up=bool(spec.get("bmc")) and self._bmc_up())
+
+    def _bmc_up(self) -> bool:
+        """Whether the lab's BMC emulator (``provisioner.lab.bmc``) runs."""
+        try:
+            pid = int((self.dir / "bmc" / "emulator.pid").read_text())
+            return b"bmc_emulator" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return False
 
     def status(self) -> list[LabNode]:
         return [self.node(n) for n in self.names()]

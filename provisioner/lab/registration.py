@@ -16,6 +16,7 @@ from provisioner.errors import LabError, NotFoundError
 from provisioner.fleet.ops import remove_nodes
 from provisioner.handle import Gpuctl
 from provisioner.inventory.registry import NodeSpec, add_nodes
+from provisioner.lab.bmc import LabBmcAccess, sushy_tools_missing
 from provisioner.lab.nodes import (
     LabNode,
     missing_lab_tools,
@@ -87,7 +88,7 @@ def _python_problem(choice: str | None) -> tuple[str | None, str | None]:
 
 
 def check_prerequisites(os_name: str, with_slurm: bool, python: str | None,
-                        register: bool) -> str | None:
+                        register: bool, with_bmc: bool = False) -> str | None:
     """Everything ``lab up`` needs, checked before any node starts; returns the nodes'
     burn-in Python (None without registration).
 
@@ -101,20 +102,27 @@ def check_prerequisites(os_name: str, with_slurm: bool, python: str | None,
     found, why = _python_problem(python) if register else (None, None)
     if why:
         problems.append(why)
+    no_bmc = sushy_tools_missing() if with_bmc else None
+    if no_bmc:
+        problems.append(no_bmc)
     if problems:
         raise LabError("the lab cannot start: " + "; ".join(problems))
     return found
 
 
 def register_lab_nodes(gc: Gpuctl, nodes: list[LabNode], key_path: str,
-                       python: str) -> list[str]:
+                       python: str, bmc: LabBmcAccess | None = None) -> list[str]:
     """Register (or update) every lab node with the lab's client key; ``python`` is
-    the nodes' burn-in interpreter (``burnin_python``)."""
+    the nodes' burn-in interpreter (``burnin_python``); ``bmc``: how to reach the
+    lab's BMCs (each node's URL is on its ``LabNode``)."""
     specs = [NodeSpec(name=n.name, address=n.address, port=n.port, user="root",
                       key_path=key_path, sku=n.sku,
                       labels={"lab": "true", "profile": n.profile, "os": n.os},
                       ansible_vars={**LAB_HOST_VARS, **LAB_OS_VARS[n.os],
-                                    "gpuctl_burnin_python": python}) for n in nodes]
+                                    "gpuctl_burnin_python": python},
+                      **({"bmc_url": n.bmc, "bmc_user": bmc.user,
+                          "bmc_password_from": bmc.password_from, "bmc_ca": bmc.ca}
+                         if bmc is not None and n.bmc else {})) for n in nodes]
     return add_nodes(gc, specs, replace=True)
 
 

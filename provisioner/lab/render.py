@@ -99,7 +99,7 @@ def render_sysfs(sys_dir: Path, spec: dict[str, Any],
     for key, value in {"sys_vendor": profile.system_vendor,
                        "product_name": profile.system_product,
                        "product_serial": spec["system_serial"], "board_vendor":
-                       profile.system_vendor, "bios_version": "2.1.0",
+                       profile.system_vendor, "bios_version": BIOS_VERSION,
                        "chassis_serial": spec["system_serial"]}.items():
         _write(dmi / key, value + "\n")
     local_cpus = _cpus_by_socket()
@@ -173,6 +173,8 @@ UPDATE_INITRAMFS = """#!/bin/sh
 mkdir -p /var/lib/gpuctl-lab && date +%s > /var/lib/gpuctl-lab/initramfs-updated
 echo "update-initramfs: Generating /boot/initrd.img-$(uname -r)"
 """
+# The firmware the simulated machines run (DMI and their BMC say the same).
+BIOS_VERSION = "2.1.0"
 # Faults that act on the agent's computation (one per node).
 COMPUTE_FAULTS = ("sdc", "sdc-persistent", "slow-gpu", "slow-node", "xid", "gpu-lost",
                   "gpu-hung", "nvswitch-sxid", "nic-down")

@@ -103,6 +103,21 @@ def health_findings(facts: HardwareFacts, sku: Sku | None) -> list[Finding]:
     return out
 
 
+def bmc_findings(facts: HardwareFacts, bmc_url: str, bmc_serial: str | None,
+                 bmc_error: str | None) -> list[Finding]:
+    """The node's BMC against its OS: a BMC that reports another system serial is
+    mapped to another machine (its power actions would hit that one); a BMC that
+    cannot be asked is said too."""
+    if bmc_error:
+        return [Finding("bmc", "warning", bmc_error[:300])]
+    os_serial = (facts.dmi.get("product_serial") or "").strip()
+    if bmc_serial and os_serial and bmc_serial.strip() != os_serial:
+        return [Finding("bmc-serial-mismatch", "warning",
+                        f"BMC {bmc_url} reports system serial {bmc_serial.strip()[:64]}, "
+                        f"the OS {os_serial[:64]}: the BMC belongs to another machine")]
+    return []
+
+
 def _by_bus(gpus: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {g["pci_bus_id"][-12:]: g for g in gpus}
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from provisioner.bmc.redfish import BmcTarget
 from provisioner.catalogue import infer_sku
 from provisioner.db.models import HardwareSnapshot, Node
 from provisioner.errors import GpuctlError, InputError, NotFoundError
@@ -18,7 +19,13 @@ from provisioner.handle import Gpuctl
 from provisioner.inventory.lifecycle import State, get_node, mark_hostkey_changed, record_event
 from provisioner.probe.facts import HardwareFacts, parse_probe_output, probe_command, probe_script
 from provisioner.runs import RunScope, RunStatus, recover_abandoned
-from provisioner.scan.findings import Finding, drift_findings, health_findings, new_only
+from provisioner.scan.findings import (
+    Finding,
+    bmc_findings,
+    drift_findings,
+    health_findings,
+    new_only,
+)
 from provisioner.scan.store import apply_findings, store_snapshot
 from provisioner.ssh.exec import AuthFailed, CommandTimeout, Target, Unreachable, run_on_node
 from provisioner.ssh.hostkeys import HostKeyChanged, HostKeyError, KnownHosts
@@ -61,6 +68,26 @@ class _Probe:
     facts: HardwareFacts | None = None
     error: GpuctlError | None = None
     seconds: float = 0.0
+    # The node's BMC, asked for its system serial once the OS answered.
+    bmc_url: str | None = None
+    bmc_serial: str | None = None
+    bmc_error: str | None = None
+
+
+def probe_with_bmc(target: Target, bmc: BmcTarget | None, known_hosts: KnownHosts,
+                   accept_new: bool, connect_timeout: float,
+                   command_timeout: float) -> _Probe:
+    """``probe_node``, then (if the node answered and has a BMC) the BMC's serial."""
+    probe = probe_node(target, known_hosts, accept_new, connect_timeout, command_timeout)
+    if bmc is not None and probe.facts is not None:
+        from provisioner.bmc import read_system_serial  # noqa: PLC0415 (loads sushy)
+
+        probe.bmc_url = bmc.url
+        try:
+            probe.bmc_serial = read_system_serial(bmc)
+        except GpuctlError as exc:
+            probe.bmc_error = str(exc).removeprefix(f"{target.name}: ")
+    return probe
 
 
 def probe_node(target: Target, known_hosts: KnownHosts, accept_new: bool,
@@ -138,8 +165,10 @@ def _store_probe(gc: Gpuctl, probe: _Probe, run_id: int) -> NodeScanResult:
             node.sku = infer_sku(gc.skus(), [g.model for g in facts.gpus]) \
                 if facts.smi_status == "ok" \
                 or not facts.pci_gpus else None
-        findings, fresh = judge_facts(session, node, facts,
-                                      health_findings(facts, gc.sku(node.sku)))
+        health = health_findings(facts, gc.sku(node.sku))
+        if probe.bmc_url:
+            health += bmc_findings(facts, probe.bmc_url, probe.bmc_serial, probe.bmc_error)
+        findings, fresh = judge_facts(session, node, facts, health)
         store_snapshot(session, node, facts, run_id, findings)
         apply_findings(session, node, fresh, actor=actor, run_id=run_id)
         notable = [f for f in findings if f.severity != "info"]
@@ -151,6 +180,12 @@ def _store_probe(gc: Gpuctl, probe: _Probe, run_id: int) -> NodeScanResult:
 
 def select_targets(gc: Gpuctl, names: list[str], all_nodes: bool) -> list[Target]:
     """The nodes to act on: ``names`` (all must exist) or every node not retired."""
+    return [t for t, _ in select_targets_with_bmc(gc, names, all_nodes)]
+
+
+def select_targets_with_bmc(gc: Gpuctl, names: list[str], all_nodes: bool
+                            ) -> list[tuple[Target, BmcTarget | None]]:
+    """``select_targets``, each with the node's BMC (None: it has none)."""
     if not names and not all_nodes:
         raise InputError("name the nodes to scan, or pass --all")
     with gc.session() as session:
@@ -159,7 +194,7 @@ def select_targets(gc: Gpuctl, names: list[str], all_nodes: bool) -> list[Target
                                       .order_by(col(Node.name))))
         else:
             nodes = [get_node(session, n) for n in dict.fromkeys(names)]
-        return [Target.of(n) for n in nodes]
+        return [(Target.of(n), BmcTarget.of(n) if n.bmc_url else None) for n in nodes]
 
 
 def scan_nodes(
@@ -186,7 +221,9 @@ def scan_nodes(
     if not 1 <= parallel <= 1024:
         raise InputError(f"--parallel {parallel} must be between 1 and 1024")
     recover_abandoned(gc)
-    targets = select_targets(gc, names, all_nodes)
+    selected = select_targets_with_bmc(gc, names, all_nodes)
+    targets = [t for t, _ in selected]
+    bmcs = {t.name: b for t, b in selected}
     if on_start:
         on_start(len(targets))
     with gc.session() as session:
@@ -211,8 +248,9 @@ def scan_nodes(
                     deliver(NodeScanResult(target.name, "refused", "host key changed earlier; "
                             f"verify it, then `gpuctl nodes forget-hostkey {target.name}`"))
                     continue
-                futures.append(pool.submit(probe_node, target, known_hosts, accept_new,
-                                           connect_timeout, command_timeout))
+                futures.append(pool.submit(probe_with_bmc, target, bmcs[target.name],
+                                           known_hosts, accept_new, connect_timeout,
+                                           command_timeout))
             for fut in as_completed(futures):
                 deliver(_record(gc, fut.result(), run.run_id))
         except KeyboardInterrupt:

@@ -11,6 +11,7 @@ from rich.table import Table
 from provisioner.ui.style import STATE_STYLE, print_json, styled
 
 if TYPE_CHECKING:  # types only: importing these would load Ansible and paramiko
+    from provisioner.bmc.power import BmcInfo
     from provisioner.inventory.registry import NodeDetail, NodeView
     from provisioner.lab.nodes import LabNode
     from provisioner.provision.run import NodeProgress, ProvisionSummary
@@ -51,6 +52,8 @@ def node_detail(console: Console, d: NodeDetail) -> None:
     v, s = d.node, d.snapshot
     console.print(f"[bold]{escape(v.name)}[/]  {v.user}@{v.address}:{v.port}  state "
                   f"{styled(v.state, STATE_STYLE.get(v.state))}  SKU {v.sku or '-'}")
+    if v.bmc:
+        console.print(f"  bmc     {escape(v.bmc)}")
     if s:
         def t(key: str, default: str = "?") -> str:
             return escape(str(s.get(key) or default))
@@ -149,12 +152,13 @@ def scan_summary(summary: ScanSummary) -> Table:
 
 def lab_table(nodes: list[LabNode]) -> Table:
     table = Table(title=f"lab: {len(nodes)} nodes", title_justify="left")
-    for col in ("NODE", "ADDRESS", "PROFILE", "GPUS", "RUNNING", "SSHD", "FAULTS"):
+    for col in ("NODE", "ADDRESS", "PROFILE", "GPUS", "RUNNING", "SSHD", "BMC", "FAULTS"):
         table.add_column(col)
     for n in nodes:
+        bmc = "-" if not n.bmc else n.bmc if n.bmc_up else f"[red]{n.bmc} (down)[/]"
         table.add_row(n.name, f"{n.address}:{n.port}", n.profile, str(n.gpus),
                       "yes" if n.running else "[red]no[/]", "up" if n.sshd and n.running
-                      else "[red]down[/]", ", ".join(n.faults) or "-")
+                      else "[red]down[/]", bmc, ", ".join(n.faults) or "-")
     return table
 
 
@@ -185,3 +189,40 @@ def provision_summary(summary: ProvisionSummary) -> Table:
         table.add_row(n.name, styled(n.status, PROGRESS_STYLE.get(n.status)), str(n.ok),
                       str(n.changed), str(n.skipped), str(n.failed), escape(n.reason))
     return table
+
+
+HEALTH_STYLE = {"OK": "green", "Warning": "yellow", "Critical": "bold red"}
+
+
+def bmc_info_view(console: Console, info: BmcInfo) -> None:
+    """``gpuctl bmc info``."""
+    def t(value: object) -> str:
+        return escape(str(value)) if value not in (None, "") else "-"
+
+    serial = t(info.serial)
+    if info.serial_matches is False:
+        serial += f" [bold red](the OS reports {t(info.os_serial)}: wrong BMC?)[/]"
+    elif info.serial_matches:
+        serial += " [dim](as the OS reports)[/]"
+    console.print(f"[bold]{escape(info.node)}[/]  BMC {escape(info.url)}  system "
+                  f"{t(info.system)}  power {t(info.power_state)}")
+    console.print(f"  system    {t(info.manufacturer)} {t(info.model)}  serial {serial}")
+    console.print(f"  firmware  BIOS {t(info.bios_version)}  BMC {t(info.bmc_firmware)}")
+    health, rollup = info.health or "-", info.health_rollup or "-"
+    console.print(f"  health    {styled(health, HEALTH_STYLE.get(health))}  rollup "
+                  f"{styled(rollup, HEALTH_STYLE.get(rollup))}")
+    if info.log_service is None:
+        console.print("  log       no log service")
+        return
+    if not info.log_entries:
+        console.print(f"  log       {escape(info.log_service)}: no entries")
+        return
+    table = Table(title=f"{info.log_service}: newest {len(info.log_entries)}",
+                  title_justify="left")
+    for col in ("#", "CREATED", "SEVERITY", "MESSAGE"):
+        table.add_column(col, overflow="fold")
+    for e in info.log_entries:
+        severity = e.severity or "-"
+        table.add_row(escape(e.id), t(e.created), styled(severity, HEALTH_STYLE.get(severity)),
+                      escape(e.message))
+    console.print(table)

@@ -26,9 +26,13 @@ class LabHandle:
         self.lab = Lab(paths)
         self.block = next(_blocks)
 
-    def up(self, nodes: int, *args: str) -> list[dict[str, Any]]:
+    def up(self, nodes: int, *args: str, bmc: bool = False) -> list[dict[str, Any]]:
+        """``lab up``; without ``bmc`` the nodes get no BMC (its emulator's start and the
+        scan's questions to it cost CI time that tests of other things need not pay;
+        tests/e2e/test_bmc.py runs them)."""
         result = self.gpuctl("lab", "up", "--nodes", str(nodes), "--first-address",
-                             f"127.0.{self.block}.10", "--json", *args)
+                             f"127.0.{self.block}.10", "--json", *args,
+                             *(() if bmc else ("--no-bmc",)))
         assert result.code == 0, result
         return json.loads(result.out)  # type: ignore[no-any-return]
 
