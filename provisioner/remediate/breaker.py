@@ -87,8 +87,10 @@ def _over(node: BreakerNode, in_flight: int, sku_busy: int, sku_serving: int,
         return (f"{in_flight} node{'s' if in_flight != 1 else ''} already draining or "
                 f"remediating, at most {limits.max_nodes} at once (breaker.max_nodes)")
     allowed = sku_limit(sku_serving, limits.max_percent)
+    sku = node.sku or "(no SKU)"
+    if sku_serving <= 0:
+        return f"no {sku} node serves, so breaker.max_percent allows none to be worked on"
     if sku_busy >= allowed:
-        sku = node.sku or "(no SKU)"
         return (f"{sku_busy} {sku} node{'s' if sku_busy != 1 else ''} already draining "
                 f"or remediating; {limits.max_percent:g}% of its {sku_serving} serving "
                 f"node{'s' if sku_serving != 1 else ''} allows {allowed} "
