@@ -47,6 +47,10 @@ def test_xid_79_reboots_citing_restart_bm(policy: Policy) -> None:
 def test_ecc_uncorrectable_goes_to_rma(policy: Policy) -> None:
     d = plan_remediation([finding("ecc-uncorrectable")], [], policy, IDLE, NOW)
     assert (d.rung, d.rule) == ("rma", "ecc-uncorrectable")
+    # Rows remapped for uncorrectable errors (the drift finding) only need the reset
+    # that activates them; RMA is the failure flag's to say.
+    d = plan_remediation([finding("row-remap")], [], policy, IDLE, NOW)
+    assert (d.rung, d.rule) == ("reset", "row-remap-uncorrectable")
 
 
 def test_row_remap_pending_resets_that_gpu(policy: Policy) -> None:
