@@ -258,3 +258,36 @@ class PoolAllocation(SQLModel, table=True):
     gpus: int
     first_gpu: int = 0  # GPU indices first_gpu .. first_gpu+gpus-1
     assigned_at: datetime = Field(default_factory=utcnow)
+
+
+class Remediation(SQLModel, table=True):
+    """One node's remediation of one fault, from quarantine to back in service or RMA
+    (``provisioner.remediate.record``: the states and the moves between them)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    node_id: int = Field(foreign_key="node.id", index=True, ondelete="CASCADE")
+    fault: str = Field(max_length=64)  # the fault key, e.g. xid-79, row-remap-pending
+    rule: str = Field(default="", max_length=64)
+    state: str = Field(max_length=32, index=True)
+    rung: str | None = Field(default=None, max_length=16)  # the rung running or last run
+    opened_at: datetime = Field(default_factory=utcnow)
+    closed_at: datetime | None = None
+    actor: str = Field(max_length=128)
+
+
+class RemediationEvent(SQLModel, table=True):
+    """Append-only: who moved a remediation to which state, when, why, with the evidence
+    before and after (JSON); ``rung``/``outcome`` when a rung ran."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    remediation_id: int = Field(foreign_key="remediation.id", index=True,
+                                ondelete="CASCADE")
+    at: datetime = Field(default_factory=utcnow)
+    actor: str = Field(max_length=128)
+    from_state: str | None = Field(default=None, max_length=32)
+    to_state: str = Field(max_length=32)
+    rung: str | None = Field(default=None, max_length=16)
+    outcome: str | None = Field(default=None, max_length=16)  # succeeded | failed
+    message: str = ""
+    evidence_before_json: str = "{}"
+    evidence_after_json: str = "{}"

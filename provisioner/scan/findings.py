@@ -22,6 +22,10 @@ class Finding:
     severity: str  # info | warning | critical
     message: str
     drift: bool = False
+    # What the finding is about, for remediation (``provisioner.remediate``): the XID
+    # code of an ``xid`` finding and the GPU's PCI bus id where one GPU is named.
+    xid: int | None = None
+    gpu: str | None = None
 
 
 def _gpu_name(gpu: Any) -> str:
@@ -75,26 +79,32 @@ def health_findings(facts: HardwareFacts, sku: Sku | None) -> list[Finding]:
             out.append(Finding("ecc-uncorrectable", "critical",
                                f"{name} uncorrectable ECC errors: volatile "
                                f"{gpu['ecc_uncorrectable_volatile']}, aggregate "
-                               f"{gpu['ecc_uncorrectable_aggregate']}"))
+                               f"{gpu['ecc_uncorrectable_aggregate']}",
+                               gpu=gpu["pci_bus_id"]))
         if gpu.get("ecc_memory_flags"):
             out.append(Finding("ecc-memory-state", "critical",
-                               f"{name} memory: {', '.join(gpu['ecc_memory_flags'])}"))
+                               f"{name} memory: {', '.join(gpu['ecc_memory_flags'])}",
+                               gpu=gpu["pci_bus_id"]))
         if gpu["remapped_rows_failure"]:
             out.append(Finding("row-remap-failure", "critical",
-                               f"{name} row remapping failed (GPU needs RMA)"))
+                               f"{name} row remapping failed (GPU needs RMA)",
+                               gpu=gpu["pci_bus_id"]))
         elif gpu["remapped_rows_pending"]:
             out.append(Finding("row-remap-pending", "warning",
-                               f"{name} row remap pending: reset the GPU"))
+                               f"{name} row remap pending: reset the GPU",
+                               gpu=gpu["pci_bus_id"]))
         if gpu["retired_pages_pending"]:
             out.append(Finding("retired-pages-pending", "warning",
-                               f"{name} page retirement pending: reset the GPU"))
+                               f"{name} page retirement pending: reset the GPU",
+                               gpu=gpu["pci_bus_id"]))
         if gpu["thermal_slowdown"]:
             out.append(Finding("thermal-throttle", "warning",
                                f"{name} thermal slowdown active at {gpu['temperature_c']} C"))
     for xid in facts.xids:
         severity = "critical" if xid["xid"] in CRITICAL_XIDS else "warning"
         out.append(Finding("xid", severity,
-                           f"XID {xid['xid']} on {xid['pci']}: {xid['message'][:100]}"))
+                           f"XID {xid['xid']} on {xid['pci']}: {xid['message'][:100]}",
+                           xid=xid["xid"], gpu=xid["pci"]))
     if facts.nouveau_loaded:
         # Expected on a bare server; a problem once an NVIDIA driver is meant to load.
         driver = facts.nvidia_module_loaded or facts.smi_status != "absent"
