@@ -109,6 +109,13 @@ def health_verdicts(doc: dict[str, Any], profile: dict[str, Any]) -> list[Verdic
     # before and after are all there is, as before.
     sampled = telemetry.get("available") is True
     source = str(telemetry.get("source") or "telemetry")[:40]
+    if sampled and telemetry.get("error"):
+        # The source stopped answering (a hung driver): one verdict for the node that
+        # says so, not a missing field on every healthy GPU.
+        out.append(Verdict("telemetry", None, None, "", None, False,
+                           f"telemetry on node: {str(telemetry['error'])[:200]}, so "
+                           "slowdowns and PCIe links during burn-in cannot be ruled out"))
+        sampled = False
     for s in telemetry.get("samples") or []:
         if isinstance(s, dict) and isinstance(s.get("gpu"), int):
             samples.setdefault(s["gpu"], []).append(s)

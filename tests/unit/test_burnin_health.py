@@ -598,6 +598,17 @@ def test_no_samples_from_a_gpu_the_agent_could_sample_fails_both_checks() -> Non
         "under load with"]
 
 
+def test_telemetry_that_hung_is_one_node_verdict_not_every_gpus() -> None:
+    """NVML hung at the first sample (the agent's telemetry.error): the node fails once,
+    naming it, instead of each healthy GPU failing its throttle and PCIe checks."""
+    doc = json.loads(AGENT_H200.read_text())
+    doc["telemetry"]["samples"] = []
+    doc["telemetry"]["error"] = "nvmlDeviceGetPowerUsage did not return within 30 s"
+    failed = [v for v in health_verdicts(doc, {"telemetry": {}}) if not v.passed]
+    assert [(v.test, v.device) for v in failed] == [("telemetry", None)]
+    assert "did not return within 30 s" in failed[0].reason
+
+
 def test_cpu_and_lab_runs_are_judged_as_before() -> None:
     """A CPU-only node (the agent could not sample: available False, no samples) keeps
     the snapshot-only checks; a lab node whose stand-in nvidia-smi answers the agent's
