@@ -30,7 +30,9 @@ BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
 # whether Fabric Manager runs (systemd's unit of NVIDIA's package).
 GPU_APPS = "nvidia-smi --query-compute-apps=gpu_bus_id --format=csv,noheader"
 FABRIC_MANAGER = "systemctl is-active nvidia-fabricmanager"
-REBOOT = "systemctl reboot || reboot"
+# As Ansible's reboot module does it on Linux: shutdown(8), which systemd and sysvinit
+# both have (the lab's nodes have a stand-in that asks their PID 1 to reboot).
+REBOOT = "shutdown -r now 'gpuctl remediation'"
 
 
 @dataclass
