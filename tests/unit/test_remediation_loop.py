@@ -373,3 +373,16 @@ def test_prometheus_counts_rungs_and_shows_open_loops(loop, tmp_path: Path, gpuc
     assert 'gpuctl_remediation_rungs_total{rung="power-cycle",outcome="succeeded"} 1' in text
     assert 'gpuctl_remediation_state{node="n22",state="waiting-breaker"} 1' in text
     assert 'gpuctl_remediation_state{node="n1"' not in text  # closed
+
+
+def test_a_scheduler_that_cannot_be_asked_holds_its_nodes(loop) -> None:  # type: ignore[no-untyped-def]
+    gc, listener, fake = loop
+    _broken(gc, "n1", XID79)
+
+    def down(gc: Gpuctl, names: list[str]) -> dict[str, str]:
+        raise GpuctlError("sinfo: slurmctld not responding")
+
+    listener.admin_holds = down
+    summary = remediate_nodes(gc, steps=fake.steps())
+    assert summary.nodes[0].outcome == "refused" and fake.calls == []
+    assert "cannot ask fake who drained it: sinfo: slurmctld" in summary.nodes[0].message
