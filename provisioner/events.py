@@ -126,3 +126,8 @@ class Listener(Protocol):
         Raises:
             GpuctlError: the system cannot be asked (a run must not start on a guess).
         """
+
+    # Optional (``Gpuctl.admin_holds`` asks a listener that has it):
+    # def admin_holds(self, gc: Gpuctl, names: list[str]) -> dict[str, str] | None:
+    #     Of ``names``, the nodes drained or DOWN there by someone other than gpuctl
+    #     (node -> by whom and why); remediation never acts on them.

@@ -157,6 +157,23 @@ class Gpuctl:
                 return left
             time.sleep(min(2.0, remaining))
 
+    def admin_holds(self, names: list[str]) -> dict[str, str]:
+        """Of ``names``, the nodes a person took out in a listener's system (drained or
+        DOWN there by someone other than gpuctl), with why; a node whose system could
+        not be asked is held too (gpuctl acts on no node it cannot clear). A listener
+        without ``admin_holds`` holds none. Never raises."""
+        held: dict[str, str] = {}
+        for listener in self.listeners:
+            ask = getattr(listener, "admin_holds", None)
+            if ask is None:
+                continue
+            try:
+                held.update(ask(self, names) or {})
+            except GpuctlError as exc:
+                held.update({n: f"cannot ask {listener.name} who drained it: {exc}"
+                             for n in names if n not in held})
+        return held
+
     def reconcile(self) -> list[SyncReport]:
         """Every listener brings its system in line with gpuctl (``gpuctl monitor``
         calls this each pass: it retries what a listener could not do at the time)."""

@@ -26,7 +26,7 @@ COMMANDS = {
     "release": "fleet:release", "retire": "fleet:retire", "pool": "fleet:pool",
     "handoff": "fleet:handoff", "runs": "runs:runs", "skus": "runs:skus",
     "db": "db:db", "monitor": "monitor:monitor", "doctor": "doctor:doctor",
-    "bmc": "bmc:bmc",
+    "bmc": "bmc:bmc", "remediate": "remediate:remediate",
 }
 
 

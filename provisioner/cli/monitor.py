@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import click
 from rich.markup import escape
 
 from provisioner.cli.common import Ctx, json_option, pass_ctx
+from provisioner.cli.remediate import (
+    failed_nodes,
+    remediation_options,
+    run_remediation,
+    show_remediation,
+)
 from provisioner.errors import InputError, NodesFailedError
 from provisioner.scan.monitor import MonitorSummary, monitor_pass
 from provisioner.ui.style import print_json
@@ -51,22 +58,54 @@ def _show(ctx: Ctx, summary: MonitorSummary, as_json: bool) -> None:
 @click.option("--every", help="Repeat at this interval (30s, 5m, 1h) until stopped; "
                               "default: one pass.")
 @click.option("--parallel", default=32, show_default=True, help="Nodes probed at once.")
+@click.option("--remediate", is_flag=True,
+              help="After the pass, remediate the quarantined nodes as "
+                   "<data dir>/remediation.yml (or the shipped policy) says: drain, run "
+                   "the rung, re-scan, re-burn-in, back in service; or RMA.")
+@remediation_options
 @json_option
 @pass_ctx
-def monitor(ctx: Ctx, every: str | None, parallel: int, as_json: bool) -> None:
+def monitor(ctx: Ctx, every: str | None, parallel: int, remediate: bool, as_json: bool,
+            **opts: Any) -> None:
     """Health-check every serving node (XIDs, ECC/row remap, GPUs, PCIe, InfiniBand,
     fabric manager, persistence mode); quarantine a node with a critical finding and
     drain it in Slurm with the reason.
 
     Exit status 3 when a node was quarantined or could not be reached (one pass).
 
+    With --remediate (and --plan: only what it would do, nothing changed), the
+    quarantined nodes are then remediated; exit status 3 when a remediation failed.
+
     Example: gpuctl monitor --every 5m   (or the systemd timer in contrib/systemd)
+
+    Example: gpuctl monitor --remediate --drain-timeout 30m
     """
     interval = parse_interval(every) if every else None
+    if opts["plan_only"] and not remediate:
+        raise InputError("--plan goes with --remediate")
     while True:
+        if opts["plan_only"]:  # changes nothing: not even the monitor's pass
+            plan = run_remediation(ctx, None, None, opts)
+            if as_json:
+                print_json(ctx.console, plan.to_dict())
+            else:
+                show_remediation(ctx, plan)
+            return
         summary = monitor_pass(ctx.gc, parallel=parallel)
-        _show(ctx, summary, as_json)
+        healed = run_remediation(ctx, None, None, opts) if remediate else None
+        if as_json:
+            print_json(ctx.console, {**summary.to_dict(), "remediation":
+                                     healed.to_dict() if healed else None})
+        else:
+            _show(ctx, summary, False)
+            if healed is not None:
+                show_remediation(ctx, healed)
         if interval is None:
+            if healed is not None:
+                if failed_nodes(healed):
+                    raise NodesFailedError(f"remediation failed on "
+                                           f"{', '.join(failed_nodes(healed))}")
+                return
             bad = [n for n in summary.nodes if n.outcome not in ("ok", "warning")]
             if bad:
                 raise NodesFailedError(f"{len(bad)} of {len(summary.nodes)} serving nodes "

@@ -27,6 +27,8 @@ from provisioner.db.models import (
     Gpu,
     HardwareSnapshot,
     Node,
+    Remediation,
+    RemediationEvent,
     as_utc,
     certificate_expired,
 )
@@ -100,6 +102,10 @@ class HandoffInput:
 
     nodes: list[HandoffNode]
     fleet: list[tuple[str, str | None, str]]
+    # Remediation (provisioner.heal): rungs ended, as (rung, outcome, count), and each
+    # open remediation's (node, state).
+    rungs: list[tuple[str, str, int]] = field(default_factory=list)
+    loops: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -135,12 +141,13 @@ def hand_off(gc: Gpuctl, target: str, names: list[str], sku: str | None, *,
                                                 .order_by(col(Node.name))).all()]
         rows = list(session.exec(select(Node).where(
             col(Node.name).in_([n.name for n in chosen])).order_by(col(Node.name))))
+        rungs, loops = remediation_counts(session)
     if not chosen and not always:
         raise InputError("no certified node to hand off (burn nodes in first)" + (
             ": " + "; ".join(skipped[:5]) if skipped else ""))
     args = {"target": target, "nodes": [n.name for n in chosen], "dry_run": dry_run}
     with RunScope(gc, "handoff", args, rows) as run:
-        written = write(HandoffInput(chosen, fleet))  # type: ignore[arg-type]
+        written = write(HandoffInput(chosen, fleet, rungs, loops))  # type: ignore[arg-type]
         problems = verify(chosen) if verify is not None else {}
         accepted = [n for n in chosen if n.name not in problems]
         moved = 0 if dry_run else mark_in_service(gc, accepted, target, run.run_id)
@@ -149,6 +156,24 @@ def hand_off(gc: Gpuctl, target: str, names: list[str], sku: str | None, *,
                        "written": written, "problems": problems}
     return HandoffResult(target, run.run_id, [n.name for n in accepted], skipped, written,
                          moved, problems)
+
+
+def remediation_counts(session: Session) -> tuple[list[tuple[str, str, int]],
+                                                    list[tuple[str, str]]]:
+    """Every rung that ended, counted by (rung, outcome), and each open remediation's
+    (node, state)."""
+    rungs = session.exec(
+        select(RemediationEvent.rung, RemediationEvent.outcome,
+               func.count(col(RemediationEvent.id)))
+        .where(col(RemediationEvent.outcome).is_not(None))
+        .group_by(col(RemediationEvent.rung), col(RemediationEvent.outcome))
+        .order_by(col(RemediationEvent.rung), col(RemediationEvent.outcome))).all()
+    loops = session.exec(select(Node.name, Remediation.state)
+                         .join(Remediation, col(Remediation.node_id) == Node.id)
+                         .where(col(Remediation.closed_at).is_(None))
+                         .order_by(col(Node.name))).all()
+    return ([(str(r), str(o), int(n)) for r, o, n in rungs],
+            [(name, state) for name, state in loops])
 
 
 def select_handoff(session: Session, skus: dict[str, Sku], names: list[str], sku: str | None,

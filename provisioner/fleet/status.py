@@ -14,6 +14,8 @@ from provisioner.db.models import (
     Event,
     HardwareSnapshot,
     Node,
+    Remediation,
+    RemediationEvent,
     Run,
     as_utc,
     certificate_expired,
@@ -100,6 +102,7 @@ def status_document(session: Session, now: datetime | None = None, expiring_days
                           "started_at": iso_utc(run.started_at),
                           "finished_at": iso_utc(run.finished_at)}
     pools = [p.to_dict() for p in pool_views(session, detail=False)]
+    remediation = {"open": open_remediations(session)}
     total_nodes = sum(states.values())
     return {
         "generated_at": iso_utc(now), "nodes": total_nodes,
@@ -116,5 +119,21 @@ def status_document(session: Session, now: datetime | None = None, expiring_days
                           "expired": expired, f"expiring_{expiring_days}d": expiring},
         "drift_events_24h": int(drift_24h),
         "attention": {"total": int(needing), "nodes": attention},
-        "last_runs": runs, "pools": pools,
+        "last_runs": runs, "pools": pools, "remediation": remediation,
     }
+
+
+def open_remediations(session: Session) -> list[dict[str, Any]]:
+    """Every open remediation (``provisioner.heal``): node, fault, state, rung, since and
+    why (its last event's words: the circuit breaker's reason for a node held back)."""
+    last = (select(func.max(col(RemediationEvent.id)).label("id"))
+            .group_by(col(RemediationEvent.remediation_id)).subquery())
+    rows = session.exec(
+        select(Node.name, Remediation, RemediationEvent)
+        .join(Remediation, col(Remediation.node_id) == Node.id)
+        .join(RemediationEvent, col(RemediationEvent.remediation_id) == Remediation.id)
+        .join(last, col(last.c.id) == RemediationEvent.id)
+        .where(col(Remediation.closed_at).is_(None)).order_by(col(Node.name))).all()
+    return [{"node": name, "id": rec.id, "fault": rec.fault, "state": rec.state,
+             "rung": rec.rung, "since": iso_utc(ev.at), "why": ev.message}
+            for name, rec, ev in rows]

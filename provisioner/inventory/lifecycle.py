@@ -42,7 +42,10 @@ ALLOWED: dict[State, frozenset[State]] = {
     ),
     S.IN_SERVICE: frozenset({S.DRAINED, S.QUARANTINED, S.RETIRED}),
     S.FAILED: frozenset({S.DISCOVERED, S.PROVISIONING, S.BURNING_IN, S.QUARANTINED, S.RETIRED}),
-    S.QUARANTINED: frozenset({S.DISCOVERED, S.RETIRED}),
+    # Back to provisioned when remediation ran a rung and a scan found the node clean:
+    # a reset, reboot or power cycle changes nothing provisioning installed, and the
+    # burn-in that follows decides (provisioner.heal).
+    S.QUARANTINED: frozenset({S.DISCOVERED, S.PROVISIONED, S.RETIRED}),
     S.DRAINED: frozenset({S.DISCOVERED, S.CERTIFIED, S.IN_SERVICE, S.QUARANTINED, S.RETIRED}),
     S.RETIRED: frozenset(),
 }

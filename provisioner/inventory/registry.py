@@ -20,6 +20,8 @@ from provisioner.db.models import (
     HardwareSnapshot,
     Nic,
     Node,
+    Remediation,
+    RemediationEvent,
     Run,
     certificate_expired,
 )
@@ -115,6 +117,9 @@ class NodeDetail:
     events: list[dict[str, Any]]
     burnin: dict[str, Any] | None = None  # the node's last burn-in run, summarised
     certificate: dict[str, Any] | None = None  # its newest certificate
+    # Its open remediation (provisioner.heal): id, fault, state, rung, since, and why
+    # (the last event's words, such as the circuit breaker's reason).
+    remediation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -242,8 +247,22 @@ def show_node(gc: Gpuctl, name: str, *, events: int = 50) -> NodeDetail:
         ]
         view = _view(node, gpus_seen(snap.gpu_count, snap.pci_gpu_count) if snap else None)
         burnin, cert = _burnin_summary(session, node)
+        remediation = _open_remediation(session, node)
     return NodeDetail(node=view, snapshot=snap_dict, gpus=gpus, nics=nics, disks=disks,
-                      events=evs, burnin=burnin, certificate=cert)
+                      events=evs, burnin=burnin, certificate=cert, remediation=remediation)
+
+
+def _open_remediation(session: Session, node: Node) -> dict[str, Any] | None:
+    record = session.exec(select(Remediation).where(
+        Remediation.node_id == node.id, col(Remediation.closed_at).is_(None))).first()
+    if record is None:
+        return None
+    last = session.exec(select(RemediationEvent).where(
+        RemediationEvent.remediation_id == record.id)
+        .order_by(col(RemediationEvent.id).desc()).limit(1)).first()
+    return {"id": record.id, "fault": record.fault, "state": record.state,
+            "rung": record.rung, "since": _iso(last.at if last else record.opened_at),
+            "why": last.message if last else ""}
 
 
 def _burnin_summary(session: Session, node: Node

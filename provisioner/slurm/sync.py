@@ -119,6 +119,24 @@ class SlurmListener:
                       f"{snode.label()} in Slurm: not drained, jobs can start there")
         return out
 
+    def admin_holds(self, gc: Gpuctl, names: list[str]) -> dict[str, str] | None:
+        """Nodes DOWN, FAIL or drained in Slurm by someone other than gpuctl, with by
+        whom and why: remediation never acts on them.
+
+        Raises:
+            SlurmError: Slurm cannot be asked.
+        """
+        if load_settings(gc) is None:
+            return None
+        view = slurm_nodes(names)
+        out = {}
+        for n in names:
+            snode = view.get(n)
+            if snode is not None and snode.admin_owned:
+                who = f" by {snode.reason_user}" if snode.reason_user else ""
+                out[n] = f"{snode.label()} in Slurm{who}: {snode.reason or 'no reason'}"
+        return out
+
     def reconcile(self, gc: Gpuctl) -> SyncReport | None:
         """Every node, then the pools (a pool change Slurm missed is caught up here)."""
         self.down = ""

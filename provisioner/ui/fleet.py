@@ -108,11 +108,27 @@ def status_view(s: dict[str, Any], footer: str = "", selected: int | None = None
         bottom.add_row(runs)
         if pools is not None:
             bottom.add_row(pools)
+    if (s.get("remediation") or {}).get("open"):
+        parts.append(_remediation_table(s["remediation"]["open"]))
     if s.get("slurm") is not None:
         parts.append(_slurm_table(s["slurm"]))
     if footer:
         parts.append(Text(footer, style="dim"))
     return Group(*parts)
+
+
+def _remediation_table(rows: list[dict[str, Any]]) -> Table:
+    """Open remediations: where each stands, and why (a node the circuit breaker holds
+    says so here)."""
+    table = Table(title=f"Remediation ({len(rows)} open)", title_justify="left", expand=True)
+    for c in ("NODE", "STATE", "FAULT", "RUNG", "SINCE", "WHY"):
+        table.add_column(c, overflow="fold", ratio=4 if c == "WHY" else None)
+    for r in rows:
+        table.add_row(escape(r["node"]), styled(r["state"], "bold yellow" if
+                                                r["state"] == "waiting-breaker" else None),
+                      escape(r["fault"]), escape(r["rung"] or "-"),
+                      (r["since"] or "-")[:16].replace("T", " "), escape(r["why"][:160]))
+    return table
 
 
 def _slurm_table(view: dict[str, Any]) -> Table | Text:

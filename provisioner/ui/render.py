@@ -118,6 +118,11 @@ def node_detail(console: Console, d: NodeDetail) -> None:
                       f"{c['expires_at'] or 'never'}")
     elif d.node.state not in ("registered", "discovered"):
         console.print("  certificate none")
+    if d.remediation:
+        r = d.remediation
+        console.print(f"  remediation {r['id']} [bold yellow]{escape(r['state'])}[/] "
+                      f"({escape(r['fault'])}, rung {escape(r['rung'] or '-')}, since "
+                      f"{r['since']}): {escape(r['why'])}")
     table = Table(title="History", title_justify="left")
     for col in ("WHEN", "KIND", "WHAT", "BY", "RUN"):
         table.add_column(col, overflow="fold")
