@@ -2,7 +2,8 @@
 # Set up, then run the pipeline end to end on a lab of simulated 8xH100 nodes:
 # lab up -> scan -> provision -> re-scan -> provision again (no-op) -> burn-in -> report
 # -> drift -> hand-off to the lab's real Slurm with a smoke job -> pools Slurm enforces ->
-# monitor drains a node that breaks -> status -> the runs.
+# monitor drains a node that breaks -> another heals itself through its BMC -> status ->
+# the runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -59,6 +60,14 @@ echo; echo "# in service, a GPU on gpu-node-02 starts reporting uncorrectable EC
 echo "# one monitor pass quarantines it and drains it in Slurm with the reason"
 g lab fault gpu-node-02 ecc-uncorrectable
 g3 monitor
+echo; echo "\$ sinfo -N -o '%N %T %E'"; sinfo -N -o '%N %T %E' | sort -u
+echo; echo "# gpu-node-01's GPU falls off the bus in service (XID 79): the monitor drains it;"
+echo "# remediation reboots it, power-cycles it through its BMC when the reboot does not"
+echo "# clear it, scans it, burns it in again and gives it back to Slurm"
+g lab fault gpu-node-01 xid
+g3 monitor
+g remediate gpu-node-01 --burnin-duration 0.5 --boot-timeout 90s
+g nodes show gpu-node-01 --events 8
 echo; echo "\$ sinfo -N -o '%N %T %E'"; sinfo -N -o '%N %T %E' | sort -u
 g status
 echo; echo "# every run of the demo, with its outcome"
