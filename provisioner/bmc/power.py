@@ -13,7 +13,7 @@ from provisioner.bmc.redfish import BmcTarget, log_services, open_system
 from provisioner.db.models import HardwareSnapshot
 from provisioner.errors import BmcError, InputError
 from provisioner.handle import Gpuctl
-from provisioner.inventory.lifecycle import get_node, record_event
+from provisioner.inventory.lifecycle import SERVING, get_node, record_event
 
 if TYPE_CHECKING:
     from sushy.resources.system.system import System
@@ -199,12 +199,15 @@ def apply_power(target: BmcTarget, action: str, *, wait: float = 120.0,
 
 
 def set_power(gc: Gpuctl, name: str, action: str, *, wait: float = 120.0,
-              force: bool = False) -> PowerResult:
+              force: bool = False, serving_ok: bool = False) -> PowerResult:
     """Power node ``name`` on, off or cycle it through its BMC (``apply_power``) and
     record what was done in the node's history (who, what, the Redfish resets sent;
     never a credential). Unless ``force``, a BMC whose system serial differs from the
     one the node's OS reported at its last scan is refused: it would act on another
-    machine.
+    machine. Unless ``serving_ok``, ``off`` and ``cycle`` are refused for a node that
+    serves (certified or in service): its jobs would die with it, and it would come back
+    in service unverified (``gpuctl remediate NODE --action power-cycle`` drains it,
+    cycles it and re-certifies it).
 
     Raises:
         InputError: an unknown action.
@@ -215,6 +218,14 @@ def set_power(gc: Gpuctl, name: str, action: str, *, wait: float = 120.0,
     if action not in POWER_ACTIONS:
         raise InputError(f"power action {action!r} must be one of {', '.join(POWER_ACTIONS)}")
     target, os_serial = _target(gc, name)
+    if action in ("off", "cycle") and not serving_ok:
+        with gc.session() as session:
+            state = get_node(session, name).state
+        if state in SERVING:
+            raise BmcError(f"{name} is {state}: power {action} would kill its jobs and "
+                           "bring it back unverified; use `gpuctl remediate "
+                           f"{name} --action power-cycle` (drains and re-certifies), or "
+                           "--serving to do it anyway")
     try:
         result = apply_power(target, action, wait=wait,
                              os_serial=None if force else os_serial)

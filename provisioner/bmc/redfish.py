@@ -224,6 +224,13 @@ def open_system(target: BmcTarget) -> Iterator[System]:
     except requests.RequestException as exc:
         # Not wrapped by sushy (a malformed answer, JSON that is not JSON).
         raise BmcError(f"{target.node}: BMC {target.base_url}: {_one_line(exc)}") from None
+    except BmcError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        # A document of the wrong shape ("Systems": "oops") breaks sushy's parsing: the
+        # BMC's answer is unusable, a finding like any other, not a crash of the scan.
+        raise BmcError(f"{target.node}: BMC {target.base_url} answered a document gpuctl "
+                       f"cannot read ({type(exc).__name__}: {_one_line(exc)})") from None
     finally:
         del password
         if root is not None:

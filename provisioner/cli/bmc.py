@@ -22,10 +22,13 @@ def bmc() -> None:
 @click.option("--force", is_flag=True,
               help="Act even though the BMC reports another system serial than the "
                    "node's OS did at its last scan.")
+@click.option("--serving", is_flag=True,
+              help="Power off or cycle a node that serves (certified or in service): "
+                   "its jobs die and it comes back unverified.")
 @json_option
 @pass_ctx
 def power(ctx: Ctx, node: str, action: str | None, wait: float, force: bool,
-          as_json: bool) -> None:
+          serving: bool, as_json: bool) -> None:
     """Print NODE's power state, or power it on, off (at once) or cycle it.
 
     \b
@@ -39,7 +42,8 @@ def power(ctx: Ctx, node: str, action: str | None, wait: float, force: bool,
         else:
             ctx.console.print(f"{node}: power {state}", markup=False, highlight=False)
         return
-    result = core.set_power(ctx.gc, node, action, wait=wait, force=force)
+    result = core.set_power(ctx.gc, node, action, wait=wait, force=force,
+                            serving_ok=serving)
     if as_json:
         print_json(ctx.console, result.to_dict())
         return

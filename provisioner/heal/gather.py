@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from provisioner.db.models import Event, HardwareSnapshot, Node, Remediation
+from provisioner.db.models import Event, HardwareSnapshot, Node, Remediation, Run
 from provisioner.handle import Gpuctl
 from provisioner.inventory.lifecycle import SERVING, State
 from provisioner.remediate.plan import Attempt
@@ -109,20 +109,39 @@ def node_info(gc: Gpuctl, session: Session, node: Node, since: datetime | None =
                if k in facts})
 
 
+# Runs whose quarantine is gpuctl's own finding: the loop may act on those. A person's
+# `gpuctl quarantine` (no run) is theirs to release: an admin hold, as a foreign drain.
+CHECK_RUNS = ("scan", "monitor", "burnin", "remediate")
+
+
+def quarantined_by_a_check(session: Session, node_id: int) -> bool:
+    """Whether the node's latest move into quarantine came from one of gpuctl's checks
+    (a scan, monitor, burn-in or remediation run), not from a person."""
+    event = session.exec(select(Event).where(
+        Event.node_id == node_id, Event.kind == "state",
+        Event.to_state == State.QUARANTINED.value).order_by(
+        col(Event.at).desc(), col(Event.id).desc())).first()
+    if event is None or event.run_id is None:
+        return False
+    run = session.get(Run, event.run_id)
+    return run is not None and run.kind in CHECK_RUNS
+
+
 def candidates(gc: Gpuctl, names: list[str] | None) -> list[NodeInfo]:
-    """The named nodes, or every quarantined node and every node with an open
-    remediation, in name order."""
+    """The named nodes, or every node one of gpuctl's checks quarantined and every node
+    with an open remediation, in name order."""
     from provisioner.inventory.lifecycle import get_node  # noqa: PLC0415
 
     with gc.session() as session:
         if names:
             nodes = [get_node(session, n) for n in dict.fromkeys(names)]
         else:
-            open_ids = select(Remediation.node_id).where(
-                col(Remediation.closed_at).is_(None))
-            nodes = list(session.exec(select(Node).where(
+            open_ids = set(session.exec(select(Remediation.node_id).where(
+                col(Remediation.closed_at).is_(None))).all())
+            nodes = [n for n in session.exec(select(Node).where(
                 (col(Node.state) == State.QUARANTINED.value) | col(Node.id).in_(open_ids))
-                .order_by(col(Node.name))))
+                .order_by(col(Node.name)))
+                if n.id in open_ids or quarantined_by_a_check(session, n.id or 0)]
         return [node_info(gc, session, n) for n in nodes]
 
 

@@ -18,7 +18,11 @@ A node an admin took out, the control host, a node past the breaker: listed, not
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,8 +126,14 @@ def remediate_nodes(gc: Gpuctl, names: list[str] | None = None, *, plan_only: bo
               and decisions[n.name].rung != "rma"]
     with gc.session() as session:
         active = [BreakerNode(name, sku) for name, sku in _active_nodes(session)]
+    # The breaker's base is each SKU's nodes that serve or would (broken ones among
+    # them): the one broken node of a one-node SKU may still be worked on.
+    base = serving_per_sku(gc)
+    for n in nodes:
+        if n.state not in SERVING:
+            base[n.sku] = base.get(n.sku, 0) + 1
     verdict = circuit_breaker([BreakerNode(n.name, n.sku) for n in acting], active,
-                              serving_per_sku(gc), policy.breaker)
+                              base, policy.breaker)
     waits = {w.name: w for w in verdict.wait}
     summary = RemediationSummary(None, plan_only, policy.path)
     if plan_only:
@@ -135,8 +145,9 @@ def remediate_nodes(gc: Gpuctl, names: list[str] | None = None, *, plan_only: bo
                 "planned" if d.acts else "refused" if d.refused else "none",
                 why, d.to_dict(), n.record_id))
         return summary
-    with RunScope(gc, "remediate", {"nodes": [n.name for n in nodes], "action": action,
-                                    "level": level}) as run:
+    with _one_remediation(gc), RunScope(gc, "remediate", {
+            "nodes": [n.name for n in nodes], "action": action,
+            "level": level}) as run:
         summary.run_id = run.run_id
         loop = _Loop(gc, policy, steps, run.run_id, level, burnin_seconds, boot_timeout,
                      now, action)
@@ -166,6 +177,28 @@ def remediate_nodes(gc: Gpuctl, names: list[str] | None = None, *, plan_only: bo
     return summary
 
 
+@contextlib.contextmanager
+def _one_remediation(gc: Gpuctl) -> Iterator[None]:
+    """One remediation run at a time on this control host (an flock on the data dir's
+    ``remediate.lock``): two at once would each pass the breaker, act on the same node
+    and close each other's records as abandoned.
+
+    Raises:
+        GpuctlError: another remediation holds the lock.
+    """
+    path = gc.paths.home / "remediate.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise GpuctlError("another remediation is running on this control host "
+                              f"({path} is locked); try again when it ends") from None
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 def _active_nodes(session: Any) -> list[tuple[str, str | None]]:
     """Nodes gpuctl is draining or remediating now: (name, SKU)."""
     return list(session.exec(select(Node.name, Node.sku).join(
@@ -175,6 +208,11 @@ def _active_nodes(session: Any) -> list[tuple[str, str | None]]:
 
 def _decide(gc: Gpuctl, n: NodeInfo, policy: Policy, held: str, action: str | None,
             now: datetime, steps: Steps) -> Decision:
+    if n.state not in (State.QUARANTINED.value, *SERVING) and n.record_id is None:
+        # Retired, being provisioned or burned in by another run, failed: not a node
+        # this loop may touch, even by hand.
+        return Decision(n.name, "none", f"refused: node is {n.state}; remediation acts "
+                        "on quarantined or serving nodes", refused=True)
     facts = NodeFacts(n.name, admin_drained=bool(held), admin_reason=held,
                       control_host=n.control_host, nvswitch=n.nvswitch, has_bmc=n.has_bmc)
     decision = plan_remediation(n.findings, n.history, policy, facts, now)
@@ -225,12 +263,22 @@ class _Loop:
             return NodeRemediation(n.name, "error", why, d.to_dict(), rid)
 
     def settle(self, n: NodeInfo, message: str) -> int | None:
+        """The node's open record closed as failed, and the node quarantined again in the
+        same transaction: a remediation that did not end in service leaves its node where
+        no job and no other gpuctl run (provision, burn-in --all) takes it."""
         with self.gc.session() as session:
             record = open_remediation_of(session, n.node_id)
             if record is None:
                 return n.record_id
             close(session, record, "failed", actor=self.gc.actor, message=message)
+            self._requarantine(session, n, f"remediation {record.id} failed: {message}")
             return record.id
+
+    def _requarantine(self, session: Any, n: NodeInfo, reason: str) -> None:
+        node = get_node(session, n.name)
+        if node.state not in (State.QUARANTINED.value, State.RETIRED.value):
+            transition(session, node, State.QUARANTINED, actor=self.gc.actor,
+                       run_id=self.run_id, reason=reason[:500])
 
     def settle_stale(self, n: NodeInfo) -> NodeRemediation | None:
         """A record left mid-rung by a process that died: closed as failed."""
@@ -288,12 +336,19 @@ class _Loop:
         return [n for n in nodes if n.name not in left]
 
     def ladder(self, n: NodeInfo, d: Decision) -> NodeRemediation:
-        gc, rungs = self.gc, []
+        gc, rungs = self.gc, list[str]()
         with gc.session() as session:
             record = self._record(session, n, d)
             advance(session, record, "drain-succeeded", actor=gc.actor,
                     message="no job runs on the node")
         while True:
+            # An admin may take the node out while gpuctl waits or works: asked again
+            # before every rung (a node whose scheduler cannot say is held too).
+            held = gc.admin_holds([n.name]).get(n.name)
+            if held:
+                self.settle(n, f"stopped before {d.rung}: {held}"[:500])
+                return NodeRemediation(n.name, "refused", f"stopped before {d.rung}: "
+                                       f"{held}", d.to_dict(), n.record_id, rungs)
             rungs.append(d.rung)
             self._advance(n, "remediating", f"{d.rung}: {d.reason}", rung=d.rung)
             result = self.steps.rung(gc, n.name, d.rung, d.gpus, self.boot_timeout)
@@ -383,6 +438,8 @@ class _Loop:
                   "last_facts": n.facts, "run": self.run_id}
         path = self.dir / f"rma-{n.name}.json"
         write_bytes_atomically(path, json.dumps(bundle, indent=1, default=str).encode())
+        with self.gc.session() as session:  # a part to replace: out of service first
+            self._requarantine(session, n, f"rma: {d.reason}")
         hook = run_rma_hook(self.policy.rma_hook, node=n.name, evidence=path,
                             payload={"fault": d.fault, "reason": d.reason,
                                      "findings": list(d.findings)})

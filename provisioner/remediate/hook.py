@@ -61,7 +61,10 @@ def run_rma_hook(hook: RmaHook, *, node: str, evidence: Path,
 
 def _run_command(hook: RmaHook, node: str, evidence: Path) -> HookResult:
     argv = [*hook.command, node, str(evidence)]
-    env = {**os.environ, "GPUCTL_NODE": node, "GPUCTL_EVIDENCE": str(evidence)}
+    # A minimal environment: the site's script gets no variable of gpuctl's (BMC
+    # passwords by `env:` reference live there).
+    env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "HOME", "TZ")
+           if k in os.environ} | {"GPUCTL_NODE": node, "GPUCTL_EVIDENCE": str(evidence)}
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=hook.timeout_s,
                               env=env, stdin=subprocess.DEVNULL, check=False)

@@ -272,3 +272,27 @@ def test_a_cycle_that_fails_half_way_says_what_was_sent(monkeypatch: pytest.Monk
                               "ForceOff)")
     with pytest.raises(BmcError, match="belongs to another machine"):
         apply_power(_fake_bmc(monkeypatch, _FakeSystem("On", {"On"})), "off", os_serial="S2")
+
+
+def test_power_off_or_cycle_of_a_serving_node_is_refused(gpuctl, gpuctl_home: Path,  # type: ignore[no-untyped-def]
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """Its jobs would die and it would come back unverified (review of issue 24): refused
+    before the BMC is asked, unless --serving."""
+    monkeypatch.setenv("BMC_PW", SECRET)
+    assert gpuctl("nodes", "add", "gpu017", "--address", "127.0.0.17", "--bmc",
+                  "https://127.0.0.1:9", "--bmc-user", "admin", "--bmc-password-from",
+                  "env:BMC_PW").code == 0
+    from provisioner.handle import Gpuctl
+    from provisioner.inventory.lifecycle import get_node
+    from provisioner.paths import Paths
+
+    gc = Gpuctl(Paths.from_env())
+    with gc.session() as session:
+        node = get_node(session, "gpu017")
+        node.state = "in-service"
+        session.add(node)
+    res = gpuctl("bmc", "power", "gpu017", "cycle")
+    assert res.code == 1 and "is in-service: power cycle would kill its jobs" in res.err
+    res = gpuctl("bmc", "power", "gpu017", "cycle", "--serving", "--wait", "1")
+    assert "does not answer" in res.err  # it went on to the (absent) BMC

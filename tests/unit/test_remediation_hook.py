@@ -39,6 +39,19 @@ def test_command_hook_gets_node_and_evidence_as_arguments_and_env(tmp_path: Path
         "node": "gpu1", "evidence": str(tmp_path / "bundle.tgz")}
 
 
+def test_command_hook_gets_no_variable_of_gpuctls(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """BMC passwords by `env:` reference live in gpuctl's environment: the site's
+    script does not inherit them (review of issue 24)."""
+    monkeypatch.setenv("BMC_PW", "S3cret-not-for-tickets")
+    seen = tmp_path / "env.json"
+    dump = "import json, os, sys; json.dump(dict(os.environ), open(sys.argv[1], 'w'))"
+    hook = RmaHook(command=(sys.executable, "-c", dump, str(seen)), timeout_s=20)
+    assert run_rma_hook(hook, node="gpu1", evidence=tmp_path / "b.json").ok
+    env = json.loads(seen.read_text())
+    assert "BMC_PW" not in env and env["GPUCTL_NODE"] == "gpu1"
+
+
 def test_command_hook_failure_timeout_and_missing_command(tmp_path: Path) -> None:
     failing = RmaHook(command=(sys.executable, "-c",
                                "import sys; print('queue full'); sys.exit(3)"), timeout_s=20)

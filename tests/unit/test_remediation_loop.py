@@ -16,7 +16,14 @@ import pytest
 import yaml
 from sqlmodel import col, select
 
-from provisioner.db.models import Event, HardwareSnapshot, Node, Remediation, RemediationEvent
+from provisioner.db.models import (
+    Event,
+    HardwareSnapshot,
+    Node,
+    Remediation,
+    RemediationEvent,
+    Run,
+)
 from provisioner.errors import GpuctlError
 from provisioner.events import Change, StateChange, SyncReport
 from provisioner.fleet.status import status_document
@@ -125,7 +132,10 @@ def _broken(gc: Gpuctl, name: str, *findings: Finding, served: str = "in-service
         session.flush()
         node.last_snapshot_id = snap.id
         session.add(node)
-        transition(session, node, State.QUARANTINED, actor="monitor",
+        run = Run(kind="monitor", actor="monitor")  # a check's quarantine, not a person's
+        session.add(run)
+        session.flush()
+        transition(session, node, State.QUARANTINED, actor="monitor", run_id=run.id,
                    reason="; ".join(f.message for f in findings))
 
 
@@ -238,8 +248,11 @@ def test_the_same_fault_again_within_the_window_goes_straight_to_rma(loop) -> No
     _broken(gc, "n1", XID79)
     assert remediate_nodes(gc, steps=fake.steps()).nodes[0].outcome == "in-service"
     with gc.session() as session:
+        run = Run(kind="monitor", actor="monitor")
+        session.add(run)
+        session.flush()
         transition(session, get_node(session, "n1"), State.QUARANTINED, actor="monitor",
-                   reason="XID 79 again")
+                   run_id=run.id, reason="XID 79 again")
     fake.calls.clear()
     summary = remediate_nodes(gc, steps=fake.steps())
     assert summary.nodes[0].outcome == "rma" and fake.calls == []
@@ -386,3 +399,98 @@ def test_a_scheduler_that_cannot_be_asked_holds_its_nodes(loop) -> None:  # type
     summary = remediate_nodes(gc, steps=fake.steps())
     assert summary.nodes[0].outcome == "refused" and fake.calls == []
     assert "cannot ask fake who drained it: sinfo: slurmctld" in summary.nodes[0].message
+
+
+# -- after the adversarial review of issue 24 ---------------------------------------------
+
+def _state(gc: Gpuctl, name: str) -> str:
+    with gc.session() as session:
+        return get_node(session, name).state
+
+
+def test_a_failed_burn_in_leaves_the_node_quarantined_not_provisioned(loop) -> None:  # type: ignore[no-untyped-def]
+    """An exception after the re-scan moved the node out of quarantine: the record
+    closes failed and the node is quarantined again, where no provision or burn-in --all
+    takes it."""
+    gc, _, fake = loop
+    _broken(gc, "n1", XID79)
+
+    def boom(gc, name, level, seconds):  # type: ignore[no-untyped-def]
+        raise GpuctlError("n1: burn-in could not run")
+
+    steps = fake.steps()
+    steps.burnin = boom
+    summary = remediate_nodes(gc, steps=steps)
+    assert summary.nodes[0].outcome == "error"
+    assert _state(gc, "n1") == "quarantined"
+
+
+def test_rma_of_a_serving_node_takes_it_out_of_service(loop) -> None:  # type: ignore[no-untyped-def]
+    gc, _, fake = loop
+    _broken(gc, "n1", ECC)
+    with gc.session() as session:  # back in service as if a person had released it
+        node = get_node(session, "n1")
+        node.state = "in-service"
+        session.add(node)
+    summary = remediate_nodes(gc, ["n1"], steps=fake.steps())
+    assert summary.nodes[0].outcome == "rma" and _state(gc, "n1") == "quarantined"
+
+
+def test_a_persons_quarantine_is_theirs(loop) -> None:  # type: ignore[no-untyped-def]
+    """`gpuctl quarantine` (no run: a person) is an admin hold: the loop leaves it."""
+    gc, _, fake = loop
+    _broken(gc, "n1", XID79)
+    with gc.session() as session:
+        node = get_node(session, "n1")
+        node.state = "in-service"
+        session.add(node)
+        transition(session, node, State.QUARANTINED, actor="admin",
+                   reason="hold for the vendor")
+    assert remediate_nodes(gc, steps=fake.steps()).nodes == []
+    assert fake.calls == [] and _state(gc, "n1") == "quarantined"
+
+
+def test_a_node_in_another_state_is_refused_even_by_hand(loop) -> None:  # type: ignore[no-untyped-def]
+    gc, _, fake = loop
+    _broken(gc, "n1", XID79)
+    with gc.session() as session:
+        transition(session, get_node(session, "n1"), State.RETIRED, actor="admin",
+                   reason="retired")
+    summary = remediate_nodes(gc, ["n1"], action="power-cycle", steps=fake.steps())
+    assert summary.nodes[0].outcome == "refused" and fake.calls == []
+    assert "node is retired" in summary.nodes[0].message
+
+
+def test_two_remediations_at_once_are_refused(loop) -> None:  # type: ignore[no-untyped-def]
+    import fcntl
+    import os
+
+    gc, _, fake = loop
+    _broken(gc, "n1", XID79)
+    fd = os.open(gc.paths.home / "remediate.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(GpuctlError, match="another remediation is running"):
+            remediate_nodes(gc, steps=fake.steps())
+    finally:
+        os.close(fd)
+    assert fake.calls == []
+
+
+def test_an_admin_hold_during_the_ladder_stops_it(loop) -> None:  # type: ignore[no-untyped-def]
+    """The reboot did not help; before the power cycle the admin marks the node DOWN:
+    the loop stops, the node stays quarantined."""
+    gc, listener, fake = loop
+    _broken(gc, "n1", XID79)
+    fake.rungs[("n1", "reboot")] = False
+    real = gc.admin_holds
+    asked = {"n": 0}
+
+    def holds(names):  # type: ignore[no-untyped-def]
+        asked["n"] += 1
+        return {"n1": "DOWN by admin"} if asked["n"] > 2 else real(names)
+
+    gc.admin_holds = holds  # type: ignore[method-assign]
+    summary = remediate_nodes(gc, steps=fake.steps())
+    assert summary.nodes[0].outcome == "refused"
+    assert ("n1", "power-cycle") not in fake.calls and _state(gc, "n1") == "quarantined"
