@@ -31,11 +31,11 @@ def _facts(serial: str) -> HardwareFacts:
 
 
 @pytest.mark.parametrize(("url", "normal"), [
-    ("https://10.1.3.17", "https://10.1.3.17"),
+    ("https://127.0.3.17", "https://127.0.3.17"),
     ("https://bmc-gpu017.example.com:8443/", "https://bmc-gpu017.example.com:8443"),
-    ("https://10.1.3.17/redfish/v1", "https://10.1.3.17"),
-    ("https://10.1.3.17/redfish/v1/Systems/System.Embedded.1/",
-     "https://10.1.3.17/redfish/v1/Systems/System.Embedded.1"),
+    ("https://127.0.3.17/redfish/v1", "https://127.0.3.17"),
+    ("https://127.0.3.17/redfish/v1/Systems/System.Embedded.1/",
+     "https://127.0.3.17/redfish/v1/Systems/System.Embedded.1"),
     ("https://[fd00::17]", "https://[fd00::17]"),
 ])
 def test_bmc_urls_are_normalised(url: str, normal: str) -> None:
@@ -43,14 +43,14 @@ def test_bmc_urls_are_normalised(url: str, normal: str) -> None:
 
 
 @pytest.mark.parametrize(("url", "says"), [
-    ("http://10.1.3.17", "plain http"),
-    ("ftp://10.1.3.17", "must be https"),
+    ("http://127.0.3.17", "plain http"),
+    ("ftp://127.0.3.17", "must be https"),
     ("https://", "must be https"),
-    ("https://10.1.3.17:99999", "bad port"),
-    ("https://10.1.3.17/cgi-bin/login", "one system"),
-    ("https://10.1.3.17/?x=1", "query"),
+    ("https://127.0.3.17:99999", "bad port"),
+    ("https://127.0.3.17/cgi-bin/login", "one system"),
+    ("https://127.0.3.17/?x=1", "query"),
     ("https://bad_host!", "not a valid hostname"),
-    ("https://10.1.3.17 ; reboot", "spaces"),
+    ("https://127.0.3.17 ; reboot", "spaces"),
 ])
 def test_bad_bmc_urls_are_refused_in_one_line(url: str, says: str) -> None:
     with pytest.raises(InputError, match=says) as exc:
@@ -59,7 +59,7 @@ def test_bad_bmc_urls_are_refused_in_one_line(url: str, says: str) -> None:
 
 
 def test_a_password_in_the_url_is_refused_and_never_echoed() -> None:
-    for url in (f"https://admin:{SECRET}@10.1.3.17", f"https://{SECRET}@10.1.3.17"):
+    for url in (f"https://admin:{SECRET}@127.0.3.17", f"https://{SECRET}@127.0.3.17"):
         with pytest.raises(InputError, match="must not hold a user or password") as exc:
             check_bmc_url(url)
         assert SECRET not in str(exc.value)
@@ -77,43 +77,43 @@ def test_a_password_given_as_the_reference_is_refused_and_never_echoed() -> None
 
 def test_a_bmc_needs_its_user_and_password_reference() -> None:
     with pytest.raises(InputError, match="needs a password reference"):
-        NodeSpec(name="gpu017", bmc_url="https://10.1.3.17", bmc_user="admin")
+        NodeSpec(name="gpu017", bmc_url="https://127.0.3.17", bmc_user="admin")
     with pytest.raises(InputError, match="needs a user"):
-        NodeSpec(name="gpu017", bmc_url="https://10.1.3.17", bmc_password_from="env:X")
+        NodeSpec(name="gpu017", bmc_url="https://127.0.3.17", bmc_password_from="env:X")
     with pytest.raises(InputError, match="without a BMC URL"):
         NodeSpec(name="gpu017", bmc_user="admin")
     with pytest.raises(InputError, match="BMC user"):
-        NodeSpec(name="gpu017", bmc_url="https://10.1.3.17", bmc_user="ad:min",
+        NodeSpec(name="gpu017", bmc_url="https://127.0.3.17", bmc_user="ad:min",
                  bmc_password_from="env:X")
-    spec = NodeSpec(name="gpu017", bmc_url="https://10.1.3.17/", bmc_user="admin",
+    spec = NodeSpec(name="gpu017", bmc_url="https://127.0.3.17/", bmc_user="admin",
                     bmc_password_from="env:BMC_PW", bmc_ca="ca.pem")
-    assert (spec.bmc_url, spec.bmc_ca) == ("https://10.1.3.17", os.path.abspath("ca.pem"))
+    assert (spec.bmc_url, spec.bmc_ca) == ("https://127.0.3.17", os.path.abspath("ca.pem"))
 
 
 def test_the_import_formats_carry_the_bmc() -> None:
     csv_specs = parse_csv("name,address,bmc,bmc_user,bmc_password_from,bmc_ca\n"
-                          "gpu01,10.0.0.1,https://10.0.1.1,admin,env:BMC_PW,/etc/ca.pem\n"
-                          "gpu02,10.0.0.2,,,,\n")
+                          "gpu01,127.0.0.101,https://127.0.1.1,admin,env:BMC_PW,/etc/ca.pem\n"
+                          "gpu02,127.0.0.102,,,,\n")
     assert (csv_specs[0].bmc_url, csv_specs[0].bmc_user, csv_specs[0].bmc_password_from,
-            csv_specs[0].bmc_ca) == ("https://10.0.1.1", "admin", "env:BMC_PW", "/etc/ca.pem")
+            csv_specs[0].bmc_ca) == ("https://127.0.1.1", "admin", "env:BMC_PW", "/etc/ca.pem")
     assert csv_specs[1].bmc_url is None
-    ini = parse_ini("[gpu]\ngpu01 ansible_host=10.0.0.1 gpuctl_bmc=https://10.0.1.1\n"
+    ini = parse_ini("[gpu]\ngpu01 ansible_host=127.0.0.101 gpuctl_bmc=https://127.0.1.1\n"
                     "[gpu:vars]\ngpuctl_bmc_user=admin\n"
                     "gpuctl_bmc_password_from=file:/etc/gpuctl/bmc-pw\n")
     assert (ini[0].bmc_url, ini[0].bmc_user, ini[0].bmc_password_from) == (
-        "https://10.0.1.1", "admin", "file:/etc/gpuctl/bmc-pw")
+        "https://127.0.1.1", "admin", "file:/etc/gpuctl/bmc-pw")
     assert "gpuctl_bmc" not in ini[0].labels
-    yml = parse_yaml("all:\n  hosts:\n    gpu01:\n      gpuctl_bmc: https://10.0.1.1\n"
+    yml = parse_yaml("all:\n  hosts:\n    gpu01:\n      gpuctl_bmc: https://127.0.1.1\n"
                      "      gpuctl_bmc_user: admin\n      gpuctl_bmc_password_from: env:PW\n")
-    assert yml[0].bmc_url == "https://10.0.1.1"
+    assert yml[0].bmc_url == "https://127.0.1.1"
 
 
 def test_a_bmc_password_in_an_inventory_is_refused_and_never_echoed() -> None:
     with pytest.raises(InputError, match="never stored") as exc:
-        parse_ini(f"gpu01 gpuctl_bmc=https://10.0.1.1 gpuctl_bmc_password={SECRET}\n")
+        parse_ini(f"gpu01 gpuctl_bmc=https://127.0.1.1 gpuctl_bmc_password={SECRET}\n")
     assert SECRET not in str(exc.value)
     with pytest.raises(InputError, match="http"):
-        parse_csv("name,bmc,bmc_user,bmc_password_from\ngpu01,http://10.0.1.1,a,env:X\n")
+        parse_csv("name,bmc,bmc_user,bmc_password_from\ngpu01,http://127.0.1.1,a,env:X\n")
 
 
 def test_the_password_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -119,12 +119,12 @@ def _policy(home: Path, **change: Any) -> None:
 def _broken(gc: Gpuctl, name: str, *findings: Finding, served: str = "in-service",
             address: str | None = None, bmc: bool = True) -> None:
     """A node that served as ``served`` and that a pass quarantined for ``findings``."""
-    add_nodes(gc, [NodeSpec(name=name, address=address or f"10.9.0.{len(name)}",
+    add_nodes(gc, [NodeSpec(name=name, address=address or f"127.0.90.{len(name)}",
                             sku="h100-sxm-8")])
     with gc.session() as session:
         node = get_node(session, name)
         node.state = served
-        node.bmc_url = "https://10.9.1.1" if bmc else None
+        node.bmc_url = "https://127.0.91.1" if bmc else None
         snap = HardwareSnapshot(node_id=node.id, run_id=None, hostname=name,
                                 facts_json=json.dumps({"findings": [asdict(f)
                                                                     for f in findings]}))
@@ -141,7 +141,7 @@ def _broken(gc: Gpuctl, name: str, *findings: Finding, served: str = "in-service
 
 def _serving(gc: Gpuctl, n: int) -> None:
     """``n`` in-service nodes of the SKU, so the breaker's percentage allows some."""
-    add_nodes(gc, [NodeSpec(name=f"ok{i:02d}", address=f"10.9.2.{i}", sku="h100-sxm-8")
+    add_nodes(gc, [NodeSpec(name=f"ok{i:02d}", address=f"127.0.92.{i}", sku="h100-sxm-8")
                    for i in range(n)])
     with gc.session() as session:
         for node in session.exec(select(Node).where(col(Node.name).like("ok%"))):
@@ -361,7 +361,7 @@ def test_by_hand_a_serving_node_is_quarantined_then_power_cycled(loop) -> None: 
     assert summary.nodes[0].outcome == "refused" and fake.calls == []
     with gc.session() as session:
         node = get_node(session, "ok03")
-        node.bmc_url = "https://10.9.1.3"
+        node.bmc_url = "https://127.0.91.3"
         session.add(node)
     summary = remediate_nodes(gc, ["ok03"], action="power-cycle", steps=fake.steps())
     assert (summary.nodes[0].outcome, summary.nodes[0].rungs) == (
