@@ -454,6 +454,12 @@ def pattern(start: int, end: int, seed: int, device: torch.device, clear: int = 
     return (bits - (sign << 32)).to(torch.int32).view(torch.float32)
 
 
+def fill_pattern(buf: torch.Tensor, seed: int, offset: int = 0) -> None:
+    """``buf`` (float32) filled with ``pattern``'s elements from ``offset`` on."""
+    for s, e in _spans(buf.numel()):
+        buf[s:e] = pattern(offset + s, offset + e, seed, buf.device)
+
+
 def fill_contribution(buf: torch.Tensor, rank: int, world: int, seed: int, clear: int = 0,
                       narrow: bool = False) -> None:
     """Rank ``rank``'s all-reduce input: element i holds ``pattern(i)`` where
@@ -527,8 +533,7 @@ def check_all_gather(out: torch.Tensor, chunk: torch.Tensor, rank: int, world: i
     last gather left it (the timed iterations)."""
     size = chunk.numel()
     if fill:
-        for s, e in _spans(size):
-            chunk[s:e] = pattern(rank * size + s, rank * size + e, seed, chunk.device)
+        fill_pattern(chunk, seed, rank * size)
         GATHER(out, chunk)
     senders = []
     for k in range(world):
@@ -1258,12 +1263,6 @@ def host_device_bandwidth(device: torch.device, megabytes: int, index: int,
         out.append(Measurement(name, host.numel() * reps / (time.perf_counter() - start) / 1e9,
                                "GB/s", index, True, {"numa_node": node}))
     return out
-
-
-def fill_pattern(buf: torch.Tensor, seed: int) -> None:
-    """``buf`` (float32) filled with the collectives' ``pattern``."""
-    for s, e in _spans(buf.numel()):
-        buf[s:e] = pattern(s, e, seed, buf.device)
 
 
 def p2p_matrix(megabytes: int, seed: int = 0) -> Measurement:
