@@ -9,6 +9,8 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,9 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 CPU_S, MEMORY = 2, 200 << 20
+# A bound on the wall time that catches a hang (a read that never ends), not a timing:
+# the machine is shared, and the CPU limit bounds the work.
+WALL_S = 15
 
 
 def _limits() -> None:
@@ -35,15 +40,25 @@ def _alias_bomb(levels: int = 11) -> str:
 
 
 def _run(home: Path, *args: str, stdin: Any = None) -> tuple[int, str, float, float]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """Run gpuctl with the limits; its exit code, stderr, wall time and CPU time. The CPU
+    time is the gpuctl process's own (wait4(2) on it): the test process's other
+    children, reaped meanwhile, are not counted."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "provisioner", *args], stdin=stdin,
-                          capture_output=True, text=True, timeout=60, preexec_fn=_limits,
-                          env={**os.environ, "GPUCTL_HOME": str(home)})
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return proc.returncode, proc.stderr, wall, cpu
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable, "-m", "provisioner", *args], stdin=stdin,
+                                stdout=subprocess.DEVNULL, stderr=err, preexec_fn=_limits,
+                                env={**os.environ, "GPUCTL_HOME": str(home)})
+        killer = threading.Timer(60, proc.kill)
+        killer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            killer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - start
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    return proc.returncode, stderr, wall, usage.ru_utime + usage.ru_stime
 
 
 CASES = {
@@ -69,7 +84,7 @@ def test_hostile_inventory_files(case: str, gpuctl, gpuctl_home, tmp_path) -> No
     code, err, wall, cpu = _run(gpuctl_home, "nodes", "import", str(path))
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), (case, err[-500:])
-    assert cpu < CPU_S and wall < 2 * CPU_S, (case, cpu, wall)
+    assert cpu < CPU_S and wall < WALL_S, (case, cpu, wall)
     listed = json.loads(gpuctl("nodes", "list", "--json").out)
     assert [n["name"] for n in listed] == ["keep-me"]
 
@@ -88,4 +103,4 @@ def test_the_size_cap_applies_to_what_is_read(source: str, gpuctl_home, tmp_path
     else:
         code, err, wall, cpu = _run(gpuctl_home, "nodes", "import", "/dev/zero")
     assert code == 1 and "more than 10 MiB is too large" in err and "Traceback" not in err
-    assert cpu < CPU_S and wall < 2 * CPU_S, (cpu, wall)
+    assert cpu < CPU_S and wall < WALL_S, (cpu, wall)
