@@ -29,13 +29,16 @@ _PENDING = "gpuctl.changes"
 
 @dataclass(frozen=True)
 class StateChange:
-    """A node moved from one lifecycle state to another (``to_state`` may be REMOVED)."""
+    """A node moved from one lifecycle state to another (``to_state`` may be REMOVED).
+    ``restate``: the node stays in its state with a new reason that the scheduler's
+    reason must show (a quarantined node sent for RMA)."""
 
     node: str
     from_state: str
     to_state: str
     reason: str
     run_id: int | None = None
+    restate: bool = False
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,18 @@ from sqlmodel import col, select
 
 from provisioner.db.models import Node, Remediation
 from provisioner.errors import GpuctlError, InputError
+from provisioner.events import StateChange, note_change
 from provisioner.fsutil import private_dir, write_bytes_atomically
 from provisioner.handle import Gpuctl
 from provisioner.heal.gather import NodeInfo, candidates, serving_per_sku
 from provisioner.heal.steps import Steps
-from provisioner.inventory.lifecycle import SERVING, State, get_node, transition
+from provisioner.inventory.lifecycle import (
+    SERVING,
+    State,
+    get_node,
+    record_event,
+    transition,
+)
 from provisioner.remediate.breaker import BreakerNode, Waiting, circuit_breaker
 from provisioner.remediate.hook import run_rma_hook
 from provisioner.remediate.plan import Decision, NodeFacts, plan_remediation
@@ -440,6 +447,14 @@ class _Loop:
         write_bytes_atomically(path, json.dumps(bundle, indent=1, default=str).encode())
         with self.gc.session() as session:  # a part to replace: out of service first
             self._requarantine(session, n, f"rma: {d.reason}")
+            # The scheduler's reason says so (a node quarantined already keeps its
+            # state; its drain reason follows): the admin who reads sinfo sees the RMA.
+            node = get_node(session, n.name)
+            reason = f"rma: {d.fault}: {d.reason}"[:500]
+            note_change(session, StateChange(n.name, node.state, node.state, reason,
+                                             self.run_id, restate=True))
+            record_event(session, node, "rma", reason, actor=self.gc.actor,
+                         run_id=self.run_id, severity="critical")
         hook = run_rma_hook(self.policy.rma_hook, node=n.name, evidence=path,
                             payload={"fault": d.fault, "reason": d.reason,
                                      "findings": list(d.findings)})

@@ -36,6 +36,7 @@ from provisioner.slurm.client import (
     SlurmError,
     SlurmNode,
     drain,
+    drain_reason,
     jobs_on,
     resume,
     sees_all_jobs,
@@ -149,10 +150,10 @@ class SlurmListener:
         return report
 
 
-def _wanted(snode: SlurmNode, serving: bool, reason: str) -> str:
+def _wanted(snode: SlurmNode, serving: bool, reason: str, restate: bool = False) -> str:
     """What Slurm must do to the node: "resume", "drain", "foreign" (down, failed or
     drained by someone else: left alone, as LBNL NHC leaves a node it did not mark)
-    or ""."""
+    or "". ``restate``: the same state with a new reason, which replaces gpuctl's."""
     if snode.admin_owned:
         return "foreign"
     if serving:
@@ -161,7 +162,8 @@ def _wanted(snode: SlurmNode, serving: bool, reason: str) -> str:
     # then quarantined): Slurm gets the current one. A drain of the same state keeps
     # its (more precise) reason, such as the hand-off gate a node failed.
     state = reason.split(":", 1)[0]
-    if not snode.drained or not snode.reason.startswith(f"{REASON_PREFIX} {state}:"):
+    if not snode.drained or not snode.reason.startswith(f"{REASON_PREFIX} {state}:") \
+            or (restate and snode.reason != drain_reason(reason)):
         return "drain"
     return ""
 
@@ -176,7 +178,7 @@ def _mirror(gc: Gpuctl, states: dict[str, StateChange], report: SyncReport) -> N
         if snode is None:
             continue
         reason = f"{change.to_state}: {change.reason}"
-        action = _wanted(snode, change.to_state in SERVING, reason)
+        action = _wanted(snode, change.to_state in SERVING, reason, change.restate)
         if action == "drain":
             to_drain[name] = reason
         elif action == "resume":

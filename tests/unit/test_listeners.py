@@ -284,3 +284,31 @@ def test_slurm_that_cannot_be_asked_is_busy(gc: Gpuctl, monkeypatch: pytest.Monk
     left = gc.wait_quiet(["n1"], 0)
     assert left["n1"].startswith("cannot ask slurm whether jobs still run there: squeue -a "
                                  "failed"), left
+
+
+def test_a_restated_reason_replaces_gpuctls_drain_reason_only(
+        gc: Gpuctl, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node sent for RMA stays quarantined; its drain reason in Slurm follows (one
+    drain with the new reason). A plain change to the same state keeps gpuctl's more
+    precise reason, and an admin's drain is never replaced."""
+    from provisioner.events import StateChange
+    from provisioner.slurm import sync
+    from provisioner.slurm.client import SlurmNode
+
+    view = {"n-ours": SlurmNode("n-ours", "drained", False, "gpu:8",
+                                "gpuctl: quarantined: ecc-uncorrectable: 2 errors", "root"),
+            "n-admin": SlurmNode("n-admin", "drained", False, "gpu:8", "PSU dead", "root")}
+    drained: list[tuple[list[str], str]] = []
+    monkeypatch.setattr(sync, "load_settings", lambda gc: object())
+    monkeypatch.setattr(sync, "slurm_nodes", lambda names=None: view)
+    monkeypatch.setattr(sync, "drain", lambda names, reason: drained.append((names, reason)))
+    monkeypatch.setattr(sync, "resume", lambda names: None)
+    listener = sync.SlurmListener()
+    plain = [StateChange(n, "quarantined", "quarantined", "ecc again") for n in view]
+    listener.changed(gc, plain)
+    assert drained == []
+    rma = [StateChange(n, "quarantined", "quarantined", "rma: ecc-uncorrectable: a part",
+                       restate=True) for n in view]
+    report = listener.changed(gc, rma)
+    assert drained == [(["n-ours"], "quarantined: rma: ecc-uncorrectable: a part")]
+    assert report is not None and report.foreign == ["n-admin"]
