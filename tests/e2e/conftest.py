@@ -54,6 +54,24 @@ def interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def provisioned_by_lab(paths: Paths, names: list[str] | None = None) -> None:
+    """``names`` (default: every node) as a successful provision leaves them: the lab's
+    ``--driver`` nodes come with the driver and, on NVSwitch systems, fabric manager
+    (provisioning has its own tests: test_provision*.py)."""
+    from sqlmodel import select  # noqa: PLC0415
+
+    from provisioner.db.engine import session_scope  # noqa: PLC0415
+    from provisioner.db.models import Node  # noqa: PLC0415
+    from provisioner.inventory.lifecycle import State, transition  # noqa: PLC0415
+
+    with session_scope(paths.db_url) as session:
+        for node in session.exec(select(Node).order_by(Node.name)).all():
+            if names is None or node.name in names:
+                for state in (State.PROVISIONING, State.PROVISIONED):
+                    transition(session, node, state, actor="test set-up",
+                               reason="lab --driver: provisioned by the lab")
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 120,
              interval: float = 0.1) -> None:
     """Poll ``predicate`` until it holds; fail the test after ``timeout`` seconds."""

@@ -11,17 +11,18 @@ from sqlmodel import select
 
 from provisioner.db.engine import session_scope
 from provisioner.db.models import BurninResult, Certificate
+from tests.e2e.conftest import provisioned_by_lab
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.e2e
 
 
 def test_burnin_certifies_and_quarantines(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
-    lab.up(6, "--fault", "gpu-node-03:sdc", "--fault", "gpu-node-04:slow-gpu",
+    lab.up(6, "--driver", "--fault", "gpu-node-03:sdc", "--fault", "gpu-node-04:slow-gpu",
            "--fault", "gpu-node-06:slow-node")
     assert gpuctl("scan", "--all", "--accept-new").code == 0
-    assert gpuctl("provision", "--all", "--json").code == 0
-    assert gpuctl("lab", "fault", "gpu-node-05", "gpu-missing").code == 0  # after provision
+    provisioned_by_lab(paths)
+    assert gpuctl("lab", "fault", "gpu-node-05", "gpu-missing").code == 0  # after the scan
 
     # Lab nodes share this machine's cores: one at a time, so a fleet comparison compares
     # nodes and not who got the CPU (real nodes each have their own GPUs).
@@ -58,8 +59,9 @@ def test_burnin_certifies_and_quarantines(lab, gpuctl, paths) -> None:  # type: 
         rows = session.exec(select(BurninResult)).all()
     assert sorted(c.node_id for c in certs) == [1, 2]
     # Judged by the SKU's rules with the CPU lab's throughput floors.
+    # (The driver's version is the last scan's: the lab's driver.)
     assert all(c.profile == "h100-sxm-8+cpu-lab" and len(c.results_digest) == 64 and c.expires_at
-               and c.driver_version is None for c in certs)  # last scan was pre-driver
+               and c.driver_version for c in certs)
     tests = {r.test for r in rows if r.node_id == 1}
     assert {"inventory_match", "gemm_float32", "memory_test", "all_reduce_busbw"} <= tests
     assert all(r.verdict == "pass" for r in rows if r.node_id == 1)
@@ -144,7 +146,7 @@ def test_sigint_stops_the_agents_and_marks_the_run(lab, gpuctl, paths) -> None: 
 
     lab.up(1, "--driver")
     assert gpuctl("scan", "--all", "--accept-new").code == 0
-    assert gpuctl("provision", "--all").code == 0
+    provisioned_by_lab(paths)
     env = {**os.environ, "GPUCTL_HOME": str(paths.home)}
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from provisioner.cli import "
                              "main; sys.exit(main(sys.argv[1:]))", "burnin", "--all",

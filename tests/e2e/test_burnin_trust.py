@@ -16,7 +16,7 @@ from sqlmodel import select
 from provisioner.burnin.levels import LEVELS
 from provisioner.db.engine import session_scope
 from provisioner.db.models import BurninArtifact, BurninResult, Run
-from provisioner.inventory.lifecycle import State, get_node, transition
+from tests.e2e.conftest import provisioned_by_lab
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.e2e
@@ -27,15 +27,8 @@ PER_GPU_TESTS = ("gemm_bfloat16", "gemm_float16", "gemm_tf32", "gemm_float32",
 
 
 def _provisioned(gpuctl: Any, paths: Any) -> None:
-    """Scanned, then as a successful provision leaves them (the lab's --driver nodes come
-    with the driver and, on NVSwitch systems, fabric manager: provisioning has its own
-    tests)."""
     assert gpuctl("scan", "--all", "--accept-new").code == 0
-    with session_scope(paths.db_url) as session:
-        for node in json.loads(gpuctl("nodes", "list", "--json").out):
-            stored = get_node(session, node["name"])
-            for state in (State.PROVISIONING, State.PROVISIONED):
-                transition(session, stored, state, actor="test set-up", reason="set-up")
+    provisioned_by_lab(paths)
 
 
 def test_faulty_parts_are_named_and_the_healthy_nodes_certified(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
