@@ -28,8 +28,8 @@ FAULTS = {
     "slow-gpu": "GPU 0 runs its matrix products at half speed",
     "slow-node": "every GPU of the node runs its matrix products at an eighth of the speed "
                  "(the GPUs agree with each other: only the rest of the fleet shows it)",
-    "gpu-lost": "GPU 1 falls off the bus mid-test: its CUDA calls fail and the kernel logs "
-                "XID 79 for it",
+    "gpu-lost": "GPU 1 falls off the bus: the kernel logs XID 79 for it at once, and its "
+                "CUDA calls fail from the next burn-in's first GEMM on",
     "gpu-hung": "GPU 2 hangs mid-test: its matrix product never returns (its driver tools "
                 "still answer)",
     "nvswitch-sxid": "an NVSwitch logs an SXid (12028, non-fatal link error) once the GPUs "
@@ -95,6 +95,14 @@ def apply_fault(spec: dict[str, Any], kind: str) -> None:
         bus = gpu(0)["bus_id"].lower()[:-2]
         spec["kmsg"].append(f"NVRM: Xid (PCI:{bus}): 79, pid=2817, name=python3, "
                             "GPU has fallen off the bus.")
+    elif kind == "gpu-lost":
+        # The driver logs the loss when it happens, idle or not, with no process named
+        # (NVIDIA/open-gpu-kernel-modules#1151: "NVRM: Xid (PCI:0000:2b:00): 79, GPU has
+        # fallen off the bus." then "NVRM: GPU 0000:2b:00.0: GPU has fallen off the bus."
+        # on an idle desktop): a monitor pass sees it before any job fails on it.
+        bus_id = gpu(1)["bus_id"].lower()
+        spec["kmsg"].append(f"NVRM: Xid (PCI:{bus_id[:-2]}): 79, GPU has fallen off the bus.")
+        spec["kmsg"].append(f"NVRM: GPU {bus_id}: GPU has fallen off the bus.")
     elif kind == "ecc-uncorrectable":
         gpu(1)["ecc_dram_uncorrectable"] = 2
     elif kind == "ecc-disabled":

@@ -217,9 +217,9 @@ def _hook(name, *args, **kwargs):
             # The agent names each GPU's thread gpuctl-gpu<N> (CPU devices stand for GPUs).
             gpu = threading.current_thread().name
             n = next(calls)  # this call's number, atomically (the GPUs' threads race)
-            if "{kind}" == "gpu-lost" and gpu == "gpuctl-gpu1" and n > 8:
-                # GPU 1 falls off the bus mid-test: the driver logs XID 79 and every CUDA
-                # call on it fails from then on.
+            if "{kind}" == "gpu-lost" and gpu == "gpuctl-gpu{lost}":
+                # GPU 1 (lab/faults.py logs its XID) is off the bus: every CUDA call
+                # on it fails, and the first one makes the driver log XID 79 again.
                 if not getattr(torch, "_gpuctl_lost", 0):
                     torch._gpuctl_lost = 1
                     log("NVRM: Xid (PCI:{bus1}): 79, pid=%d, name=python3, GPU has fallen "
@@ -344,6 +344,7 @@ def node_files(spec: dict[str, Any]) -> dict[str, tuple[bytes, int]]:
             files[f"{site}/sitecustomize.py"] = (COMPUTE_FAULT.format(
                 kind=kind, bus=gpus[0]["bus_id"].lower()[:-2],
                 bus1=gpus[min(1, len(gpus) - 1)]["bus_id"].lower()[:-2],
+                lost=min(1, len(gpus) - 1),  # GPU 1, or a one-GPU node's only one
                 switch=switches[0]).encode(), 0o644)
             break
     if "kernel-log-unreadable" in spec["faults"]:

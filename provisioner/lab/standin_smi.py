@@ -2,8 +2,9 @@
 """Stand-in nvidia-smi for gpuctl lab nodes (installed on the node; stdlib only).
 
 Implements the parts gpuctl and admins use: ``-q -x`` (the v12 XML schema),
-``--query-gpu=... --format=csv[,noheader][,nounits]``, ``-L``, ``topo -m`` and
-``nvlink --status``. The GPUs come from /etc/gpuctl-lab/gpus.json, written by
+``--query-gpu=... --format=csv[,noheader][,nounits]`` and ``--query-compute-apps``
+(with ``-i``), ``-L``, ``topo -m``, ``nvlink --status``, ``-pm 0|1`` and ``-r``.
+The GPUs come from /etc/gpuctl-lab/gpus.json, written by
 ``gpuctl lab``; with a replayed capture the real XML is printed, patched only where a
 fault was injected.
 """
@@ -56,7 +57,7 @@ def gpu_xml(g, st):
     unc = g["ecc_dram_uncorrectable"]
     sram = g.get("ecc_sram_correctable", 0)
     state, status = fabric(st)
-    persistence = persistence_mode()
+    persistence = persistence_mode(g)
     return f"""    <gpu id="{full_bus}">
         <product_name>{esc(g['model'])}</product_name>
         <product_brand>NVIDIA</product_brand>
@@ -161,12 +162,83 @@ def daemon_args(pidfile):
         return None
 
 
-def persistence_mode():
+# Per-GPU persistence mode set with ``nvidia-smi -pm`` since the node booted.
+PM_SET = "/run/gpuctl-lab/persistence-mode.json"
+
+
+def _pm_set():
+    try:
+        with open(PM_SET) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return {}
+
+
+def persistence_mode(g=None):
     """Enabled while nvidia-persistenced runs with --persistence-mode: the daemon turns
     it on for every GPU at start (nvidia-persistenced(1)); with --no-persistence-mode,
-    or with no daemon, the driver's default is off."""
+    or with no daemon, the driver's default is off. ``nvidia-smi -pm`` changes it for
+    one GPU (``g``) until the node boots again."""
+    if g is not None and g["bus_id"].upper() in _pm_set():
+        return _pm_set()[g["bus_id"].upper()]
     args = daemon_args("/run/nvidia-persistenced.pid")
     return "Enabled" if args and "--persistence-mode" in args else "Disabled"
+
+
+def selected(st, ident):
+    """The GPUs ``-i`` names (an index, a UUID or a PCI bus id, as nvidia-smi(1) takes
+    them; comma-separated), or every GPU; None when one is not found."""
+    if ident is None:
+        return list(st["gpus"])
+    chosen = []
+    for one in ident.split(","):
+        one = one.strip().upper()
+        match = [g for g in st["gpus"] if one in (str(g["index"]), g["uuid"].upper(),
+                                                  g["bus_id"].upper(),
+                                                  "0000" + g["bus_id"].upper())]
+        if not match:
+            return None
+        chosen += match
+    return chosen
+
+
+def set_persistence(gpus, on):
+    """``nvidia-smi -pm 0|1``: what nvidia-smi prints, per GPU, then "All done."."""
+    state = _pm_set()
+    for g in gpus:
+        state[g["bus_id"].upper()] = "Enabled" if on else "Disabled"
+        print("%s persistence mode for GPU %s." % ("Enabled" if on else "Disabled",
+                                                    "0000" + g["bus_id"].upper()))
+    os.makedirs(os.path.dirname(PM_SET), exist_ok=True)
+    with open(PM_SET, "w") as fh:
+        json.dump(state, fh)
+    print("All done.")
+    return 0
+
+
+def reset(gpus):
+    """``nvidia-smi -r``: refused while persistence mode holds a GPU open, as
+    nvidia-persistenced's attachment counts as a client (NVIDIA/NVSentinel#1690: "The
+    following GPUs could not be reset: GPU 00000000:1A:00.0: In use by another client",
+    exit 255; after ``-pm 0`` the same reset printed "GPU 00000000:1A:00.0 was
+    successfully reset." and exited 0; NVIDIA/gpu-operator#118 saw the same with the
+    daemon running). Newer nvidia-smi toggles persistence mode itself when it reaches
+    the daemon (NVIDIA/NVSentinel#1243); the lab models the stricter behaviour, which a
+    caller must handle either way."""
+    held = [g for g in gpus if persistence_mode(g) == "Enabled"]
+    if held:
+        print("The following GPUs could not be reset:")
+        for g in held:
+            print("  GPU %s: In use by another client" % ("0000" + g["bus_id"].upper()))
+        print("\n%d device is currently being used by one or more other processes (e.g. "
+              "Fabric Manager, CUDA application, graphics application such as an X "
+              "server, or a monitoring application such as another instance of "
+              "nvidia-smi). Please first kill all processes using this device and all "
+              "compute applications running in the system." % len(held))
+        return 255
+    for g in gpus:
+        print("GPU %s was successfully reset." % ("0000" + g["bus_id"].upper()))
+    return 0
 
 
 def nvlink5():
@@ -287,7 +359,7 @@ FIELDS = {
     "pci.bus_id": ("pci.bus_id", lambda g, st: "0000" + g["bus_id"].upper()),
     "memory.total": ("memory.total [MiB]", lambda g, st: "%d MiB" % g["memory_mib"]),
     "driver_version": ("driver_version", lambda g, st: st["driver_version"]),
-    "persistence_mode": ("persistence_mode", lambda g, st: persistence_mode()),
+    "persistence_mode": ("persistence_mode", lambda g, st: persistence_mode(g)),
     "vbios_version": ("vbios_version", lambda g, st: g["vbios"]),
     # Readings wander a little over time, as a loaded GPU's do.
     "temperature.gpu": ("temperature.gpu", lambda g, st: g["temperature_c"] + (
@@ -329,7 +401,7 @@ def nvlink_status(st):
     return 0
 
 
-def query_gpu(fields, fmt, st):
+def query_gpu(fields, fmt, gpus, st):
     if not fmt.startswith("csv"):
         sys.stderr.write("Only CSV format is supported.\n")
         return 2
@@ -341,7 +413,7 @@ def query_gpu(fields, fmt, st):
         return 2
     if "noheader" not in opts:
         print(", ".join(FIELDS[n][0] for n in names))
-    for g in st["gpus"]:
+    for g in gpus:
         values = []
         for n in names:
             value = str(FIELDS[n][1](g, st))
@@ -399,10 +471,27 @@ def main(argv):
         for g in st["gpus"]:
             print("GPU %d: %s (UUID: %s)" % (g["index"], g["model"], g["uuid"]))
         return 0
-    query = next((a.split("=", 1)[1] for a in args if a.startswith("--query-gpu=")), None)
+    ident = next((args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-i", "--id")),
+                 None)
+    gpus = selected(st, ident)
+    if gpus is None:
+        print("No devices were found")
+        return 6
+    if args[:1] in (["-r"], ["--gpu-reset"]):
+        return reset(gpus)
+    if args[:1] == ["-pm"] and len(args) > 1 and args[1] in ("0", "1"):
+        return set_persistence(gpus, args[1] == "1")
     fmt = next((a.split("=", 1)[1] for a in args if a.startswith("--format=")), None)
+    if any(a.startswith("--query-compute-apps=") for a in args) and fmt is not None:
+        # The lab's GPUs run no CUDA process (the burn-in agent computes on the CPU):
+        # the header alone, or nothing with noheader.
+        if "noheader" not in fmt:
+            print(next(a for a in args if a.startswith("--query-compute-apps="))
+                  .split("=", 1)[1].replace(",", ", "))
+        return 0
+    query = next((a.split("=", 1)[1] for a in args if a.startswith("--query-gpu=")), None)
     if query is not None and fmt is not None:
-        return query_gpu(query, fmt, st)
+        return query_gpu(query, fmt, gpus, st)
     if not args:
         print("gpuctl lab stand-in nvidia-smi: driver %s, CUDA %s, %d GPUs"
               % (st["driver_version"], st["cuda_version"], len(st["gpus"])))
