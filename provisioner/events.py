@@ -130,7 +130,10 @@ class Listener(Protocol):
             GpuctlError: the system cannot be asked (a run must not start on a guess).
         """
 
-    # Optional (``Gpuctl.admin_holds`` asks a listener that has it):
+    # Optional (``Gpuctl.kill_jobs`` and ``Gpuctl.admin_holds`` ask a listener that has
+    # them):
+    # def kill_jobs(self, gc: Gpuctl, names: list[str]) -> dict[str, str] | None:
+    #     Cancel the jobs that still hold ``names`` (``--kill-jobs``): node -> which.
     # def admin_holds(self, gc: Gpuctl, names: list[str]) -> dict[str, str] | None:
     #     Of ``names``, the nodes drained or DOWN there by someone other than gpuctl
     #     (node -> by whom and why); remediation never acts on them.

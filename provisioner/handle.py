@@ -157,6 +157,22 @@ class Gpuctl:
                 return left
             time.sleep(min(2.0, remaining))
 
+    def kill_jobs(self, names: list[str]) -> dict[str, str]:
+        """Have each scheduler cancel the jobs that still hold ``names``; node -> what
+        was done, or why it could not be. A listener without ``kill_jobs`` kills none.
+        Never raises."""
+        done: dict[str, str] = {}
+        for listener in self.listeners:
+            kill = getattr(listener, "kill_jobs", None)
+            if kill is None:
+                continue
+            try:
+                done.update(kill(self, names) or {})
+            except GpuctlError as exc:
+                done.update({n: f"could not cancel its jobs in {listener.name}: {exc}"
+                             for n in names})
+        return done
+
     def admin_holds(self, names: list[str]) -> dict[str, str]:
         """Of ``names``, the nodes a person took out in a listener's system (drained or
         DOWN there by someone other than gpuctl), with why; a node whose system could

@@ -81,8 +81,9 @@ def monitor(ctx: Ctx, every: str | None, parallel: int, remediate: bool, as_json
     Example: gpuctl monitor --remediate --drain-timeout 30m
     """
     interval = parse_interval(every) if every else None
-    if opts["plan_only"] and not remediate:
-        raise InputError("--plan goes with --remediate")
+    for flag, option in (("plan_only", "--plan"), ("kill_jobs", "--kill-jobs")):
+        if opts[flag] and not remediate:
+            raise InputError(f"{option} goes with --remediate")
     while True:
         if opts["plan_only"]:  # changes nothing: not even the monitor's pass
             plan = run_remediation(ctx, None, None, opts)

@@ -42,7 +42,12 @@ def remediation_options(func: F) -> F:
                           "change nothing."),
         click.option("--drain-timeout", default="30m", show_default=True,
                      help="How long to wait for jobs on a drained node to end (jobs are "
-                          "never killed: a node still busy stays drained and listed)."),
+                          "never killed unless --kill-jobs: a node still busy stays "
+                          "drained and listed)."),
+        click.option("--kill-jobs", is_flag=True,
+                     help="Past --drain-timeout, cancel the jobs still on a node gpuctl "
+                          "drained (scancel by job id; a job that spans other nodes ends "
+                          "there too) and go on once they are gone."),
         click.option("--level", default="quick", show_default=True,
                      type=click.Choice(["quick", "standard", "extended"]),
                      help="The re-burn-in's level."),
@@ -62,7 +67,8 @@ def run_remediation(ctx: Ctx, names: list[str] | None, action: str | None,
         ctx.gc, names, plan_only=opts["plan_only"], action=action,
         drain_timeout=parse_duration(opts["drain_timeout"], "--drain-timeout"),
         level=opts["level"], burnin_seconds=opts["burnin_seconds"],
-        boot_timeout=parse_duration(opts["boot_timeout"], "--boot-timeout"))
+        boot_timeout=parse_duration(opts["boot_timeout"], "--boot-timeout"),
+        kill_jobs=opts["kill_jobs"])
 
 
 def show_remediation(ctx: Ctx, summary: RemediationSummary) -> None:

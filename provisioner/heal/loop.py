@@ -99,7 +99,8 @@ class RemediationSummary:
 def remediate_nodes(gc: Gpuctl, names: list[str] | None = None, *, plan_only: bool = False,
                     drain_timeout: float = 1800.0, action: str | None = None,
                     level: str = "quick", burnin_seconds: float | None = None,
-                    boot_timeout: float = 600.0, steps: Steps | None = None,
+                    boot_timeout: float = 600.0, kill_jobs: bool = False,
+                    steps: Steps | None = None,
                     now: datetime | None = None) -> RemediationSummary:
     """Remediate ``names`` (default: every quarantined node and every open record); see
     the module docstring.
@@ -109,6 +110,9 @@ def remediate_nodes(gc: Gpuctl, names: list[str] | None = None, *, plan_only: bo
             the policy's ladder says; refusals (admin, control host, breaker) still hold.
         level, burnin_seconds: the re-burn-in's level and per-test seconds.
         drain_timeout: seconds to wait for the scheduler's jobs to end on a node.
+        kill_jobs: past ``drain_timeout``, have the scheduler cancel the jobs still on
+            the node (then wait up to ``KILL_GRACE_S`` for them to go); without it, jobs
+            are never touched.
         boot_timeout: seconds a node has to come back after a reboot or power cycle.
         steps: the steps that reach nodes (tests hand in their own).
 
@@ -158,6 +162,7 @@ def remediate_nodes(gc: Gpuctl, names: list[str] | None = None, *, plan_only: bo
         summary.run_id = run.run_id
         loop = _Loop(gc, policy, steps, run.run_id, level, burnin_seconds, boot_timeout,
                      now, action)
+        loop.kill_jobs = kill_jobs
         results = [loop.settle_stale(n) for n in nodes]
         outcome = {r.name: r for r in results if r is not None}
         ready = [n for n in nodes if n.name not in outcome]
@@ -243,6 +248,11 @@ def _decide(gc: Gpuctl, n: NodeInfo, policy: Policy, held: str, action: str | No
                           f"{decision.rung}: {decision.reason}")
 
 
+# How long cancelled jobs have to leave a node (scancel(1) sends SIGTERM, then SIGKILL
+# after slurm.conf's KillWait, 30 s by default; epilogs run after).
+KILL_GRACE_S = 120.0
+
+
 class _Loop:
     def __init__(self, gc: Gpuctl, policy: Policy, steps: Steps, run_id: int, level: str,
                  seconds: float | None, boot_timeout: float, now: datetime,
@@ -250,6 +260,7 @@ class _Loop:
         self.gc, self.policy, self.steps, self.run_id = gc, policy, steps, run_id
         self.level, self.seconds, self.boot_timeout = level, seconds, boot_timeout
         self.now, self.action = now, action
+        self.kill_jobs = False
 
     @property
     def dir(self) -> Path:
@@ -335,11 +346,23 @@ class _Loop:
                     advance(session, record, "draining", actor=self.gc.actor,
                             message=f"{d.rung}: {d.reason}"[:500])
         left = self.gc.wait_quiet([n.name for n in nodes], timeout) if nodes else {}
+        killed: dict[str, str] = {}
+        if left and self.kill_jobs:
+            killed = self.gc.kill_jobs(list(left))
+            with self.gc.session() as session:
+                for name, what in killed.items():
+                    kind = "jobs-killed" if what.startswith("cancelled") else "note"
+                    record_event(session, get_node(session, name), kind,
+                                 f"--kill-jobs after {timeout:g} s: {what}"[:500],
+                                 actor=self.gc.actor, run_id=self.run_id, severity="warning")
+            left = self.gc.wait_quiet(list(left), KILL_GRACE_S)
         for n in nodes:
             if n.name in left:
+                done = f"{killed[n.name]}, still busy {KILL_GRACE_S:g} s later" \
+                    if n.name in killed else "no job killed"
                 outcome[n.name] = NodeRemediation(
                     n.name, "draining", f"still busy after {timeout:g} s: {left[n.name]}; "
-                    "left drained, no job killed", decisions[n.name].to_dict(), n.record_id)
+                    f"left drained, {done}", decisions[n.name].to_dict(), n.record_id)
         return [n for n in nodes if n.name not in left]
 
     def ladder(self, n: NodeInfo, d: Decision) -> NodeRemediation:

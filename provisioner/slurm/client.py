@@ -141,6 +141,26 @@ def jobs_on(node: str) -> list[str]:
             if job.strip() and state.strip() not in ("", "PD")]
 
 
+# A job id as squeue's %i prints it: plain, an array task (123_4) or a heterogeneous
+# component (123+0).
+_JOB_ID = re.compile(r"\d{1,12}(?:[_+]\d{1,12})?")
+
+
+def cancel_jobs(job_ids: list[str]) -> None:
+    """``scancel`` these jobs (scancel(1): SIGTERM, then SIGKILL after slurm.conf's
+    ``KillWait``), by id: the jobs gpuctl saw on a node, not every job that may come to
+    use it.
+
+    Raises:
+        SlurmError: an id that is not one, or scancel failed.
+    """
+    bad = [j for j in job_ids if not _JOB_ID.fullmatch(j)]
+    if bad:
+        raise SlurmError(f"not a Slurm job id: {bad[0][:40]!r}")
+    if job_ids:
+        run_slurm(["scancel", *job_ids])
+
+
 @functools.lru_cache(maxsize=1)
 def sees_all_jobs() -> bool:
     """Whether squeue shows gpuctl every user's jobs: as root, or where slurm.conf's

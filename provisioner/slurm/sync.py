@@ -35,6 +35,7 @@ from provisioner.slurm.client import (
     REASON_PREFIX,
     SlurmError,
     SlurmNode,
+    cancel_jobs,
     drain,
     drain_reason,
     jobs_on,
@@ -118,6 +119,30 @@ class SlurmListener:
             out[n] = (f"{snode.label()} in Slurm: jobs still run there"
                       if snode.state in JOBS_LEFT else
                       f"{snode.label()} in Slurm: not drained, jobs can start there")
+        return out
+
+    def kill_jobs(self, gc: Gpuctl, names: list[str]) -> dict[str, str] | None:
+        """Cancel the jobs that still hold ``names`` (``--kill-jobs``); node -> which.
+
+        Raises:
+            SlurmError: Slurm cannot be asked, or refused.
+        """
+        if load_settings(gc) is None:
+            return None
+        view = slurm_nodes(names)
+        out = {}
+        for n in names:
+            snode = view.get(n)
+            # Only on a node gpuctl drained: elsewhere new jobs could start as the old
+            # ones go, and an admin's drain or DOWN is theirs.
+            if snode is None or not snode.drained or not snode.by_gpuctl:
+                state = f"{snode.label()} in Slurm" if snode else "not in Slurm"
+                out[n] = f"{state}, not drained by gpuctl: no job cancelled"
+                continue
+            ids = jobs_on(n)
+            if ids:
+                cancel_jobs(ids)
+                out[n] = f"cancelled job{'s' if len(ids) > 1 else ''} {', '.join(ids)}"
         return out
 
     def admin_holds(self, gc: Gpuctl, names: list[str]) -> dict[str, str] | None:

@@ -66,6 +66,16 @@ class Slurmish:
     def admin_holds(self, gc: Gpuctl, names: list[str]) -> dict[str, str] | None:
         return {n: why for n, why in self.held.items() if n in names}
 
+    def kill_jobs(self, gc: Gpuctl, names: list[str]) -> dict[str, str] | None:
+        """Cancels the jobs of the nodes in ``killable``; the others' jobs stay."""
+        self.killed = [*getattr(self, "killed", []), *names]
+        done = {n: "cancelled job 41" for n in names if n in self.killable}
+        for n in done:
+            self.busy.pop(n, None)
+        return done
+
+    killable: frozenset[str] = frozenset()
+
 
 class FakeSteps:
     """The node-facing steps, scripted: ``rungs[(node, rung)]`` ok or not (default ok);
@@ -291,6 +301,27 @@ def test_jobs_are_waited_for_and_never_killed(loop) -> None:  # type: ignore[no-
     assert _record(gc, "n1")[0].state == "draining"  # open: the next pass goes on
     listener.busy.clear()
     assert remediate_nodes(gc, steps=fake.steps()).nodes[0].outcome == "in-service"
+
+
+def test_kill_jobs_cancels_what_still_runs_past_the_drain_timeout(loop, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from provisioner.heal import loop as heal_loop  # noqa: PLC0415
+
+    monkeypatch.setattr(heal_loop, "KILL_GRACE_S", 0.0)
+    gc, listener, fake = loop
+    for name in ("n1", "n2"):
+        _broken(gc, name, XID79)
+        listener.busy[name] = "DRAINING in Slurm: jobs still run there"
+    listener.killable = frozenset({"n1"})  # n2's job outlives its cancel
+    _policy(gc.paths.home, breaker={"max_nodes": 2, "max_percent": 100})
+    summary = remediate_nodes(gc, steps=fake.steps(), drain_timeout=0, kill_jobs=True)
+    out = {n.name: n for n in summary.nodes}
+    assert listener.killed == ["n1", "n2"]
+    assert out["n1"].outcome == "in-service", out
+    assert out["n2"].outcome == "draining" and "no job killed" in out["n2"].message, out
+    with gc.session() as session:
+        events = [e.reason for e in session.exec(select(Event).where(
+            Event.kind == "jobs-killed"))]
+    assert events == ["--kill-jobs after 0 s: cancelled job 41"]
 
 
 def test_an_admins_drain_and_the_control_host_are_refused(loop) -> None:  # type: ignore[no-untyped-def]

@@ -244,3 +244,41 @@ def test_slurm_commands_do_not_inherit_output_filters(monkeypatch: pytest.Monkey
     env = client.slurm_env()
     assert not {"SQUEUE_USERS", "SQUEUE_STATES", "SINFO_PARTITION", "SLURM_CLUSTERS"} & set(env)
     assert env["SLURM_CONF"] == "/etc/slurm/slurm.conf"
+
+
+def test_kill_jobs_cancels_by_job_id_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from provisioner.slurm import client  # noqa: PLC0415
+    from provisioner.slurm.client import SlurmError, cancel_jobs  # noqa: PLC0415
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(client, "run_slurm", lambda argv, **kw: seen.append(argv) or "")
+    cancel_jobs(["41", "42_3", "43+0"])
+    assert seen == [["scancel", "41", "42_3", "43+0"]]
+    cancel_jobs([])  # nothing to cancel: no scancel run at all
+    assert len(seen) == 1
+    for bad in ("--user=root", "41;reboot", "", "-w gpu-node-01"):
+        with pytest.raises(SlurmError, match="not a Slurm job id"):
+            cancel_jobs(["41", bad])
+    assert len(seen) == 1
+
+
+def test_kill_jobs_only_on_nodes_gpuctl_drained(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not on a node Slurm has not drained (new jobs would start as the old ones go),
+    nor on one an admin drained: their jobs are the admin's call."""
+    from provisioner.slurm import sync  # noqa: PLC0415
+
+    view = parse_sinfo("n1|draining|gpu:8|root|gpuctl: quarantined: xid-79\n"
+                       "n2|mixed|gpu:8|Unknown|none\n"
+                       "n3|draining|gpu:8|alice|fan noise\n")
+    cancelled: list[list[str]] = []
+    monkeypatch.setattr(sync, "load_settings", lambda gc: object())
+    monkeypatch.setattr(sync, "slurm_nodes", lambda names=None: view)
+    monkeypatch.setattr(sync, "jobs_on", lambda n: {"n1": ["41"], "n2": ["42"],
+                                                    "n3": ["43"]}[n])
+    monkeypatch.setattr(sync, "cancel_jobs", cancelled.append)
+    done = sync.SlurmListener().kill_jobs(None, ["n1", "n2", "n3", "n4"])  # type: ignore[arg-type]
+    assert cancelled == [["41"]]
+    assert done == {"n1": "cancelled job 41",
+                    "n2": "MIXED in Slurm, not drained by gpuctl: no job cancelled",
+                    "n3": "DRAINING in Slurm, not drained by gpuctl: no job cancelled",
+                    "n4": "not in Slurm, not drained by gpuctl: no job cancelled"}
