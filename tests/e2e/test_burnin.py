@@ -85,7 +85,8 @@ def test_gpu_health_faults_fail_burnin_and_report(lab, gpuctl, paths, tmp_path) 
         profile.replace("fleet_outlier_fraction: 0.30", "fleet_outlier_fraction: 0 #"))
     lab.up(5, "--driver")
     assert gpuctl("scan", "--all", "--accept-new").code == 0
-    assert gpuctl("provision", "--all", "--json").code == 0
+    # The lab's --driver nodes have the driver: Ansible adds DCGM from the repository.
+    assert gpuctl("provision", "--all", "--tags", "repo,dcgm", "--json").code == 0
     for node, kind in (("gpu-node-01", "xid"), ("gpu-node-02", "ecc-uncorrectable"),
                        ("gpu-node-03", "thermal-throttle"), ("gpu-node-04", "nvlink-down")):
         assert gpuctl("lab", "fault", node, kind).code == 0

@@ -2,13 +2,16 @@
 slurmctld, slurmd, slurmdbd, munge) and a Redfish BMC per node (sushy-tools' emulator):
 
 - ``--plan`` changes nothing: not gpuctl's database, not the lab, not Slurm;
-- a GPU falls off the bus (XID 79) on an in-service node and one ``monitor --remediate``
-  pass with the circuit breaker at 1 quarantines it; with the node already broken that
-  makes two: the first is drained, rebooted (the warm reboot does not bring the GPU back:
-  its re-burn-in logs XID 79 again), power-cycled through its BMC (in the BMC's log and
-  the node's history), re-scanned, re-certified and IDLE in Slurm again; the second
-  waits, drained, and ``status`` says why; ``gpuctl remediate NODE --action
-  power-cycle`` then brings it back by hand;
+- a GPU falls off the bus (``lab fault NODE gpu-lost``: XID 79) on an in-service node
+  and one ``monitor --remediate`` pass with the circuit breaker at 1 quarantines it;
+  with the node already broken that makes two: the first is drained, rebooted (a warm
+  reboot does not bring the GPU back: its re-burn-in fails on it), power-cycled
+  through its BMC (in the BMC's log and the node's history), re-scanned, re-certified
+  and IDLE in Slurm again; the second waits, drained, and ``status`` says why;
+  ``gpuctl remediate NODE --action power-cycle`` then brings it back by hand;
+- by hand, a GPU reset of a serving node that runs a user's job: the job is waited
+  for (bounded) and left alone, then cancelled with ``--kill-jobs``; persistence mode
+  (the lab's nvidia-persistenced) off for the reset, on again after; back to IDLE;
 - the same fault again within the window goes straight to RMA, as does uncorrectable
   ECC (a part): each drained in Slurm with a reason that says RMA, the site's ticket
   hook called once each.
@@ -170,14 +173,14 @@ def test_plan_changes_nothing(lab: RemediationLab) -> None:
 def test_a_lost_gpu_is_power_cycled_back_to_idle_while_the_breaker_holds_the_other(
         lab: RemediationLab) -> None:
     lab.policy(breaker={"max_nodes": 1, "max_percent": 100})
-    assert _cli("lab", "fault", N1, "xid")[0] == 0
+    assert _cli("lab", "fault", N1, "gpu-lost")[0] == 0
     code, out = _cli("monitor", "--remediate", *BURN, "--json")
     assert code == 0, out
     doc = json.loads(out)
     assert doc["quarantined"] == [N1], doc
     nodes = {n["name"]: n for n in doc["remediation"]["nodes"]}
-    # The warm reboot did not bring the GPU back (its re-burn-in failed on a new XID 79);
-    # the power cycle through the BMC did.
+    # The warm reboot did not bring the GPU back (its re-burn-in failed on it); the power
+    # cycle through the BMC did.
     assert (nodes[N1]["outcome"], nodes[N1]["rungs"]) == ("in-service",
                                                           ["reboot", "power-cycle"]), nodes
     assert nodes[N2]["outcome"] == "waiting-breaker" and nodes[N2]["message"].startswith(
@@ -187,7 +190,7 @@ def test_a_lost_gpu_is_power_cycled_back_to_idle_while_the_breaker_holds_the_oth
     state, reason = sinfo()[N2]
     assert state == "drained" and reason.startswith("gpuctl: quarantined: "), (state, reason)
     log = json.loads(_cli("bmc", "info", N1, "--json")[1])["log_entries"]
-    assert "cleared on boot: xid" in log[0]["message"], log
+    assert "cleared on boot: gpu-lost" in log[0]["message"], log
     events = lab.events(N1)
     assert any(e["kind"] == "bmc" and e["reason"].startswith("power cycle through the BMC")
                for e in events)
@@ -210,10 +213,56 @@ def test_by_hand_the_waiting_node_is_power_cycled_back_to_idle(lab: RemediationL
     assert json.loads(_cli("status", "--json")[1])["remediation"]["open"] == []
 
 
+def _persistence(lab: RemediationLab, node: str) -> set[str]:
+    out = lab.lab.node_exec(node, ["nvidia-smi", "--query-gpu=persistence_mode",
+                                   "--format=csv,noheader"])
+    assert out.returncode == 0, out
+    return set(out.stdout.decode().split())
+
+
+def _job_state(job_id: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
+                         text=True, check=True).stdout
+    return dict(f.split("=", 1) for f in out.split() if "=" in f)["JobState"]
+
+
+def test_by_hand_a_gpu_reset_waits_for_jobs_kills_them_only_when_told(
+        lab: RemediationLab) -> None:
+    """A user's job runs on the node: the remediation drains it and waits, bounded, and
+    leaves the job alone; with ``--kill-jobs`` it cancels the job, then resets the GPUs.
+    The lab's nvidia-persistenced holds every GPU in persistence mode, and its
+    nvidia-smi refuses a reset then, as the real one does (NVIDIA/NVSentinel#1690):
+    the reset turns it off and on again. (The lab's --driver image runs the daemon as
+    packaged, --no-persistence-mode, so the admin turns it on here.)"""
+    assert lab.lab.node_exec(N1, ["nvidia-smi", "-pm", "1"]).returncode == 0
+    assert _persistence(lab, N1) == {"Enabled"}
+    refused = lab.lab.node_exec(N1, ["nvidia-smi", "-r", "-i", "0"])
+    assert refused.returncode == 255 and b"In use by another client" in refused.stdout
+    sub = subprocess.run(["sbatch", "--parsable", "-w", N1, "--wrap", "sleep 600"],
+                         capture_output=True, text=True, check=True, cwd="/tmp")
+    job_id = sub.stdout.strip().split(";")[0]
+    wait_for(lambda: _job_state(job_id) == "RUNNING", timeout=60)
+    reset = ("remediate", N1, "--action", "reset", "--burnin-duration", "0.2",
+             "--boot-timeout", "60s", "--drain-timeout", "2s", "--json")
+    code, out = _cli(*reset)
+    (node,) = json.loads(out)["nodes"]
+    assert node["outcome"] == "draining" and "no job killed" in node["message"], node
+    assert _job_state(job_id) == "RUNNING" and sinfo()[N1][0] == "draining"
+    code, out = _cli(*reset, "--kill-jobs")
+    assert code == 0, out
+    (node,) = json.loads(out)["nodes"]
+    assert (node["outcome"], node["rungs"]) == ("in-service", ["reset"]), node
+    assert _job_state(job_id) == "CANCELLED"
+    assert any(e["kind"] == "jobs-killed" and e["reason"].endswith(f"cancelled job {job_id}")
+               for e in lab.events(N1))
+    assert _persistence(lab, N1) == {"Enabled"}
+    wait_for(lambda: sinfo()[N1][0] == "idle", timeout=60)
+
+
 def test_a_repeat_and_a_bad_part_go_to_rma_drained_as_such_with_one_ticket_each(
         lab: RemediationLab) -> None:
     lab.policy()
-    assert _cli("lab", "fault", N1, "xid")[0] == 0  # the same fault within 7 days
+    assert _cli("lab", "fault", N1, "gpu-lost")[0] == 0  # the same fault within 7 days
     assert _cli("lab", "fault", N2, "ecc-uncorrectable")[0] == 0
     code, out = _cli("monitor", "--remediate", *BURN, "--json")
     assert code == 0, out
