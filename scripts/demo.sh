@@ -61,12 +61,12 @@ echo "# one monitor pass quarantines it and drains it in Slurm with the reason"
 g lab fault gpu-node-02 ecc-uncorrectable
 g3 monitor
 echo; echo "\$ sinfo -N -o '%N %T %E'"; sinfo -N -o '%N %T %E' | sort -u
-echo; echo "# gpu-node-01's GPU falls off the bus in service (XID 79): the monitor drains it;"
-echo "# remediation reboots it, power-cycles it through its BMC when the reboot does not"
-echo "# clear it, scans it, burns it in again and gives it back to Slurm"
-g lab fault gpu-node-01 xid
-g3 monitor
-g remediate gpu-node-01 --burnin-duration 0.5 --boot-timeout 90s
+echo; echo "# gpu-node-01's GPU falls off the bus in service (XID 79). One monitor pass with"
+echo "# --remediate closes the loop: it drains the node, reboots it, power-cycles it through"
+echo "# its BMC when the reboot does not clear it, scans it, burns it in again and gives it"
+echo "# back to Slurm; gpu-node-02's ECC errors are a part to replace: RMA, still drained"
+g lab fault gpu-node-01 gpu-lost
+g3 monitor --remediate --burnin-duration 0.5 --boot-timeout 90s
 g nodes show gpu-node-01 --events 8
 echo; echo "\$ sinfo -N -o '%N %T %E'"; sinfo -N -o '%N %T %E' | sort -u
 g status

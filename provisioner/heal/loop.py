@@ -473,7 +473,7 @@ class _Loop:
             # The scheduler's reason says so (a node quarantined already keeps its
             # state; its drain reason follows): the admin who reads sinfo sees the RMA.
             node = get_node(session, n.name)
-            reason = f"rma: {d.fault}: {d.reason}"[:500]
+            reason = f"rma: {d.reason}"[:500]  # (the reason names the fault)
             note_change(session, StateChange(n.name, node.state, node.state, reason,
                                              self.run_id, restate=True))
             record_event(session, node, "rma", reason, actor=self.gc.actor,
