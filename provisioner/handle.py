@@ -161,34 +161,30 @@ class Gpuctl:
         """Have each scheduler cancel the jobs that still hold ``names``; node -> what
         was done, or why it could not be. A listener without ``kill_jobs`` kills none.
         Never raises."""
-        done: dict[str, str] = {}
-        for listener in self.listeners:
-            kill = getattr(listener, "kill_jobs", None)
-            if kill is None:
-                continue
-            try:
-                done.update(kill(self, names) or {})
-            except GpuctlError as exc:
-                done.update({n: f"could not cancel its jobs in {listener.name}: {exc}"
-                             for n in names})
-        return done
+        return self._ask_each("kill_jobs", names, "could not cancel its jobs in {}")
 
     def admin_holds(self, names: list[str]) -> dict[str, str]:
         """Of ``names``, the nodes a person took out in a listener's system (drained or
         DOWN there by someone other than gpuctl), with why; a node whose system could
         not be asked is held too (gpuctl acts on no node it cannot clear). A listener
         without ``admin_holds`` holds none. Never raises."""
-        held: dict[str, str] = {}
+        return self._ask_each("admin_holds", names, "cannot ask {} who drained it")
+
+    def _ask_each(self, method: str, names: list[str], failed: str) -> dict[str, str]:
+        """Each listener that has ``method``: its answer per node; where one cannot be
+        asked, ``failed`` (``{}``: the listener's name) and why, for the nodes no answer
+        covers yet."""
+        out: dict[str, str] = {}
         for listener in self.listeners:
-            ask = getattr(listener, "admin_holds", None)
+            ask = getattr(listener, method, None)
             if ask is None:
                 continue
             try:
-                held.update(ask(self, names) or {})
+                out.update(ask(self, names) or {})
             except GpuctlError as exc:
-                held.update({n: f"cannot ask {listener.name} who drained it: {exc}"
-                             for n in names if n not in held})
-        return held
+                out.update({n: f"{failed.format(listener.name)}: {exc}" for n in names
+                            if n not in out})
+        return out
 
     def reconcile(self) -> list[SyncReport]:
         """Every listener brings its system in line with gpuctl (``gpuctl monitor``

@@ -127,12 +127,11 @@ class SlurmListener:
         Raises:
             SlurmError: Slurm cannot be asked, or refused.
         """
-        if load_settings(gc) is None:
+        view = _slurm_view(gc, names)
+        if view is None:
             return None
-        view = slurm_nodes(names)
         out = {}
-        for n in names:
-            snode = view.get(n)
+        for n, snode in view.items():
             # Only on a node gpuctl drained: elsewhere new jobs could start as the old
             # ones go, and an admin's drain or DOWN is theirs.
             if snode is None or not snode.drained or not snode.by_gpuctl:
@@ -152,16 +151,12 @@ class SlurmListener:
         Raises:
             SlurmError: Slurm cannot be asked.
         """
-        if load_settings(gc) is None:
+        view = _slurm_view(gc, names)
+        if view is None:
             return None
-        view = slurm_nodes(names)
-        out = {}
-        for n in names:
-            snode = view.get(n)
-            if snode is not None and snode.admin_owned:
-                who = f" by {snode.reason_user}" if snode.reason_user else ""
-                out[n] = f"{snode.label()} in Slurm{who}: {snode.reason or 'no reason'}"
-        return out
+        return {n: f"{s.label()} in Slurm{f' by {s.reason_user}' if s.reason_user else ''}: "
+                   f"{s.reason or 'no reason'}"
+                for n, s in view.items() if s is not None and s.admin_owned}
 
     def reconcile(self, gc: Gpuctl) -> SyncReport | None:
         """Every node, then the pools (a pool change Slurm missed is caught up here)."""
@@ -173,6 +168,15 @@ class SlurmListener:
             except SlurmError as exc:
                 report.error = f"pools: {exc}"
         return report
+
+
+def _slurm_view(gc: Gpuctl, names: list[str]) -> dict[str, SlurmNode | None] | None:
+    """Slurm's view of each of ``names`` (None: Slurm does not know it); None when gpuctl
+    has not handed off to Slurm here."""
+    if load_settings(gc) is None:
+        return None
+    view = slurm_nodes(names)
+    return {n: view.get(n) for n in names}
 
 
 def _wanted(snode: SlurmNode, serving: bool, reason: str, restate: bool = False) -> str:
