@@ -195,7 +195,11 @@ def gpu_reset(access: NodeAccess, gpus: tuple[str, ...]) -> ActionResult:
                       for b in persistent)
     # The reset's own exit code (or the first -pm 0 that failed: then no reset ran);
     # the restore runs on every way out.
-    command = (f"trap {shlex.quote(restore)} EXIT HUP TERM; {off} || "
+    # A signal's trap exits, so the EXIT trap restores and nothing runs after it (a trap
+    # that only restored would let the script go on to the reset).
+    signals = "trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 141' PIPE; " \
+        "trap 'exit 143' TERM; "
+    command = (f"trap {shlex.quote(restore)} EXIT; {signals}{off} || "
                f"{{ echo {shlex.quote(NOT_OFF)}; exit 1; }}; {reset}") if persistent else reset
     evidence = {"command": command, "persistence_mode_off_for": persistent}
     try:

@@ -347,6 +347,7 @@ class _Loop:
                             message=f"{d.rung}: {d.reason}"[:500])
         left = self.gc.wait_quiet([n.name for n in nodes], timeout) if nodes else {}
         killed: dict[str, str] = {}
+        cancelled: list[str] = []
         if left and self.kill_jobs:
             killed = self.gc.kill_jobs(list(left))
             with self.gc.session() as session:
@@ -355,11 +356,14 @@ class _Loop:
                     record_event(session, get_node(session, name), kind,
                                  f"--kill-jobs after {timeout:g} s: {what}"[:500],
                                  actor=self.gc.actor, run_id=self.run_id, severity="warning")
-            left = self.gc.wait_quiet(list(left), KILL_GRACE_S)
+            cancelled = [n for n, what in killed.items() if what.startswith("cancelled")]
+            if cancelled:  # the others stay as they were: nothing to wait for there
+                still = self.gc.wait_quiet(cancelled, KILL_GRACE_S)
+                left = {n: why for n, why in left.items() if n not in cancelled} | still
         for n in nodes:
             if n.name in left:
                 done = f"{killed[n.name]}, still busy {KILL_GRACE_S:g} s later" \
-                    if n.name in killed else "no job killed"
+                    if n.name in cancelled else killed.get(n.name, "no job killed")
                 outcome[n.name] = NodeRemediation(
                     n.name, "draining", f"still busy after {timeout:g} s: {left[n.name]}; "
                     f"left drained, {done}", decisions[n.name].to_dict(), n.record_id)

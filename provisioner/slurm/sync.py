@@ -138,10 +138,13 @@ class SlurmListener:
                 state = f"{snode.label()} in Slurm" if snode else "not in Slurm"
                 out[n] = f"{state}, not drained by gpuctl: no job cancelled"
                 continue
-            ids = jobs_on(n)
-            if ids:
-                cancel_jobs(ids)
-                out[n] = f"cancelled job{'s' if len(ids) > 1 else ''} {', '.join(ids)}"
+            try:
+                ids = jobs_on(n)
+                if ids:
+                    cancel_jobs(ids)
+                    out[n] = f"cancelled job{'s' if len(ids) > 1 else ''} {', '.join(ids)}"
+            except SlurmError as exc:  # this node's; the others' cancels stand
+                out[n] = f"could not cancel its jobs: {exc}"
         return out
 
     def admin_holds(self, gc: Gpuctl, names: list[str]) -> dict[str, str] | None:

@@ -23,11 +23,14 @@ class Shell:
     arguments; ``fail`` names argument prefixes that exit 1."""
 
     def __init__(self, tmp: Path, *, apps: str = "", rows: str = ROWS,
-                 fail: tuple[str, ...] = ()) -> None:
+                 fail: tuple[str, ...] = (), term: str = "") -> None:
         self.log = tmp / "calls.log"
         bin_dir = tmp / "bin"
         bin_dir.mkdir(parents=True)
         cases = "\n".join(f'  "{f}"*) exit 1;;' for f in fail)
+        if term:  # this call: the session's shell gets SIGTERM (as on a kill or a stop)
+            cases += f'\n  "{term}"*) kill -TERM $PPID; sleep 1;;'
+
         smi = bin_dir / "nvidia-smi"
         smi.write_text(f"""#!/bin/sh
 echo "$*" >> {self.log}
@@ -141,3 +144,12 @@ def test_the_same_gpu_named_twice_is_reset_once(tmp_path: Path) -> None:
     assert gpu_reset(node, ("0", "00000000:18:00.0", "GPU-aaaa")).ok  # type: ignore[arg-type]
     assert node.calls()[2:] == ["-pm 0 -i 00000000:18:00.0", "-r -i 00000000:18:00.0",
                                 "-pm 1 -i 00000000:18:00.0"]
+
+
+def test_a_signal_mid_way_restores_and_runs_no_reset(tmp_path: Path) -> None:
+    node = Shell(tmp_path, term="-pm 0 -i 00000000:2A:00.0")
+    result = gpu_reset(node, ())  # type: ignore[arg-type]
+    assert not result.ok and result.evidence["exit"] == 143, result
+    calls = node.calls()[2:]
+    assert not [c for c in calls if c.startswith("-r")], calls
+    assert calls[-2:] == ["-pm 1 -i 00000000:18:00.0", "-pm 1 -i 00000000:2A:00.0"]

@@ -324,6 +324,23 @@ def test_kill_jobs_cancels_what_still_runs_past_the_drain_timeout(loop, monkeypa
     assert events == ["--kill-jobs after 0 s: cancelled job 41"]
 
 
+def test_kill_jobs_waits_only_for_nodes_whose_jobs_it_cancelled(loop, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    gc, listener, fake = loop
+    _broken(gc, "n1", XID79)
+    listener.busy["n1"] = "DRAINING in Slurm: jobs still run there"
+    waits: list[tuple[list[str], float]] = []
+    real = gc.wait_quiet
+
+    def wait_quiet(names: list[str], timeout: float) -> dict[str, str]:
+        waits.append((list(names), timeout))
+        return real(names, 0)
+
+    monkeypatch.setattr(gc, "wait_quiet", wait_quiet)
+    summary = remediate_nodes(gc, steps=fake.steps(), drain_timeout=0, kill_jobs=True)
+    assert listener.killed == ["n1"] and waits == [(["n1"], 0)]  # no grace wait
+    assert summary.nodes[0].outcome == "draining"
+
+
 def test_an_admins_drain_and_the_control_host_are_refused(loop) -> None:  # type: ignore[no-untyped-def]
     gc, listener, fake = loop
     _broken(gc, "n1", XID79)

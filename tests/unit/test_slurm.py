@@ -282,3 +282,23 @@ def test_kill_jobs_only_on_nodes_gpuctl_drained(monkeypatch: pytest.MonkeyPatch)
                     "n2": "MIXED in Slurm, not drained by gpuctl: no job cancelled",
                     "n3": "DRAINING in Slurm, not drained by gpuctl: no job cancelled",
                     "n4": "not in Slurm, not drained by gpuctl: no job cancelled"}
+
+
+def test_kill_jobs_a_failed_cancel_is_that_nodes_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from provisioner.slurm import sync  # noqa: PLC0415
+    from provisioner.slurm.client import SlurmError  # noqa: PLC0415
+
+    view = parse_sinfo("".join(f"{n}|draining|gpu:8|root|gpuctl: quarantined: x\n"
+                               for n in ("n1", "n2")))
+    monkeypatch.setattr(sync, "load_settings", lambda gc: object())
+    monkeypatch.setattr(sync, "slurm_nodes", lambda names=None: view)
+    monkeypatch.setattr(sync, "jobs_on", lambda n: {"n1": ["41"], "n2": ["42"]}[n])
+
+    def cancel(ids: list[str]) -> None:
+        if ids == ["41"]:
+            raise SlurmError("scancel failed: Invalid job id specified")
+
+    monkeypatch.setattr(sync, "cancel_jobs", cancel)
+    done = sync.SlurmListener().kill_jobs(None, ["n1", "n2"])  # type: ignore[arg-type]
+    assert done == {"n1": "could not cancel its jobs: scancel failed: Invalid job id "
+                          "specified", "n2": "cancelled job 42"}
