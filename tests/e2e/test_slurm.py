@@ -344,7 +344,9 @@ def test_day2_with_real_slurm(lab, gpuctl, paths, monkeypatch,  # type: ignore[n
     # does not start while they work, nor after: certified is not in service, only a
     # hand-off whose gates pass lets jobs in.
     # (Node 2's provision is Ansible's first on it: it replaces the driver the lab's image
-    # came with, which voids the certificate; a burn-in certifies it again.)
+    # came with, which voids the certificate; a burn-in certifies it again. The later
+    # provision runs take `--tags burnin_env`: what Slurm sees of a provision is the
+    # same, and Ansible's full runs have their own tests, test_provision*.py.)
     held = [waiting_id]
     for busy, after, args in (
             ("burning-in", "certified", ("burnin", "gpu-node-01", "--duration", "0.2")),
@@ -419,7 +421,7 @@ def test_day2_with_real_slurm(lab, gpuctl, paths, monkeypatch,  # type: ignore[n
         done = threading.Timer(5, subprocess.run, [["scancel", running_id]])
         done.start()
         started = time.monotonic()
-        waited = gpuctl("provision", "gpu-node-01", "--wait", "120")
+        waited = gpuctl("provision", "gpu-node-01", "--wait", "120", "--tags", "burnin_env")
         done.join()
         assert waited.code == 0 and time.monotonic() - started >= 5, waited
         assert gpuctl("burnin", "gpu-node-01", "--duration", "0.2").code == 0
@@ -534,7 +536,7 @@ def test_day2_with_real_slurm(lab, gpuctl, paths, monkeypatch,  # type: ignore[n
     assert sinfo()["gpu-node-03"][0::2] == ("drained", "gpuctl: discovered: release: GPU 1 "
                                             "replaced")
     assert gpuctl("scan", "gpu-node-03").code == 0
-    result = gpuctl("provision", "gpu-node-03", "--json")
+    result = gpuctl("provision", "gpu-node-03", "--tags", "burnin_env", "--json")
     assert result.code == 0, result.out[-3000:]
     assert gpuctl("burnin", "gpu-node-03", "--duration", "0.2").code == 0
     state, _, reason = sinfo()["gpu-node-03"]
