@@ -350,13 +350,13 @@ class _Loop:
         cancelled: list[str] = []
         if left and self.kill_jobs:
             killed = self.gc.kill_jobs(list(left))
+            cancelled = [n for n, what in killed.items() if what.startswith("cancelled")]
             with self.gc.session() as session:
                 for name, what in killed.items():
-                    kind = "jobs-killed" if what.startswith("cancelled") else "note"
-                    record_event(session, get_node(session, name), kind,
+                    record_event(session, get_node(session, name),
+                                 "jobs-killed" if name in cancelled else "note",
                                  f"--kill-jobs after {timeout:g} s: {what}"[:500],
                                  actor=self.gc.actor, run_id=self.run_id, severity="warning")
-            cancelled = [n for n, what in killed.items() if what.startswith("cancelled")]
             if cancelled:  # the others stay as they were: nothing to wait for there
                 still = self.gc.wait_quiet(cancelled, KILL_GRACE_S)
                 left = {n: why for n, why in left.items() if n not in cancelled} | still

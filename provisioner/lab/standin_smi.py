@@ -179,8 +179,9 @@ def persistence_mode(g=None):
     it on for every GPU at start (nvidia-persistenced(1)); with --no-persistence-mode,
     or with no daemon, the driver's default is off. ``nvidia-smi -pm`` changes it for
     one GPU (``g``) until the node boots again."""
-    if g is not None and g["bus_id"].upper() in _pm_set():
-        return _pm_set()[g["bus_id"].upper()]
+    chosen = _pm_set().get(g["bus_id"].upper()) if g is not None else None
+    if chosen:
+        return chosen
     args = daemon_args("/run/nvidia-persistenced.pid")
     return "Enabled" if args and "--persistence-mode" in args else "Disabled"
 

@@ -99,13 +99,12 @@ class SlurmListener:
         gpuctl may see every job (24.11 was seen to show a node DRAINING for two minutes
         after its last job had ended). A DRAINED node that still has a job (suspended)
         is busy."""
-        if load_settings(gc) is None:
+        view = _slurm_view(gc, names)
+        if view is None:
             return None
-        view = slurm_nodes(names)  # a node in no partition (not listed) runs no job
         out = {}
-        for n in names:
-            snode = view.get(n)
-            if snode is None:
+        for n, snode in view.items():
+            if snode is None:  # a node in no partition (not listed) runs no job
                 continue
             if snode.state in QUIET:
                 # A node whose only jobs are suspended shows DRAINED (slurmctld
