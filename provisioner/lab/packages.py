@@ -153,28 +153,34 @@ TimeoutSec=300
 [Install]
 WantedBy=multi-user.target
 """
+# Debian: the daemon is a package of its own, Debian's nvidia-persistenced (contrib/utils;
+# pexip/os-nvidia-persistenced debian/control, a fork of Debian's packaging), whose unit
+# is NVIDIA's template (NVIDIA/nvidia-persistenced init/systemd/nvidia-persistenced.
+# service.template at 502de54, __USER__ replaced by Debian's nvpd: debian/rules): an
+# [Install] section, persistence mode as the daemon's default. That NVIDIA's debian12
+# repository carries the same split is a guess from NVIDIA's own Debian packaging
+# (NVIDIA/debian-packaging-nvidia-driver debian/control.in: nvidia-smi a package of its
+# own; nvidia-persistenced only Recommended by nvidia-driver and libcuda1).
+PERSISTENCED_UNIT_DEBIAN = """[Unit]
+Description=NVIDIA Persistence Daemon
+Wants=syslog.target
+IgnoreOnIsolate=true
+
+[Service]
+Type=forking
+ExecStart=/usr/bin/nvidia-persistenced --user nvpd
+ExecStopPost=/bin/rm -rf /var/run/nvidia-persistenced
+
+[Install]
+WantedBy=multi-user.target
+"""
 # What the driver's DKMS build does on a node: build the module for the running kernel
-# and load it, or leave it for a reboot while nouveau holds the GPUs. The module's
-# /sys/module/nvidia/taint says its licence as the kernel does (Documentation/
-# admin-guide/tainted-kernels.rst: P = proprietary module; O = out-of-tree; E =
-# unsigned): the open modules are MIT/GPL (NVIDIA/open-gpu-kernel-modules), so no P.
-BUILD = """if [ -d /sys/module/nouveau ]; then
-  echo "nouveau is loaded: nvidia.ko will load after a reboot"
-  : > /var/run/reboot-required
-else
-  mkdir -p /sys/module/nvidia && echo {version} > /sys/module/nvidia/version
-  echo {taint} > /sys/module/nvidia/taint
-  # nvidia-modprobe's device files (devices.txt: char 195:N, nvidiactl 195:255), one
-  # per NVIDIA display/3D controller on the bus.
-  i=0
-  for d in /sys/bus/pci/devices/*; do
-    [ "$(cat "$d/vendor" 2>/dev/null)" = 0x10de ] || continue
-    case "$(cat "$d/class" 2>/dev/null)" in 0x0300*|0x0302*) ;; *) continue ;; esac
-    [ -e /dev/nvidia$i ] || mknod -m 666 /dev/nvidia$i c 195 $i
-    i=$((i + 1))
-  done
-  [ -e /dev/nvidiactl ] || mknod -m 666 /dev/nvidiactl c 195 255
-fi"""
+# and install it under /lib/modules, and no more. Neither DKMS nor the packages'
+# post-install load it: it loads at the next boot (boot.py), or when something runs
+# `modprobe nvidia` (the lab's modprobe, render.py MODPROBE). See DKMS_SOURCES.
+BUILD = """echo "Installing /lib/modules/$(uname -r)/updates/dkms/nvidia.ko"
+echo "depmod..."
+"""
 FAILED_BUILD = """echo "Error! Bad return status for module build on kernel: $(uname -r) \
 (x86_64)" >&2
 echo "Consult /var/lib/dkms/nvidia/{version}/build/make.log for more information." >&2
@@ -249,10 +255,6 @@ def build_script(version: str, open_modules: bool, fail: bool) -> str:
     body = FAILED_BUILD if fail else BUILD
     return (f'echo "Building nvidia/{version} ({flavor}) for $(uname -r) with DKMS"\n'
             + body.format(version=version, taint=taint(open_modules)))
-
-
-REMOVE_MODULE = '[ "$1" = remove ] || [ "$1" = purge ] || [ "$1" = 0 ] && ' \
-    'rm -rf /sys/module/nvidia || true'
 
 
 # Fabric manager's systemd unit. NVIDIA's unit text is not at hand from a primary source;
@@ -433,25 +435,34 @@ def driver_packages(family: str, branch: str, version: str, *,
             name = f"nvidia-driver-{branch}" + ("-open" if open_modules else "")
             out.append(Package(
                 name, f"{version}-1", f"NVIDIA driver {branch} ({flavor} modules), lab stand-in",
-                {**userspace_files(), **kernel}, postinst=build, postrm=REMOVE_MODULE,
+                {**userspace_files(), **kernel}, postinst=build,
                 provides=["nvidia-kernel-driver"], conflicts=["nvidia-kernel-driver"]))
         elif family == "debian":
             name = "nvidia-kernel-open-dkms" if open_modules else "nvidia-kernel-dkms"
             out.append(Package(
                 name, f"{version}-1", f"NVIDIA kernel module ({flavor}), DKMS, lab stand-in",
-                kernel, postinst=build, postrm=REMOVE_MODULE,
+                kernel, postinst=build,
                 provides=["nvidia-kernel-driver"], conflicts=["nvidia-kernel-driver"]))
         else:
             name = "kmod-nvidia-open-dkms" if open_modules else "kmod-nvidia-latest-dkms"
             out.append(Package(
                 name, f"{version}-1", f"NVIDIA kernel module ({flavor}), DKMS, lab stand-in",
-                kernel, postinst=build, postrm=REMOVE_MODULE,
+                kernel, postinst=build,
                 provides=["nvidia-kmod"], conflicts=["nvidia-kmod"], depends=["dkms"],
                 epoch="3"))
     if family == "debian":
-        out.append(Package("nvidia-driver-cuda", f"{version}-1",
-                           "NVIDIA driver CUDA integration (nvidia-smi), lab stand-in",
-                           userspace_files()))
+        # nvidia-driver-cuda's own dependencies are not at hand (a guess: nvidia-smi,
+        # not the persistence daemon, which NVIDIA's packaging only Recommends).
+        out += [Package("nvidia-smi", f"{version}-1", "NVIDIA System Management Interface, "
+                        "lab stand-in", {"/usr/bin/nvidia-smi": (STANDIN_SMI.read_bytes(), 0o755)}),
+                Package("nvidia-persistenced", f"{version}-1",
+                        "NVIDIA persistence daemon, lab stand-in",
+                        service_files("nvidia-persistenced", "/usr/bin/nvidia-persistenced",
+                                      unit=PERSISTENCED_UNIT_DEBIAN)),
+                Package("nvidia-driver-cuda", f"{version}-1",
+                        "NVIDIA driver CUDA integration, lab stand-in",
+                        {"/usr/share/gpuctl-lab/nvidia-driver-cuda": (version, 0o644)},
+                        depends=[f"nvidia-smi (= {version}-1)"])]
     elif family == "rhel":
         # nvidia-persistenced is a package of its own on RHEL, which nvidia-driver-cuda
         # requires at its exact version (NVIDIA/yum-packaging-nvidia-driver

@@ -264,11 +264,52 @@ builtins.__import__ = _hook
 """
 # What the node's kernel could load with modprobe: the stand-in loads those (into the
 # node's simulated /sys, never into this machine's kernel) and fails on the rest as
-# kmod's modprobe does.
+# kmod's modprobe does. nvidia loads from what the driver package installed (its
+# driver.json stands for the DKMS-built nvidia.ko), as the kernel would load it:
+# - already loaded: nothing happens, whatever version is on disk (modprobe(8));
+# - no GPU it can take (nouveau holds them, or none): the module's init fails with
+#   -ENODEV after "NVRM: No NVIDIA devices probed." (NVIDIA/open-gpu-kernel-modules
+#   kernel-open/nvidia/nv.c), which modprobe reports as "could not insert 'nvidia':
+#   No such device";
+# - else loaded, with its version and licence taint, and nvidia-modprobe's device
+#   files (devices.txt: char 195:N, nvidiactl 195:255), one per NVIDIA display/3D
+#   controller on the bus.
 MODPROBE = """#!/bin/sh
 # gpuctl lab stand-in modprobe
+kmsg() { echo "[$(cut -d' ' -f1 /proc/uptime)] $1" >> /etc/gpuctl-lab/kmsg; }
+load_nvidia() {
+  [ -d /sys/module/nvidia ] && return 0
+  json=/usr/share/gpuctl-lab/driver.json
+  if [ ! -f $json ]; then
+    echo "modprobe: FATAL: Module nvidia not found in directory /lib/modules/$(uname -r)" >&2
+    return 1
+  fi
+  gpus=""
+  for d in /sys/bus/pci/devices/*; do
+    [ "$(cat "$d/vendor" 2>/dev/null)" = 0x10de ] || continue
+    case "$(cat "$d/class" 2>/dev/null)" in 0x0300*|0x0302*) gpus="$gpus ${d##*/}" ;; esac
+  done
+  if [ -z "$gpus" ] || [ -d /sys/module/nouveau ]; then
+    for g in $gpus; do kmsg "NVRM: GPU $g is already bound to nouveau."; done
+    kmsg "NVRM: No NVIDIA devices probed."
+    echo "modprobe: ERROR: could not insert 'nvidia': No such device" >&2
+    return 1
+  fi
+  mkdir -p /sys/module/nvidia
+  echo "$(sed -n 's/.*"version": *"\\([^"]*\\)".*/\\1/p' $json)" > /sys/module/nvidia/version
+  if grep -q '"flavor": *"open"' $json; then echo OE; else echo POE; fi \\
+    > /sys/module/nvidia/taint
+  i=0
+  for g in $gpus; do
+    [ -e /dev/nvidia$i ] || mknod -m 666 /dev/nvidia$i c 195 $i
+    i=$((i + 1))
+  done
+  [ -e /dev/nvidiactl ] || mknod -m 666 /dev/nvidiactl c 195 255
+}
 for m in "$@"; do case "$m" in -*) continue ;; esac
-  if grep -qx "$m" /etc/gpuctl-lab/modules-available 2>/dev/null; then
+  if [ "$m" = nvidia ]; then
+    load_nvidia || exit 1
+  elif grep -qx "$m" /etc/gpuctl-lab/modules-available 2>/dev/null; then
     mkdir -p "/sys/module/$m" && echo live > "/sys/module/$m/initstate"
   else
     echo "modprobe: FATAL: Module $m not found in directory /lib/modules/$(uname -r)" >&2

@@ -156,6 +156,43 @@ def test_branches_570_and_580_then_verify_names_what_is_wrong(  # type: ignore[n
         "persistence mode is off on 8 of 8 GPUs (nvidia-persistenced running)"), nodes
 
 
+def test_installing_a_driver_loads_nothing_the_role_loads_it_or_reboots(  # type: ignore[no-untyped-def]
+        lab, gpuctl, paths) -> None:
+    """Installing the driver builds its module and loads nothing (DKMS and NVIDIA's
+    packages' post-install do not: packages.py BUILD). Nodes that came with a driver:
+    - node 01 runs 550.90.07 (h100-sxm-8's image) and gets 570.124.06: the loaded module
+      is not the installed one until a reboot, which gpuctl does;
+    - node 02 runs none (an admin unloaded it) and nouveau does not hold the GPUs:
+      `modprobe nvidia` loads it, no reboot;
+    - node 03 as node 01, with reboots not allowed: it fails, naming both versions."""
+    lab.up(3, "--driver", "--node-profile", "gpu-node-02:h200-sxm-8")
+    scan_json(gpuctl, "--all", "--accept-new")
+    unloaded = node_sh(lab, "gpu-node-02", "/etc/init.d/nvidia-fabricmanager stop && "
+                                           "rm -r /sys/module/nvidia /dev/nvidia*")
+    assert unloaded.returncode == 0, unloaded
+    set_vars(paths.db_url, "gpu-node-03", reboot_allowed="false")
+    code, summary = provision(gpuctl, "--all", "--tags", "driver,fabricmanager,verify")
+    assert code == 3, summary
+    nodes = by_name(summary)
+    assert nodes["gpu-node-01"]["status"] == nodes["gpu-node-02"]["status"] == "ok", \
+        {n: v.get("reason") for n, v in nodes.items()}
+    assert nodes["gpu-node-03"]["reason"].startswith(
+        "the nvidia module needs a reboot to load (driver 570.124.06 is installed, 550.90.07 "
+        "is loaded); reboot_allowed is false"), nodes
+    one = changed_tasks(paths.db_url, summary["run_id"], "gpu-node-01")
+    two = changed_tasks(paths.db_url, summary["run_id"], "gpu-node-02")
+    assert "Reboot to load the nvidia module" in one and "Load the nvidia module" not in one, one
+    assert "Load the nvidia module" in two and "Reboot to load the nvidia module" not in two, two
+    for name in ("gpu-node-01", "gpu-node-02"):
+        now = node_sh(lab, name, "cat /sys/module/nvidia/version; dpkg-query -W -f="
+                                 "'${Version}\\n' nvidia-fabricmanager-570; ls /dev/nvidiactl")
+        assert now.stdout.decode().split() == ["570.124.06", "570.124.06-1",
+                                               "/dev/nvidiactl"], (name, now)
+    code, summary = provision(gpuctl, "gpu-node-01", "gpu-node-02", "--tags",
+                              "driver,fabricmanager,verify")
+    assert code == 0 and summary["changed"] == 0, summary
+
+
 def test_b200_provisions_nvlink5_packages_and_passes_verify(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
     lab.up(1, "--profile", "b200-8")
     scan_json(gpuctl, "--all", "--accept-new")
@@ -291,10 +328,14 @@ def debian_names_and_no_fabric_manager(lab: Any, gpuctl: Any, paths: Any, run_id
     detail = json.loads(gpuctl("nodes", "show", "gpu-node-01", "--json").out)
     assert detail["node"]["state"] == "provisioned"
     q = node_sh(lab, "gpu-node-01", "dpkg-query -W -f='${Package} ${Version}\\n' "
-                                    "nvidia-driver-cuda nvidia-kernel-open-dkms")
-    # The repository holds every branch under one name: the pin picked 570.
-    assert q.stdout.decode().split() == ["nvidia-driver-cuda", "570.124.06-1",
-                                         "nvidia-kernel-open-dkms", "570.124.06-1"], q
+                                    "nvidia-driver-cuda nvidia-kernel-open-dkms nvidia-smi "
+                                    "nvidia-persistenced")
+    # The repository holds every branch under one name: the pin picked 570, for what
+    # gpuctl names and for what they depend on (nvidia-smi, at the exact version). The
+    # persistence daemon is a package of its own, which gpuctl names.
+    assert sorted(q.stdout.decode().splitlines()) == [
+        f"{name} 570.124.06-1" for name in ("nvidia-driver-cuda", "nvidia-kernel-open-dkms",
+                                             "nvidia-persistenced", "nvidia-smi")], q
 
 
 def _free_port() -> int:
@@ -374,7 +415,9 @@ def test_debian12_from_a_signed_mirror_and_the_network(  # type: ignore[no-untyp
     assert keyring.returncode == 0 and f"deb [signed-by=/usr/share/keyrings/cuda-archive-" \
         f"keyring.gpg] {base}/debian12/x86_64/ /" in keyring.stdout.decode(), keyring
     for node in ("gpu-node-01", "gpu-node-02"):
-        assert node_sh(lab, node, "nvidia-smi -L").returncode == 0
+        smi = node_sh(lab, node, "nvidia-smi --query-gpu=persistence_mode --format=csv,"
+                                 "noheader | sort -u")
+        assert smi.stdout.decode().strip() == "Enabled", (node, smi)
     debian_names_and_no_fabric_manager(lab, gpuctl, paths, summary["run_id"])
     code, summary = provision(gpuctl, "--all")
     assert code == 0 and summary["changed"] == 0, summary
