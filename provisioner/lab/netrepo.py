@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 from provisioner.errors import LabError
-from provisioner.lab.packages import Package
+from provisioner.lab.packages import Package, compute_library
 from provisioner.lab.repos import _apt_index, _build_deb, build_rpms
 
 KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"
@@ -174,15 +174,18 @@ def build_ubuntu_archive(dest: Path) -> Path:
     """A stand-in of Ubuntu's own archive (Origin and Label "Ubuntu", as Canonical's
     Release files say) carrying Canonical's build of the 570 driver at a release newer
     than the lab's NVIDIA repository has, in Canonical's version scheme (packages.ubuntu.com
-    lists nvidia-fabricmanager-570 570.172.08-0ubuntu1). A node that has both must still
-    get NVIDIA's."""
+    lists nvidia-fabricmanager-570 570.172.08-0ubuntu1), with its library at the same
+    version. A node that has both must still get NVIDIA's, the library included."""
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    pkg = Package("nvidia-driver-570-open", "570.172.08-0ubuntu1",
-                  "NVIDIA driver metapackage (Ubuntu's archive), lab stand-in",
-                  {"/usr/share/gpuctl-lab/ubuntu-archive-driver": ("570.172.08", 0o644)})
+    version = "570.172.08-0ubuntu1"
+    pkgs = [Package("nvidia-driver-570-open", version,
+                    "NVIDIA driver metapackage (Ubuntu's archive), lab stand-in",
+                    {"/usr/share/gpuctl-lab/ubuntu-archive-driver": ("570.172.08", 0o644)},
+                    depends=[f"libnvidia-compute-570 (= {version})"]),
+            compute_library("570", version)]
     with tempfile.TemporaryDirectory(prefix="gpuctl-lab-ubuntu-") as tmp:
-        debs = [_build_deb(pkg, dest, Path(tmp))]
+        debs = [_build_deb(pkg, dest, Path(tmp)) for pkg in pkgs]
     _apt_index(dest, debs, origin="Ubuntu", label="Ubuntu")
     return dest

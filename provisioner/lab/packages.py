@@ -175,9 +175,20 @@ ExecStopPost=/bin/rm -rf /var/run/nvidia-persistenced
 WantedBy=multi-user.target
 """
 # What the driver's DKMS build does on a node: build the module for the running kernel
-# and install it under /lib/modules, and no more. Neither DKMS nor the packages'
-# post-install load it: it loads at the next boot (boot.py), or when something runs
-# `modprobe nvidia` (the lab's modprobe, render.py MODPROBE). See DKMS_SOURCES.
+# and install it under /lib/modules, and no more. It loads at the next boot (boot.py),
+# or when something runs `modprobe nvidia` (the lab's modprobe, render.py MODPROBE).
+# Nothing in the install loads it:
+# - Ubuntu: canonical/nvidia-graphics-drivers debian/templates/nvidia-dkms-flavour.
+#   postinst.in (03ea199) runs update-initramfs and /usr/lib/dkms/common.postinst;
+# - DKMS: dell/dkms dkms_common.postinst.in (793fdab) ends in `dkms install` without
+#   --modprobe-on-install, and dkms.in loads modules only with that option
+#   (`modprobe_on_install`, commented out in dkms_framework.conf.in);
+# - RHEL: NVIDIA/yum-packaging-dkms-nvidia dkms-open-nvidia.spec and dkms-nvidia.spec
+#   (b28ed69), %post: dkms add, build, install;
+# - what loads it: NVIDIA's driver container runs `modprobe nvidia`
+#   (gpu-driver-container ubuntu22.04/nvidia-driver `_load_driver`, 06a208c);
+#   NVIDIA/ansible-role-nvidia-driver reboots after a driver install (tasks/main.yml,
+#   "reboot after driver install", f68d4a7).
 BUILD = """echo "Installing /lib/modules/$(uname -r)/updates/dkms/nvidia.ko"
 echo "depmod..."
 """
@@ -424,6 +435,13 @@ def fabricmanager_packages(family: str, branch: str, version: str) -> list[Packa
     return out
 
 
+def compute_library(branch: str, version: str) -> Package:
+    """Ubuntu's libnvidia-compute-<branch> (CUDA's and NVML's libraries) at ``version``."""
+    return Package(f"libnvidia-compute-{branch}", version,
+                   f"NVIDIA libcompute {version}, lab stand-in",
+                   {f"/usr/share/gpuctl-lab/libnvidia-compute-{branch}": (version, 0o644)})
+
+
 def driver_packages(family: str, branch: str, version: str, *,
                     fail_build: bool = False) -> list[Package]:
     out: list[Package] = []
@@ -432,11 +450,15 @@ def driver_packages(family: str, branch: str, version: str, *,
         build = build_script(version, open_modules, fail_build)
         kernel = kernel_files(branch, version, open_modules)
         if family == "ubuntu":
+            # The metapackage depends on its libraries at its exact version
+            # (canonical/nvidia-graphics-drivers debian/templates/control.in at 007b2fb:
+            # "libnvidia-compute-#FLAVOUR# (= ${binary:Version})"): one stands in for all.
             name = f"nvidia-driver-{branch}" + ("-open" if open_modules else "")
             out.append(Package(
                 name, f"{version}-1", f"NVIDIA driver {branch} ({flavor} modules), lab stand-in",
                 {**userspace_files(), **kernel}, postinst=build,
-                provides=["nvidia-kernel-driver"], conflicts=["nvidia-kernel-driver"]))
+                provides=["nvidia-kernel-driver"], conflicts=["nvidia-kernel-driver"],
+                depends=[f"libnvidia-compute-{branch} (= {version}-1)"]))
         elif family == "debian":
             name = "nvidia-kernel-open-dkms" if open_modules else "nvidia-kernel-dkms"
             out.append(Package(
@@ -450,6 +472,8 @@ def driver_packages(family: str, branch: str, version: str, *,
                 kernel, postinst=build,
                 provides=["nvidia-kmod"], conflicts=["nvidia-kmod"], depends=["dkms"],
                 epoch="3"))
+    if family == "ubuntu":
+        out.append(compute_library(branch, f"{version}-1"))
     if family == "debian":
         # nvidia-driver-cuda's own dependencies are not at hand (a guess: nvidia-smi,
         # not the persistence daemon, which NVIDIA's packaging only Recommends).

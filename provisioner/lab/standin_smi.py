@@ -20,15 +20,28 @@ STATE = "/etc/gpuctl-lab/gpus.json"
 DRIVER = "/usr/share/gpuctl-lab/driver.json"
 
 
+class VersionMismatch(Exception):
+    """The loaded module is not the installed libraries' version (a driver update
+    without a reboot)."""
+
+
 def load():
     """Hardware from the lab, driver version from the installed driver package; the
-    module must be loaded (as /sys/module/nvidia says) or the driver is unreachable."""
+    module must be loaded (as /sys/module/nvidia says) or the driver is unreachable,
+    and be the installed version or NVML refuses it."""
     if not os.path.isdir("/sys/module/nvidia"):
         raise OSError("nvidia module not loaded")
     with open(STATE) as fh:
         st = json.load(fh)
     with open(DRIVER) as fh:
         driver = json.load(fh)
+    try:
+        with open("/sys/module/nvidia/version") as fh:
+            loaded = fh.read().strip()
+    except OSError:
+        loaded = driver["version"]
+    if loaded != driver["version"]:
+        raise VersionMismatch(driver["version"])
     st["driver_version"], st["cuda_version"] = driver["version"], driver["cuda"]
     return st
 
@@ -455,6 +468,14 @@ def topo(st):
 def main(argv):
     try:
         st = load()
+    except VersionMismatch as exc:
+        # What nvidia-smi prints when NVML's library and the loaded module differ
+        # (NVML_ERROR_LIB_RM_VERSION_MISMATCH, 18 in nvml.h; users' captures of the two
+        # lines). Its exit status is a guess: NVML's error code.
+        major_minor = ".".join(str(exc).split(".")[:2])
+        sys.stdout.write("Failed to initialize NVML: Driver/library version mismatch\n"
+                         f"NVML library version: {major_minor}\n")
+        return 18
     except OSError:
         sys.stdout.write("NVIDIA-SMI has failed because it couldn't communicate with the "
                          "NVIDIA driver. Make sure that the latest NVIDIA driver is installed "

@@ -86,7 +86,7 @@ def test_branches_570_and_580_then_verify_names_what_is_wrong(  # type: ignore[n
     held = node_sh(lab, "gpu-node-01", f"echo 'deb [trusted=yes] {base}/ubuntu2204/x86_64/ /'"
                    " > /etc/apt/sources.list.d/vendor.list && apt-get update -qq && "
                    "apt-get install -y -qq nvidia-driver-570-open=570.86.15-1 "
-                   "nvidia-fabricmanager-570=570.124.06-1 && "
+                   "libnvidia-compute-570=570.86.15-1 nvidia-fabricmanager-570=570.124.06-1 && "
                    "apt-mark hold nvidia-driver-570-open nvidia-fabricmanager-570 && "
                    "rm /etc/apt/sources.list.d/vendor.list")
     assert held.returncode == 0, held
@@ -164,13 +164,19 @@ def test_installing_a_driver_loads_nothing_the_role_loads_it_or_reboots(  # type
       is not the installed one until a reboot, which gpuctl does;
     - node 02 runs none (an admin unloaded it) and nouveau does not hold the GPUs:
       `modprobe nvidia` loads it, no reboot;
-    - node 03 as node 01, with reboots not allowed: it fails, naming both versions."""
-    lab.up(3, "--driver", "--node-profile", "gpu-node-02:h200-sxm-8")
+    - node 03 as node 01, with reboots not allowed: it fails, naming both versions;
+    - node 04 runs the open modules of 570.124.06 and is pinned to the proprietary ones
+      of the same version: the open ones run until a reboot, which gpuctl does."""
+    lab.up(4, "--driver", "--node-profile", "gpu-node-02:h200-sxm-8",
+           "--node-profile", "gpu-node-04:h200-sxm-8")
     scan_json(gpuctl, "--all", "--accept-new")
+    # As `rmmod nvidia` needs it: nothing holds the module.
     unloaded = node_sh(lab, "gpu-node-02", "/etc/init.d/nvidia-fabricmanager stop && "
+                                           "/etc/init.d/nvidia-persistenced stop; "
                                            "rm -r /sys/module/nvidia /dev/nvidia*")
     assert unloaded.returncode == 0, unloaded
     set_vars(paths.db_url, "gpu-node-03", reboot_allowed="false")
+    set_vars(paths.db_url, "gpu-node-04", driver_kernel_modules="proprietary")
     code, summary = provision(gpuctl, "--all", "--tags", "driver,fabricmanager,verify")
     assert code == 3, summary
     nodes = by_name(summary)
@@ -179,16 +185,25 @@ def test_installing_a_driver_loads_nothing_the_role_loads_it_or_reboots(  # type
     assert nodes["gpu-node-03"]["reason"].startswith(
         "the nvidia module needs a reboot to load (driver 570.124.06 is installed, 550.90.07 "
         "is loaded); reboot_allowed is false"), nodes
+    # Node 03 as an admin finds it: the new libraries, the old module.
+    smi = node_sh(lab, "gpu-node-03", "nvidia-smi -L")
+    assert smi.returncode != 0 and smi.stdout.startswith(
+        b"Failed to initialize NVML: Driver/library version mismatch"), smi
     one = changed_tasks(paths.db_url, summary["run_id"], "gpu-node-01")
     two = changed_tasks(paths.db_url, summary["run_id"], "gpu-node-02")
     assert "Reboot to load the nvidia module" in one and "Load the nvidia module" not in one, one
     assert "Load the nvidia module" in two and "Reboot to load the nvidia module" not in two, two
+    assert nodes["gpu-node-04"]["status"] == "ok", nodes["gpu-node-04"]
+    four = changed_tasks(paths.db_url, summary["run_id"], "gpu-node-04")
+    assert "Reboot to load the nvidia module" in four, four
+    taint = node_sh(lab, "gpu-node-04", "cat /sys/module/nvidia/taint")
+    assert taint.stdout == b"POE\n", taint
     for name in ("gpu-node-01", "gpu-node-02"):
         now = node_sh(lab, name, "cat /sys/module/nvidia/version; dpkg-query -W -f="
                                  "'${Version}\\n' nvidia-fabricmanager-570; ls /dev/nvidiactl")
         assert now.stdout.decode().split() == ["570.124.06", "570.124.06-1",
                                                "/dev/nvidiactl"], (name, now)
-    code, summary = provision(gpuctl, "gpu-node-01", "gpu-node-02", "--tags",
+    code, summary = provision(gpuctl, "gpu-node-01", "gpu-node-02", "gpu-node-04", "--tags",
                               "driver,fabricmanager,verify")
     assert code == 0 and summary["changed"] == 0, summary
 
@@ -418,6 +433,12 @@ def test_debian12_from_a_signed_mirror_and_the_network(  # type: ignore[no-untyp
         smi = node_sh(lab, node, "nvidia-smi --query-gpu=persistence_mode --format=csv,"
                                  "noheader | sort -u")
         assert smi.stdout.decode().strip() == "Enabled", (node, smi)
+        # Debian's unit turns persistence mode on by itself: gpuctl's drop-in is what
+        # runs the daemon, from the path Debian's package puts it in.
+        cmd = node_sh(lab, node, "tr '\\0' ' ' < /proc/$(cat /run/nvidia-persistenced.pid)"
+                                 "/cmdline")
+        assert " /usr/bin/nvidia-persistenced --user root --persistence-mode " in \
+            cmd.stdout.decode(), (node, cmd)  # (the stand-in daemon is a shell script)
     debian_names_and_no_fabric_manager(lab, gpuctl, paths, summary["run_id"])
     code, summary = provision(gpuctl, "--all")
     assert code == 0 and summary["changed"] == 0, summary
