@@ -296,6 +296,10 @@ def test_day2_with_real_slurm(lab, gpuctl, paths, monkeypatch,  # type: ignore[n
     conf_dir = str(slurm.etc)
     assert gpuctl("scan", "--all", "--accept-new").code == 0
     provisioned_by_lab(paths)  # Ansible runs below, where it matters to Slurm
+    # Persistence mode on, as a provision leaves it (the lab's --driver image has no
+    # persistence daemon; the monitor's warning below is for it going off).
+    for i in (1, 2, 3):
+        assert lab.lab.node_exec(f"gpu-node-0{i}", ["nvidia-smi", "-pm", "1"]).returncode == 0
     assert gpuctl("burnin", "--all", "--duration", "0.2", "--parallel", "1").code == 0
 
     conf = slurm.etc / "slurm.conf"
@@ -343,14 +347,17 @@ def test_day2_with_real_slurm(lab, gpuctl, paths, monkeypatch,  # type: ignore[n
     # it begins (before they reach the node), and a user's job waiting for the node
     # does not start while they work, nor after: certified is not in service, only a
     # hand-off whose gates pass lets jobs in.
-    # (Node 2's provision is Ansible's first on it: it replaces the driver the lab's image
-    # came with, which voids the certificate; a burn-in certifies it again. The later
-    # provision runs take `--tags burnin_env`: what Slurm sees of a provision is the
-    # same, and Ansible's full runs have their own tests, test_provision*.py.)
+    # (Node 2's provision installs CUDA, which the lab's image lacks: that voids the
+    # certificate; a burn-in certifies it again. The provision runs here take tags
+    # (`cuda`, later `burnin_env`): what Slurm sees of a provision is the same, and
+    # Ansible's full runs have their own tests, test_provision*.py.)
+    # (On 24.11 only, for CI's time: gpuctl drains through the same scontrol call on
+    # both releases, and the monitor's drains below run on each. 22.05 has a tour of its
+    # own of a user's job waiting out gpuctl's work: the re-provision below.)
     held = [waiting_id]
-    for busy, after, args in (
+    for busy, after, args in () if old else (
             ("burning-in", "certified", ("burnin", "gpu-node-01", "--duration", "0.2")),
-            ("provisioning", "provisioned", ("provision", "gpu-node-02")),
+            ("provisioning", "provisioned", ("provision", "gpu-node-02", "--tags", "cuda")),
             ("burning-in", "certified", ("burnin", "gpu-node-02", "--duration", "0.2"))):
         node = args[1]
         seen = step_keeps_user_jobs_off(paths, node, *args)
@@ -558,9 +565,9 @@ def test_day2_with_real_slurm(lab, gpuctl, paths, monkeypatch,  # type: ignore[n
     assert sinfo()["gpu-node-01"][2] == "gpuctl: quarantined: nvlink: GPU 4: NVLink link 3 " \
         "inactive", sinfo()
 
-    # Persistence mode off on node 2 (its daemon stopped) is a warning, not a drain; its
-    # GPUs' fabric registration failing is critical: quarantined and drained.
-    stopped = lab.lab.node_exec("gpu-node-02", ["/etc/init.d/nvidia-persistenced", "stop"])
+    # Persistence mode off on node 2 (an admin's `nvidia-smi -pm 0`) is a warning, not a
+    # drain; its GPUs' fabric registration failing is critical: quarantined and drained.
+    stopped = lab.lab.node_exec("gpu-node-02", ["nvidia-smi", "-pm", "0"])
     assert stopped.returncode == 0, stopped
     code, mon = command_json(gpuctl, "monitor")
     node2 = {n["name"]: n for n in mon["nodes"]}["gpu-node-02"]
