@@ -101,7 +101,7 @@ def test_removal_respects_runs_and_a_scan_reports_a_vanished_node(  # type: igno
     assert gpuctl("scan", "--all", "--accept-new").code == 0
     _provisioned(paths, "gpu-node-01")
     proc = subprocess.Popen([sys.executable, "-m", "provisioner", "burnin", "gpu-node-01",
-                             "--duration", "1", "--json"], stdout=subprocess.PIPE,
+                             "--duration", "0.3", "--json"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "GPUCTL_HOME": str(paths.home)})
     wait_for(lambda: _nodes(gpuctl)["gpu-node-01"]["state"] == "burning-in")

@@ -132,7 +132,8 @@ def _start(paths: Path, *args: str) -> subprocess.Popen[str]:
 def test_second_run_on_same_node_is_refused(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
     lab.up(1)
     scan_json(gpuctl, "--all", "--accept-new")
-    # (A short run is enough to hold the node: the lock is the run's, whatever its tags.)
+    # (A short run is enough to hold the node: the lock is the run's, whatever its tags.
+    # The repository role's apt runs take seconds; the second asks within one.)
     first = _start(paths.home, "gpu-node-01", "--tags", "repo")
     wait_for(lambda: held_nodes(paths.db_url))
     second = gpuctl("provision", "gpu-node-01")

@@ -300,6 +300,9 @@ def test_day2_with_real_slurm(lab, gpuctl, paths, monkeypatch,  # type: ignore[n
     # persistence daemon; the monitor's warning below is for it going off).
     for i in (1, 2, 3):
         assert lab.lab.node_exec(f"gpu-node-0{i}", ["nvidia-smi", "-pm", "1"]).returncode == 0
+    pm = lab.lab.node_exec("gpu-node-02", ["nvidia-smi", "--query-gpu=persistence_mode",
+                                           "--format=csv,noheader"])
+    assert set(pm.stdout.decode().split()) == {"Enabled"}, pm
     assert gpuctl("burnin", "--all", "--duration", "0.2", "--parallel", "1").code == 0
 
     conf = slurm.etc / "slurm.conf"
@@ -347,18 +350,18 @@ def test_day2_with_real_slurm(lab, gpuctl, paths, monkeypatch,  # type: ignore[n
     # it begins (before they reach the node), and a user's job waiting for the node
     # does not start while they work, nor after: certified is not in service, only a
     # hand-off whose gates pass lets jobs in.
-    # (Node 2's provision installs CUDA, which the lab's image lacks: that voids the
-    # certificate; a burn-in certifies it again. The provision runs here take tags
-    # (`cuda`, later `burnin_env`): what Slurm sees of a provision is the same, and
+    # (Node 2's provision changes nothing in the driver, CUDA or fabric manager, so its
+    # certificate stands: certified again, still not in service. The provision runs
+    # here take `--tags burnin_env`: what Slurm sees of a provision is the same, and
     # Ansible's full runs have their own tests, test_provision*.py.)
-    # (On 24.11 only, for CI's time: gpuctl drains through the same scontrol call on
-    # both releases, and the monitor's drains below run on each. 22.05 has a tour of its
+    # (On 22.05 only, for CI's time: gpuctl drains through the same scontrol call on
+    # both releases, and the monitor's drains below run on each. 24.11 has a tour of its
     # own of a user's job waiting out gpuctl's work: the re-provision below.)
     held = [waiting_id]
-    for busy, after, args in () if old else (
+    for busy, after, args in () if not old else (
             ("burning-in", "certified", ("burnin", "gpu-node-01", "--duration", "0.2")),
-            ("provisioning", "provisioned", ("provision", "gpu-node-02", "--tags", "cuda")),
-            ("burning-in", "certified", ("burnin", "gpu-node-02", "--duration", "0.2"))):
+            ("provisioning", "certified", ("provision", "gpu-node-02", "--tags",
+                                           "burnin_env"))):
         node = args[1]
         seen = step_keeps_user_jobs_off(paths, node, *args)
         assert seen["code"] == 0, seen["err"][-2000:]
@@ -410,9 +413,10 @@ def test_day2_with_real_slurm(lab, gpuctl, paths, monkeypatch,  # type: ignore[n
     # A user's job runs on node 1 when the admin takes it out to re-provision it: Slurm
     # drains it (DRAINING: the job runs on). provision refuses to touch it while the
     # job runs, says why, and leaves the job alone; with --wait it waits for the job
-    # to end, then provisions. Burn-in and hand-off put it back in service. (gpuctl's
-    # wait reads the same sinfo states on both releases: once, on 22.05, for CI's time.)
-    if old:
+    # to end, then provisions. Burn-in and hand-off put it back in service. (On 24.11
+    # only, for CI's time: there a node stays DRAINING for a while after its last job
+    # ends, which gpuctl's wait reads through squeue; 22.05 has the busy-step tour above.)
+    if not old:
         running = sbatch("-w", "gpu-node-01", "--wrap", "sleep 600")
         assert running.returncode == 0, running
         running_id = running.stdout.strip().split(";")[0]
