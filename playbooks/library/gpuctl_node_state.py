@@ -53,8 +53,18 @@ def read(path):
         return None
 
 
+def upstream(version):
+    """The upstream part of an installed package's version: no epoch ("3:"), no Debian
+    revision or rpm release (the last "-..."): what /sys/module/nvidia/version says."""
+    if not version:
+        return None
+    version = version.split(":", 1)[1] if ":" in version else version
+    return version.rsplit("-", 1)[0]
+
+
 def packages(names, manager):
-    out = {n: {"installed": False, "version": None, "held": False} for n in names}
+    out = {n: {"installed": False, "version": None, "upstream": None, "held": False}
+           for n in names}
     plain = [n for n in names if not n.startswith("@")]  # dnf module streams: not queried
     if not plain:
         return out
@@ -64,8 +74,10 @@ def packages(names, manager):
             name, status, version = (line.split("\t") + ["", ""])[:3]
             if name in out:
                 words = status.split()
-                out[name] = {"installed": words[-1:] == ["installed"],
-                             "version": version or None, "held": words[:1] == ["hold"]}
+                installed = words[-1:] == ["installed"]
+                out[name] = {"installed": installed, "version": version or None,
+                             "upstream": upstream(version) if installed else None,
+                             "held": words[:1] == ["hold"]}
     elif manager == "rpm":
         locked = versionlocked()
         for name in plain:
@@ -76,8 +88,9 @@ def packages(names, manager):
                 ["--whatprovides"] if "(" in name else []) + [name]
             code, text = run(argv)
             if code == 0:
-                out[name] = {"installed": True, "version": text.strip().splitlines()[0],
-                             "held": name in locked}
+                version = text.strip().splitlines()[0]
+                out[name] = {"installed": True, "version": version,
+                             "upstream": upstream(version), "held": name in locked}
     return out
 
 
