@@ -25,14 +25,18 @@ What is NVIDIA's here, and where it is from:
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import os
 import shutil
 import subprocess
 import tempfile
+from email.utils import formatdate
 from pathlib import Path
 
 from provisioner.errors import LabError
-from provisioner.lab.packages import Package, compute_library
-from provisioner.lab.repos import _apt_index, _build_deb, build_rpms
+from provisioner.lab.packages import Package, compute_library, debian_contrib_packages
+from provisioner.lab.repos import _apt_index, _build_deb, _packages, build_rpms
 
 KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"
 PIN_600 = "Package: *\nPin: release l=NVIDIA CUDA\nPin-Priority: 600\n"
@@ -189,3 +193,76 @@ def build_ubuntu_archive(dest: Path) -> Path:
         debs = [_build_deb(pkg, dest, Path(tmp)) for pkg in pkgs]
     _apt_index(dest, debs, origin="Ubuntu", label="Ubuntu")
     return dest
+
+
+# Debian's own archive as a Debian 12 node reaches it (deb.debian.org's layout: dists/
+# <suite>/<component>/binary-<arch>/Packages, pool/<component>/...), with Debian's
+# Release fields (Origin and Label "Debian", Suite, Codename, Components; an installed
+# bookworm's apt-get indextargets shows them), signed with a lab key standing in for
+# Debian's archive key. main is empty (the lab node's own root is this machine's Debian);
+# contrib has what NVIDIA's Debian packages need from it (packages.debian_contrib_packages).
+# Debian's non-free components are left out.
+DEBIAN_SUITE = "bookworm"
+DEBIAN_COMPONENTS = ("main", "contrib")
+DEBIAN_ARCHIVE_IN_NODE = "/srv/gpuctl-lab/debian"
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+def build_debian_archive(dest: Path, gnupg: Path) -> bytes:
+    """Debian's archive stand-in in ``dest`` (main and contrib), signed with the key in
+    ``gnupg`` (made there when missing); returns that key, binary, as Debian's keyring
+    file holds it."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dist = dest / "dists" / DEBIAN_SUITE
+    sums = []
+    with tempfile.TemporaryDirectory(prefix="gpuctl-lab-debian-") as tmp:
+        for component in DEBIAN_COMPONENTS:
+            pool = dest / "pool" / component
+            pool.mkdir(parents=True)
+            debs = [_build_deb(p, pool, Path(tmp))
+                    for p in (debian_contrib_packages() if component == "contrib" else [])]
+            index = dist / component / "binary-amd64"
+            index.mkdir(parents=True)
+            packages = _packages(debs, dest, prefix="")
+            (index / "Packages").write_bytes(packages)
+            (index / "Packages.gz").write_bytes(gzip.compress(packages, mtime=0))
+            for name in ("Packages", "Packages.gz"):
+                blob = (index / name).read_bytes()
+                sums.append(f" {hashlib.sha256(blob).hexdigest()} {len(blob)} "
+                            f"{component}/binary-amd64/{name}")
+    (dist / "Release").write_text("\n".join([
+        "Origin: Debian", "Label: Debian", "Suite: oldstable", "Version: 12.11",
+        f"Codename: {DEBIAN_SUITE}", f"Date: {formatdate(usegmt=True)}",
+        "Architectures: amd64", f"Components: {' '.join(DEBIAN_COMPONENTS)}",
+        "Description: Debian 12.11 Released (gpuctl lab stand-in)", "SHA256:", *sums]) + "\n")
+    key = signing_key(gnupg, "Debian")
+    sign_release(dist, gnupg)
+    stop_agent(gnupg)
+    os.chmod(dest, 0o755)  # noqa: S103  (nodes read it as a package archive)
+    return key
+
+
+def cached_debian_archive() -> Path:
+    """The lab's Debian archive (main and contrib) from the build cache, built first when
+    missing: a directory with ``archive/``, the ``gnupg`` home whose key signed it and
+    that key as ``keyring.gpg``."""
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in ("packages.py", "repos.py", "netrepo.py"):
+        digest.update((here / name).read_bytes())
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpuctl/lab-repos"
+    done = root / f"debian-{digest.hexdigest()[:24]}"
+    if not done.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+        try:
+            (tmp / "keyring.gpg").write_bytes(build_debian_archive(tmp / "archive",
+                                                                  tmp / "gnupg"))
+            os.replace(tmp, done)  # atomic: a concurrent build loses the race
+        except OSError:
+            if not done.exists():
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return done

@@ -27,6 +27,7 @@ from provisioner.catalogue import catalogue, infer_sku
 from provisioner.errors import LabError, NotFoundError
 from provisioner.lab.faults import REPO_VARIANTS, apply_fault
 from provisioner.lab.keys import write_ed25519
+from provisioner.lab.netrepo import DEBIAN_ARCHIVE_IN_NODE, cached_debian_archive
 from provisioner.lab.os_images import LAB_OSES, install_base_rpms
 from provisioner.lab.packages import REPO_IN_NODE
 from provisioner.lab.profiles import get_profile, gpus_for
@@ -261,6 +262,9 @@ class Lab:
         if spec["repo"]:
             shutil.copytree(self.dir / "repos" / spec["repo"],
                             ndir / "upper" / REPO_IN_NODE.lstrip("/"))
+        if spec["os"] == "debian12":  # Debian's own archive (render.node_files: its source)
+            shutil.copytree(cached_debian_archive() / "archive",
+                            ndir / "upper" / DEBIAN_ARCHIVE_IN_NODE.lstrip("/"))
         self._save_spec(spec)
         self._render(spec, running=False)
         install_base_rpms(spec["os"], ndir / "upper")

@@ -464,7 +464,8 @@ def driver_packages(family: str, branch: str, version: str, *,
             out.append(Package(
                 name, f"{version}-1", f"NVIDIA kernel module ({flavor}), DKMS, lab stand-in",
                 kernel, postinst=build,
-                provides=["nvidia-kernel-driver"], conflicts=["nvidia-kernel-driver"]))
+                provides=["nvidia-kernel-driver"], conflicts=["nvidia-kernel-driver"],
+                depends=DEBIAN_CONTRIB_DEPENDS))
         else:
             name = "kmod-nvidia-open-dkms" if open_modules else "kmod-nvidia-latest-dkms"
             out.append(Package(
@@ -503,6 +504,31 @@ def driver_packages(family: str, branch: str, version: str, *,
                         {"/usr/bin/nvidia-smi": (STANDIN_SMI.read_bytes(), 0o755)}, epoch="3",
                         depends=[f"nvidia-persistenced = 3:{version}"])]
     return out
+
+
+# Debian's archive (lab: netrepo.build_debian_archive). NVIDIA's Debian packaging (Debian's
+# own, mirrored as NVIDIA/debian-packaging-nvidia-driver debian/control.in at 5573996)
+# makes the DKMS package pre-depend on nvidia-installer-cleanup and, through
+# nvidia-kernel-support, depend on nvidia-kernel-common and (nvidia-alternative)
+# glx-alternative-nvidia: packages Debian keeps in contrib (packages.debian.org,
+# bookworm: nvidia-installer-cleanup and nvidia-kernel-common 20220217+3~deb12u1, source
+# nvidia-support; glx-alternative-nvidia 1.2.2, source glx-alternatives; all [contrib]).
+# The stand-in DKMS package depends on the three directly (a Pre-Depends is a Depends to
+# apt's resolver); that NVIDIA's debian12 repository carries none of them is inferred
+# from NVIDIA's Debian steps enabling contrib.
+DEBIAN_CONTRIB_DEPENDS = ["nvidia-installer-cleanup", "nvidia-kernel-common",
+                          "glx-alternative-nvidia"]
+
+
+def debian_contrib_packages() -> list[Package]:
+    """Debian's contrib packages NVIDIA's Debian driver needs, at bookworm's versions."""
+    support = "20220217+3~deb12u1"
+    return [Package("nvidia-installer-cleanup", support, "cleanup after driver installation "
+                    "with the nvidia-installer (Debian contrib), lab stand-in"),
+            Package("nvidia-kernel-common", support, "NVIDIA binary kernel module support "
+                    "files (Debian contrib), lab stand-in"),
+            Package("glx-alternative-nvidia", "1.2.2", "allows the selection of NVIDIA as "
+                    "GLX provider (Debian contrib), lab stand-in")]
 
 
 def driver_streams(branch: str, packages: list[Package]) -> list[ModuleStream]:

@@ -10,6 +10,12 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
+from provisioner.lab.netrepo import (
+    DEBIAN_ARCHIVE_IN_NODE,
+    DEBIAN_KEYRING,
+    DEBIAN_SUITE,
+    cached_debian_archive,
+)
 from provisioner.lab.os_images import os_files
 from provisioner.lab.packages import fabricmanager_files
 from provisioner.lab.profiles import get_profile
@@ -377,6 +383,14 @@ def node_files(spec: dict[str, Any]) -> dict[str, tuple[bytes, int]]:
         if os.path.exists(sources):
             files[sources] = (b"# emptied by gpuctl lab: nodes use only the lab mirror\n",
                               0o644)
+    if spec.get("os") == "debian12":
+        # Debian's own archive, the lab's stand-in (netrepo.build_debian_archive), as a
+        # Debian 12 install names it: deb822, main only, signed by Debian's keyring.
+        key = cached_debian_archive() / "keyring.gpg"
+        files["/etc/apt/sources.list.d/debian.sources"] = (
+            f"Types: deb\nURIs: file:{DEBIAN_ARCHIVE_IN_NODE}\nSuites: {DEBIAN_SUITE}\n"
+            f"Components: main\nSigned-By: {DEBIAN_KEYRING}\n".encode(), 0o644)
+        files[DEBIAN_KEYRING] = (key.read_bytes(), 0o644)
     for kind in COMPUTE_FAULTS:
         if kind in spec["faults"] and spec["gpus"]:
             site = sysconfig.get_paths()["purelib"]  # the environment the agent runs in

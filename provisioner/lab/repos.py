@@ -64,17 +64,23 @@ def _build_deb(pkg: Package, out_dir: Path, work: Path) -> Path:
     return deb
 
 
-def _apt_index(repo: Path, debs: list[Path], origin: str = "NVIDIA",
-               label: str = "NVIDIA CUDA") -> None:
+def _packages(debs: list[Path], root: Path, prefix: str = "./") -> bytes:
+    """An apt ``Packages`` index of ``debs``, their file names relative to ``root``."""
     stanzas = []
     for deb in debs:
         data = deb.read_bytes()
         control = subprocess.run(["dpkg-deb", "-f", str(deb)], capture_output=True, text=True,
                                  check=True).stdout.strip()
-        stanzas.append(f"{control}\nFilename: ./{deb.name}\nSize: {len(data)}\n"
+        stanzas.append(f"{control}\nFilename: {prefix}{deb.relative_to(root).as_posix()}\n"
+                       f"Size: {len(data)}\n"
                        f"MD5sum: {hashlib.md5(data).hexdigest()}\n"  # noqa: S324 (apt index)
                        f"SHA256: {hashlib.sha256(data).hexdigest()}\n")
-    packages = "\n".join(stanzas).encode()
+    return "\n".join(stanzas).encode()
+
+
+def _apt_index(repo: Path, debs: list[Path], origin: str = "NVIDIA",
+               label: str = "NVIDIA CUDA") -> None:
+    packages = _packages(debs, repo)
     (repo / "Packages").write_bytes(packages)
     (repo / "Packages.gz").write_bytes(gzip.compress(packages, mtime=0))
     # The fields of NVIDIA's own Release files (cuda-repo-management repo-debian.sh):

@@ -23,6 +23,9 @@ from sqlmodel import select
 from provisioner.db.engine import session_scope
 from provisioner.db.models import Node, TaskResult
 from provisioner.lab.netrepo import (
+    DEBIAN_ARCHIVE_IN_NODE,
+    DEBIAN_KEYRING,
+    DEBIAN_SUITE,
     build_epel,
     build_network_repo,
     build_ubuntu_archive,
@@ -404,10 +407,39 @@ def test_debian12_from_a_signed_mirror_and_the_network(  # type: ignore[no-untyp
     """Debian 12 with PCIe GPUs: Debian's package names, no fabric manager. Node 01 is an
     air-gapped site: NVIDIA's debian12 repository mirrored and signed with the site's key,
     served over HTTP on loopback, NVIDIA's own URLs a closed port. Node 02 takes the
-    default path: NVIDIA's URL (the lab's) and cuda-keyring from it. Both run twice."""
+    default path: NVIDIA's URL (the lab's) and cuda-keyring from it. Both run twice.
+    Both take Debian's archive (the lab's, signed) with main only, as installed: node 01
+    in deb822 (debian.sources), node 02 as a one-line entry in sources.list; NVIDIA's
+    DKMS package needs three packages of Debian's contrib, which gpuctl adds beside the
+    admin's entry, Signed-By kept (apt refuses the archive's entries otherwise)."""
     lab.up(2, "--os", "debian12", "--profile", "l40s-4",
            "--fault", "gpu-node-01:repo-unreachable")
     scan_json(gpuctl, "--all", "--accept-new")
+    one_line = (f"deb [signed-by={DEBIAN_KEYRING}] file:{DEBIAN_ARCHIVE_IN_NODE} "
+                f"{DEBIAN_SUITE} main\n")
+    # Node 02's Debian mirror first lists contrib in its Release but serves no contrib
+    # index: gpuctl's entry does not take (apt's error says why), gpuctl's sources are
+    # put back as they were, and apt reads the node's sources as before.
+    broken = f"{DEBIAN_ARCHIVE_IN_NODE}-broken"
+    moved = node_sh(lab, "gpu-node-02", f"rm /etc/apt/sources.list.d/debian.sources && "
+                    f"cp -a {DEBIAN_ARCHIVE_IN_NODE} {broken} && "
+                    f"rm {broken}/dists/{DEBIAN_SUITE}/contrib/*/Packages* && echo '"
+                    + one_line.replace(DEBIAN_ARCHIVE_IN_NODE, broken).strip()
+                    + "' > /etc/apt/sources.list")
+    assert moved.returncode == 0, moved
+    code, summary = provision(gpuctl, "gpu-node-02", "--tags", "repo")
+    assert code == 3, summary
+    reason = summary["nodes"][0]["reason"]
+    assert reason.startswith(
+        "Debian's contrib is needed for glx-alternative-nvidia, nvidia-installer-cleanup, "
+        "nvidia-kernel-common (NVIDIA's Debian driver packages depend on them); gpuctl's "
+        f"contrib entries for file:{broken} {DEBIAN_SUITE} did not take and were put back as "
+        f"they were: E: Failed to fetch file:{broken}/dists/{DEBIAN_SUITE}/contrib/binary-"
+        "amd64/Packages"), reason
+    after = node_sh(lab, "gpu-node-02", "ls /etc/apt/sources.list.d; apt-get update -qq && "
+                                        f"sed -i 's|{broken}|{DEBIAN_ARCHIVE_IN_NODE}|' "
+                                        "/etc/apt/sources.list")
+    assert after.returncode == 0 and b"gpuctl-debian-contrib" not in after.stdout, after
     root, url = www
     key = signed_mirror(paths, tmp_path, root)
     repo = root / "mirror"
@@ -440,8 +472,19 @@ def test_debian12_from_a_signed_mirror_and_the_network(  # type: ignore[no-untyp
         assert " /usr/bin/nvidia-persistenced --user root --persistence-mode " in \
             cmd.stdout.decode(), (node, cmd)  # (the stand-in daemon is a shell script)
     debian_names_and_no_fabric_manager(lab, gpuctl, paths, summary["run_id"])
+    contrib = {n: node_sh(lab, n, "cat /etc/apt/sources.list.d/gpuctl-debian-contrib.*; "
+                                  "dpkg-query -W -f='${Status}\\n' nvidia-installer-cleanup "
+                                  "nvidia-kernel-common glx-alternative-nvidia")
+               for n in ("gpu-node-01", "gpu-node-02")}
+    assert (f"Types: deb\nURIs: file:{DEBIAN_ARCHIVE_IN_NODE}\nSuites: {DEBIAN_SUITE}\n"
+            f"Components: contrib\nSigned-By: {DEBIAN_KEYRING}\n") in \
+        contrib["gpu-node-01"].stdout.decode(), contrib
+    assert one_line.replace(" main", " contrib") in contrib["gpu-node-02"].stdout.decode()
+    assert all(c.stdout.decode().count("install ok installed") == 3 for c in contrib.values())
     code, summary = provision(gpuctl, "--all")
     assert code == 0 and summary["changed"] == 0, summary
+
+
     # A mirror signed by another key is refused: apt checks the signature.
     (repo / "InRelease").write_text((repo / "InRelease").read_text().replace(
         "Origin: NVIDIA", "Origin: tampered"))
