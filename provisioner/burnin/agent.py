@@ -665,7 +665,12 @@ def collectives(ranks: int, sizes: list[int], iters: int, deadline_s: float | No
     if deadline_s is not None:
         budget = max(5.0, min(budget, deadline_s))
     timeout = min(collective_timeout(max(sizes)), max(3.0, budget / 2))
-    ctx = mp.get_context("spawn")
+    # forkserver, not fork: a CUDA context must not be forked (CUDA C Programming Guide),
+    # and the ranks start from a server that imported torch once, not each on its own
+    # as under spawn (about 1.5 s of a 2-core lab node's burn-in). The server is in the
+    # agent's process group: the watchdog's killpg reaches it and its ranks.
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["__main__", "torch", "torch.distributed"])
     results = ctx.Queue()
     port = _free_port()
     # Daemons: a rank that cannot be killed (stuck in the driver) must not hold the
