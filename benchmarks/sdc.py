@@ -422,7 +422,9 @@ def run_dead_rank_campaign(rng: random.Random, trials: int, healthy: int
             os.environ["SDC_DEAD_RANK"] = str(dead if faulty else 99)
             os.environ["SDC_DEAD_AT"] = str(rng.randint(1, 8))  # 8 all-reduces a rank
             start = time.monotonic()
-            ms = agent.collectives(2, [1 << 12, 1 << 16], iters=2)
+            # spawn: each trial's ranks read this trial's environment (a forkserver
+            # keeps the one it started with).
+            ms = agent.collectives(2, [1 << 12, 1 << 16], iters=2, start="spawn")
             out["seconds"].append(time.monotonic() - start)
             detected = any(not m.ok for m in ms)
             named = all(m.detail.get("bad_ranks") == [dead] for m in ms)

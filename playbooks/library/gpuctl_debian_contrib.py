@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""Ansible module: which of Debian's archive sources on a node lack the contrib component,
-and the sources entries that add it beside the admin's own.
+"""Ansible module: add Debian's contrib component beside the admin's sources where
+NVIDIA's Debian driver packages need it.
 
 NVIDIA's Debian packages depend on packages Debian keeps in contrib: the DKMS module
 package pre-depends on nvidia-installer-cleanup, its kernel support package depends on
@@ -11,46 +11,47 @@ nvidia-support, and glx-alternative-nvidia, source glx-alternatives, are [contri
 is why NVIDIA's Debian steps run ``add-apt-repository contrib``.
 
 gpuctl never edits the admin's sources. While apt has no candidate for those packages,
-for each of Debian's archives (``Origin: Debian`` in its Release file, as apt read it)
-that a node takes ``main`` from but not ``contrib``, and whose Release offers contrib,
-the admin's own entry is copied into a file of gpuctl's with ``contrib`` as
-its only component, every other option kept: apt refuses two entries for one archive
-whose ``Signed-By`` (or ``Trusted``, ...) differ ("Conflicting values set for option
-Signed-By regarding source ...", apt 2.6), and then reads no source at all.
+for each of Debian's archives (``Origin: Debian`` in the Release file apt downloaded) that
+a node takes ``main`` from but not ``contrib``, and whose Release offers contrib, the
+admin's own entry is copied into a file of gpuctl's with ``contrib`` as its only
+component, every other option kept: apt refuses two entries for one archive whose
+``Signed-By`` (or ``Trusted``, ...) differ ("Conflicting values set for option Signed-By
+regarding source ...", apt 2.6), and then reads no source at all.
 
-Read-only. Where apt's entries come from is apt's own answer (``apt-get indextargets``:
+The change is made here, not in the play, so that no file content (a mirror URL may hold
+a password) leaves the node, and so that it is applied the safe way round:
+- apt is read without gpuctl's own files (a stale one of them never hides the admin's);
+- each new file is written outside apt's sources first, apt fetches its indexes alone
+  (``apt-get update`` of that file only: apt's words are about it), and only then is it
+  moved into place; an interrupted run leaves nothing half-done among the sources;
+- the packages must then have candidates; if not, gpuctl's files are put back as they
+  were, and the failure carries apt's own words.
+apt runs with ``LC_ALL=C``: its words are parsed. Check mode changes nothing.
+Where apt's entries come from is apt's own answer (``apt-get indextargets``:
 ``Sourcesentry`` names the file and its line, or for deb822 its stanza).
 """
 
+import contextlib
 import os
 import re
+import shutil
 import subprocess
+import tempfile
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 
 DOCUMENTATION = r"""
 module: gpuctl_debian_contrib
-short_description: Find Debian archive sources without contrib; the entries that add it
-description:
-  - Reads which of C(packages) apt has no candidate for (C(missing)), and the Debian
-    archives (Origin Debian) the node takes main from but not contrib whose Release
-    offers contrib; renders gpuctl's own sources files adding contrib for those, each a
-    copy of the admin's entry (its options, Signed-By included) with contrib as its only
-    component. Nothing is rendered while no package is missing and gpuctl's files do not
-    exist (a site's own repository may carry the packages).
-  - Run after C(apt-get update): it reads what apt downloaded.
+short_description: Add Debian's contrib beside the admin's sources where packages need it
 options:
   list_path: {type: str, required: true}
   sources_path: {type: str, required: true}
   packages: {type: list, elements: str, required: true}
+  staging_dir: {type: str, default: /var/lib/gpuctl/apt-staging}
+  retries: {type: int, default: 5}
   origin: {type: str, default: Debian}
   component: {type: str, default: contrib}
-  update:
-    description: While a package is missing, run C(apt-get update) first (not in check
-      mode), so that what apt read is what the sources say now (an admin may have
-      changed them since).
-    type: bool
-    default: false
 """
 
 FIELDS = "$(REPO_URI)\t$(RELEASE)\t$(COMPONENT)\t$(TARGET_OF)\t$(SOURCESENTRY)\t$(FILENAME)"
@@ -59,22 +60,71 @@ HEADER = ("# Managed by gpuctl: Debian's {component} component, which NVIDIA's D
           "(their options kept).\n")
 # deb822 booleans apt reads as false (apt-pkg/contrib/strutl.cc StringToBool).
 FALSE = {"no", "false", "without", "off", "disable", "0"}
+ENV = {**os.environ, "LC_ALL": "C"}
 
 
-def run(argv):
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:2])} failed: "
-                           + (proc.stderr or proc.stdout).strip()[-500:])
-    return proc.stdout
+class AptError(Exception):
+    pass
 
 
-def targets():
-    """Every index target of type Packages apt's sources configure: (repo URI, suite,
-    component, file, entry, index file)."""
+class Apt:
+    """apt's commands, reading either every source or every source but gpuctl's."""
+
+    def __init__(self, ours):
+        self.ours = ours
+        self.parts = self.shell("Dir::Etc::sourceparts/d") or "/etc/apt/sources.list.d"
+        self.admins_only = None
+
+    @staticmethod
+    def shell(key):
+        proc = subprocess.run(["apt-config", "shell", "V", key], capture_output=True,
+                              text=True, env=ENV, check=False, timeout=60)
+        m = re.match(r"V='(.*)'", proc.stdout.strip())
+        return m.group(1) if m else ""
+
+    def options(self, admins):
+        """``-o`` options for apt to read the admin's sources only: a directory of links
+        to every file of the sources directory but gpuctl's."""
+        if not admins:
+            return []
+        if self.admins_only is None:
+            self.admins_only = tempfile.mkdtemp(prefix="gpuctl-apt-")
+            with contextlib.suppress(OSError):
+                for name in os.listdir(self.parts):
+                    path = os.path.join(self.parts, name)
+                    if os.path.realpath(path) not in self.ours:
+                        os.symlink(path, os.path.join(self.admins_only, name))
+        return ["-o", f"Dir::Etc::sourceparts={self.admins_only}"]
+
+    def run(self, argv, admins=False):
+        argv = [argv[0], *self.options(admins), *argv[1:]]
+        proc = subprocess.run(argv, capture_output=True, text=True, env=ENV, check=False,
+                              timeout=600)
+        if proc.returncode != 0:
+            raise AptError(first_words(proc) or f"{argv[0]} exited {proc.returncode}")
+        return proc.stdout
+
+    def close(self):
+        if self.admins_only:
+            shutil.rmtree(self.admins_only, ignore_errors=True)
+
+
+def first_words(proc):
+    """apt's first error line (else its first warning or notice)."""
+    lines = (proc.stdout + "\n" + proc.stderr).splitlines()
+    for prefix in ("E:", "W:", "N:"):
+        for line in lines:
+            if line.startswith(prefix):
+                return line.strip()
+    return ""
+
+
+def targets(apt):
+    """Every index target of type Packages the admin's sources configure: (repo URI,
+    suite, component, file, entry, index file)."""
     out = []
-    for line in run(["apt-get", "indextargets", "--no-release-info", "--format", FIELDS,
-                     "Identifier: Packages"]).splitlines():
+    for line in apt.run(["apt-get", "indextargets", "--no-release-info", "--format", FIELDS,
+                         "Identifier: Packages"], admins=True).splitlines():
         parts = line.split("\t")
         if len(parts) != 6 or parts[3] != "deb":
             continue
@@ -103,6 +153,22 @@ def release(index, component):
                     break
             return fields
     return None
+
+
+def offers(fields, component):
+    """Whether a Release lists ``component`` (Debian's security archive names its
+    components ``updates/contrib``)."""
+    listed = fields.get("Components")
+    return listed is None or component in {c.rsplit("/", 1)[-1] for c in listed.split()}
+
+
+def redact(uri):
+    """A URI without the password it may carry (apt's REPO_URI keeps ``user:pw@``)."""
+    return re.sub(r"^([^:/]+://)[^/@\s]*@", r"\1***@", uri)
+
+
+def redact_text(text):
+    return re.sub(r"([a-z+]+://)[^/@\s]*@", r"\1***@", text)
 
 
 def norm(uri):
@@ -178,18 +244,6 @@ def sources_entry(path, number, uri, suite, component):
     return "\n".join(lines) + "\n"
 
 
-def candidates(names):
-    """The packages of ``names`` apt has an install candidate for."""
-    found, name = set(), None
-    for line in run(["apt-cache", "policy", *names]).splitlines():
-        if line and not line[0].isspace() and line.endswith(":"):
-            name = line[:-1]
-        elif line.strip().startswith("Candidate:") and name in names:
-            if line.split(":", 1)[1].strip() != "(none)":
-                found.add(name)
-    return found
-
-
 def mode_of(path):
     try:
         return os.stat(path).st_mode & 0o7777
@@ -205,77 +259,189 @@ def read(path):
         return None
 
 
+def candidates(apt, names, admins=False):
+    """The packages of ``names`` apt has an install candidate for."""
+    found, name = set(), None
+    for line in apt.run(["apt-cache", "policy", *names], admins=admins).splitlines():
+        if line and not line[0].isspace() and line.endswith(":"):
+            name = line[:-1]
+        elif line.strip().startswith("Candidate:") and name in names:
+            if line.split(":", 1)[1].strip() != "(none)":
+                found.add(name)
+    return found
+
+
+def plan(apt, p, ours):
+    """(what apt is missing, the archives and files to write, what to report)."""
+    try:
+        missing = sorted(set(p["packages"]) - candidates(apt, p["packages"]))
+        stale = False
+    except AptError:  # gpuctl's own file may be what apt refuses: read without it
+        missing = sorted(set(p["packages"]) - candidates(apt, p["packages"], admins=True))
+        stale = True
+    configured = targets(apt)
+    archives = {}
+    for uri, suite, component, path, number, index in configured:
+        if component != "main" or uri.startswith("cdrom:"):
+            continue
+        fields = release(index, component)
+        if fields and fields.get("Origin") == p["origin"]:
+            archives.setdefault((norm(uri), suite), (uri, path, number, fields))
+    admins = {(norm(u), s) for u, s, c, _, _, _ in configured if c == p["component"]}
+    managing = missing or stale or any(read(path) is not None for path in ours)
+    lists, sources = [], []
+    report = {"adding": [], "no_contrib": [], "unreadable": [],
+              "debian_archives": [f"{redact(u)} {s}" for (u, s) in sorted(archives)]}
+    modes = []
+    for key, (uri, path, number, fields) in sorted(archives.items()):
+        if key in admins or not managing:
+            continue
+        if not offers(fields, p["component"]):
+            report["no_contrib"].append(f"{redact(key[0])} {key[1]}")
+            continue
+        try:
+            if path.endswith(".sources"):
+                entry = sources_entry(path, number, uri, key[1], p["component"])
+                (sources if entry else report["unreadable"]).append(
+                    entry or f"{path}:{number}")
+            else:
+                entry = list_entry(path, number, uri, key[1], p["component"])
+                (lists if entry else report["unreadable"]).append(entry or f"{path}:{number}")
+            if entry:
+                report["adding"].append(f"{redact(key[0])} {key[1]}")
+                modes.append(os.stat(path).st_mode & 0o777)
+        except OSError as exc:
+            report["unreadable"].append(f"{path}: {exc.strerror}")
+    header = HEADER.format(component=p["component"])
+    mode = 0o644
+    for m in modes:  # no more readable than the admin's own files
+        mode &= m
+    wanted = {p["list_path"]: header + "".join(lists) if lists else "",
+              p["sources_path"]: header + "\n".join(sources) if sources else ""}
+    return missing, wanted, mode, report
+
+
+def update_alone(apt, path, retries):
+    """``apt-get update`` of the sources in ``path`` alone (keeping the other lists),
+    retried while apt's lock is held or a fetch fails; apt's words when it fails."""
+    argv = ["apt-get", "update", "-o", f"Dir::Etc::sourcelist={path}",
+            "-o", "Dir::Etc::sourceparts=-", "-o", "APT::Get::List-Cleanup=0"]
+    why = ""
+    for attempt in range(max(1, retries)):
+        if attempt:
+            time.sleep(5)
+        proc = subprocess.run(argv, capture_output=True, text=True, env=ENV, check=False,
+                              timeout=600)
+        if proc.returncode == 0:
+            return ""
+        why = first_words(proc) or f"apt-get update exited {proc.returncode}"
+    return why
+
+
+def put(path, content, mode):
+    """Write ``path`` whole (a temp file in its directory, renamed over it)."""
+    tmp = f"{path}.dpkg-tmp"  # apt ignores *.dpkg-* silently (Dir::Ignore-Files-Silently)
+    with open(tmp, "w") as fh:
+        fh.write(content)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
 def main():
     module = AnsibleModule(argument_spec={
         "list_path": {"type": "str", "required": True},
         "sources_path": {"type": "str", "required": True},
         "packages": {"type": "list", "elements": "str", "required": True},
+        "staging_dir": {"type": "str", "default": "/var/lib/gpuctl/apt-staging"},
+        "retries": {"type": "int", "default": 5},
         "origin": {"type": "str", "default": "Debian"},
         "component": {"type": "str", "default": "contrib"},
-        "update": {"type": "bool", "default": False},
     }, supports_check_mode=True)
     p = module.params
     paths = (p["list_path"], p["sources_path"])
     ours = {os.path.realpath(path) for path in paths}
+    apt = Apt(ours)
     try:
-        missing = sorted(set(p["packages"]) - candidates(p["packages"]))
-        if missing and p["update"] and not module.check_mode:
-            # Its failure (another source's) is not this module's: what apt read is used.
-            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, check=False,
-                           timeout=600)
-            missing = sorted(set(p["packages"]) - candidates(p["packages"]))
-        configured = targets()
-    except (OSError, subprocess.TimeoutExpired, RuntimeError) as exc:
-        module.fail_json(msg=str(exc))
-    archives = {}
-    for uri, suite, component, path, number, index in configured:
-        if component != "main" or os.path.realpath(path) in ours or uri.startswith("cdrom:"):
-            continue
-        fields = release(index, component)
-        if fields and fields.get("Origin") == p["origin"]:
-            archives.setdefault((norm(uri), suite), (uri, path, number, fields))
-    admins = {(norm(u), s) for u, s, c, path, _, _ in configured
-              if c == p["component"] and os.path.realpath(path) not in ours}
-    managing = missing or any(read(path) is not None for path in paths)
-    lists, sources, unreadable, adding, no_contrib, modes, secret = [], [], [], [], [], [], False
-    for key, (uri, path, number, fields) in sorted(archives.items()):
-        if key in admins or not managing:
-            continue
-        if p["component"] not in fields.get("Components", p["component"]).split():
-            no_contrib.append(f"{key[0]} {key[1]}")
-            continue
-        try:
-            if path.endswith(".sources"):
-                entry = sources_entry(path, number, uri, key[1], p["component"])
-                (sources if entry else unreadable).append(entry or f"{path}:{number}")
+        missing, wanted, mode, report = plan(apt, p, ours)
+        if missing and not module.check_mode:
+            # What apt read must be what the sources say now (an admin may have changed
+            # them since its last update); another source's trouble is not ours.
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                subprocess.run(["apt-get", *apt.options(True), "-o",
+                                "APT::Get::List-Cleanup=0", "update", "-qq"],
+                               capture_output=True, env=ENV, check=False, timeout=600)
+            missing, wanted, mode, report = plan(apt, p, ours)
+        before = {path: (read(path), mode_of(path)) for path in paths}
+        write = [path for path, content in wanted.items()
+                 if content and (before[path][0] != content or before[path][1] != mode)]
+        # gpuctl's file goes only when apt shows Debian's archives and each has contrib
+        # from the admin (lists apt has not fetched since an edit show none).
+        remove = [path for path, content in wanted.items()
+                  if not content and before[path][0] is not None and not missing
+                  and report["debian_archives"] and not report["no_contrib"]]
+        # gpuctl's files already as wanted while apt still lacks the packages (their
+        # indexes never fetched): fetched again.
+        fetch = write + [path for path, content in wanted.items()
+                         if content and path not in write and missing]
+        result = {"missing": missing, "mode": f"0{mode:o}", "write": write, "remove": remove,
+                  **report}
+        if module._diff:
+            result["diff"] = [{"after_header": path, "after": redact_text(wanted[path]),
+                               "before_header": path,
+                               "before": redact_text(before[path][0] or "")}
+                              for path in write]
+        if module.check_mode or not (write or remove or missing):
+            module.exit_json(changed=bool(write or remove), **result)
+        why = ""
+        os.makedirs(p["staging_dir"], mode=0o700, exist_ok=True)
+        for path in fetch:  # outside apt's sources until apt has read it
+            staged = os.path.join(p["staging_dir"], os.path.basename(path))
+            put(staged, wanted[path], mode)
+            why = update_alone(apt, staged, p["retries"])
+            os.unlink(staged)
+            if why:
+                break
+            put(path, wanted[path], mode)
+        for path in remove:
+            os.unlink(path)
+        still = missing
+        if not why and fetch:
+            try:
+                still = sorted(set(p["packages"]) - candidates(apt, p["packages"]))
+            except AptError as exc:
+                why = str(exc)
+        if not (why or (fetch and still)):
+            if still:  # nothing gpuctl could add: the install says what it lacks
+                module.warn(f"apt has no candidate for {', '.join(still)} (in Debian's "
+                            "contrib), and no Debian archive's contrib could be added"
+                            + (f": {', '.join(report['no_contrib'])} offers none"
+                               if report["no_contrib"] else ""))
+            module.exit_json(changed=bool(write or remove), **result)
+        for path, (content, old_mode) in before.items():  # as they were
+            if content is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
             else:
-                entry = list_entry(path, number, uri, key[1], p["component"])
-                (lists if entry else unreadable).append(entry or f"{path}:{number}")
-            if entry:
-                adding.append(f"{key[0]} {key[1]}")
-                modes.append(os.stat(path).st_mode & 0o777)
-                secret = secret or "@" in uri.split("://", 1)[-1].split("/", 1)[0]
-        except OSError as exc:
-            unreadable.append(f"{path}: {exc.strerror}")
-    header = HEADER.format(component=p["component"])
-    wanted = {p["list_path"]: header + "".join(lists) if lists else "",
-              p["sources_path"]: header + "\n".join(sources) if sources else ""}
-    mode = 0o644
-    for m in modes:  # no more readable than the admin's own files
-        mode &= m
-    before = [{"path": path, "exists": read(path) is not None, "content": read(path) or ""}
-              for path in wanted]
-    module.exit_json(
-        changed=False, missing=missing, adding=adding, no_contrib=no_contrib,
-        unreadable=unreadable, archives=[f"{u} {s}" for (u, s) in sorted(archives)],
-        files=[{"path": path, "content": content} for path, content in wanted.items()],
-        # What to write (content or mode differs) and what to remove, so that a node
-        # already as wanted costs no further task.
-        write=[{"path": path, "content": content} for path, content in wanted.items()
-               if content and (read(path) != content or mode_of(path) != mode)],
-        remove=[path for path, content in wanted.items() if not content and
-                read(path) is not None],
-        before=before, mode=f"0{mode:o}", secret=secret)
+                put(path, content, old_mode or 0o644)
+        parts = [f"Debian's contrib is needed for {', '.join(still or missing)} "
+                 "(NVIDIA's Debian driver packages depend on them)"]
+        if report["no_contrib"]:
+            parts.append(f"{', '.join(report['no_contrib'])} offers no contrib in its "
+                         "Release file")
+        if report["adding"]:
+            parts.append(f"gpuctl's contrib entries for {', '.join(report['adding'])} "
+                         "did not take and were put back as they were: "
+                         + (why or "apt still has no candidate for them"))
+        if report["unreadable"]:
+            parts.append("entries gpuctl could not read back: "
+                         + ", ".join(report["unreadable"]))
+        module.fail_json(msg="; ".join(parts) + ". Enable contrib on the Debian mirror, "
+                         "or serve these packages from a repository of the site",
+                         **result)
+    except (AptError, OSError, subprocess.SubprocessError) as exc:
+        module.fail_json(msg=f"cannot add Debian's contrib: {exc}")
+    finally:
+        apt.close()
 
 
 if __name__ == "__main__":

@@ -651,13 +651,21 @@ def summarize_collectives(per_rank: dict[int, list[dict[str, Any]]], world: int,
 
 
 def collectives(ranks: int, sizes: list[int], iters: int, deadline_s: float | None = None,
-                gpus: list[int] | None = None, seed: int = 0) -> list[Measurement]:
+                gpus: list[int] | None = None, seed: int = 0,
+                start: str = "forkserver") -> list[Measurement]:
     """All-reduce and all-gather inside the node, one process per GPU (NCCL; ``gpus``
     names them, so a GPU already lost or hung is left out) or ``ranks`` processes on the
     CPU (gloo). A rank that dies or hangs fails both ops within a bounded time, naming
     the rank, instead of taking the whole agent down with it: each collective gives up
     after ``collective_timeout``, and the whole test after ``deadline_s`` at the latest
-    (the agent's time left before its watchdog stops it)."""
+    (the agent's time left before its watchdog stops it).
+
+    ``start``: the ranks' start method. forkserver, not fork: a CUDA context must not be
+    forked (CUDA C Programming Guide), and the ranks start from a server that imported
+    torch once, not each on its own (spawn: about 0.6 s more of a 2-core lab node's
+    burn-in). The server is in the agent's process group, which the watchdog's killpg
+    reaches, and it keeps the environment and imports of its first start: a caller that
+    changes the ranks' environment between calls (the dead-rank campaign) takes spawn."""
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     # A backstop: a hung collective times out in its ranks, which then exit with an
     # error and are seen below within a second.
@@ -665,12 +673,11 @@ def collectives(ranks: int, sizes: list[int], iters: int, deadline_s: float | No
     if deadline_s is not None:
         budget = max(5.0, min(budget, deadline_s))
     timeout = min(collective_timeout(max(sizes)), max(3.0, budget / 2))
-    # forkserver, not fork: a CUDA context must not be forked (CUDA C Programming Guide),
-    # and the ranks start from a server that imported torch once, not each on its own
-    # as under spawn (about 1.5 s of a 2-core lab node's burn-in). The server is in the
-    # agent's process group: the watchdog's killpg reaches it and its ranks.
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["__main__", "torch", "torch.distributed"])
+    if start == "forkserver":
+        ctx: Any = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["__main__", "torch", "torch.distributed"])
+    else:
+        ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = _free_port()
     # Daemons: a rank that cannot be killed (stuck in the driver) must not hold the
@@ -678,13 +685,13 @@ def collectives(ranks: int, sizes: list[int], iters: int, deadline_s: float | No
     procs = [ctx.Process(target=_collective_worker, daemon=True, args=(
         r, ranks, port, sizes, iters, backend, results, seed, timeout,
         gpus[r] if gpus else None)) for r in range(ranks)]
-    for p in procs:
-        p.start()
     deadline = time.monotonic() + budget
     per_rank: dict[int, list[dict[str, Any]]] = {}
     complaints: dict[int, str] = {}  # ranks whose collective failed under them
     why, bad = "", list[int]()
     try:
+        for p in procs:  # inside: a rank that cannot start leaves none behind
+            p.start()
         while len(per_rank) < ranks:
             try:
                 rank, rows = results.get(timeout=1.0)
@@ -718,13 +725,14 @@ def collectives(ranks: int, sizes: list[int], iters: int, deadline_s: float | No
         # that finished exit within it; the rest are killed at once, then reaped.
         settle = time.monotonic() + (0 if why else min(30.0, max(0.0, deadline -
                                                                   time.monotonic())))
-        for p in procs:
+        started = [p for p in procs if p.pid is not None]
+        for p in started:
             p.join(timeout=max(0.0, settle - time.monotonic()))
-        for p in procs:
+        for p in started:
             if p.is_alive():
                 p.kill()
         reap = time.monotonic() + 10
-        for p in procs:
+        for p in started:
             p.join(timeout=max(0.0, reap - time.monotonic()))
     out = [Measurement(f"{op}_busbw", None, "GB/s", None, False, {
         "backend": backend, "ranks": ranks, "error": why, "bad_ranks": bad})
@@ -1446,6 +1454,10 @@ def finish_reserve(deadline_s: float) -> float:
 COLLECTIVES_START_S = 10.0  # starting a process per rank and their group, before any data
 
 
+# The CPU's (the lab's) hang bound: 20 times a lab test.
+CPU_HANG_S = 10.0
+
+
 def run_level(level: str, seconds: float | None = None, ranks: int | None = None,
               small: bool | None = None, scale: float = 1.0, seed: int = 0,
               cpu_devices: int | None = None, deadline_s: float | None = None
@@ -1480,9 +1492,8 @@ def run_level(level: str, seconds: float | None = None, ranks: int | None = None
     idents = identities(devs, inventory)
     runner = DeviceRunner(devs, idents, stop_at)
     # How long a test may run before its GPU counts as hung: on a GPU, time for the
-    # driver's and cuBLAS' first-call start-up too; on the CPU (the lab) there is none,
-    # and 10 s is 20 times a lab test.
-    limit = max(120.0 if cuda else 10.0, 20 * base)
+    # driver's and cuBLAS' first-call start-up too; on the CPU (the lab) there is none.
+    limit = max(120.0 if cuda else CPU_HANG_S, 20 * base)
     results: list[Measurement] = []
 
     def memtest(i: int, dev: torch.device) -> Measurement:

@@ -40,12 +40,14 @@ def _with_agent_file(env: dict[str, str] | None, command: str, size: int) -> str
     """A shell command that saves the agent (the first ``size`` bytes sent on stdin) to a
     private temp dir on the node, runs ``command`` there with ``env`` set ("$d/agent.py"
     is the agent: its collectives start worker processes that re-import it from its
-    file), then removes the dir and exits with the command's status. The rest of stdin
+    file; TMPDIR is the dir too, so multiprocessing's socket dir, which the agent's
+    os._exit leaves, goes with it), then removes the dir and exits with the command's
+    status. The rest of stdin
     stays open for the whole run: the agent's watchdog ends the run when it closes."""
     exports = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted((env or {}).items()))
     return ('d=$(mktemp -d /tmp/gpuctl-burnin.XXXXXX) && trap \'rm -rf "$d"\' EXIT && '
             "trap 'exit 143' TERM HUP INT && "
-            f'head -c {size} > "$d/agent.py" && cd "$d" && {exports}{command}')
+            f'head -c {size} > "$d/agent.py" && cd "$d" && TMPDIR="$d" {exports}{command}')
 
 
 def _agent_command(python: str, level: str, seconds: float | None,

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from provisioner.errors import LabError
 from provisioner.lab.packages import Package, compute_library, debian_contrib_packages
-from provisioner.lab.repos import _apt_index, _build_deb, _packages, build_rpms
+from provisioner.lab.repos import _apt_index, _build_deb, _packages, build_cached, build_rpms
 
 KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"
 PIN_600 = "Package: *\nPin: release l=NVIDIA CUDA\nPin-Priority: 600\n"
@@ -247,22 +247,7 @@ def cached_debian_archive() -> Path:
     """The lab's Debian archive (main and contrib) from the build cache, built first when
     missing: a directory with ``archive/``, the ``gnupg`` home whose key signed it and
     that key as ``keyring.gpg``."""
-    here = Path(__file__).parent
-    digest = hashlib.sha256()
-    for name in ("packages.py", "repos.py", "netrepo.py"):
-        digest.update((here / name).read_bytes())
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpuctl/lab-repos"
-    done = root / f"debian-{digest.hexdigest()[:24]}"
-    if not done.exists():
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
-        try:
-            (tmp / "keyring.gpg").write_bytes(build_debian_archive(tmp / "archive",
-                                                                  tmp / "gnupg"))
-            os.replace(tmp, done)  # atomic: a concurrent build loses the race
-        except OSError:
-            if not done.exists():
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return done
+    def build(out: Path) -> None:
+        out.mkdir()
+        (out / "keyring.gpg").write_bytes(build_debian_archive(out / "archive", out / "gnupg"))
+    return build_cached("debian-", ("packages.py", "repos.py", "netrepo.py"), "", build)

@@ -12,6 +12,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from email.utils import formatdate
 from pathlib import Path
 
@@ -213,29 +214,39 @@ def build_repo(repo: Path, os_name: str = "ubuntu22.04", **variant: bool) -> Pat
     return repo
 
 
-def cached_repo(variant: str, os_name: str, flags: dict[str, bool]) -> Path:
-    """A built repository (one variant, one OS) from the build cache, building it first
-    when missing. The key hashes everything a build reads (the stand-ins' sources, the
-    OS, the variant, the running kernel's release for the headers package), so a changed
-    stand-in is never served stale. The cache is ``$XDG_CACHE_HOME/gpuctl/lab-repos``
-    (``~/.cache``); builds take seconds, and every lab up in the test suite needs one."""
+def build_cached(name: str, sources: tuple[str, ...], key: str,
+                 build: Callable[[Path], object]) -> Path:
+    """A build's output from the build cache, ``build(dir)`` making it first when missing.
+    The cache key hashes ``sources`` (the files of this package the build reads) and
+    ``key``, so a changed stand-in is never served stale. The cache is
+    ``$XDG_CACHE_HOME/gpuctl/lab-repos`` (``~/.cache``); builds take seconds, and every
+    lab up in the test suite needs one."""
     here = Path(__file__).parent
     digest = hashlib.sha256()
-    for name in ("packages.py", "repos.py", "os_images.py", "standin_smi.py",
-                 "standin_dcgmi.py"):
-        digest.update((here / name).read_bytes())
-    digest.update(f"{os_name}|{variant}|{sorted(flags.items())}|{platform.release()}".encode())
+    for source in sources:
+        digest.update((here / source).read_bytes())
+    digest.update(key.encode())
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpuctl/lab-repos"
-    repo = root / digest.hexdigest()[:24]
-    if not repo.exists():
+    done = root / f"{name}{digest.hexdigest()[:24]}"
+    if not done.exists():
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
         try:
-            build_repo(tmp / "repo", os_name, **flags)
-            os.replace(tmp / "repo", repo)  # atomic: a concurrent build loses the race
+            build(tmp / "out")
+            os.replace(tmp / "out", done)  # atomic: a concurrent build loses the race
         except OSError:
-            if not repo.exists():
+            if not done.exists():
                 raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return repo
+    return done
+
+
+def cached_repo(variant: str, os_name: str, flags: dict[str, bool]) -> Path:
+    """A built repository (one variant, one OS) from the build cache. The key covers the
+    stand-ins' sources, the OS, the variant and the running kernel's release (the
+    headers package)."""
+    return build_cached("", ("packages.py", "repos.py", "os_images.py", "standin_smi.py",
+                             "standin_dcgmi.py"),
+                        f"{os_name}|{variant}|{sorted(flags.items())}|{platform.release()}",
+                        lambda out: build_repo(out, os_name, **flags))

@@ -45,8 +45,8 @@ class Apt:
         """The index files ``apt-get update`` would have left for ``uri`` ``suite``: its
         Release (offering ``offered``) and the Packages of ``components`` (``packages``
         in contrib's)."""
-        # apt's list file names (URItoFileName): no scheme, no "//", "/" as "_".
-        stem = re.sub(r"^[a-z+]+:(//)?", "", uri).rstrip("/").replace("/", "_") + \
+        # apt's list file names (URItoFileName): no scheme, "//" or password, "/" as "_".
+        stem = re.sub(r"^[a-z+]+:(//[^/@]*@|//)?", "", uri).rstrip("/").replace("/", "_") + \
             f"_dists_{suite}"
         (self.lists / f"{stem}_Release").write_text(
             f"Origin: {origin}\nLabel: {origin}\nCodename: bookworm\nComponents: {offered}"
@@ -60,18 +60,21 @@ class Apt:
 
     def module(self) -> dict:  # type: ignore[type-arg]
         args = self.conf.with_name("args.json")
-        args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": self.ours}))
+        # Check mode: the module writes nothing and runs no apt-get update (this machine's
+        # apt would fetch); with --diff it shows what it would write.
+        args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {
+            **self.ours, "_ansible_check_mode": True, "_ansible_diff": True}}))
         res = subprocess.run([sys.executable, str(MODULE), str(args)], capture_output=True,
                              text=True, env=self.env(), check=False, timeout=60)
         out: dict = json.loads(res.stdout)  # type: ignore[type-arg]
         return out
 
     def write(self, doc: dict) -> None:  # type: ignore[type-arg]
-        for f in doc["files"]:
-            if f["content"]:
-                Path(f["path"]).write_text(f["content"])
-            else:
-                Path(f["path"]).unlink(missing_ok=True)
+        """Do what the module would (its apply path runs in the lab's e2e test)."""
+        for d in doc.get("diff", []):
+            Path(d["after_header"]).write_text(d["after"])
+        for path in doc["remove"]:
+            Path(path).unlink()
 
     def configured(self) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["apt-get", "indextargets", "--no-release-info", "--format",
@@ -85,7 +88,11 @@ def apt(tmp_path: Path) -> Apt:
 
 
 def contents(doc: dict) -> dict[str, str]:  # type: ignore[type-arg]
-    return {Path(f["path"]).suffix: f["content"] for f in doc["files"]}
+    """What the module would write, by file type ("" for a file it leaves alone)."""
+    out = {".list": "", ".sources": ""}
+    for d in doc.get("diff", []):
+        out[Path(d["after_header"]).suffix] = d["after"]
+    return out
 
 
 def test_the_admins_entries_are_copied_with_contrib_and_apt_accepts_them(apt: Apt) -> None:
@@ -125,8 +132,7 @@ def test_the_admins_entries_are_copied_with_contrib_and_apt_accepts_them(apt: Ap
     # Run again: the same files (nothing to change), our own entries not taken for the
     # admin's.
     again = apt.module()
-    assert contents(again) == files and all(b["exists"] for b in again["before"])
-    assert len(doc["write"]) == 2 and again["write"] == again["remove"] == []
+    assert len(doc["write"]) == 2 and again["write"] == again["remove"] == [], again
 
 
 def test_an_entry_without_the_admins_options_is_what_apt_refuses(apt: Apt) -> None:
@@ -158,7 +164,7 @@ def test_nothing_is_added_where_contrib_is_there_and_ours_goes(apt: Apt) -> None
     later = apt.module()
     assert contents(later) == {".list": "", ".sources": ""}, later
     assert later["remove"] == [apt.ours["sources_path"]] and later["write"] == []
-    assert later["missing"] == [] and later["archives"] == [f"{DEBIAN} bookworm"]
+    assert later["missing"] == [] and later["adding"] == []
 
 
 def test_missing_clears_once_apt_has_the_packages(apt: Apt) -> None:
@@ -219,3 +225,35 @@ def test_an_archive_whose_main_index_apt_did_not_download_is_still_found(apt: Ap
     apt.downloaded(DEBIAN, "bookworm-updates", "Debian")  # the Release only
     doc = apt.module()
     assert doc["adding"] == [f"{DEBIAN} bookworm-updates"], doc
+
+
+def test_check_mode_writes_nothing_and_passwords_stay_out_of_the_results(apt: Apt) -> None:
+    """Debian's security archive names its components ``updates/contrib``; a mirror URL
+    with a password is copied as written into the file, never into what the module
+    reports (ansible-runner keeps its results on disk)."""
+    secret = "http://user:s3cret@mirror.site/debian-security"
+    (apt.parts / "security.list").write_text(f"deb {secret} bookworm-security main\n")
+    apt.downloaded(secret, "bookworm-security", "Debian", "main",
+                   offered="updates/main updates/contrib")
+    doc = apt.module()
+    assert doc["adding"] == ["http://***@mirror.site/debian-security bookworm-security"], doc
+    assert "s3cret" not in json.dumps(doc)
+    assert not Path(apt.ours["list_path"]).exists()  # check mode
+
+
+def test_a_stale_file_of_gpuctls_that_apt_refuses_is_replaced(apt: Apt) -> None:
+    """The admin moved Debian's key after gpuctl copied the entry: apt refuses every
+    source while the two disagree. gpuctl reads the admin's sources without its own
+    file, and rewrites that file from the admin's entry as it is now."""
+    (apt.parts / "debian.sources").write_text(
+        f"Types: deb\nURIs: {DEBIAN}\nSuites: bookworm\nComponents: main\n"
+        "Signed-By: /etc/apt/keyrings/debian-new.gpg\n")
+    Path(apt.ours["sources_path"]).write_text(
+        f"Types: deb\nURIs: {DEBIAN}\nSuites: bookworm\nComponents: contrib\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+    assert apt.configured().returncode != 0  # apt refuses them all
+    apt.downloaded(DEBIAN, "bookworm", "Debian", "main")
+    doc = apt.module()
+    assert "Signed-By: /etc/apt/keyrings/debian-new.gpg" in contents(doc)[".sources"], doc
+    apt.write(doc)
+    assert apt.configured().returncode == 0
