@@ -292,11 +292,10 @@ def test_a_short_deadline_gives_the_document_with_the_tests_not_run_named() -> N
     assert doc["deadline_s"] == 5
 
 
-def test_a_gpu_still_busy_at_the_deadline_is_cut_and_the_rest_not_run(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """GPU 1's first GEMM never ends (well within its 10 s hang bound on the CPU): at the deadline
-    it is reported unfinished, every later test of both GPUs as not run, and the
-    document comes back before the watchdog would fire."""
+def _run_with_gpu1_stuck(monkeypatch: pytest.MonkeyPatch, **kwargs: Any
+                         ) -> tuple[dict[str, Any], float]:
+    """``run_level`` on two CPU devices, GPU 1's first GEMM stuck until the run is over:
+    the document and how long the run took."""
     import threading
     import time
 
@@ -311,10 +310,19 @@ def test_a_gpu_still_busy_at_the_deadline_is_cut_and_the_rest_not_run(
     monkeypatch.setattr(agent, "gemm", gemm)
     start = time.monotonic()
     try:
-        doc = agent.run_level("quick", seconds=0.05, ranks=1, cpu_devices=2, deadline_s=6)
+        doc = agent.run_level("quick", seconds=0.05, ranks=1, cpu_devices=2, **kwargs)
     finally:
         release.set()
-    assert time.monotonic() - start < 6
+    return doc, time.monotonic() - start
+
+
+def test_a_gpu_still_busy_at_the_deadline_is_cut_and_the_rest_not_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPU 1's first GEMM never ends (within the CPU's 10 s hang bound): at the deadline
+    it is reported unfinished, every later test of both GPUs as not run, and the
+    document comes back before the watchdog would fire."""
+    doc, took = _run_with_gpu1_stuck(monkeypatch, deadline_s=6)
+    assert took < 6
     by = {(r["test"], r["device"]): r for r in doc["results"]}
     assert set(by) == {(t, d) for t in PER_GPU_TESTS for d in (0, 1)}
     assert by[("gemm_bfloat16", 0)]["ok"]
@@ -336,24 +344,7 @@ def test_a_hung_cpu_device_is_named_after_the_cpu_bound_not_120_s(
     GPU goes on. (Run with a 1 s bound, for the suite's time.)"""
     assert agent.CPU_HANG_S == 10.0
     monkeypatch.setattr(agent, "CPU_HANG_S", 1.0)
-    import threading
-    import time
-
-    release = threading.Event()
-    real_gemm = agent.gemm
-
-    def gemm(device, dtype_name, n, seconds, index=None, seed=0):  # type: ignore[no-untyped-def]
-        if index == 1:
-            release.wait(60)
-        return real_gemm(device, dtype_name, n, seconds, index, seed)
-
-    monkeypatch.setattr(agent, "gemm", gemm)
-    start = time.monotonic()
-    try:
-        doc = agent.run_level("quick", seconds=0.05, ranks=1, cpu_devices=2)
-    finally:
-        release.set()
-    took = time.monotonic() - start
+    doc, took = _run_with_gpu1_stuck(monkeypatch)
     by = {(r["test"], r["device"]): r for r in doc["results"]}
     hung = by[("gemm_bfloat16", 1)]
     assert not hung["ok"] and hung["detail"]["error"] == "did not finish within 1 s (hung)", hung
