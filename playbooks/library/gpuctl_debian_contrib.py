@@ -162,12 +162,9 @@ def offers(fields, component):
     return listed is None or component in {c.rsplit("/", 1)[-1] for c in listed.split()}
 
 
-def redact(uri):
-    """A URI without the password it may carry (apt's REPO_URI keeps ``user:pw@``)."""
-    return re.sub(r"^([^:/]+://)[^/@\s]*@", r"\1***@", uri)
-
-
-def redact_text(text):
+def redact(text):
+    """``text`` without the passwords its URIs may carry (apt's REPO_URI keeps
+    ``user:pw@``)."""
     return re.sub(r"([a-z+]+://)[^/@\s]*@", r"\1***@", text)
 
 
@@ -386,9 +383,9 @@ def main():
         result = {"missing": missing, "mode": f"0{mode:o}", "write": write, "remove": remove,
                   **report}
         if module._diff:
-            result["diff"] = [{"after_header": path, "after": redact_text(wanted[path]),
+            result["diff"] = [{"after_header": path, "after": redact(wanted[path]),
                                "before_header": path,
-                               "before": redact_text(before[path][0] or "")}
+                               "before": redact(before[path][0] or "")}
                               for path in write]
         if module.check_mode or not (write or remove or missing):
             module.exit_json(changed=bool(write or remove), **result)

@@ -42,8 +42,8 @@ def _with_agent_file(env: dict[str, str] | None, command: str, size: int) -> str
     is the agent: its collectives start worker processes that re-import it from its
     file; TMPDIR is the dir too, so multiprocessing's socket dir, which the agent's
     os._exit leaves, goes with it), then removes the dir and exits with the command's
-    status. The rest of stdin
-    stays open for the whole run: the agent's watchdog ends the run when it closes."""
+    status. The rest of stdin stays open for the whole run: the agent's watchdog ends the
+    run when it closes."""
     exports = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted((env or {}).items()))
     return ('d=$(mktemp -d /tmp/gpuctl-burnin.XXXXXX) && trap \'rm -rf "$d"\' EXIT && '
             "trap 'exit 143' TERM HUP INT && "

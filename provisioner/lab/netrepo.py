@@ -25,8 +25,6 @@ What is NVIDIA's here, and where it is from:
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import os
 import shutil
 import subprocess
@@ -36,7 +34,14 @@ from pathlib import Path
 
 from provisioner.errors import LabError
 from provisioner.lab.packages import Package, compute_library, debian_contrib_packages
-from provisioner.lab.repos import _apt_index, _build_deb, _packages, build_cached, build_rpms
+from provisioner.lab.repos import (
+    _apt_index,
+    _build_deb,
+    _packages,
+    _write_packages,
+    build_cached,
+    build_rpms,
+)
 
 KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"
 PIN_600 = "Package: *\nPin: release l=NVIDIA CUDA\nPin-Priority: 600\n"
@@ -199,7 +204,8 @@ def build_ubuntu_archive(dest: Path) -> Path:
 # <suite>/<component>/binary-<arch>/Packages, pool/<component>/...), with Debian's
 # Release fields (Origin and Label "Debian", Suite, Codename, Components; an installed
 # bookworm's apt-get indextargets shows them), signed with a lab key standing in for
-# Debian's archive key. main is empty (the lab node's own root is this machine's Debian);
+# Debian's archive key. main is empty (the lab node's own root is this machine's Debian;
+# apt downloads no index its Release lists empty, as with bookworm-updates' at times);
 # contrib has what NVIDIA's Debian packages need from it (packages.debian_contrib_packages).
 # Debian's non-free components are left out.
 DEBIAN_SUITE = "bookworm"
@@ -222,15 +228,9 @@ def build_debian_archive(dest: Path, gnupg: Path) -> bytes:
             pool.mkdir(parents=True)
             debs = [_build_deb(p, pool, Path(tmp))
                     for p in (debian_contrib_packages() if component == "contrib" else [])]
-            index = dist / component / "binary-amd64"
-            index.mkdir(parents=True)
-            packages = _packages(debs, dest, prefix="")
-            (index / "Packages").write_bytes(packages)
-            (index / "Packages.gz").write_bytes(gzip.compress(packages, mtime=0))
-            for name in ("Packages", "Packages.gz"):
-                blob = (index / name).read_bytes()
-                sums.append(f" {hashlib.sha256(blob).hexdigest()} {len(blob)} "
-                            f"{component}/binary-amd64/{name}")
+            sums += _write_packages(dist / component / "binary-amd64",
+                                    _packages(debs, dest, prefix=""),
+                                    f"{component}/binary-amd64/")
     (dist / "Release").write_text("\n".join([
         "Origin: Debian", "Label: Debian", "Suite: oldstable", "Version: 12.11",
         f"Codename: {DEBIAN_SUITE}", f"Date: {formatdate(usegmt=True)}",

@@ -465,7 +465,7 @@ def driver_packages(family: str, branch: str, version: str, *,
                 name, f"{version}-1", f"NVIDIA kernel module ({flavor}), DKMS, lab stand-in",
                 kernel, postinst=build,
                 provides=["nvidia-kernel-driver"], conflicts=["nvidia-kernel-driver"],
-                depends=DEBIAN_CONTRIB_DEPENDS))
+                depends=[p.name for p in debian_contrib_packages()]))
         else:
             name = "kmod-nvidia-open-dkms" if open_modules else "kmod-nvidia-latest-dkms"
             out.append(Package(
@@ -516,10 +516,6 @@ def driver_packages(family: str, branch: str, version: str, *,
 # The stand-in DKMS package depends on the three directly (a Pre-Depends is a Depends to
 # apt's resolver); that NVIDIA's debian12 repository carries none of them is inferred
 # from NVIDIA's Debian steps enabling contrib.
-DEBIAN_CONTRIB_DEPENDS = ["nvidia-installer-cleanup", "nvidia-kernel-common",
-                          "glx-alternative-nvidia"]
-
-
 def debian_contrib_packages() -> list[Package]:
     """Debian's contrib packages NVIDIA's Debian driver needs, at bookworm's versions."""
     support = "20220217+3~deb12u1"

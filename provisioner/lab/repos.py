@@ -79,18 +79,25 @@ def _packages(debs: list[Path], root: Path, prefix: str = "./") -> bytes:
     return "\n".join(stanzas).encode()
 
 
+def _write_packages(index: Path, packages: bytes, listed_as: str = "") -> list[str]:
+    """Write ``Packages`` and ``Packages.gz`` into ``index``; their Release ``SHA256:``
+    lines, named ``listed_as`` + file name (their path below the Release file)."""
+    index.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for name, blob in (("Packages", packages),
+                       ("Packages.gz", gzip.compress(packages, mtime=0))):
+        (index / name).write_bytes(blob)
+        lines.append(f" {hashlib.sha256(blob).hexdigest()} {len(blob)} {listed_as}{name}")
+    return lines
+
+
 def _apt_index(repo: Path, debs: list[Path], origin: str = "NVIDIA",
                label: str = "NVIDIA CUDA") -> None:
-    packages = _packages(debs, repo)
-    (repo / "Packages").write_bytes(packages)
-    (repo / "Packages.gz").write_bytes(gzip.compress(packages, mtime=0))
+    sums = _write_packages(repo, _packages(debs, repo))
     # The fields of NVIDIA's own Release files (cuda-repo-management repo-debian.sh):
     # no Suite or Codename, so apt pins can select on o=, l= or the origin host only.
     lines = [f"Origin: {origin}", f"Label: {label}", "Architecture: x86_64",
-             f"Date: {formatdate(usegmt=True)}", "SHA256:"]
-    for name in ("Packages", "Packages.gz"):
-        blob = (repo / name).read_bytes()
-        lines.append(f" {hashlib.sha256(blob).hexdigest()} {len(blob)} {name}")
+             f"Date: {formatdate(usegmt=True)}", "SHA256:", *sums]
     lines.append("Acquire-By-Hash: no")
     (repo / "Release").write_text("\n".join(lines) + "\n")
 
