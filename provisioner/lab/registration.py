@@ -24,6 +24,7 @@ from provisioner.lab.nodes import (
     require_lab_support,
 )
 from provisioner.lab.packages import REPO_IN_NODE
+from provisioner.lab.ports import rdzv_port
 from provisioner.ssh.hostkeys import KnownHosts
 
 # What an admin would set for these machines: the system Python (this image's PATH has a
@@ -119,7 +120,9 @@ def register_lab_nodes(gc: Gpuctl, nodes: list[LabNode], key_path: str,
                       key_path=key_path, sku=n.sku,
                       labels={"lab": "true", "profile": n.profile, "os": n.os},
                       ansible_vars={**LAB_HOST_VARS, **LAB_OS_VARS[n.os],
-                                    "gpuctl_burnin_python": python},
+                                    "gpuctl_burnin_python": python,
+                                    # Its lab's own (the labs share one loopback).
+                                    "gpuctl_rdzv_port": str(rdzv_port(n.address))},
                       **({"bmc_url": n.bmc, "bmc_user": bmc.user,
                           "bmc_password_from": bmc.password_from, "bmc_ca": bmc.ca}
                          if bmc is not None and n.bmc else {})) for n in nodes]

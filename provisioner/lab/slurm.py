@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from provisioner.errors import LabError
+from provisioner.lab.ports import address_block
 
 if TYPE_CHECKING:
     from provisioner.lab.nodes import Lab
@@ -104,6 +105,9 @@ SelectTypeParameters=CR_Core
 MpiDefault=none
 ReturnToService=2
 SlurmdTimeout=60
+# The lab's labs share one loopback, and the smoke job's rendezvous port comes from its
+# job id: each lab's ids start at their own place (slurm.conf(5): FirstJobId, default 1).
+FirstJobId={first_job}
 GresTypes=gpu
 # Accounting through slurmdbd (MariaDB behind it): QOS limits such as a pool's
 # GrpTRES=gres/gpu=N exist and are enforced only with it (slurm.conf(5),
@@ -181,6 +185,24 @@ class LabSlurmInfo:
                 f"export GPUCTL_SLURMD_RESTART={shlex.quote(slurmd)}\n")
 
 
+def block_ports(block: int, count: int) -> list[int]:
+    """``count`` ports for the Slurm of the lab on 127.0.BLOCK.0/24: 12000 + 10 BLOCK up,
+    each not bound now; past ten, or where one is bound, a free port instead."""
+    ports = []
+    for port in range(12000 + 10 * block, 12000 + 10 * block + min(count, 10)):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 def free_port() -> int:
     """A free port below the kernel's ephemeral range (ip_local_port_range, 32768 up by
     default): a port from bind(0) is one an outgoing connection may take before the
@@ -191,7 +213,7 @@ def free_port() -> int:
         low = 32768
     rng = secrets.SystemRandom()
     for _ in range(200):
-        port = rng.randrange(10000, max(10001, low))
+        port = rng.randrange(30500, max(30501, low))  # above the labs' planned ports
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
@@ -284,11 +306,16 @@ class LabSlurm:
         key = self.etc / "munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o600)
-        ctld_port, dbd_port, db_port = free_port(), free_port(), free_port()
-        nodes = {name: free_port() for name in names}
+        # Ports and job ids from the lab's block (provisioner/lab/ports.py): two labs'
+        # Slurms side by side take neither's.
+        block = address_block(self.lab.spec(names[0])["address"])
+        ports = iter(block_ports(block, 3 + len(names)))
+        ctld_port, dbd_port, db_port = next(ports), next(ports), next(ports)
+        nodes = {name: next(ports) for name in names}
         host = socket.gethostname()
         self.conf.write_text(CONF.format(host=host, ctld_port=ctld_port, socket=self.socket,
-                                         dir=self.dir, dbd_port=dbd_port))
+                                         dir=self.dir, dbd_port=dbd_port,
+                                         first_job=1 + 4 * block))
         dbd_conf = self.etc / "slurmdbd.conf"
         dbd_conf.write_text(DBD_CONF.format(host=host, dbd_port=dbd_port, db_port=db_port,
                                             socket=self.socket, dir=self.dir))
