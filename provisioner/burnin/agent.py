@@ -174,6 +174,30 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+class _DeviceClock:
+    """The time a throughput is measured over. A GPU's: the wall clock. On the CPU (the
+    lab) a logical device is one thread (set_num_threads(1): each product or copy runs in
+    the calling thread), and its time is the CPU time that thread got: the lab's nodes
+    share this machine's cores with whatever else runs (two test runs, other nodes), and
+    a device's speed is its own, not its share of the machine. A slow part still shows:
+    the lab's slow-gpu and slow-node faults do extra products, busy."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.thread = device.type == "cpu" and torch.get_num_threads() == 1
+        self.started = 0.0
+
+    def start(self) -> None:
+        self.started = time.thread_time() if self.thread else 0.0
+
+    def seconds(self, wall: float) -> float:
+        """The measured span: ``wall`` seconds of the wall clock, or the thread's CPU
+        time over them."""
+        return max(time.thread_time() - self.started, 1e-6) if self.thread else wall
+
+    def detail(self, busy: float) -> dict[str, float]:
+        return {"thread_cpu_seconds": round(busy, 3)} if self.thread else {}
+
+
 def gemm(device: torch.device, dtype_name: str, n: int, seconds: float,
          index: int | None = None, seed: int = 0, check: bool = True) -> Measurement:
     """Sustained matmul throughput, with three silent-data-corruption checks:
@@ -219,8 +243,10 @@ def gemm(device: torch.device, dtype_name: str, n: int, seconds: float,
         totals[1] += counts.sum()
         counts.zero_()
 
+    clock = _DeviceClock(device)
     sync(device)
     iters, start = 0, time.perf_counter()
+    clock.start()
     deadline = start + seconds
     while True:
         which = iters % 2
@@ -237,9 +263,10 @@ def gemm(device: torch.device, dtype_name: str, n: int, seconds: float,
                 break
     sync(device)
     elapsed = time.perf_counter() - start
-    tflops = 2 * n ** 3 * iters / elapsed / 1e12
+    busy = clock.seconds(elapsed)
+    tflops = 2 * n ** 3 * iters / busy / 1e12
     detail: dict[str, Any] = {"n": n, "iterations": iters, "seconds": round(elapsed, 3),
-                              "dtype": dtype_name_used, "seed": seed}
+                              "dtype": dtype_name_used, "seed": seed, **clock.detail(busy)}
     if not check:
         return Measurement(f"gemm_{dtype_name}", tflops, "TFLOPS", index, True, detail)
     fold()
@@ -318,15 +345,18 @@ def memory_bandwidth(device: torch.device, megabytes: int, seconds: float,
     src = torch.ones(elems, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
+    clock = _DeviceClock(device)
     sync(device)
     iters, start = 0, time.perf_counter()
+    clock.start()
     while time.perf_counter() - start < seconds:
         dst.copy_(src)
         iters += 1
         sync(device)
-    elapsed = time.perf_counter() - start
-    return Measurement("memory_bandwidth", 2 * src.numel() * 4 * iters / elapsed / 1e9, "GB/s",
-                       index, True, {"megabytes": megabytes, "iterations": iters})
+    busy = clock.seconds(time.perf_counter() - start)
+    return Measurement("memory_bandwidth", 2 * src.numel() * 4 * iters / busy / 1e9, "GB/s",
+                       index, True, {"megabytes": megabytes, "iterations": iters,
+                                     **clock.detail(busy)})
 
 
 PATTERNS = (0x00000000, 0xFFFFFFFF, 0xAAAAAAAA, 0x55555555)

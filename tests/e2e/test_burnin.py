@@ -39,10 +39,14 @@ def test_burnin_certifies_and_quarantines(lab, gpuctl, paths) -> None:  # type: 
     # Every GPU of node 06 is slow alike: its own GPUs cannot show it, the fleet does.
     slow_node = nodes["gpu-node-06"]["failures"]
     devices = {r["device"] for r in nodes["gpu-node-06"]["results"] if r["test"] == "gemm_tf32"}
-    assert len(devices) >= 3 and len(slow_node) == len(devices) and all(
-        f"compute on GPU {i}: " in slow_node[i] and "% of the fleet median (bfloat16, "
-        "float16, tf32, float32), below 30% (a slow GPU or node)" in slow_node[i]
-        for i in sorted(devices)), slow_node
+    fleet = [f for f in slow_node if "% of the fleet median (bfloat16, float16, tf32, "
+             "float32), below 30% (a slow GPU or node)" in f]
+    assert len(devices) >= 3 and len(fleet) == len(devices) and all(
+        f.startswith(f"compute on GPU {i}: ") for i, f in zip(sorted(devices), fleet,
+                                                              strict=True)), slow_node
+    # At an eighth of the speed a GPU may also fall below the lab's throughput floor: that
+    # is the only other thing said of it.
+    assert all(" TFLOPS < " in f for f in slow_node if f not in fleet), slow_node
     # The nodes that passed their own tests then all-reduced together through torchrun.
     for name in ("gpu-node-01", "gpu-node-02"):
         cross = [r for r in nodes[name]["results"]
@@ -143,7 +147,7 @@ def test_sigint_stops_the_agents_and_marks_the_run(lab, gpuctl, paths) -> None: 
     import time
 
     from provisioner.db.models import Run
-    from tests.e2e.conftest import interruptible
+    from tests.e2e.conftest import interruptible, lab_processes
 
     lab.up(1, "--driver")
     assert gpuctl("scan", "--all", "--accept-new").code == 0
@@ -154,9 +158,8 @@ def test_sigint_stops_the_agents_and_marks_the_run(lab, gpuctl, paths) -> None: 
                              "--duration", "60"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
 
-    def agent_pids() -> str:
-        return subprocess.run(["pgrep", "-f", "gpuctl-burnin[.]"], capture_output=True,
-                              text=True, check=False).stdout
+    def agent_pids() -> list[int]:
+        return lab_processes(lab.lab, "gpuctl-burnin[.]")
 
     deadline = time.monotonic() + 60
     while not agent_pids():
