@@ -1,4 +1,8 @@
-"""Lab fixtures: each test gets its own lab on its own 127.0.N.0/24 block."""
+"""Lab fixtures: each test gets its own lab on its own 127.0.N.0/24 block.
+
+scripts/test.sh runs the suite in two pytest-xdist workers: each worker hands out blocks
+from its own share of 127.0.40.0 to 127.0.239.0, and a test that looks for processes
+looks only at its own lab's (:func:`lab_processes`)."""
 
 from __future__ import annotations
 
@@ -7,9 +11,11 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +23,19 @@ import pytest
 from provisioner.lab.nodes import Lab
 from provisioner.paths import Paths
 
-_blocks = itertools.count(40)
+
+def _worker_blocks() -> Iterator[int]:
+    """This worker's share of the blocks 40 to 239 (all of them without xdist)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    share = 200 // workers
+    for block in itertools.count(40 + worker * share):
+        if block >= 40 + (worker + 1) * share:
+            raise RuntimeError(f"lab blocks used up: {share} per worker")
+        yield block
+
+
+_blocks = _worker_blocks()
 
 
 class LabHandle:
@@ -45,6 +63,28 @@ def lab(gpuctl: Any, paths: Paths) -> Iterator[LabHandle]:
     handle = LabHandle(gpuctl, paths)
     yield handle
     handle.lab.down()
+
+
+def lab_processes(lab: Lab, pattern: str) -> list[int]:
+    """PIDs of processes matching ``pgrep -f PATTERN`` that run on ``lab``'s nodes (below
+    one of its nodes' init), not another test's lab beside it."""
+    pgrep = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True,
+                           check=False)
+    assert pgrep.returncode in (0, 1), pgrep  # 1: none matched; else pgrep failed
+    found = pgrep.stdout.split()
+    holders = {pid for pid in map(lab.holder_pid, lab.names()) if pid is not None}
+    mine = []
+    for pid in map(int, found):
+        parent = pid
+        try:
+            while parent > 1 and parent not in holders:
+                status = Path(f"/proc/{parent}/status").read_text()
+                parent = int(status.split("PPid:")[1].split()[0])
+        except (OSError, IndexError, ValueError):
+            continue  # gone while we looked
+        if parent in holders:
+            mine.append(pid)
+    return mine
 
 
 def interruptible() -> None:

@@ -20,7 +20,7 @@ from provisioner.db.models import Node, Run, TaskResult
 from provisioner.handle import Gpuctl
 from provisioner.inventory.lifecycle import State, get_node, transition
 from provisioner.inventory.registry import NodeSpec, add_nodes
-from tests.e2e.conftest import wait_for
+from tests.e2e.conftest import lab_processes, wait_for
 
 pytestmark = pytest.mark.e2e
 AGENTS = "[/]tmp/gpuctl-burnin[.]"  # the agents' temp dirs in their command lines
@@ -41,9 +41,6 @@ def _nodes(gpuctl: Any) -> dict[str, dict[str, Any]]:
     return {n["name"]: n for n in json.loads(gpuctl("nodes", "list", "--json").out)}
 
 
-def _agents() -> list[str]:
-    return subprocess.run(["pgrep", "-f", AGENTS], capture_output=True, text=True,
-                          check=False).stdout.split()
 
 
 def test_a_changed_host_key_is_refused_by_every_ssh_path(lab, gpuctl, paths) -> None:  # type: ignore[no-untyped-def]
@@ -85,12 +82,12 @@ def test_agents_stop_when_gpuctl_is_killed(lab, gpuctl, paths) -> None:  # type:
                              "--duration", "120"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, "GPUCTL_HOME": str(paths.home)})
-    wait_for(lambda: bool(_agents()))
+    wait_for(lambda: bool(lab_processes(lab.lab, AGENTS)))
     time.sleep(2)  # well into its tests
     proc.send_signal(signal.SIGKILL)  # gpuctl only: the agent runs on the node
     proc.wait(timeout=30)
     start = time.monotonic()
-    wait_for(lambda: not _agents(), timeout=30)
+    wait_for(lambda: not lab_processes(lab.lab, AGENTS), timeout=30)
     assert time.monotonic() - start < 15
     assert gpuctl("runs", "recover").code == 0
 

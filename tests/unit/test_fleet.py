@@ -168,7 +168,8 @@ def test_handoff_cli_moves_certified_nodes_in_service(fleet: Gpuctl, gpuctl, tmp
     assert _state(fleet, "gpu00001") == "certified"
     result = gpuctl("handoff", "slurm", "-o", str(out))
     assert "skipped gpu00000: certificate expired" in result.err
-    assert "2 nodes" in result.err and "2 moved to in-service" in result.err
+    said = " ".join(result.err.split())  # the terminal wraps it where the path ends
+    assert "2 nodes" in said and "2 moved to in-service" in said, result
     assert _state(fleet, "gpu00001") == "in-service"
     runs = json.loads(gpuctl("runs", "list", "--kind", "handoff", "--json").out)
     assert [(r["status"], r["summary"]["moved"]) for r in runs] == [("ok", 2), ("ok", 0)]

@@ -128,15 +128,17 @@ def test_versionlock_list_is_read_by_package_name(tmp_path: Path, monkeypatch: A
     assert mod.versionlocked() == {"nvidia-fabric-manager", "libnvidia-nscq-570"}
 
 
-def test_processes_are_found_by_program() -> None:
+def test_processes_are_found_by_program(tmp_path: Path) -> None:
     """verify's process check: a program run directly, or a script run by a shell,
-    counts; a process that only names it in its arguments does not."""
+    counts; a process that only names it in its arguments does not. The script is this
+    test's own path: a lab node beside it (tests run two at once) runs the real nvlsm's
+    stand-in."""
     mod = _node_state_module()
     import shutil
     import subprocess
     sleep = shutil.which("sleep")
     assert sleep
-    script = "/opt/nvidia/nvlsm/sbin/nvlsm"
+    script = str(tmp_path / "opt/nvidia/nvlsm/sbin/nvlsm")
     procs = [subprocess.Popen([sleep, "30"]),
              subprocess.Popen(["sh", "-c", "sleep 30", script]),  # sh runs -c, not it
              subprocess.Popen([sleep, "31", script])]
