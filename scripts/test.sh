@@ -37,7 +37,8 @@ lints_done() {
 # time is spent waiting on its lab nodes, sshd and Ansible, so two share two cores well.
 # Each worker takes its own lab address blocks (tests/e2e/conftest.py); each test file
 # runs whole on one worker (--dist loadfile), so a lab one module sets up for all its
-# tests is set up once. (pytest-xdist 3.8's xdist_group marks do nothing under pytest 9:
+# tests is set up once; files go out longest first (tests/conftest.py LONGEST_FIRST; xdist
+# would otherwise send the files with most tests first, and the two-test Slurm file last). (pytest-xdist 3.8's xdist_group marks do nothing under pytest 9:
 # its loadgroup renames items' node ids, which pytest 9 no longer reads.) The base
 # temporary directory is short: a lab Slurm's MariaDB socket lives under a test's
 # directory, and a socket path has 107 bytes at most.
@@ -47,7 +48,8 @@ run_pytest() {
   local basetemp; basetemp=$(mktemp -d /tmp/gt.XXXXXX)
   # The slowest tests are listed at the end: where CI time goes.
   set +e
-  pytest -q -n "$workers" --dist loadfile --basetemp "$basetemp" --durations=15 "$@"
+  pytest -q -n "$workers" --dist loadfile --no-loadscope-reorder --basetemp "$basetemp" \
+    --durations=15 "$@"
   local rc=$?; set -e
   # Kept when something failed: the tests' homes, logs and lab nodes' files.
   [ "$rc" -ne 0 ] || rm -rf --one-file-system "$basetemp" || echo "kept $basetemp" >&2

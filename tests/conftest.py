@@ -107,7 +107,19 @@ def gpuctl(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
     return run
 
 
+# The longest test files first (CI's durations, scripts/test.sh): the suite runs in two
+# workers, a file whole on one (--dist loadfile --no-loadscope-reorder), and a long file
+# started last would leave the other worker idle at the end.
+LONGEST_FIRST = ("tests/e2e/test_provision_real.py", "tests/e2e/test_slurm.py",
+                 "tests/e2e/test_burnin.py", "tests/e2e/test_burnin_trust.py",
+                 "tests/e2e/test_provision.py", "tests/e2e/test_remediation.py",
+                 "tests/e2e/test_wheel.py", "tests/e2e/test_hardening.py",
+                 "tests/e2e/test_recovery.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
     if os.geteuid() == 0:
         return
     skip = pytest.mark.skip(reason="the lab needs root")
