@@ -195,7 +195,7 @@ class _DeviceClock:
         return max(time.thread_time() - self.started, 1e-6) if self.thread else wall
 
     def detail(self, busy: float) -> dict[str, float]:
-        return {"thread_cpu_seconds": round(busy, 3)} if self.thread else {}
+        return {"thread_cpu_seconds": round(busy, 6)} if self.thread else {}
 
 
 def gemm(device: torch.device, dtype_name: str, n: int, seconds: float,
@@ -1511,7 +1511,8 @@ def run_level(level: str, seconds: float | None = None, ranks: int | None = None
     if not cuda and len(devs) > 1:
         # One core each for the logical devices, so they run side by side as GPUs do
         # and each one's throughput is its own.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // len(devs)))
+        # The cores this process may run on (a container's cpuset), not the host's.
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // len(devs)))
     small = (not cuda) if small is None else small
     base = seconds if seconds is not None else (0.5 if small else 5.0) * scale
     n = 256 if small else 8192

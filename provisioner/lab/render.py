@@ -251,6 +251,8 @@ def _hook(name, *args, **kwargs):
                 # Every product on every GPU of the node, the same last bit of the same
                 # element: the GPUs agree with each other and with themselves.
                 result.view(-1)[:2].view(torch.int16)[0] ^= 1
+            # The slow faults below do extra work, busy: the agent times a CPU device by
+            # its thread's CPU time (agent._DeviceClock), which a sleep would not slow.
             if "{kind}" == "slow-gpu" and gpu == "gpuctl-gpu0":
                 # Busy, not sleeping: GPU 0 does every product twice (half speed) and
                 # takes its share of the machine, as a slow part would.
