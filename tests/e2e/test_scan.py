@@ -17,7 +17,7 @@ from provisioner.lab.profiles import get_profile
 from provisioner.ssh.exec import OutputTooLarge, Target, run_on_node
 from provisioner.ssh.hostkeys import KnownHosts
 from tests.conftest import DATA
-from tests.e2e.conftest import by_node, interruptible, scan_json
+from tests.e2e.conftest import by_node, interruptible, scan_json, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -190,18 +190,25 @@ def test_sigint_marks_run_interrupted_and_keeps_results(lab, gpuctl, paths, half
     key = str(paths.lab_dir / "id_ed25519")
     add_nodes(Gpuctl(paths), [NodeSpec(name="silent", address=half_dead[0], key_path=key)])
     proc = subprocess.Popen([sys.executable, "-m", "provisioner", "scan", "--all",
-                             "--accept-new", "--connect-timeout", "4"],
+                             "--accept-new", "--connect-timeout", "10"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "GPUCTL_HOME": str(paths.home)},
                             preexec_fn=interruptible)
-    time.sleep(2.0)
+
+    def states() -> dict[str, str]:
+        return {n["name"]: n["state"]
+                for n in json.loads(gpuctl("nodes", "list", "--json").out)}
+
+    # Interrupted once the two live nodes are stored, while the silent one still hangs
+    # (not after a fixed sleep: on a busy machine the scan may not have started by then).
+    # The interrupted scan still waits out the silent node's connect timeout: 10 s.
+    wait_for(lambda: list(states().values()).count("discovered") == 2, timeout=60)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 1, (out, err)
     assert "scan interrupted: 2 of 3 nodes stored" in err and "Traceback" not in err
-    states = {n["name"]: n["state"] for n in json.loads(gpuctl("nodes", "list", "--json").out)}
-    assert states == {"gpu-node-01": "discovered", "gpu-node-02": "discovered",
-                      "silent": "registered"}
+    assert states() == {"gpu-node-01": "discovered", "gpu-node-02": "discovered",
+                        "silent": "registered"}
     from provisioner.db.engine import session_scope  # noqa: PLC0415
     from provisioner.db.models import Run  # noqa: PLC0415
 
