@@ -30,8 +30,8 @@ from provisioner.shipped import shipped_dir
 GENERIC = "generic"
 # What a floors profile (``gpuctl_burnin_floors``) replaces besides ``tests``: the
 # relative comparisons, tuned to how noisy its machines are.
-FLOORS_KEYS = ("fleet_outlier_fraction", "gpu_outlier_fraction", "gpu_outlier_tests",
-               "gpu_dtype_floor_fraction", "fleet_dtype_floor_fraction")
+FLOORS_KEYS = ("fleet_outlier_fraction", "fleet_node_fraction", "gpu_outlier_fraction",
+               "gpu_outlier_tests", "gpu_dtype_floor_fraction", "fleet_dtype_floor_fraction")
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,10 @@ def evaluate(results: list[dict[str, Any]], profile: dict[str, Any],
     (``fleet_outlier_fraction`` x the run's median for that test). Per-GPU throughput is
     compared with the fleet by part, in ``fleet_outlier_verdicts``."""
     tests: dict[str, Any] = profile["tests"]
-    fraction = float(profile.get("fleet_outlier_fraction", 0.9))
+    # Node-wide measurements may have a fraction of their own (``fleet_node_fraction``;
+    # 0 turns their comparison off); by default the fleet's.
+    fraction = float(profile.get("fleet_node_fraction",
+                                 profile.get("fleet_outlier_fraction", 0.9)))
     out = []
     for r in results:
         name, value, unit = r["test"], r.get("value"), r.get("unit", "")

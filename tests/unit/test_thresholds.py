@@ -101,6 +101,12 @@ def test_fleet_comparison_judges_a_gpu_by_its_part_not_one_measurement() -> None
     # Node-wide measurements are still compared one by one.
     [busbw] = evaluate([r("all_reduce_busbw", 0.2, device=None)], profile, medians)
     assert not busbw.passed and "below 30% of the fleet median 1" in busbw.reason
+    # ... unless the profile gives them a fraction of their own: 0 turns it off (the CPU
+    # lab, where a collective's wall clock is the machine's load).
+    node_off = {**profile, "fleet_node_fraction": 0}
+    [busbw] = evaluate([r("all_reduce_busbw", 0.2, device=None)], node_off, medians)
+    assert busbw.passed
+    assert fleet_outlier_verdicts(slow, node_off, medians) == verdicts  # GPUs still judged
 
 
 def test_fleet_medians_need_three_nodes() -> None:
