@@ -28,10 +28,9 @@ def plain_matmul(device: torch.device, dtype: torch.dtype, n: int, seconds: floa
     a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
     out = torch.matmul(a, b)
-    clock = agent._DeviceClock(device)  # the agent's clock: its thread's CPU time, or wall
     agent.sync(device)
     iters, start = 0, time.perf_counter()
-    clock.start()
+    clock = agent._DeviceClock(device)  # the agent's clock: its thread's CPU time, or wall
     while True:
         torch.matmul(a, b, out=out)
         iters += 1

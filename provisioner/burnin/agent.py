@@ -183,10 +183,8 @@ class _DeviceClock:
     the lab's slow-gpu and slow-node faults do extra products, busy."""
 
     def __init__(self, device: torch.device) -> None:
+        """Started now: make it after the device is synchronised."""
         self.thread = device.type == "cpu" and torch.get_num_threads() == 1
-        self.started = 0.0
-
-    def start(self) -> None:
         self.started = time.thread_time() if self.thread else 0.0
 
     def seconds(self, wall: float) -> float:
@@ -243,10 +241,9 @@ def gemm(device: torch.device, dtype_name: str, n: int, seconds: float,
         totals[1] += counts.sum()
         counts.zero_()
 
-    clock = _DeviceClock(device)
     sync(device)
     iters, start = 0, time.perf_counter()
-    clock.start()
+    clock = _DeviceClock(device)
     deadline = start + seconds
     while True:
         which = iters % 2
@@ -345,10 +342,9 @@ def memory_bandwidth(device: torch.device, megabytes: int, seconds: float,
     src = torch.ones(elems, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    clock = _DeviceClock(device)
     sync(device)
     iters, start = 0, time.perf_counter()
-    clock.start()
+    clock = _DeviceClock(device)
     while time.perf_counter() - start < seconds:
         dst.copy_(src)
         iters += 1

@@ -28,3 +28,13 @@ def address_block(address: str) -> int:
 def rdzv_port(address: str) -> int:
     """The rendezvous port of the lab node at ``address`` (see above)."""
     return 15000 + 50 * address_block(address)
+
+
+def slurm_ports(block: int) -> range:
+    """The ten ports planned for the Slurm of the lab on block ``block``."""
+    return range(12000 + 10 * block, 12000 + 10 * block + 10)
+
+
+def first_job_id(block: int) -> int:
+    """The first job id of the Slurm of the lab on block ``block``."""
+    return 1 + 4 * block

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from provisioner.errors import LabError
-from provisioner.lab.ports import address_block
+from provisioner.lab.ports import address_block, first_job_id, slurm_ports
 
 if TYPE_CHECKING:
     from provisioner.lab.nodes import Lab
@@ -186,21 +186,25 @@ class LabSlurmInfo:
 
 
 def block_ports(block: int, count: int) -> list[int]:
-    """``count`` ports for the Slurm of the lab on 127.0.BLOCK.0/24: 12000 + 10 BLOCK up,
-    each not bound now; past ten, or where one is bound, a free port instead."""
-    ports = []
-    for port in range(12000 + 10 * block, 12000 + 10 * block + min(count, 10)):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
+    """``count`` ports for the Slurm of the lab on 127.0.BLOCK.0/24: its planned ports
+    (``ports.slurm_ports``) not bound now; past them, or where one is bound, a free port
+    instead."""
+    ports = [port for port in slurm_ports(block) if _bindable(port)][:count]
     while len(ports) < count:
         port = free_port()
         if port not in ports:
             ports.append(port)
     return ports
+
+
+def _bindable(port: int) -> bool:
+    """Whether ``port`` on 127.0.0.1 is free to bind now."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port() -> int:
@@ -214,11 +218,7 @@ def free_port() -> int:
     rng = secrets.SystemRandom()
     for _ in range(200):
         port = rng.randrange(30500, max(30501, low))  # above the labs' planned ports
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        if _bindable(port):
             return port
     raise LabError("no free port below the ephemeral range on 127.0.0.1")
 
@@ -315,7 +315,7 @@ class LabSlurm:
         host = socket.gethostname()
         self.conf.write_text(CONF.format(host=host, ctld_port=ctld_port, socket=self.socket,
                                          dir=self.dir, dbd_port=dbd_port,
-                                         first_job=1 + 4 * block))
+                                         first_job=first_job_id(block)))
         dbd_conf = self.etc / "slurmdbd.conf"
         dbd_conf.write_text(DBD_CONF.format(host=host, dbd_port=dbd_port, db_port=db_port,
                                             socket=self.socket, dir=self.dir))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from provisioner.lab.ports import address_block, rdzv_port
+from provisioner.lab.ports import address_block, first_job_id, rdzv_port, slurm_ports
 from provisioner.lab.slurm import block_ports
 
 RING = 300 + 32  # a multinode burn-in's ports above its base: 3 rounds, pairs 0..31
@@ -21,8 +21,8 @@ def test_two_workers_labs_never_share_a_port() -> None:
     running at once are at least a worker's share apart less the labs each used."""
     def ports(block: int) -> set[int]:
         base = rdzv_port(f"127.0.{block}.10")
-        slurm = set(range(12000 + 10 * block, 12000 + 10 * block + 10))
-        smoke = {29500 + (1 + 4 * block + job) % 1000 for job in range(100)}
+        slurm = set(slurm_ports(block))
+        smoke = {29500 + (first_job_id(block) + job) % 1000 for job in range(100)}
         return set(range(base, base + RING)) | slurm | smoke
 
     every = {block: ports(block) for block in range(256)}
